@@ -1,0 +1,30 @@
+// Package brpc is bidirectional gRPC for Go.
+//
+// A client dials a server over one multiplexed, encrypted connection (QUIC),
+// calls the server's gRPC services with ordinary protoc-generated stubs, and
+// serves gRPC services of its own that the server calls back: agents, devices
+// and workers behind NAT that a control plane must reach.
+//
+// Both directions are plain grpc-go. On the server, NewServer wraps the
+// application's *grpc.Server and a stub constructor for the clients' service;
+// Serve accepts clients from a Listener made by ListenQUIC. Inside a handler,
+// ClientFromContext returns the stub of the calling client; Client(id) and
+// Peers reach any connected client from anywhere. On the client, Dial returns
+// a *ClientConn, which is a grpc.ClientConnInterface for the server's stubs,
+// and WithServer gives the client's own *grpc.Server to the server.
+//
+// # Identity
+//
+// Each client is authenticated once per connection by the server's
+// Authenticator, which sees the client's hello metadata and its verified TLS
+// state and returns the client's ID. The ID is bound to the connection: every
+// call carries the session it arrived on in its peer address, so
+// ClientFromContext and PeerFromContext answer from the connection, never from
+// anything the client sends with a call.
+//
+// # Errors
+//
+// Errors at the public boundary are gRPC status errors: codes.Unavailable for
+// a peer that has gone or a server that stops, codes.NotFound for an unknown
+// client ID, and the Authenticator's code for a refused client.
+package brpc

@@ -1,0 +1,209 @@
+package session
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// Stream and connection receive windows. The stream window must never cap
+// grpc-go's own BDP-sized HTTP/2 window, so it is allowed to grow to 16 MiB;
+// windows are credit, not allocations, so an idle session costs nothing for them.
+const (
+	maxStreamReceiveWindow     = 16 << 20
+	maxConnectionReceiveWindow = 32 << 20
+)
+
+// QUICConfig holds what brpc tunes on quic-go for either side.
+type QUICConfig struct {
+	KeepAlive          time.Duration // how often a quiet connection is probed
+	IdleTimeout        time.Duration // silence after which the peer is declared dead
+	HandshakeTimeout   time.Duration // QUIC/TLS handshake limit (0: quic-go's default)
+	MaxIncomingStreams int64         // concurrent streams the peer may open
+}
+
+// Config returns the quic-go configuration for c.
+func (c QUICConfig) Config() *quic.Config {
+	return &quic.Config{
+		KeepAlivePeriod:            c.KeepAlive,
+		MaxIdleTimeout:             c.IdleTimeout,
+		HandshakeIdleTimeout:       c.HandshakeTimeout,
+		MaxIncomingStreams:         c.MaxIncomingStreams,
+		MaxIncomingUniStreams:      -1, // brpc uses bidirectional streams only
+		MaxStreamReceiveWindow:     maxStreamReceiveWindow,
+		MaxConnectionReceiveWindow: maxConnectionReceiveWindow,
+	}
+}
+
+// quicSession is a Session over one QUIC connection: streams are native.
+type quicSession struct {
+	conn *quic.Conn
+}
+
+// NewQUIC wraps an established QUIC connection.
+func NewQUIC(conn *quic.Conn) Session { return &quicSession{conn: conn} }
+
+// DialQUIC opens a QUIC connection to addr and returns it as a Session.
+func DialQUIC(ctx context.Context, addr string, tlsConf *tls.Config, conf QUICConfig) (Session, error) {
+	conn, err := quic.DialAddr(ctx, addr, tlsConf, conf.Config())
+	if err != nil {
+		return nil, err
+	}
+	return NewQUIC(conn), nil
+}
+
+func (s *quicSession) OpenStream(ctx context.Context) (net.Conn, error) {
+	st, err := s.conn.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return newQUICStream(st, s.conn), nil
+}
+
+func (s *quicSession) AcceptStream(ctx context.Context) (net.Conn, error) {
+	st, err := s.conn.AcceptStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return newQUICStream(st, s.conn), nil
+}
+
+func (s *quicSession) Close(code CloseCode, reason string) error {
+	return s.conn.CloseWithError(quic.ApplicationErrorCode(code), reason)
+}
+
+func (s *quicSession) Context() context.Context { return s.conn.Context() }
+func (s *quicSession) LocalAddr() net.Addr      { return s.conn.LocalAddr() }
+func (s *quicSession) RemoteAddr() net.Addr     { return s.conn.RemoteAddr() }
+func (s *quicSession) TLS() tls.ConnectionState { return s.conn.ConnectionState().TLS }
+func (s *quicSession) Transport() string        { return TransportQUIC }
+func (s *quicSession) String() string           { return fmt.Sprintf("quic %v", s.conn.RemoteAddr()) }
+
+// PeerCloseCode reports the close code the peer sent when it ended the
+// session, if it ended it on purpose with a brpc code.
+func PeerCloseCode(err error) (CloseCode, string, bool) {
+	var appErr *quic.ApplicationError
+	if errors.As(err, &appErr) && appErr.Remote {
+		return CloseCode(appErr.ErrorCode), appErr.ErrorMessage, true
+	}
+	return 0, "", false
+}
+
+// quicStream adapts a *quic.Stream to net.Conn.
+//
+// quic-go's Stream.Close only closes the send side and must not run
+// concurrently with Write. grpc-go closes a transport's conn from one
+// goroutine while another may be blocked writing, and it waits for its reader
+// to return, so Close here also cancels the receive side and unblocks a
+// pending Write before sending FIN.
+type quicStream struct {
+	st   *quic.Stream
+	conn *quic.Conn
+
+	wmu       sync.Mutex // serialises Write and the final Close of the send side
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+func newQUICStream(st *quic.Stream, conn *quic.Conn) *quicStream {
+	return &quicStream{st: st, conn: conn, closed: make(chan struct{})}
+}
+
+func (s *quicStream) Read(b []byte) (int, error) { return s.st.Read(b) }
+
+func (s *quicStream) Write(b []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	select {
+	case <-s.closed:
+		return 0, net.ErrClosed
+	default:
+	}
+	return s.st.Write(b)
+}
+
+func (s *quicStream) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.closed)
+		s.st.CancelRead(0)
+		// A Write blocked on flow control would hold wmu forever: expire it.
+		_ = s.st.SetWriteDeadline(time.Unix(1, 0))
+		s.wmu.Lock()
+		_ = s.st.Close()
+		s.wmu.Unlock()
+	})
+	return nil
+}
+
+func (s *quicStream) LocalAddr() net.Addr                { return s.conn.LocalAddr() }
+func (s *quicStream) RemoteAddr() net.Addr               { return s.conn.RemoteAddr() }
+func (s *quicStream) SetDeadline(t time.Time) error      { return s.st.SetDeadline(t) }
+func (s *quicStream) SetReadDeadline(t time.Time) error  { return s.st.SetReadDeadline(t) }
+func (s *quicStream) SetWriteDeadline(t time.Time) error { return s.st.SetWriteDeadline(t) }
+
+// Listener accepts QUIC sessions on one UDP socket.
+type QUICListener struct {
+	udp *net.UDPConn
+	tr  *quic.Transport
+	ln  *quic.Listener
+}
+
+// ListenUDP binds the UDP socket a QUIC listener will use. Sessions are
+// accepted only after Start, once the server's configuration is known.
+func ListenUDP(addr string) (*QUICListener, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	udp, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return nil, err
+	}
+	return &QUICListener{udp: udp, tr: &quic.Transport{Conn: udp}}, nil
+}
+
+// Addr is the bound UDP address.
+func (l *QUICListener) Addr() net.Addr { return l.udp.LocalAddr() }
+
+// Start begins accepting QUIC connections with tlsConf and conf.
+func (l *QUICListener) Start(tlsConf *tls.Config, conf QUICConfig) error {
+	ln, err := l.tr.Listen(tlsConf, conf.Config())
+	if err != nil {
+		return err
+	}
+	l.ln = ln
+	return nil
+}
+
+// Accept returns the next session whose QUIC handshake completed.
+func (l *QUICListener) Accept(ctx context.Context) (Session, error) {
+	conn, err := l.ln.Accept(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return NewQUIC(conn), nil
+}
+
+// StopAccepting closes the listening side only; established sessions go on.
+func (l *QUICListener) StopAccepting() error {
+	if l.ln == nil {
+		return nil
+	}
+	return l.ln.Close()
+}
+
+// Close stops accepting, ends every session on the socket and closes it.
+func (l *QUICListener) Close() error {
+	_ = l.StopAccepting()
+	err := l.tr.Close()
+	if cerr := l.udp.Close(); err == nil && !errors.Is(cerr, net.ErrClosed) {
+		err = cerr
+	}
+	return err
+}

@@ -1,0 +1,59 @@
+// Package session defines brpc's lowest layer: one physical connection between
+// a client and a server that opens and accepts bidirectional byte streams in
+// both directions. Everything above it (handshake, gRPC, registry) sees only
+// the Session interface, so transports can be swapped underneath.
+package session
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+)
+
+// Transport names reported in Peer.Transport.
+const (
+	TransportQUIC = "quic"
+	TransportTCP  = "tcp"
+)
+
+// CloseCode is the application error code sent to the peer when a session is
+// closed on purpose. It tells the other side why.
+type CloseCode uint64
+
+// Close codes. They are part of the wire protocol: never renumber them.
+const (
+	// CodeNormal is a plain close by either side (ClientConn.Close, Server.Stop).
+	CodeNormal CloseCode = 0
+	// CodeShutdown is sent by a server that is stopping.
+	CodeShutdown CloseCode = 1
+	// CodeReplaced is sent to a client whose ID was taken by a newer session.
+	CodeReplaced CloseCode = 2
+	// CodeRejected ends a session whose handshake the server refused.
+	CodeRejected CloseCode = 3
+	// CodeProtocol ends a session that broke the brpc protocol.
+	CodeProtocol CloseCode = 4
+	// CodeHandshakeTimeout ends a session that did not finish its handshake in time.
+	CodeHandshakeTimeout CloseCode = 5
+)
+
+// Session is one connection that carries many independent byte streams. Each
+// stream is a full-duplex net.Conn: closing it ends both directions of that
+// stream only.
+type Session interface {
+	// OpenStream opens a new stream to the peer. It blocks while the peer's
+	// stream limit is reached, until ctx is done.
+	OpenStream(ctx context.Context) (net.Conn, error)
+	// AcceptStream returns the next stream the peer opened.
+	AcceptStream(ctx context.Context) (net.Conn, error)
+	// Close ends the session and every stream on it, telling the peer why.
+	Close(code CloseCode, reason string) error
+	// Context is done once the session has ended, for any reason.
+	Context() context.Context
+	// LocalAddr and RemoteAddr are the network addresses of the two ends.
+	LocalAddr() net.Addr
+	RemoteAddr() net.Addr
+	// TLS is the state of the session's completed TLS handshake.
+	TLS() tls.ConnectionState
+	// Transport names the transport: TransportQUIC or TransportTCP.
+	Transport() string
+}

@@ -1,0 +1,199 @@
+package brpc
+
+import (
+	"crypto/tls"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/brpc-go/brpc/internal/handshake"
+)
+
+// Defaults for the options below.
+const (
+	// DefaultKeepaliveInterval is how often a quiet connection is probed. It
+	// stays well under the 30 s after which many NATs forget a UDP binding.
+	DefaultKeepaliveInterval = 10 * time.Second
+	// DefaultKeepaliveTimeout is how long a peer may stay silent before it is
+	// declared dead.
+	DefaultKeepaliveTimeout = 30 * time.Second
+	// DefaultHandshakeTimeout bounds a client's brpc handshake: from the
+	// moment its connection is established to the server's welcome.
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultMaxHelloSize caps the size of a client's hello message.
+	DefaultMaxHelloSize = handshake.DefaultMaxMessageSize
+	// DefaultMaxStreamsPerSession caps the streams one peer may have open at
+	// once on a session. Each stream carries one HTTP/2 connection of grpc-go
+	// (plus the control stream), so ordinary use needs only a few.
+	DefaultMaxStreamsPerSession = 100
+)
+
+// ServerOption configures a Server.
+type ServerOption interface {
+	applyServer(*serverOptions)
+}
+
+// DialOption configures Dial.
+type DialOption interface {
+	applyDial(*dialOptions)
+}
+
+// Option configures either side: it is accepted wherever a ServerOption or a
+// DialOption is.
+type Option interface {
+	ServerOption
+	DialOption
+}
+
+// common holds what both sides share.
+type common struct {
+	keepaliveInterval time.Duration
+	keepaliveTimeout  time.Duration
+	grpcDialOptions   []grpc.DialOption
+	maxStreams        int64
+}
+
+func defaultCommon() common {
+	return common{
+		keepaliveInterval: DefaultKeepaliveInterval,
+		keepaliveTimeout:  DefaultKeepaliveTimeout,
+		maxStreams:        DefaultMaxStreamsPerSession,
+	}
+}
+
+type serverOptions struct {
+	common
+	auth             Authenticator
+	handshakeTimeout time.Duration
+	maxHelloSize     int
+}
+
+func defaultServerOptions() serverOptions {
+	return serverOptions{
+		common:           defaultCommon(),
+		handshakeTimeout: DefaultHandshakeTimeout,
+		maxHelloSize:     DefaultMaxHelloSize,
+	}
+}
+
+type dialOptions struct {
+	common
+	tls      *tls.Config
+	server   *grpc.Server
+	metadata metadata.MD
+}
+
+func defaultDialOptions() dialOptions {
+	return dialOptions{common: defaultCommon()}
+}
+
+type serverOptionFunc func(*serverOptions)
+
+func (f serverOptionFunc) applyServer(o *serverOptions) { f(o) }
+
+type dialOptionFunc func(*dialOptions)
+
+func (f dialOptionFunc) applyDial(o *dialOptions) { f(o) }
+
+// commonOption applies the same setting on either side.
+type commonOption func(*common)
+
+func (f commonOption) applyServer(o *serverOptions) { f(&o.common) }
+func (f commonOption) applyDial(o *dialOptions)     { f(&o.common) }
+
+// WithAuthenticator makes the server run a on every connecting client before
+// any RPC in either direction. Without it, every client is admitted under a
+// random ID.
+func WithAuthenticator(a Authenticator) ServerOption {
+	return serverOptionFunc(func(o *serverOptions) { o.auth = a })
+}
+
+// WithHandshakeTimeout bounds how long a client may take, once its connection
+// is up, to send its hello and be welcomed. A client that says nothing is
+// cut off after d. The default is DefaultHandshakeTimeout.
+func WithHandshakeTimeout(d time.Duration) ServerOption {
+	return serverOptionFunc(func(o *serverOptions) {
+		if d > 0 {
+			o.handshakeTimeout = d
+		}
+	})
+}
+
+// WithMaxHelloSize caps the size in bytes of a client's hello (its metadata
+// mostly). A larger hello is refused with codes.ResourceExhausted. The
+// default is DefaultMaxHelloSize.
+func WithMaxHelloSize(n int) ServerOption {
+	return serverOptionFunc(func(o *serverOptions) {
+		if n > 0 {
+			o.maxHelloSize = n
+		}
+	})
+}
+
+// WithKeepalive sets how often a quiet connection is probed (interval) and
+// how long a peer may stay silent before it is declared dead (timeout). A
+// dead peer leaves Peers() and its calls fail with codes.Unavailable within
+// timeout. The effective timeout of a session is the smaller of the two
+// sides' values. Defaults: DefaultKeepaliveInterval and
+// DefaultKeepaliveTimeout. Values that are not positive keep the default; an
+// interval of at least the timeout is lowered to half the timeout.
+func WithKeepalive(interval, timeout time.Duration) Option {
+	return commonOption(func(o *common) {
+		if timeout > 0 {
+			o.keepaliveTimeout = timeout
+		}
+		if interval > 0 {
+			o.keepaliveInterval = interval
+		}
+		if o.keepaliveInterval >= o.keepaliveTimeout {
+			o.keepaliveInterval = o.keepaliveTimeout / 2
+		}
+	})
+}
+
+// WithGRPCDialOptions adds grpc.DialOptions to the gRPC connections brpc
+// builds: on a server, the connection to each client that carries reverse
+// calls; on a client, its connection to the server. Use it for interceptors,
+// stats handlers, default call options and message size limits. The
+// transport-level options (dialer, transport credentials, authority) are
+// brpc's and cannot be overridden.
+func WithGRPCDialOptions(opts ...grpc.DialOption) Option {
+	return commonOption(func(o *common) {
+		o.grpcDialOptions = append(o.grpcDialOptions, opts...)
+	})
+}
+
+// WithMaxStreamsPerSession caps how many streams the peer may have open on a
+// session at once. Each stream carries one of grpc-go's HTTP/2 connections,
+// not one call: calls are multiplexed within it. The default is
+// DefaultMaxStreamsPerSession.
+func WithMaxStreamsPerSession(n int) Option {
+	return commonOption(func(o *common) {
+		if n > 0 {
+			o.maxStreams = int64(n)
+		}
+	})
+}
+
+// WithTLSConfig gives the client its TLS settings: RootCAs to verify the
+// server and, for mTLS, Certificates. It is required. brpc clones c and sets
+// TLS 1.3 minimum and brpc's ALPN protocol name; an empty ServerName becomes
+// the target's host.
+func WithTLSConfig(c *tls.Config) DialOption {
+	return dialOptionFunc(func(o *dialOptions) { o.tls = c })
+}
+
+// WithServer gives the client's own services, which the server can call. The
+// server is fed the streams the brpc server opens; it must not have transport
+// credentials of its own (the session is already TLS). Without it, the
+// server's calls to this client fail with codes.Unimplemented.
+func WithServer(gs *grpc.Server) DialOption {
+	return dialOptionFunc(func(o *dialOptions) { o.server = gs })
+}
+
+// WithMetadata sets metadata sent once at connect, in the hello. The server's
+// Authenticator sees it, and Peer.Metadata keeps it.
+func WithMetadata(md metadata.MD) DialOption {
+	return dialOptionFunc(func(o *dialOptions) { o.metadata = md.Copy() })
+}

@@ -1,0 +1,114 @@
+package brpc
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"time"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+)
+
+// Peer describes one end of a brpc session: on a server, a connected client;
+// on a client, the server (with an empty ID).
+type Peer struct {
+	// ID is the client's ID, unique among the server's connected clients.
+	ID string
+	// Metadata is what the client sent with WithMetadata.
+	Metadata metadata.MD
+	// RemoteAddr is the network address of the other end. It is not an
+	// identity: NAT rebinding and connection migration change it.
+	RemoteAddr net.Addr
+	// Transport is "quic" or "tcp".
+	Transport string
+	// ConnectedAt is when the session was admitted.
+	ConnectedAt time.Time
+}
+
+// Authenticator runs once per connecting client, before any RPC in either
+// direction. It returns the client's ID (unique among connected clients) or
+// an error, which rejects the connection; the client's Dial returns that
+// error as a gRPC status (codes.Unauthenticated or codes.PermissionDenied as
+// returned; an error that is not a status is reported as
+// codes.Unauthenticated). Without one, the server assigns each connection a
+// random ID.
+type Authenticator func(ctx context.Context, info AuthInfo) (id string, err error)
+
+// AuthInfo is what an Authenticator knows of a connecting client.
+type AuthInfo struct {
+	// Metadata is what the client passed with WithMetadata.
+	Metadata metadata.MD
+	// TLS holds the verified peer certificates when mTLS is used.
+	TLS tls.ConnectionState
+	// RemoteAddr is the client's network address.
+	RemoteAddr net.Addr
+}
+
+// PeerFromContext reports which brpc peer a call belongs to. It works in
+// server handlers (the calling client) and in client handlers of reverse
+// calls (the server, with ID ""), and in interceptors and stats handlers of
+// the gRPC connections brpc builds. The answer comes from the session the
+// call arrived on, never from metadata.
+func PeerFromContext(ctx context.Context) (Peer, bool) {
+	sa := sessionAddrFromContext(ctx)
+	if sa == nil {
+		return Peer{}, false
+	}
+	return sa.info.snapshot(), true
+}
+
+// sessionAddrFromContext finds the session a gRPC call runs on.
+func sessionAddrFromContext(ctx context.Context) *sessionAddr {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	if sa, ok := p.Addr.(*sessionAddr); ok {
+		return sa
+	}
+	if sa, ok := p.LocalAddr.(*sessionAddr); ok {
+		return sa
+	}
+	return nil
+}
+
+// sessionInfo is what a session knows of its peer, fixed at the handshake.
+type sessionInfo struct {
+	peer  Peer
+	tls   credentials.TLSInfo
+	owner any // *serverSession[C] on a server, *ClientConn on a client
+}
+
+func (i *sessionInfo) snapshot() Peer {
+	p := i.peer
+	p.Metadata = p.Metadata.Copy()
+	return p
+}
+
+// sessionAddr is the net.Addr that streams of a session report for both of
+// their ends. grpc-go copies a connection's addresses into the peer of every
+// call, so the call's context carries the session it arrived on: that is how
+// identity is bound to the connection rather than to anything the peer sends.
+type sessionAddr struct {
+	net.Addr // the real network address
+	info     *sessionInfo
+}
+
+// streamConn is a session stream as handed to grpc-go.
+type streamConn struct {
+	net.Conn
+	local, remote *sessionAddr
+}
+
+func (c *streamConn) LocalAddr() net.Addr  { return c.local }
+func (c *streamConn) RemoteAddr() net.Addr { return c.remote }
+
+func newStreamConn(c net.Conn, info *sessionInfo) net.Conn {
+	return &streamConn{
+		Conn:   c,
+		local:  &sessionAddr{Addr: c.LocalAddr(), info: info},
+		remote: &sessionAddr{Addr: c.RemoteAddr(), info: info},
+	}
+}
