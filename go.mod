@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	github.com/quic-go/quic-go v0.65.0
+	go.uber.org/goleak v1.3.0
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
 )
