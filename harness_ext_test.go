@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"io"
 	"testing"
 	"time"
@@ -43,13 +42,34 @@ func (e *echoService) respond(ctx context.Context, r *testpb.EchoRequest, i int3
 		}
 	}
 	if r.GetFailCode() != 0 {
-		return nil, status.Errorf(codes.Code(r.GetFailCode()), "%s: failing as asked", e.name)
+		st, err := status.New(codes.Code(r.GetFailCode()), e.name+": failing as asked").
+			WithDetails(&testpb.EchoResponse{Message: e.name + ":detail"})
+		if err != nil {
+			return nil, err
+		}
+		return nil, st.Err()
 	}
 	p, _ := brpc.PeerFromContext(ctx)
 	return &testpb.EchoResponse{Message: e.name + ":" + r.GetMessage(), Payload: r.GetPayload(), PeerId: p.ID, Index: i}, nil
 }
 
+// echoMetadata returns the caller's "x-echo-*" metadata, which handlers send
+// back as both header and trailer.
+func echoMetadata(ctx context.Context) metadata.MD {
+	in, _ := metadata.FromIncomingContext(ctx)
+	out := metadata.MD{}
+	for k, v := range in {
+		if len(k) > 7 && k[:7] == "x-echo-" {
+			out[k] = v
+		}
+	}
+	return out
+}
+
 func (e *echoService) Unary(ctx context.Context, r *testpb.EchoRequest) (*testpb.EchoResponse, error) {
+	md := echoMetadata(ctx)
+	grpc.SetHeader(ctx, md)
+	grpc.SetTrailer(ctx, md)
 	resp, err := e.respond(ctx, r, 0)
 	if err != nil || e.call == nil {
 		return resp, err
@@ -63,6 +83,9 @@ func (e *echoService) Unary(ctx context.Context, r *testpb.EchoRequest) (*testpb
 }
 
 func (e *echoService) ServerStream(r *testpb.EchoRequest, st testpb.Echo_ServerStreamServer) error {
+	md := echoMetadata(st.Context())
+	st.SetHeader(md)
+	st.SetTrailer(md)
 	for i := int32(0); i < r.GetCount(); i++ {
 		resp, err := e.respond(st.Context(), r, i)
 		if err != nil {
@@ -76,6 +99,9 @@ func (e *echoService) ServerStream(r *testpb.EchoRequest, st testpb.Echo_ServerS
 }
 
 func (e *echoService) ClientStream(st testpb.Echo_ClientStreamServer) error {
+	md := echoMetadata(st.Context())
+	st.SetHeader(md)
+	st.SetTrailer(md)
 	var n int32
 	var last *testpb.EchoRequest
 	for {
@@ -100,6 +126,11 @@ func (e *echoService) ClientStream(st testpb.Echo_ClientStreamServer) error {
 }
 
 func (e *echoService) BidiStream(st testpb.Echo_BidiStreamServer) error {
+	md := echoMetadata(st.Context())
+	if err := st.SendHeader(md); err != nil {
+		return err
+	}
+	st.SetTrailer(md)
 	for i := int32(0); ; i++ {
 		r, err := st.Recv()
 		if errors.Is(err, io.EOF) {
@@ -132,7 +163,7 @@ type env struct {
 type envConfig struct {
 	serverOpts []brpc.ServerOption
 	grpcOpts   []grpc.ServerOption
-	serverTLS  func(*tls.Config)
+	serverTLS  func(*certs.CA, *tls.Config)
 	// call is the server's Unary callback; defaults to calling the caller back.
 	call func(e *env) func(ctx context.Context) (string, error)
 }
@@ -148,7 +179,7 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 		t.Fatalf("making a server certificate: %v", err)
 	}
 	if cfg.serverTLS != nil {
-		cfg.serverTLS(stls)
+		cfg.serverTLS(ca, stls)
 	}
 	e := &env{t: t, ca: ca}
 	e.gs = grpc.NewServer(cfg.grpcOpts...)
@@ -275,5 +306,3 @@ func wantCode(t *testing.T, err error, want codes.Code, what string) {
 		t.Fatalf("%s: got code %v (%v), want %v", what, got, err, want)
 	}
 }
-
-var _ = fmt.Sprintf

@@ -118,12 +118,12 @@ func (s *Server[C]) Serve(lis Listener) error {
 		sess, err := acc.accept()
 		if err != nil {
 			s.mu.Lock()
-			stopping := s.state != stateServing
-			delete(s.listeners, lis)
-			s.mu.Unlock()
-			if stopping {
-				return nil
+			defer s.mu.Unlock()
+			if s.state != stateServing {
+				return nil // Stop closes the listener
 			}
+			delete(s.listeners, lis)
+			lis.Close()
 			return fmt.Errorf("brpc: accept: %w", err)
 		}
 		s.mu.Lock()
