@@ -1,0 +1,132 @@
+package brpc_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/brpc-go/brpc"
+)
+
+// Bounds for what one idle connected client costs the server. The
+// performance targets are 48 KiB and 4 goroutines per idle QUIC client;
+// these test bounds leave room for the race detector's overhead.
+const (
+	idleClients              = 100
+	maxIdleGoroutinesPerPeer = 4
+	maxIdleBytesPerPeer      = 96 << 10
+)
+
+// TestIdleClientCost connects idle clients from a child process and
+// measures what they cost this (server) process: goroutines and live heap
+// plus goroutine stacks.
+func TestIdleClientCost(t *testing.T) {
+	e := newPlainEnv(t)
+	g0, m0 := serverFootprint()
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestIdleClientsHelperProcess$", "-test.v")
+	cmd.Env = append(os.Environ(),
+		"BRPC_IDLE_ADDR="+e.addr,
+		"BRPC_IDLE_CA="+string(e.ca.CertPEM()),
+		"BRPC_IDLE_N="+strconv.Itoa(idleClients))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		stdin.Close()
+		cmd.Wait()
+	}()
+	ready := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "ready") {
+				ready <- nil
+				io.Copy(io.Discard, stdout)
+				return
+			}
+		}
+		ready <- fmt.Errorf("the client process ended before it was ready: %v", sc.Err())
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the client process did not connect its clients within 60s")
+	}
+	waitFor(t, 10*time.Second, "every client to be listed", func() bool { return len(e.srv.Peers()) == idleClients })
+	time.Sleep(200 * time.Millisecond) // let handshake goroutines finish
+
+	g1, m1 := serverFootprint()
+	perG := float64(g1-g0) / idleClients
+	perB := float64(m1-m0) / idleClients
+	t.Logf("per idle client on the server: %.2f goroutines, %.1f KiB (heap+stacks)", perG, perB/1024)
+	if perG > maxIdleGoroutinesPerPeer {
+		t.Errorf("an idle client costs %.2f goroutines, want at most %d", perG, maxIdleGoroutinesPerPeer)
+	}
+	if perB > maxIdleBytesPerPeer {
+		t.Errorf("an idle client costs %.1f KiB, want at most %d KiB", perB/1024, maxIdleBytesPerPeer>>10)
+	}
+
+	stdin.Close()
+	waitFor(t, 20*time.Second, "the clients to leave Peers()", func() bool { return len(e.srv.Peers()) == 0 })
+}
+
+func serverFootprint() (goroutines int, bytes uint64) {
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	return runtime.NumGoroutine(), ms.HeapAlloc + ms.StackInuse
+}
+
+// TestIdleClientsHelperProcess is the child process of TestIdleClientCost:
+// it connects the clients, reports "ready" and holds them until its stdin
+// closes.
+func TestIdleClientsHelperProcess(t *testing.T) {
+	addr := os.Getenv("BRPC_IDLE_ADDR")
+	if addr == "" {
+		t.Skip("runs only as the child process of TestIdleClientCost")
+	}
+	n, _ := strconv.Atoi(os.Getenv("BRPC_IDLE_N"))
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(os.Getenv("BRPC_IDLE_CA")))
+	var conns []*brpc.ClientConn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < n; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		c, err := brpc.Dial(ctx, "quic://"+addr, brpc.WithTLSConfig(&tls.Config{RootCAs: pool}))
+		cancel()
+		if err != nil {
+			t.Fatalf("Dial %d: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	fmt.Println("ready")
+	io.Copy(io.Discard, os.Stdin)
+}
