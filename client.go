@@ -182,11 +182,15 @@ func (c *ClientConn) handshake(ctx context.Context) error {
 		ctrl.Close()
 		return dialError(ctx, "handshake", err)
 	}
-	if err := handshake.WriteMsg(ctrl, handshake.NewHello(c.opts.metadata)); err != nil {
-		return fail(err)
-	}
+	werr := handshake.WriteMsg(ctrl, handshake.NewHello(c.opts.metadata))
+	// A server that refuses the hello part-way (too large) stops reading it
+	// and answers at once: the welcome is worth reading even when the write
+	// failed.
 	var w handshakepb.Welcome
 	if err := handshake.ReadMsg(ctrl, &w, maxWelcomeSize); err != nil {
+		if werr != nil {
+			return fail(werr)
+		}
 		return fail(err)
 	}
 	if w.GetStatus() != nil {

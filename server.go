@@ -427,7 +427,11 @@ func (s *Server[C]) authenticate(ctx context.Context, info AuthInfo) (id string,
 // it and close the session itself, then closes the session.
 func (ss *serverSession[C]) reject(ctrl net.Conn, err error) {
 	ctrl.SetWriteDeadline(time.Now().Add(rejectLinger))
-	if werr := handshake.WriteMsg(ctrl, handshake.Reject(err)); werr == nil {
+	werr := handshake.WriteMsg(ctrl, handshake.Reject(err))
+	// Closing the stream stops reading the rest of the hello, which unblocks
+	// a client still writing it, and ends the welcome with FIN.
+	ctrl.Close()
+	if werr == nil {
 		t := time.NewTimer(rejectLinger)
 		select {
 		case <-ss.sess.Context().Done():
@@ -436,7 +440,6 @@ func (ss *serverSession[C]) reject(ctrl net.Conn, err error) {
 		t.Stop()
 	}
 	ss.sess.Close(session.CodeRejected, status.Convert(err).Message())
-	ctrl.Close()
 }
 
 // dialGRPC builds the gRPC connection that carries the server's calls to

@@ -1,0 +1,101 @@
+package brpc_test
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/internal/certs"
+)
+
+func TestDialRejectsBadInput(t *testing.T) {
+	ca, err := certs.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	withTLS := brpc.WithTLSConfig(ca.ClientTLS())
+	for _, tc := range []struct {
+		name   string
+		target string
+		opts   []brpc.DialOption
+		want   codes.Code
+	}{
+		{"no TLS config", "quic://127.0.0.1:1", nil, codes.InvalidArgument},
+		{"unknown scheme", "http://127.0.0.1:1", []brpc.DialOption{withTLS}, codes.InvalidArgument},
+		{"no port", "quic://127.0.0.1", []brpc.DialOption{withTLS}, codes.InvalidArgument},
+		{"tcp not yet", "tcp://127.0.0.1:1", []brpc.DialOption{withTLS}, codes.Unimplemented},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := brpc.Dial(testCtx(t), tc.target, tc.opts...)
+			wantCode(t, err, tc.want, "Dial("+tc.target+")")
+		})
+	}
+}
+
+func TestDialWhereNothingAnswersEndsWithCtx(t *testing.T) {
+	// A UDP socket that never answers.
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	ca, err := certs.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = brpc.Dial(ctx, "quic://"+pc.LocalAddr().String(), brpc.WithTLSConfig(ca.ClientTLS()))
+	wantCode(t, err, codes.DeadlineExceeded, "Dial to a silent address")
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("Dial with a 300ms deadline took %v", took)
+	}
+}
+
+func TestDialWrongServerCertificate(t *testing.T) {
+	e := newPlainEnv(t)
+	other, err := certs.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.dial(clientConfig{name: "x", tls: other.ClientTLS()})
+	wantCode(t, err, codes.Unavailable, "Dial trusting another CA")
+	if n := len(e.srv.Peers()); n != 0 {
+		t.Fatalf("%d peers after a failed TLS handshake", n)
+	}
+}
+
+func TestListenTCPIsNotImplementedYet(t *testing.T) {
+	ca, err := certs.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stls, err := ca.ServerTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = brpc.ListenTCP("127.0.0.1:0", stls)
+	wantCode(t, err, codes.Unimplemented, "ListenTCP")
+	if _, err := brpc.ListenQUIC("127.0.0.1:0", nil); err == nil {
+		t.Fatal("ListenQUIC without a certificate succeeded")
+	}
+}
+
+func TestServeAfterStop(t *testing.T) {
+	e := newPlainEnv(t)
+	e.srv.Stop()
+	ca, _ := certs.NewCA()
+	stls, _ := ca.ServerTLS()
+	lis, err := brpc.ListenQUIC("127.0.0.1:0", stls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.srv.Serve(lis); err != brpc.ErrServerStopped {
+		t.Fatalf("Serve after Stop = %v, want ErrServerStopped", err)
+	}
+}
