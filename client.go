@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -149,7 +150,15 @@ func dialError(ctx context.Context, what string, err error) error {
 		return err
 	}
 	if code, reason, ok := session.PeerCloseCode(err); ok {
-		return status.Errorf(closeCodeToGRPC(code), "brpc: %s: server closed the session: %s", what, reason)
+		c := closeCodeToGRPC(code)
+		if code == session.CodeRejected {
+			// A rejection's reason is "<grpc code> <message>".
+			num, msg, _ := strings.Cut(reason, " ")
+			if n, err := strconv.ParseUint(num, 10, 32); err == nil && n != 0 && n <= 16 {
+				c, reason = codes.Code(n), msg
+			}
+		}
+		return status.Errorf(c, "brpc: %s: server closed the session: %s", what, reason)
 	}
 	return status.Errorf(codes.Unavailable, "brpc: %s: %v", what, err)
 }

@@ -439,7 +439,9 @@ func (ss *serverSession[C]) reject(ctrl net.Conn, err error) {
 		}
 		t.Stop()
 	}
-	ss.sess.Close(session.CodeRejected, status.Convert(err).Message())
+	st := status.Convert(err)
+	// The close reason repeats the code, for a client that misses the welcome.
+	ss.sess.Close(session.CodeRejected, fmt.Sprintf("%d %s", st.Code(), st.Message()))
 }
 
 // dialGRPC builds the gRPC connection that carries the server's calls to
