@@ -82,12 +82,15 @@ func TestAuthenticatorSeesMetadataAndRejects(t *testing.T) {
 	}
 	e := newEnv(t, envConfig{serverOpts: []brpc.ServerOption{brpc.WithAuthenticator(auth)}})
 
-	c := e.connect(clientConfig{name: "carol", md: metadata.Pairs("name", "carol", "zone", "eu-west")})
+	c := e.connect(clientConfig{name: "carol", md: metadata.Pairs("name", "carol", "zone", "eu-west", "token-bin", "\xff\x00\xfe")})
 	mu.Lock()
 	info := seen[0]
 	mu.Unlock()
 	if got := info.Metadata.Get("zone"); len(got) != 1 || got[0] != "eu-west" {
 		t.Errorf("authenticator saw zone %q, want eu-west", got)
+	}
+	if got := info.Metadata.Get("token-bin"); len(got) != 1 || got[0] != "\xff\x00\xfe" {
+		t.Errorf("authenticator saw token-bin %q, want the binary value", got)
 	}
 	if info.RemoteAddr == nil || !strings.HasPrefix(info.RemoteAddr.String(), "127.0.0.1:") {
 		t.Errorf("authenticator saw remote address %v", info.RemoteAddr)

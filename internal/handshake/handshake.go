@@ -31,7 +31,8 @@ const (
 // DefaultMaxMessageSize caps a control-stream message unless configured.
 const DefaultMaxMessageSize = 64 << 10
 
-// ErrTooLarge is returned for a frame whose announced length exceeds the cap.
+// ErrTooLarge is returned for a frame whose announced length exceeds the cap
+// (a negative cap admits only empty frames).
 var ErrTooLarge = errors.New("handshake: message too large")
 
 // ErrMalformed is returned for a frame whose body is not a valid message.
@@ -59,7 +60,7 @@ func ReadMsg(r io.Reader, m proto.Message, maxSize int) error {
 		return err
 	}
 	n := binary.BigEndian.Uint32(hdr[:])
-	if uint64(n) > uint64(maxSize) {
+	if int64(n) > int64(max(maxSize, 0)) {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, n, maxSize)
 	}
 	body := make([]byte, n)
@@ -155,7 +156,11 @@ func MDToProto(md metadata.MD) []*handshakepb.MetadataEntry {
 	sort.Strings(keys)
 	out := make([]*handshakepb.MetadataEntry, 0, len(keys))
 	for _, k := range keys {
-		out = append(out, &handshakepb.MetadataEntry{Key: k, Values: append([]string(nil), md[k]...)})
+		vals := make([][]byte, len(md[k]))
+		for i, v := range md[k] {
+			vals[i] = []byte(v)
+		}
+		out = append(out, &handshakepb.MetadataEntry{Key: k, Values: vals})
 	}
 	return out
 }
@@ -164,7 +169,9 @@ func MDToProto(md metadata.MD) []*handshakepb.MetadataEntry {
 func MDFromProto(entries []*handshakepb.MetadataEntry) metadata.MD {
 	md := metadata.MD{}
 	for _, e := range entries {
-		md.Append(e.GetKey(), e.GetValues()...)
+		for _, v := range e.GetValues() {
+			md.Append(e.GetKey(), string(v))
+		}
 	}
 	return md
 }

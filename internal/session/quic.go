@@ -125,7 +125,16 @@ func (s *quicStream) Write(b []byte) (int, error) {
 		return 0, net.ErrClosed
 	default:
 	}
-	return s.st.Write(b)
+	n, err := s.st.Write(b)
+	if err != nil {
+		select {
+		case <-s.closed:
+			// Close expired the write: report the close, not a timeout.
+			err = net.ErrClosed
+		default:
+		}
+	}
+	return n, err
 }
 
 func (s *quicStream) Close() error {
@@ -147,11 +156,14 @@ func (s *quicStream) SetDeadline(t time.Time) error      { return s.st.SetDeadli
 func (s *quicStream) SetReadDeadline(t time.Time) error  { return s.st.SetReadDeadline(t) }
 func (s *quicStream) SetWriteDeadline(t time.Time) error { return s.st.SetWriteDeadline(t) }
 
-// Listener accepts QUIC sessions on one UDP socket.
+// QUICListener accepts QUIC sessions on one UDP socket.
 type QUICListener struct {
 	udp *net.UDPConn
 	tr  *quic.Transport
 	ln  *quic.Listener
+
+	mu    sync.Mutex
+	conns map[*quic.Conn]struct{} // accepted and not yet ended
 }
 
 // ListenUDP binds the UDP socket a QUIC listener will use. Sessions are
@@ -165,7 +177,7 @@ func ListenUDP(addr string) (*QUICListener, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &QUICListener{udp: udp, tr: &quic.Transport{Conn: udp}}, nil
+	return &QUICListener{udp: udp, tr: &quic.Transport{Conn: udp}, conns: make(map[*quic.Conn]struct{})}, nil
 }
 
 // Addr is the bound UDP address.
@@ -187,6 +199,14 @@ func (l *QUICListener) Accept(ctx context.Context) (Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	l.mu.Lock()
+	l.conns[conn] = struct{}{}
+	l.mu.Unlock()
+	context.AfterFunc(conn.Context(), func() {
+		l.mu.Lock()
+		delete(l.conns, conn)
+		l.mu.Unlock()
+	})
 	return NewQUIC(conn), nil
 }
 
@@ -198,9 +218,19 @@ func (l *QUICListener) StopAccepting() error {
 	return l.ln.Close()
 }
 
-// Close stops accepting, ends every session on the socket and closes it.
+// Close stops accepting, ends every session on the socket, telling each
+// peer with CodeShutdown, and closes the socket.
 func (l *QUICListener) Close() error {
 	_ = l.StopAccepting()
+	l.mu.Lock()
+	conns := make([]*quic.Conn, 0, len(l.conns))
+	for c := range l.conns {
+		conns = append(conns, c)
+	}
+	l.mu.Unlock()
+	for _, c := range conns {
+		_ = c.CloseWithError(quic.ApplicationErrorCode(CodeShutdown), "listener closed")
+	}
 	err := l.tr.Close()
 	if cerr := l.udp.Close(); err == nil && !errors.Is(cerr, net.ErrClosed) {
 		err = cerr

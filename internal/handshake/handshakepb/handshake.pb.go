@@ -93,9 +93,10 @@ func (x *Hello) GetMetadata() []*MetadataEntry {
 
 // MetadataEntry is one key of a gRPC metadata map with all its values.
 type MetadataEntry struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Values        []string               `protobuf:"bytes,2,rep,name=values,proto3" json:"values,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// values are bytes, not strings: "-bin" keys carry arbitrary bytes.
+	Values        [][]byte `protobuf:"bytes,2,rep,name=values,proto3" json:"values,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -137,7 +138,7 @@ func (x *MetadataEntry) GetKey() string {
 	return ""
 }
 
-func (x *MetadataEntry) GetValues() []string {
+func (x *MetadataEntry) GetValues() [][]byte {
 	if x != nil {
 		return x.Values
 	}
@@ -394,7 +395,7 @@ const file_handshake_proto_rawDesc = "" +
 	"\bmetadata\x18\x03 \x03(\v2 .brpc.handshake.v1.MetadataEntryR\bmetadata\"9\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
-	"\x06values\x18\x02 \x03(\tR\x06values\"w\n" +
+	"\x06values\x18\x02 \x03(\fR\x06values\"w\n" +
 	"\aWelcome\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x121\n" +
