@@ -50,8 +50,9 @@ type ClientConn struct {
 var _ grpc.ClientConnInterface = (*ClientConn)(nil)
 
 // Dial connects, authenticates and returns once the server has accepted the
-// client (or the error that rejected it). target is "quic://host:port" or
-// "host:port" (QUIC; falling back to TCP is not part of this release).
+// client (or the error that rejected it). target is "quic://host:port",
+// "tcp://host:port" (TLS over TCP) or "host:port" (QUIC; falling back to TCP
+// automatically is not part of this release).
 // Errors are gRPC status errors: the server's rejection as it sent it,
 // codes.InvalidArgument for a bad target or options, codes.DeadlineExceeded or
 // codes.Canceled when ctx ends first, and codes.Unavailable when the server
@@ -64,7 +65,7 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*ClientConn, 
 	if o.tls == nil {
 		return nil, status.Error(codes.InvalidArgument, "brpc: Dial needs WithTLSConfig")
 	}
-	hostport, err := parseTarget(target)
+	transport, hostport, err := parseTarget(target)
 	if err != nil {
 		return nil, err
 	}
@@ -77,11 +78,20 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*ClientConn, 
 		tlsConf.ServerName = host
 	}
 
-	sess, err := session.DialQUIC(ctx, hostport, tlsConf, session.QUICConfig{
-		KeepAlive:          o.keepaliveInterval,
-		IdleTimeout:        o.keepaliveTimeout,
-		MaxIncomingStreams: o.maxStreams,
-	})
+	var sess session.Session
+	if transport == session.TransportTCP {
+		sess, err = session.DialTCP(ctx, hostport, tlsConf, session.TCPConfig{
+			KeepAlive:          o.keepaliveInterval,
+			IdleTimeout:        o.keepaliveTimeout,
+			MaxIncomingStreams: o.maxStreams,
+		})
+	} else {
+		sess, err = session.DialQUIC(ctx, hostport, tlsConf, session.QUICConfig{
+			KeepAlive:          o.keepaliveInterval,
+			IdleTimeout:        o.keepaliveTimeout,
+			MaxIncomingStreams: o.maxStreams,
+		})
+	}
 	if err != nil {
 		return nil, dialError(ctx, "dial "+target, err)
 	}
@@ -125,19 +135,19 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*ClientConn, 
 	return c, nil
 }
 
-// parseTarget returns the host:port of a target.
-func parseTarget(target string) (string, error) {
+// parseTarget returns the transport and host:port of a target.
+func parseTarget(target string) (transport, hostport string, err error) {
 	scheme, rest, ok := strings.Cut(target, "://")
 	if !ok {
-		return target, nil
+		return session.TransportQUIC, target, nil
 	}
 	switch scheme {
 	case "quic":
-		return rest, nil
+		return session.TransportQUIC, rest, nil
 	case "tcp":
-		return "", status.Error(codes.Unimplemented, "brpc: the TCP transport is not implemented yet; use a quic:// target")
+		return session.TransportTCP, rest, nil
 	default:
-		return "", status.Errorf(codes.InvalidArgument, "brpc: unknown scheme %q in target %q (want quic:// or host:port)", scheme, target)
+		return "", "", status.Errorf(codes.InvalidArgument, "brpc: unknown scheme %q in target %q (want quic://, tcp:// or host:port)", scheme, target)
 	}
 }
 

@@ -2,6 +2,7 @@ package brpc_test
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"testing"
 	"time"
@@ -27,7 +28,6 @@ func TestDialRejectsBadInput(t *testing.T) {
 		{"no TLS config", "quic://127.0.0.1:1", nil, codes.InvalidArgument},
 		{"unknown scheme", "http://127.0.0.1:1", []brpc.DialOption{withTLS}, codes.InvalidArgument},
 		{"no port", "quic://127.0.0.1", []brpc.DialOption{withTLS}, codes.InvalidArgument},
-		{"tcp not yet", "tcp://127.0.0.1:1", []brpc.DialOption{withTLS}, codes.Unimplemented},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := brpc.Dial(testCtx(t), tc.target, tc.opts...)
@@ -70,19 +70,16 @@ func TestDialWrongServerCertificate(t *testing.T) {
 	}
 }
 
-func TestListenTCPIsNotImplementedYet(t *testing.T) {
-	ca, err := certs.NewCA()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stls, err := ca.ServerTLS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = brpc.ListenTCP("127.0.0.1:0", stls)
-	wantCode(t, err, codes.Unimplemented, "ListenTCP")
-	if _, err := brpc.ListenQUIC("127.0.0.1:0", nil); err == nil {
-		t.Fatal("ListenQUIC without a certificate succeeded")
+func TestListenNeedsACertificate(t *testing.T) {
+	for name, listen := range map[string]func(string, *tls.Config) (brpc.Listener, error){
+		"quic": brpc.ListenQUIC, "tcp": brpc.ListenTCP,
+	} {
+		if _, err := listen("127.0.0.1:0", nil); err == nil {
+			t.Errorf("%s: listening without a certificate succeeded", name)
+		}
+		if _, err := listen("127.0.0.1:0", &tls.Config{}); err == nil {
+			t.Errorf("%s: listening with an empty tls.Config succeeded", name)
+		}
 	}
 }
 

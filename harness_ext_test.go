@@ -158,9 +158,22 @@ type env struct {
 	gs   *grpc.Server
 	lis  brpc.Listener
 	addr string
+	// target is what clients dial: scheme://addr.
+	target string
+}
+
+// transports are the transports every conformance test runs on.
+var transports = []string{"quic", "tcp"}
+
+// eachTransport runs fn as a subtest per transport.
+func eachTransport(t *testing.T, fn func(t *testing.T, transport string)) {
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) { fn(t, tr) })
+	}
 }
 
 type envConfig struct {
+	transport  string // "quic" (default) or "tcp"
 	serverOpts []brpc.ServerOption
 	grpcOpts   []grpc.ServerOption
 	serverTLS  func(*certs.CA, *tls.Config)
@@ -191,11 +204,19 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	}
 	testpb.RegisterEchoServer(e.gs, svc)
 	e.srv = brpc.NewServer(e.gs, testpb.NewEchoClient, cfg.serverOpts...)
-	e.lis, err = brpc.ListenQUIC("127.0.0.1:0", stls)
+	listen := brpc.ListenQUIC
+	if cfg.transport == "" {
+		cfg.transport = "quic"
+	}
+	if cfg.transport == "tcp" {
+		listen = brpc.ListenTCP
+	}
+	e.lis, err = listen("127.0.0.1:0", stls)
 	if err != nil {
-		t.Fatalf("ListenQUIC: %v", err)
+		t.Fatalf("listening on %s: %v", cfg.transport, err)
 	}
 	e.addr = e.lis.Addr().String()
+	e.target = cfg.transport + "://" + e.addr
 	served := make(chan error, 1)
 	go func() { served <- e.srv.Serve(e.lis) }()
 	t.Cleanup(func() {
@@ -255,7 +276,7 @@ func (e *env) dial(cfg clientConfig) (*client, error) {
 		opts = append(opts, brpc.WithServer(gs))
 	}
 	opts = append(opts, cfg.opts...)
-	cc, err := brpc.Dial(ctx, "quic://"+e.addr, opts...)
+	cc, err := brpc.Dial(ctx, e.target, opts...)
 	if err != nil {
 		if gs != nil {
 			gs.Stop()

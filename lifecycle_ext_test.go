@@ -28,67 +28,71 @@ func inflight(stub testpb.EchoClient, sleep time.Duration) <-chan error {
 }
 
 func TestGracefulStopDrainsBothDirections(t *testing.T) {
-	e := newPlainEnv(t)
-	c := e.connect(clientConfig{name: "alice"})
-	rev, _ := e.srv.Client(c.ID())
-	// Warm both gRPC connections so both calls are in flight at once.
-	for _, stub := range []testpb.EchoClient{c.echo, rev} {
-		if _, err := stub.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
-			t.Fatalf("warm-up: %v", err)
+	eachTransport(t, func(t *testing.T, tr string) {
+		e := newPlainEnvOn(t, tr)
+		c := e.connect(clientConfig{name: "alice"})
+		rev, _ := e.srv.Client(c.ID())
+		// Warm both gRPC connections so both calls are in flight at once.
+		for _, stub := range []testpb.EchoClient{c.echo, rev} {
+			if _, err := stub.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
+				t.Fatalf("warm-up: %v", err)
+			}
 		}
-	}
-	fwd := inflight(c.echo, 500*time.Millisecond)
-	back := inflight(rev, 500*time.Millisecond)
-	time.Sleep(100 * time.Millisecond) // let both calls reach their handlers
+		fwd := inflight(c.echo, 500*time.Millisecond)
+		back := inflight(rev, 500*time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // let both calls reach their handlers
 
-	stopped := make(chan struct{})
-	go func() { e.srv.GracefulStop(); close(stopped) }()
+		stopped := make(chan struct{})
+		go func() { e.srv.GracefulStop(); close(stopped) }()
 
-	if err := <-fwd; err != nil {
-		t.Errorf("forward call in flight during GracefulStop: %v, want success", err)
-	}
-	if err := <-back; err != nil {
-		t.Errorf("reverse call in flight during GracefulStop: %v, want success", err)
-	}
-	select {
-	case <-stopped:
-	case <-time.After(10 * time.Second):
-		t.Fatal("GracefulStop did not return after the calls drained")
-	}
-	_, err := rev.Unary(testCtx(t), &testpb.EchoRequest{})
-	wantCode(t, err, codes.Unavailable, "reverse call after GracefulStop")
-	_, err = c.echo.Unary(testCtx(t), &testpb.EchoRequest{})
-	wantCode(t, err, codes.Unavailable, "forward call after GracefulStop")
-	if n := len(e.srv.Peers()); n != 0 {
-		t.Fatalf("%d peers listed after GracefulStop", n)
-	}
+		if err := <-fwd; err != nil {
+			t.Errorf("forward call in flight during GracefulStop: %v, want success", err)
+		}
+		if err := <-back; err != nil {
+			t.Errorf("reverse call in flight during GracefulStop: %v, want success", err)
+		}
+		select {
+		case <-stopped:
+		case <-time.After(10 * time.Second):
+			t.Fatal("GracefulStop did not return after the calls drained")
+		}
+		_, err := rev.Unary(testCtx(t), &testpb.EchoRequest{})
+		wantCode(t, err, codes.Unavailable, "reverse call after GracefulStop")
+		_, err = c.echo.Unary(testCtx(t), &testpb.EchoRequest{})
+		wantCode(t, err, codes.Unavailable, "forward call after GracefulStop")
+		if n := len(e.srv.Peers()); n != 0 {
+			t.Fatalf("%d peers listed after GracefulStop", n)
+		}
+	})
 }
 
 func TestStopEndsCallsWithUnavailable(t *testing.T) {
-	e := newPlainEnv(t)
-	c := e.connect(clientConfig{name: "alice"})
-	rev, _ := e.srv.Client(c.ID())
-	for _, stub := range []testpb.EchoClient{c.echo, rev} {
-		if _, err := stub.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
-			t.Fatalf("warm-up: %v", err)
+	eachTransport(t, func(t *testing.T, tr string) {
+		e := newPlainEnvOn(t, tr)
+		c := e.connect(clientConfig{name: "alice"})
+		rev, _ := e.srv.Client(c.ID())
+		for _, stub := range []testpb.EchoClient{c.echo, rev} {
+			if _, err := stub.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
+				t.Fatalf("warm-up: %v", err)
+			}
 		}
-	}
-	fwd := inflight(c.echo, 10*time.Second)
-	back := inflight(rev, 10*time.Second)
-	time.Sleep(100 * time.Millisecond)
-	start := time.Now()
-	e.srv.Stop()
-	for what, ch := range map[string]<-chan error{"forward": fwd, "reverse": back} {
-		select {
-		case err := <-ch:
-			wantCode(t, err, codes.Unavailable, what+" call in flight during Stop")
-		case <-time.After(5 * time.Second):
-			t.Fatalf("%s call still hanging 5s after Stop", what)
+		fwd := inflight(c.echo, 10*time.Second)
+		back := inflight(rev, 10*time.Second)
+		time.Sleep(100 * time.Millisecond)
+		start := time.Now()
+		e.srv.Stop()
+		for what, ch := range map[string]<-chan error{"forward": fwd, "reverse": back} {
+			select {
+			case err := <-ch:
+				wantCode(t, err, codes.Unavailable, what+" call in flight during Stop")
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%s call still hanging 5s after Stop", what)
+			}
 		}
-	}
-	if took := time.Since(start); took > 5*time.Second {
-		t.Fatalf("Stop and the end of its calls took %v", took)
-	}
+		if took := time.Since(start); took > 5*time.Second {
+			t.Fatalf("Stop and the end of its calls took %v", took)
+		}
+	})
 }
 
 func TestVanishedClientIsDroppedWithinKeepaliveTimeout(t *testing.T) {
@@ -150,79 +154,85 @@ func TestVanishedClientIsDroppedWithinKeepaliveTimeout(t *testing.T) {
 }
 
 func TestDuplicateIDReplacesOlderSession(t *testing.T) {
-	same := func(ctx context.Context, info brpc.AuthInfo) (string, error) { return "device-1", nil }
-	e := newEnv(t, envConfig{
-		serverOpts: []brpc.ServerOption{brpc.WithAuthenticator(same)},
-		call:       func(*env) func(context.Context) (string, error) { return nil },
-	})
-	old := e.connect(clientConfig{name: "old"})
-	oldStub, _ := e.srv.Client("device-1")
-	if _, err := oldStub.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
-		t.Fatal(err)
-	}
-	pending := inflight(oldStub, 10*time.Second)
-	time.Sleep(100 * time.Millisecond)
+	eachTransport(t, func(t *testing.T, tr string) {
+		same := func(ctx context.Context, info brpc.AuthInfo) (string, error) { return "device-1", nil }
+		e := newEnv(t, envConfig{
+			transport:  tr,
+			serverOpts: []brpc.ServerOption{brpc.WithAuthenticator(same)},
+			call:       func(*env) func(context.Context) (string, error) { return nil },
+		})
+		old := e.connect(clientConfig{name: "old"})
+		oldStub, _ := e.srv.Client("device-1")
+		if _, err := oldStub.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		pending := inflight(oldStub, 10*time.Second)
+		time.Sleep(100 * time.Millisecond)
 
-	e.connect(clientConfig{name: "new"})
-	select {
-	case err := <-pending:
-		wantCode(t, err, codes.Unavailable, "pending call of the replaced session")
-	case <-time.After(5 * time.Second):
-		t.Fatal("the replaced session's pending call did not end")
-	}
-	stub, err := e.srv.Client("device-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := stub.Unary(testCtx(t), &testpb.EchoRequest{Message: "who"})
-	if err != nil || r.GetMessage() != "new:who" {
-		t.Fatalf("Client(device-1) reached %q (%v), want the newer session", r.GetMessage(), err)
-	}
-	if peers := e.srv.Peers(); len(peers) != 1 {
-		t.Fatalf("Peers() = %+v, want one entry", peers)
-	}
-	_ = old
+		e.connect(clientConfig{name: "new"})
+		select {
+		case err := <-pending:
+			wantCode(t, err, codes.Unavailable, "pending call of the replaced session")
+		case <-time.After(5 * time.Second):
+			t.Fatal("the replaced session's pending call did not end")
+		}
+		stub, err := e.srv.Client("device-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := stub.Unary(testCtx(t), &testpb.EchoRequest{Message: "who"})
+		if err != nil || r.GetMessage() != "new:who" {
+			t.Fatalf("Client(device-1) reached %q (%v), want the newer session", r.GetMessage(), err)
+		}
+		if peers := e.srv.Peers(); len(peers) != 1 {
+			t.Fatalf("Peers() = %+v, want one entry", peers)
+		}
+		_ = old
+	})
 }
 
 func TestGRPCDialOptionsReachBrpcConnections(t *testing.T) {
-	var serverSide, clientSide atomic.Int32
-	var mu sync.Mutex
-	var peerIDs []string
-	count := func(n *atomic.Int32) grpc.UnaryClientInterceptor {
-		return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-			n.Add(1)
-			return invoker(metadata.AppendToOutgoingContext(ctx, "x-echo-intercepted", "yes"), method, req, reply, cc, opts...)
+	eachTransport(t, func(t *testing.T, tr string) {
+		var serverSide, clientSide atomic.Int32
+		var mu sync.Mutex
+		var peerIDs []string
+		count := func(n *atomic.Int32) grpc.UnaryClientInterceptor {
+			return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+				n.Add(1)
+				return invoker(metadata.AppendToOutgoingContext(ctx, "x-echo-intercepted", "yes"), method, req, reply, cc, opts...)
+			}
 		}
-	}
-	// The application's own server interceptor sees brpc's peer.
-	seePeer := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if p, ok := brpc.PeerFromContext(ctx); ok {
-			mu.Lock()
-			peerIDs = append(peerIDs, p.ID)
-			mu.Unlock()
+		// The application's own server interceptor sees brpc's peer.
+		seePeer := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+			if p, ok := brpc.PeerFromContext(ctx); ok {
+				mu.Lock()
+				peerIDs = append(peerIDs, p.ID)
+				mu.Unlock()
+			}
+			return handler(ctx, req)
 		}
-		return handler(ctx, req)
-	}
-	e := newEnv(t, envConfig{
-		serverOpts: []brpc.ServerOption{brpc.WithGRPCDialOptions(grpc.WithChainUnaryInterceptor(count(&serverSide)))},
-		grpcOpts:   []grpc.ServerOption{grpc.ChainUnaryInterceptor(seePeer)},
+		e := newEnv(t, envConfig{
+			transport:  tr,
+			serverOpts: []brpc.ServerOption{brpc.WithGRPCDialOptions(grpc.WithChainUnaryInterceptor(count(&serverSide)))},
+			grpcOpts:   []grpc.ServerOption{grpc.ChainUnaryInterceptor(seePeer)},
+		})
+		c := e.connect(clientConfig{name: "alice", opts: []brpc.DialOption{
+			brpc.WithGRPCDialOptions(grpc.WithChainUnaryInterceptor(count(&clientSide))),
+		}})
+		var header metadata.MD
+		if _, err := c.echo.Unary(testCtx(t), &testpb.EchoRequest{}, grpc.Header(&header)); err != nil {
+			t.Fatal(err)
+		}
+		if clientSide.Load() != 1 || serverSide.Load() != 1 {
+			t.Fatalf("interceptor calls: client side %d, server side (reverse) %d; want 1 and 1", clientSide.Load(), serverSide.Load())
+		}
+		if got := header.Get("x-echo-intercepted"); len(got) != 1 {
+			t.Fatalf("the client interceptor's metadata did not reach the server: header %v", header)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(peerIDs) != 1 || peerIDs[0] != c.ID() {
+			t.Fatalf("application interceptor saw peers %v, want [%s]", peerIDs, c.ID())
+		}
 	})
-	c := e.connect(clientConfig{name: "alice", opts: []brpc.DialOption{
-		brpc.WithGRPCDialOptions(grpc.WithChainUnaryInterceptor(count(&clientSide))),
-	}})
-	var header metadata.MD
-	if _, err := c.echo.Unary(testCtx(t), &testpb.EchoRequest{}, grpc.Header(&header)); err != nil {
-		t.Fatal(err)
-	}
-	if clientSide.Load() != 1 || serverSide.Load() != 1 {
-		t.Fatalf("interceptor calls: client side %d, server side (reverse) %d; want 1 and 1", clientSide.Load(), serverSide.Load())
-	}
-	if got := header.Get("x-echo-intercepted"); len(got) != 1 {
-		t.Fatalf("the client interceptor's metadata did not reach the server: header %v", header)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(peerIDs) != 1 || peerIDs[0] != c.ID() {
-		t.Fatalf("application interceptor saw peers %v, want [%s]", peerIDs, c.ID())
-	}
 }

@@ -8,9 +8,6 @@ import (
 	"net"
 	"sync"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/brpc-go/brpc/internal/session"
 )
 
@@ -34,6 +31,7 @@ type Listener interface {
 // listenConfig is what a Server tells its listeners when it starts serving.
 type listenConfig struct {
 	quic session.QUICConfig
+	tcp  session.TCPConfig
 }
 
 // acceptor yields sessions whose transport handshake completed.
@@ -58,12 +56,21 @@ func ListenQUIC(addr string, tlsConf *tls.Config) (Listener, error) {
 	return &quicListener{ul: ul, tls: conf}, nil
 }
 
-// ListenTCP returns a Listener for TLS-over-TCP sessions.
-//
-// The TCP transport is not part of this release yet: ListenTCP returns a
-// codes.Unimplemented error. Use ListenQUIC.
+// ListenTCP binds a TCP socket on addr and returns a Listener for
+// TLS-over-TCP sessions, whose streams are multiplexed with smux (protocol
+// version 2). It is the transport for networks that block UDP; it behaves
+// like ListenQUIC in every other way. tlsConf is used as for ListenQUIC. A
+// QUIC and a TCP listener may share a port number.
 func ListenTCP(addr string, tlsConf *tls.Config) (Listener, error) {
-	return nil, status.Error(codes.Unimplemented, "brpc: the TCP transport is not implemented yet; use ListenQUIC")
+	conf, err := serverTLS(tlsConf)
+	if err != nil {
+		return nil, err
+	}
+	tl, err := session.ListenTCP(addr)
+	if err != nil {
+		return nil, fmt.Errorf("brpc: listen tcp %s: %w", addr, err)
+	}
+	return &tcpListener{tl: tl, tls: conf}, nil
 }
 
 func serverTLS(c *tls.Config) (*tls.Config, error) {
@@ -127,3 +134,48 @@ func (a quicAcceptor) accept() (session.Session, error) {
 }
 
 func (a quicAcceptor) stopAccepting() { _ = a.ul.StopAccepting() }
+
+type tcpListener struct {
+	tl  *session.TCPListener
+	tls *tls.Config
+
+	mu      sync.Mutex
+	started bool
+	closed  bool
+}
+
+func (l *tcpListener) Addr() net.Addr { return l.tl.Addr() }
+
+func (l *tcpListener) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil
+	}
+	l.closed = true
+	return l.tl.Close()
+}
+
+func (l *tcpListener) start(cfg listenConfig) (acceptor, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.closed:
+		return nil, net.ErrClosed
+	case l.started:
+		return nil, errors.New("brpc: listener is already being served")
+	}
+	if err := l.tl.Start(l.tls, cfg.tcp); err != nil {
+		return nil, fmt.Errorf("brpc: listen tcp: %w", err)
+	}
+	l.started = true
+	return tcpAcceptor{l.tl}, nil
+}
+
+type tcpAcceptor struct{ tl *session.TCPListener }
+
+func (a tcpAcceptor) accept() (session.Session, error) {
+	return a.tl.Accept(context.Background())
+}
+
+func (a tcpAcceptor) stopAccepting() { _ = a.tl.StopAccepting() }

@@ -98,7 +98,7 @@ func (s *Server[C]) Serve(lis Listener) error {
 		lis.Close()
 		return ErrServerStopped
 	}
-	acc, err := lis.start(listenConfig{quic: s.quicConfig()})
+	acc, err := lis.start(listenConfig{quic: s.quicConfig(), tcp: s.tcpConfig()})
 	if err != nil {
 		s.mu.Unlock()
 		return err
@@ -137,6 +137,15 @@ func (s *Server[C]) Serve(lis Listener) error {
 		s.wg.Add(1)
 		s.mu.Unlock()
 		go ss.run()
+	}
+}
+
+func (s *Server[C]) tcpConfig() session.TCPConfig {
+	return session.TCPConfig{
+		KeepAlive:          s.opts.keepaliveInterval,
+		IdleTimeout:        s.opts.keepaliveTimeout,
+		HandshakeTimeout:   s.opts.handshakeTimeout,
+		MaxIncomingStreams: s.opts.maxStreams,
 	}
 }
 
@@ -412,6 +421,9 @@ func (s *Server[C]) authenticate(ctx context.Context, info AuthInfo) (id string,
 	}()
 	id, err = s.opts.auth(ctx, info)
 	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+			return "", status.Error(codes.DeadlineExceeded, "brpc: authentication did not finish within the handshake timeout")
+		}
 		if st, ok := status.FromError(err); ok && st.Code() != codes.OK && st.Code() != codes.Unknown {
 			return "", err
 		}

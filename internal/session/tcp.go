@@ -1,0 +1,379 @@
+package session
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/xtaci/smux"
+)
+
+// The TCP transport: TLS 1.3 over one TCP connection, streams multiplexed
+// with smux protocol version 2 (version 1 has no per-stream flow control).
+//
+// Liveness is the kernel's: TCP keepalive probes a quiet connection every
+// KeepAlive and declares the peer dead after IdleTimeout without an answer;
+// TCP_USER_TIMEOUT bounds how long sent data may stay unacknowledged. smux's
+// own keepalive is off, so an idle session costs no goroutine for it.
+
+// TCPConfig holds what brpc tunes on the TCP transport for either side.
+type TCPConfig struct {
+	KeepAlive          time.Duration // how often a quiet connection is probed
+	IdleTimeout        time.Duration // silence after which the peer is declared dead
+	HandshakeTimeout   time.Duration // TLS handshake limit
+	MaxIncomingStreams int64         // concurrent streams the peer may open
+}
+
+func (c TCPConfig) smux() *smux.Config {
+	return &smux.Config{
+		Version:           2,
+		KeepAliveDisabled: true,
+		KeepAliveInterval: 10 * time.Second, // unused; smux validates it
+		KeepAliveTimeout:  30 * time.Second,
+		MaxFrameSize:      32 << 10,
+		MaxReceiveBuffer:  16 << 20,
+		MaxStreamBuffer:   4 << 20,
+	}
+}
+
+// setKeepalive applies the kernel liveness settings to a TCP connection.
+func (c TCPConfig) setKeepalive(conn net.Conn) error {
+	tc, ok := conn.(*net.TCPConn)
+	if !ok || c.KeepAlive <= 0 || c.IdleTimeout <= 0 {
+		return nil
+	}
+	count := int(c.IdleTimeout / c.KeepAlive)
+	if count < 1 {
+		count = 1
+	}
+	if err := tc.SetKeepAliveConfig(net.KeepAliveConfig{
+		Enable:   true,
+		Idle:     c.KeepAlive,
+		Interval: c.KeepAlive,
+		Count:    count,
+	}); err != nil {
+		return err
+	}
+	return setUserTimeout(tc, c.IdleTimeout)
+}
+
+// tcpSession is a Session over smux on TLS on TCP.
+type tcpSession struct {
+	mux   *smux.Session
+	tls   *tls.Conn
+	limit int64 // streams the peer may have open at once
+	open  atomic.Int64
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+}
+
+func newTCPSession(tc *tls.Conn, mux *smux.Session, limit int64) *tcpSession {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	return &tcpSession{mux: mux, tls: tc, limit: limit, ctx: ctx, cancel: cancel}
+}
+
+// DialTCP opens a TLS connection to addr, multiplexes it and returns it as a
+// Session.
+func DialTCP(ctx context.Context, addr string, tlsConf *tls.Config, conf TCPConfig) (Session, error) {
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := conf.setKeepalive(raw); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	tc := tls.Client(raw, tlsConf)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	mux, err := smux.Client(tc, conf.smux())
+	if err != nil {
+		tc.Close()
+		return nil, err
+	}
+	return newTCPSession(tc, mux, conf.MaxIncomingStreams), nil
+}
+
+func (s *tcpSession) OpenStream(ctx context.Context) (net.Conn, error) {
+	if err := s.ctx.Err(); err != nil {
+		return nil, context.Cause(s.ctx)
+	}
+	st, err := s.mux.OpenStream()
+	if err != nil {
+		if s.mux.IsClosed() {
+			s.ended(err)
+		}
+		return nil, err
+	}
+	return &tcpStream{Stream: st}, nil
+}
+
+// AcceptStream returns the next stream the peer opened. Streams beyond the
+// limit of concurrently open ones are reset at once. When accepting fails
+// because the connection ended, the session's Context ends too: brpc always
+// has a goroutine accepting on each live session, so that is prompt.
+func (s *tcpSession) AcceptStream(ctx context.Context) (net.Conn, error) {
+	stop := context.AfterFunc(ctx, func() { s.mux.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	for {
+		st, err := s.mux.AcceptStream()
+		if err != nil {
+			if ctx.Err() != nil {
+				s.mux.SetDeadline(time.Time{})
+				return nil, ctx.Err()
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// A deadline left by an earlier accept whose context ended
+				// just as it returned: clear it and go on.
+				s.mux.SetDeadline(time.Time{})
+				continue
+			}
+			s.ended(err)
+			return nil, err
+		}
+		if s.limit > 0 && s.open.Load() >= s.limit {
+			st.Close()
+			continue
+		}
+		s.open.Add(1)
+		return &tcpStream{Stream: st, release: func() { s.open.Add(-1) }}, nil
+	}
+}
+
+// ended records that the connection failed (smux reports a read error
+// without closing itself) and closes what is left of it.
+func (s *tcpSession) ended(err error) {
+	s.cancel(fmt.Errorf("session: tcp connection ended: %w", err))
+	s.mux.Close()
+}
+
+// PeerCloseCode is not carried by the TCP transport: a peer's close is seen
+// as the connection ending.
+
+func (s *tcpSession) Close(code CloseCode, reason string) error {
+	s.cancel(&localCloseError{code: code, reason: reason})
+	return s.mux.Close()
+}
+
+func (s *tcpSession) Context() context.Context { return s.ctx }
+func (s *tcpSession) LocalAddr() net.Addr      { return s.tls.LocalAddr() }
+func (s *tcpSession) RemoteAddr() net.Addr     { return s.tls.RemoteAddr() }
+func (s *tcpSession) TLS() tls.ConnectionState { return s.tls.ConnectionState() }
+func (s *tcpSession) Transport() string        { return TransportTCP }
+
+// localCloseError is the cause of a session this side closed.
+type localCloseError struct {
+	code   CloseCode
+	reason string
+}
+
+func (e *localCloseError) Error() string {
+	return fmt.Sprintf("session closed locally (code %d): %s", e.code, e.reason)
+}
+
+// tcpStream is an smux stream as a net.Conn.
+type tcpStream struct {
+	*smux.Stream
+	once    sync.Once
+	release func()
+}
+
+func (s *tcpStream) Close() error {
+	err := s.Stream.Close()
+	s.once.Do(func() {
+		if s.release != nil {
+			s.release()
+		}
+	})
+	if errors.Is(err, io.ErrClosedPipe) {
+		return nil
+	}
+	return err
+}
+
+// TCPListener accepts TCP sessions: it runs each TLS handshake in its own
+// goroutine, bounded by the handshake timeout, so a slow client holds up
+// nobody else.
+type TCPListener struct {
+	ln net.Listener
+
+	mu       sync.Mutex
+	started  bool
+	closed   bool
+	sessions map[*tcpSession]struct{}
+	pending  map[net.Conn]struct{} // in TLS handshake
+
+	ready chan Session
+	done  chan struct{}
+	wg    sync.WaitGroup
+}
+
+// ListenTCP binds a TCP socket. Sessions are accepted only after Start.
+func ListenTCP(addr string) (*TCPListener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return &TCPListener{
+		ln:       ln,
+		sessions: make(map[*tcpSession]struct{}),
+		pending:  make(map[net.Conn]struct{}),
+		ready:    make(chan Session),
+		done:     make(chan struct{}),
+	}, nil
+}
+
+// Addr is the bound TCP address.
+func (l *TCPListener) Addr() net.Addr { return l.ln.Addr() }
+
+// Start begins accepting connections with tlsConf and conf.
+func (l *TCPListener) Start(tlsConf *tls.Config, conf TCPConfig) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return net.ErrClosed
+	}
+	if l.started {
+		return errors.New("session: listener already started")
+	}
+	l.started = true
+	l.wg.Add(1)
+	go l.acceptLoop(tlsConf, conf)
+	return nil
+}
+
+func (l *TCPListener) acceptLoop(tlsConf *tls.Config, conf TCPConfig) {
+	defer l.wg.Done()
+	for {
+		raw, err := l.ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return
+		}
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			raw.Close()
+			return
+		}
+		l.pending[raw] = struct{}{}
+		l.wg.Add(1)
+		l.mu.Unlock()
+		go l.handshake(raw, tlsConf, conf)
+	}
+}
+
+func (l *TCPListener) handshake(raw net.Conn, tlsConf *tls.Config, conf TCPConfig) {
+	defer l.wg.Done()
+	s, err := l.establish(raw, tlsConf, conf)
+	l.mu.Lock()
+	delete(l.pending, raw)
+	if err == nil && !l.closed {
+		l.sessions[s] = struct{}{}
+		context.AfterFunc(s.ctx, func() {
+			l.mu.Lock()
+			delete(l.sessions, s)
+			l.mu.Unlock()
+		})
+	} else if err == nil {
+		err = net.ErrClosed
+	}
+	l.mu.Unlock()
+	if err != nil {
+		if s != nil {
+			s.Close(CodeShutdown, "listener closed")
+		}
+		raw.Close()
+		return
+	}
+	select {
+	case l.ready <- s:
+	case <-l.done:
+		s.Close(CodeShutdown, "listener closed")
+	}
+}
+
+func (l *TCPListener) establish(raw net.Conn, tlsConf *tls.Config, conf TCPConfig) (*tcpSession, error) {
+	if err := conf.setKeepalive(raw); err != nil {
+		return nil, err
+	}
+	timeout := conf.HandshakeTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	raw.SetDeadline(time.Now().Add(timeout))
+	tc := tls.Server(raw, tlsConf)
+	if err := tc.Handshake(); err != nil {
+		return nil, err
+	}
+	raw.SetDeadline(time.Time{})
+	mux, err := smux.Server(tc, conf.smux())
+	if err != nil {
+		return nil, err
+	}
+	return newTCPSession(tc, mux, conf.MaxIncomingStreams), nil
+}
+
+// Accept returns the next session whose TLS handshake completed.
+func (l *TCPListener) Accept(ctx context.Context) (Session, error) {
+	select {
+	case s := <-l.ready:
+		return s, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// StopAccepting closes the listening socket; established sessions go on.
+func (l *TCPListener) StopAccepting() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.stopLocked()
+}
+
+func (l *TCPListener) stopLocked() error {
+	if l.closed {
+		return nil
+	}
+	l.closed = true
+	close(l.done)
+	for c := range l.pending {
+		c.Close()
+	}
+	return l.ln.Close()
+}
+
+// Close stops accepting and ends every session accepted through l.
+func (l *TCPListener) Close() error {
+	l.mu.Lock()
+	err := l.stopLocked()
+	sessions := make([]*tcpSession, 0, len(l.sessions))
+	for s := range l.sessions {
+		sessions = append(sessions, s)
+	}
+	l.mu.Unlock()
+	for _, s := range sessions {
+		s.Close(CodeShutdown, "listener closed")
+	}
+	l.wg.Wait()
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	return err
+}
