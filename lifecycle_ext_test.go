@@ -96,61 +96,70 @@ func TestStopEndsCallsWithUnavailable(t *testing.T) {
 }
 
 func TestVanishedClientIsDroppedWithinKeepaliveTimeout(t *testing.T) {
-	const timeout = 600 * time.Millisecond
-	e := newPlainEnv(t)
-	// A second server configured with short keepalive values.
-	e2 := newEnv(t, envConfig{
-		serverOpts: []brpc.ServerOption{brpc.WithKeepalive(100*time.Millisecond, timeout)},
-		call:       func(*env) func(context.Context) (string, error) { return nil },
-	})
-	_ = e
-	relay := newUDPRelay(t, e2.addr)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	gs := grpc.NewServer()
-	testpb.RegisterEchoServer(gs, &echoService{name: "ghost"})
-	defer gs.Stop()
-	cc, err := brpc.Dial(ctx, "quic://"+relay.Addr(), brpc.WithTLSConfig(e2.ca.ClientTLS()), brpc.WithServer(gs),
-		brpc.WithKeepalive(100*time.Millisecond, timeout))
-	if err != nil {
-		t.Fatalf("Dial through the relay: %v", err)
-	}
-	defer cc.Close()
-	rev, err := e2.srv.Client(cc.ID())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := rev.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
-		t.Fatalf("reverse call before vanishing: %v", err)
-	}
-	// Let the session stay idle past several keepalive intervals: it must
-	// survive quiet periods while the network works.
-	time.Sleep(3 * timeout)
-	if len(e2.srv.Peers()) != 1 {
-		t.Fatal("an idle but healthy client was dropped")
-	}
-
-	back := inflight(rev, 10*time.Second)
-	fwd := inflight(testpb.NewEchoClient(cc), 10*time.Second)
-	time.Sleep(50 * time.Millisecond)
-	relay.Blackhole()
-	vanished := time.Now()
-
-	bound := timeout + 2*time.Second // generous: timers, scheduling under -race
-	for what, ch := range map[string]<-chan error{"reverse": back, "forward": fwd} {
-		select {
-		case err := <-ch:
-			wantCode(t, err, codes.Unavailable, what+" call to a vanished peer")
-		case <-time.After(bound):
-			t.Fatalf("%s call still hanging %v after the peer vanished", what, bound)
+	eachTransport(t, func(t *testing.T, tr string) {
+		const timeout = 600 * time.Millisecond
+		e := newEnv(t, envConfig{
+			transport:  tr,
+			serverOpts: []brpc.ServerOption{brpc.WithKeepalive(100*time.Millisecond, timeout)},
+			call:       func(*env) func(context.Context) (string, error) { return nil },
+		})
+		// The client reaches the server through a relay that can go silent.
+		var relayAddr string
+		var blackhole func()
+		if tr == "tcp" {
+			r := newTCPRelay(t, e.addr)
+			relayAddr, blackhole = r.Addr(), r.Blackhole
+		} else {
+			r := newUDPRelay(t, e.addr)
+			relayAddr, blackhole = r.Addr(), r.Blackhole
 		}
-	}
-	waitFor(t, bound, "the vanished client to leave Peers()", func() bool { return len(e2.srv.Peers()) == 0 })
-	t.Logf("vanished peer detected after %v (timeout %v)", time.Since(vanished).Round(time.Millisecond), timeout)
-	_, err = e2.srv.Client(cc.ID())
-	wantCode(t, err, codes.NotFound, "Client of a vanished client")
-	_, err = rev.Unary(testCtx(t), &testpb.EchoRequest{})
-	wantCode(t, err, codes.Unavailable, "a kept stub of a vanished client")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		gs := grpc.NewServer()
+		testpb.RegisterEchoServer(gs, &echoService{name: "ghost"})
+		defer gs.Stop()
+		cc, err := brpc.Dial(ctx, tr+"://"+relayAddr, brpc.WithTLSConfig(e.ca.ClientTLS()), brpc.WithServer(gs),
+			brpc.WithKeepalive(100*time.Millisecond, timeout))
+		if err != nil {
+			t.Fatalf("Dial through the relay: %v", err)
+		}
+		defer cc.Close()
+		rev, err := e.srv.Client(cc.ID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rev.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
+			t.Fatalf("reverse call before vanishing: %v", err)
+		}
+		// Let the session stay idle past several keepalive intervals: it must
+		// survive quiet periods while the network works.
+		time.Sleep(3 * timeout)
+		if len(e.srv.Peers()) != 1 {
+			t.Fatal("an idle but healthy client was dropped")
+		}
+
+		back := inflight(rev, 10*time.Second)
+		fwd := inflight(testpb.NewEchoClient(cc), 10*time.Second)
+		time.Sleep(50 * time.Millisecond)
+		blackhole()
+		vanished := time.Now()
+
+		bound := timeout + 2*time.Second // generous: timers, scheduling under -race
+		for what, ch := range map[string]<-chan error{"reverse": back, "forward": fwd} {
+			select {
+			case err := <-ch:
+				wantCode(t, err, codes.Unavailable, what+" call to a vanished peer")
+			case <-time.After(bound):
+				t.Fatalf("%s call still hanging %v after the peer vanished", what, bound)
+			}
+		}
+		waitFor(t, bound, "the vanished client to leave Peers()", func() bool { return len(e.srv.Peers()) == 0 })
+		t.Logf("vanished peer detected after %v (timeout %v)", time.Since(vanished).Round(time.Millisecond), timeout)
+		_, err = e.srv.Client(cc.ID())
+		wantCode(t, err, codes.NotFound, "Client of a vanished client")
+		_, err = rev.Unary(testCtx(t), &testpb.EchoRequest{})
+		wantCode(t, err, codes.Unavailable, "a kept stub of a vanished client")
+	})
 }
 
 func TestDuplicateIDReplacesOlderSession(t *testing.T) {

@@ -75,3 +75,81 @@ func (r *udpRelay) close() {
 	r.back.Close()
 	r.wg.Wait()
 }
+
+// tcpRelay forwards one TCP connection at a time to a server. Blackhole
+// makes it stop forwarding without closing anything: both sides keep an
+// open socket to the relay, and nothing arrives any more.
+type tcpRelay struct {
+	ln       net.Listener
+	server   string
+	dropping atomic.Bool
+	mu       sync.Mutex
+	conns    []net.Conn
+	wg       sync.WaitGroup
+}
+
+func newTCPRelay(t *testing.T, server string) *tcpRelay {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &tcpRelay{ln: ln, server: server}
+	r.wg.Add(1)
+	go r.accept()
+	t.Cleanup(r.close)
+	return r
+}
+
+func (r *tcpRelay) accept() {
+	defer r.wg.Done()
+	for {
+		front, err := r.ln.Accept()
+		if err != nil {
+			return
+		}
+		back, err := net.Dial("tcp", r.server)
+		if err != nil {
+			front.Close()
+			continue
+		}
+		r.mu.Lock()
+		r.conns = append(r.conns, front, back)
+		r.mu.Unlock()
+		r.wg.Add(2)
+		go r.pump(front, back)
+		go r.pump(back, front)
+	}
+}
+
+func (r *tcpRelay) pump(from, to net.Conn) {
+	defer r.wg.Done()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := from.Read(buf)
+		if err != nil {
+			return
+		}
+		if !r.dropping.Load() {
+			if _, err := to.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// Addr is where clients should dial.
+func (r *tcpRelay) Addr() string { return r.ln.Addr().String() }
+
+// Blackhole drops every byte from now on.
+func (r *tcpRelay) Blackhole() { r.dropping.Store(true) }
+
+func (r *tcpRelay) close() {
+	r.ln.Close()
+	r.mu.Lock()
+	for _, c := range r.conns {
+		c.Close()
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+}

@@ -17,10 +17,11 @@ import (
 // The TCP transport: TLS 1.3 over one TCP connection, streams multiplexed
 // with smux protocol version 2 (version 1 has no per-stream flow control).
 //
-// Liveness is the kernel's: TCP keepalive probes a quiet connection every
-// KeepAlive and declares the peer dead after IdleTimeout without an answer;
-// TCP_USER_TIMEOUT bounds how long sent data may stay unacknowledged. smux's
-// own keepalive is off, so an idle session costs no goroutine for it.
+// Liveness is end to end, so that it also holds through proxies that
+// terminate TCP: each side sends an smux NOP frame every keepalive interval,
+// and a session that receives nothing for half the idle timeout, checked
+// every half idle timeout, is closed. A peer that vanished is therefore
+// detected within the idle timeout.
 
 // TCPConfig holds what brpc tunes on the TCP transport for either side.
 type TCPConfig struct {
@@ -31,36 +32,20 @@ type TCPConfig struct {
 }
 
 func (c TCPConfig) smux() *smux.Config {
-	return &smux.Config{
+	conf := &smux.Config{
 		Version:           2,
-		KeepAliveDisabled: true,
-		KeepAliveInterval: 10 * time.Second, // unused; smux validates it
+		KeepAliveDisabled: c.IdleTimeout <= 0,
+		KeepAliveInterval: 10 * time.Second,
 		KeepAliveTimeout:  30 * time.Second,
 		MaxFrameSize:      32 << 10,
 		MaxReceiveBuffer:  16 << 20,
 		MaxStreamBuffer:   4 << 20,
 	}
-}
-
-// setKeepalive applies the kernel liveness settings to a TCP connection.
-func (c TCPConfig) setKeepalive(conn net.Conn) error {
-	tc, ok := conn.(*net.TCPConn)
-	if !ok || c.KeepAlive <= 0 || c.IdleTimeout <= 0 {
-		return nil
+	if c.IdleTimeout > 0 {
+		conf.KeepAliveTimeout = c.IdleTimeout / 2
+		conf.KeepAliveInterval = min(max(c.KeepAlive, time.Millisecond), c.IdleTimeout/3)
 	}
-	count := int(c.IdleTimeout / c.KeepAlive)
-	if count < 1 {
-		count = 1
-	}
-	if err := tc.SetKeepAliveConfig(net.KeepAliveConfig{
-		Enable:   true,
-		Idle:     c.KeepAlive,
-		Interval: c.KeepAlive,
-		Count:    count,
-	}); err != nil {
-		return err
-	}
-	return setUserTimeout(tc, c.IdleTimeout)
+	return conf
 }
 
 // tcpSession is a Session over smux on TLS on TCP.
@@ -85,10 +70,6 @@ func DialTCP(ctx context.Context, addr string, tlsConf *tls.Config, conf TCPConf
 	var d net.Dialer
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, err
-	}
-	if err := conf.setKeepalive(raw); err != nil {
-		raw.Close()
 		return nil, err
 	}
 	tc := tls.Client(raw, tlsConf)
@@ -308,9 +289,6 @@ func (l *TCPListener) handshake(raw net.Conn, tlsConf *tls.Config, conf TCPConfi
 }
 
 func (l *TCPListener) establish(raw net.Conn, tlsConf *tls.Config, conf TCPConfig) (*tcpSession, error) {
-	if err := conf.setKeepalive(raw); err != nil {
-		return nil, err
-	}
 	timeout := conf.HandshakeTimeout
 	if timeout <= 0 {
 		timeout = 10 * time.Second
