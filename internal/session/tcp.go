@@ -170,6 +170,14 @@ type tcpStream struct {
 	release func()
 }
 
+// Write hands smux a copy of b. smux's send loop may still read a frame's
+// bytes after Write has returned early (the stream was closed or its
+// deadline passed while the frame was queued), and grpc-go reuses its write
+// buffer as soon as Write returns.
+func (s *tcpStream) Write(b []byte) (int, error) {
+	return s.Stream.Write(append([]byte(nil), b...))
+}
+
 func (s *tcpStream) Close() error {
 	err := s.Stream.Close()
 	s.once.Do(func() {
