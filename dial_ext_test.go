@@ -11,6 +11,7 @@ import (
 
 	"github.com/brpc-go/brpc"
 	"github.com/brpc-go/brpc/internal/certs"
+	"github.com/brpc-go/brpc/internal/testpb"
 )
 
 func TestDialRejectsBadInput(t *testing.T) {
@@ -94,5 +95,49 @@ func TestServeAfterStop(t *testing.T) {
 	}
 	if err := e.srv.Serve(lis); err != brpc.ErrServerStopped {
 		t.Fatalf("Serve after Stop = %v, want ErrServerStopped", err)
+	}
+}
+
+func TestOneServerServesQUICAndTCPOnOnePort(t *testing.T) {
+	e := newPlainEnv(t) // QUIC
+	stls, err := e.ca.ServerTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(e.addr)
+	tcp, err := brpc.ListenTCP("127.0.0.1:"+port, stls)
+	if err != nil {
+		t.Fatalf("ListenTCP on the QUIC listener's port: %v", err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- e.srv.Serve(tcp) }()
+	t.Cleanup(func() {
+		e.srv.Stop()
+		if err := <-served; err != nil && err != brpc.ErrServerStopped {
+			t.Errorf("Serve(tcp) = %v after Stop", err)
+		}
+	})
+
+	q := e.connect(clientConfig{name: "over-quic"})
+	e.target = "tcp://127.0.0.1:" + port
+	tc := e.connect(clientConfig{name: "over-tcp"})
+	byID := map[string]string{}
+	for _, p := range e.srv.Peers() {
+		byID[p.ID] = p.Transport
+	}
+	if byID[q.ID()] != "quic" || byID[tc.ID()] != "tcp" || len(byID) != 2 {
+		t.Fatalf("Peers() transports = %v, want %s over quic and %s over tcp", byID, q.ID(), tc.ID())
+	}
+	for _, c := range []*client{q, tc} {
+		stub, err := e.srv.Client(c.ID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := stub.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
+			t.Fatalf("reverse call to %s: %v", c.ID(), err)
+		}
+		if _, err := c.echo.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
+			t.Fatalf("forward call from %s: %v", c.ID(), err)
+		}
 	}
 }
