@@ -53,7 +53,9 @@ func ListenQUIC(addr string, tlsConf *tls.Config) (Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("brpc: listen quic %s: %w", addr, err)
 	}
-	return &quicListener{ul: ul, tls: conf}, nil
+	return &listener{sl: ul, transport: "quic", begin: func(cfg listenConfig) error {
+		return ul.Start(conf, cfg.quic)
+	}}, nil
 }
 
 // ListenTCP binds a TCP socket on addr and returns a Listener for
@@ -70,7 +72,9 @@ func ListenTCP(addr string, tlsConf *tls.Config) (Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("brpc: listen tcp %s: %w", addr, err)
 	}
-	return &tcpListener{tl: tl, tls: conf}, nil
+	return &listener{sl: tl, transport: "tcp", begin: func(cfg listenConfig) error {
+		return tl.Start(conf, cfg.tcp)
+	}}, nil
 }
 
 func serverTLS(c *tls.Config) (*tls.Config, error) {
@@ -90,28 +94,39 @@ func protocolTLS(c *tls.Config) *tls.Config {
 	return c
 }
 
-type quicListener struct {
-	ul  *session.QUICListener
-	tls *tls.Config
+// sessionListener is what the session package's listeners have in common.
+type sessionListener interface {
+	Addr() net.Addr
+	Accept(ctx context.Context) (session.Session, error)
+	StopAccepting() error
+	Close() error
+}
+
+// listener is the Listener of either transport. It is also its own
+// acceptor once started.
+type listener struct {
+	sl        sessionListener
+	transport string
+	begin     func(listenConfig) error // starts accepting with the server's settings
 
 	mu      sync.Mutex
 	started bool
 	closed  bool
 }
 
-func (l *quicListener) Addr() net.Addr { return l.ul.Addr() }
+func (l *listener) Addr() net.Addr { return l.sl.Addr() }
 
-func (l *quicListener) Close() error {
+func (l *listener) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
 		return nil
 	}
 	l.closed = true
-	return l.ul.Close()
+	return l.sl.Close()
 }
 
-func (l *quicListener) start(cfg listenConfig) (acceptor, error) {
+func (l *listener) start(cfg listenConfig) (acceptor, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
@@ -120,62 +135,13 @@ func (l *quicListener) start(cfg listenConfig) (acceptor, error) {
 	case l.started:
 		return nil, errors.New("brpc: listener is already being served")
 	}
-	if err := l.ul.Start(l.tls, cfg.quic); err != nil {
-		return nil, fmt.Errorf("brpc: listen quic: %w", err)
+	if err := l.begin(cfg); err != nil {
+		return nil, fmt.Errorf("brpc: listen %s: %w", l.transport, err)
 	}
 	l.started = true
-	return quicAcceptor{l.ul}, nil
+	return l, nil
 }
 
-type quicAcceptor struct{ ul *session.QUICListener }
+func (l *listener) accept() (session.Session, error) { return l.sl.Accept(context.Background()) }
 
-func (a quicAcceptor) accept() (session.Session, error) {
-	return a.ul.Accept(context.Background())
-}
-
-func (a quicAcceptor) stopAccepting() { _ = a.ul.StopAccepting() }
-
-type tcpListener struct {
-	tl  *session.TCPListener
-	tls *tls.Config
-
-	mu      sync.Mutex
-	started bool
-	closed  bool
-}
-
-func (l *tcpListener) Addr() net.Addr { return l.tl.Addr() }
-
-func (l *tcpListener) Close() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
-		return nil
-	}
-	l.closed = true
-	return l.tl.Close()
-}
-
-func (l *tcpListener) start(cfg listenConfig) (acceptor, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	switch {
-	case l.closed:
-		return nil, net.ErrClosed
-	case l.started:
-		return nil, errors.New("brpc: listener is already being served")
-	}
-	if err := l.tl.Start(l.tls, cfg.tcp); err != nil {
-		return nil, fmt.Errorf("brpc: listen tcp: %w", err)
-	}
-	l.started = true
-	return tcpAcceptor{l.tl}, nil
-}
-
-type tcpAcceptor struct{ tl *session.TCPListener }
-
-func (a tcpAcceptor) accept() (session.Session, error) {
-	return a.tl.Accept(context.Background())
-}
-
-func (a tcpAcceptor) stopAccepting() { _ = a.tl.StopAccepting() }
+func (l *listener) stopAccepting() { _ = l.sl.StopAccepting() }
