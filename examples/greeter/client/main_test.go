@@ -88,7 +88,7 @@ func TestCommandLine(t *testing.T) {
 	tests := []struct {
 		name      string
 		args      []string
-		wantUsage bool   // a *usageError
+		wantUsage bool   // a *greeter.UsageError
 		wantOut   string // printed to stdout
 	}{
 		{name: "help", args: []string{"-h"}, wantOut: "-name name"},
@@ -101,12 +101,12 @@ func TestCommandLine(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var out syncBuffer
 			err := run(context.Background(), tt.args, &out)
-			var uerr *usageError
+			var uerr *greeter.UsageError
 			if got := errors.As(err, &uerr); got != tt.wantUsage {
 				t.Fatalf("run(%q) = %v; usage error: %v, want %v", tt.args, err, got, tt.wantUsage)
 			}
-			if tt.wantUsage && !strings.Contains(uerr.usage, "-addr") {
-				t.Errorf("usage error carries no usage: %q", uerr.usage)
+			if tt.wantUsage && !strings.Contains(uerr.Usage, "-addr") {
+				t.Errorf("usage error carries no usage: %q", uerr.Usage)
 			}
 			if !tt.wantUsage && err != nil {
 				t.Fatalf("run(%q) = %v, want nil", tt.args, err)

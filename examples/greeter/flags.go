@@ -1,0 +1,47 @@
+package greeter
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// UsageError is a command-line mistake of the example programs: main prints
+// it with the usage and exits with status 2.
+type UsageError struct {
+	Err   error
+	Usage string
+}
+
+func (e *UsageError) Error() string { return e.Err.Error() }
+
+// ParseFlags parses args into fs. It reports help when -help printed the
+// usage to stdout; a mistake comes back as a *UsageError.
+func ParseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) (help bool, err error) {
+	fs.SetOutput(io.Discard) // main reports mistakes; -help is handled below
+	err = fs.Parse(args)
+	if err == nil && fs.NArg() > 0 {
+		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	switch {
+	case err == nil:
+		return false, nil
+	case errors.Is(err, flag.ErrHelp):
+		io.WriteString(stdout, Usage(fs))
+		return true, nil
+	default:
+		return false, &UsageError{Err: err, Usage: Usage(fs)}
+	}
+}
+
+// Usage describes an example program and its flags.
+func Usage(fs *flag.FlagSet) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "usage: go run ./examples/greeter/%s [flags]\n\nflags:\n", fs.Name())
+	fs.SetOutput(&b)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+	return b.String()
+}
