@@ -15,6 +15,7 @@ type UsageError struct {
 	Usage string
 }
 
+// Error reports the mistake itself; Usage holds the help text.
 func (e *UsageError) Error() string { return e.Err.Error() }
 
 // ParseFlags parses args into fs. It reports help when -help printed the
