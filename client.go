@@ -2,7 +2,9 @@ package brpc
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"math/rand/v2"
 	"net"
 	"slices"
 	"strconv"
@@ -13,6 +15,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
@@ -25,38 +28,69 @@ import (
 // the control stream.
 const maxWelcomeSize = handshake.DefaultMaxMessageSize
 
+// minConnectTimeout bounds one reconnect attempt, as grpc-go's
+// MinConnectTimeout does for its connection attempts.
+const minConnectTimeout = 20 * time.Second
+
 // ClientConn is a client's connection to a brpc server. It implements
 // grpc.ClientConnInterface, so generated stubs call the server through it,
 // and it serves the client's own *grpc.Server (WithServer) to the server.
+//
+// A ClientConn outlives its sessions: when a session ends for any reason
+// other than Close, it reconnects with exponential backoff and jitter,
+// authenticates again and goes on serving. Stubs built on it keep working.
+// Calls made while it is disconnected wait or fail as grpc's wait-for-ready
+// call option says. The one exception is a session the server closed
+// because another connection took this client's ID: the ClientConn then
+// stops (GetState reports Shutdown) rather than take the ID back.
 type ClientConn struct {
-	opts   dialOptions
-	target string
+	opts     dialOptions
+	target   string
+	hostport string
+	tls      *tls.Config
+	scheme   string // "quic", "tcp" or "" (race both)
 
-	sess session.Session
-	info *sessionInfo // describes the server
-	id   string
-	ctrl net.Conn
-
-	cc      *grpc.ClientConn // forward calls
+	cc      *grpc.ClientConn // forward calls; lives as long as the ClientConn
 	gs      *grpc.Server     // reverse calls
 	ownGS   bool
-	streams *streamListener
+	streams *streamListener // feeds gs from whichever session is current
 
+	ctx    context.Context // ended by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	cur     *clientSession // nil while disconnected
+	id      string
+	winner  string // transport of the last session, tried first next time
+	state   connectivity.State
+	stateCh chan struct{} // closed and replaced at every state change
+	stopErr error         // why the ClientConn stopped for good, if it did
+	closed  bool
+}
+
+// clientSession is one session of a ClientConn.
+type clientSession struct {
+	sess      session.Session
+	id        string
+	ctrl      net.Conn
+	info      *sessionInfo // describes the server
 	goingAway atomic.Bool
-	closeOnce sync.Once
-	wg        sync.WaitGroup
+	closing   atomic.Pointer[handshakepb.Closing] // the server's last word
 }
 
 var _ grpc.ClientConnInterface = (*ClientConn)(nil)
 
 // Dial connects, authenticates and returns once the server has accepted the
 // client (or the error that rejected it). target is "quic://host:port",
-// "tcp://host:port" (TLS over TCP) or "host:port" (QUIC; falling back to TCP
-// automatically is not part of this release).
-// Errors are gRPC status errors: the server's rejection as it sent it,
-// codes.InvalidArgument for a bad target or options, codes.DeadlineExceeded or
-// codes.Canceled when ctx ends first, and codes.Unavailable when the server
-// cannot be reached.
+// "tcp://host:port" (TLS over TCP) or "host:port": QUIC first, and TCP as
+// well when QUIC has not connected within the fallback delay
+// (WithFallbackDelay); whichever connects first is used, and tried first
+// when reconnecting. Dial does not retry: it fails within ctx's deadline
+// when nothing answers. Errors are gRPC status errors: the server's
+// rejection as it sent it, codes.InvalidArgument for a bad target or
+// options, codes.DeadlineExceeded or codes.Canceled when ctx ends first, and
+// codes.Unavailable when the server cannot be reached.
 func Dial(ctx context.Context, target string, opts ...DialOption) (*ClientConn, error) {
 	o := defaultDialOptions()
 	for _, opt := range opts {
@@ -65,7 +99,7 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*ClientConn, 
 	if o.tls == nil {
 		return nil, status.Error(codes.InvalidArgument, "brpc: Dial needs WithTLSConfig")
 	}
-	transport, hostport, err := parseTarget(target)
+	scheme, hostport, err := parseTarget(target)
 	if err != nil {
 		return nil, err
 	}
@@ -78,35 +112,18 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*ClientConn, 
 		tlsConf.ServerName = host
 	}
 
-	var sess session.Session
-	if transport == session.TransportTCP {
-		sess, err = session.DialTCP(ctx, hostport, tlsConf, session.TCPConfig{
-			KeepAlive:          o.keepaliveInterval,
-			IdleTimeout:        o.keepaliveTimeout,
-			MaxIncomingStreams: o.maxStreams,
-		})
-	} else {
-		sess, err = session.DialQUIC(ctx, hostport, tlsConf, session.QUICConfig{
-			KeepAlive:          o.keepaliveInterval,
-			IdleTimeout:        o.keepaliveTimeout,
-			MaxIncomingStreams: o.maxStreams,
-		})
+	c := &ClientConn{
+		opts:     o,
+		target:   target,
+		hostport: hostport,
+		tls:      tlsConf,
+		scheme:   scheme,
+		state:    connectivity.Connecting,
+		stateCh:  make(chan struct{}),
 	}
+	cs, err := c.connect(ctx)
 	if err != nil {
-		return nil, dialError(ctx, "dial "+target, err)
-	}
-	c := &ClientConn{opts: o, target: target, sess: sess}
-	if err := c.handshake(ctx); err != nil {
-		sess.Close(session.CodeNormal, "handshake failed")
 		return nil, err
-	}
-	c.info = &sessionInfo{
-		peer: Peer{RemoteAddr: sess.RemoteAddr(), Transport: sess.Transport(), ConnectedAt: time.Now()},
-		tls: credentials.TLSInfo{
-			State:          sess.TLS(),
-			CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
-		},
-		owner: c,
 	}
 
 	dialOpts := append(slices.Clone(o.grpcDialOptions),
@@ -115,40 +132,262 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*ClientConn, 
 	)
 	c.cc, err = grpc.NewClient("passthrough:///"+hostport, dialOpts...)
 	if err != nil {
-		sess.Close(session.CodeNormal, "client setup failed")
+		cs.sess.Close(session.CodeNormal, "client setup failed")
 		return nil, status.Errorf(codes.InvalidArgument, "brpc: %v", err)
 	}
-
 	c.gs = o.server
 	if c.gs == nil {
 		// Nothing to serve: the server's calls get codes.Unimplemented.
 		c.gs, c.ownGS = grpc.NewServer(), true
 	}
-	c.streams = newStreamListener(sess.LocalAddr())
-	c.wg.Add(3)
+	c.streams = newStreamListener(cs.sess.LocalAddr())
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.setSession(cs)
+
+	c.wg.Add(2)
 	go func() {
 		defer c.wg.Done()
 		_ = c.gs.Serve(c.streams)
 	}()
-	go c.acceptLoop()
-	go c.controlLoop()
+	go c.supervise(cs)
 	return c, nil
 }
 
-// parseTarget returns the transport and host:port of a target.
-func parseTarget(target string) (transport, hostport string, err error) {
+// parseTarget returns the scheme ("" for a bare host:port) and host:port.
+func parseTarget(target string) (scheme, hostport string, err error) {
 	scheme, rest, ok := strings.Cut(target, "://")
 	if !ok {
-		return session.TransportQUIC, target, nil
+		return "", target, nil
 	}
 	switch scheme {
-	case "quic":
-		return session.TransportQUIC, rest, nil
-	case "tcp":
-		return session.TransportTCP, rest, nil
+	case session.TransportQUIC, session.TransportTCP:
+		return scheme, rest, nil
 	default:
 		return "", "", status.Errorf(codes.InvalidArgument, "brpc: unknown scheme %q in target %q (want quic://, tcp:// or host:port)", scheme, target)
 	}
+}
+
+// supervise runs sessions one after the other until Close: it serves the
+// current one until it ends, then reconnects.
+func (c *ClientConn) supervise(cs *clientSession) {
+	defer c.wg.Done()
+	for {
+		c.serveSession(cs)
+		if c.ctx.Err() != nil {
+			return
+		}
+		if err := c.sessionEnded(cs); err != nil {
+			c.stop(err)
+			return
+		}
+		if cs = c.reconnect(); cs == nil || !c.setSession(cs) {
+			return
+		}
+		// Forward calls waiting for ready, and grpc-go's own backoff, need
+		// not wait: a session is there again.
+		c.cc.ResetConnectBackoff()
+	}
+}
+
+// serveSession feeds the streams the server opens to the client's gRPC
+// server and reads the server's notices, until the session ends.
+func (c *ClientConn) serveSession(cs *clientSession) {
+	var accepting sync.WaitGroup
+	accepting.Add(1)
+	go func() {
+		defer accepting.Done()
+		ctx := cs.sess.Context()
+		for {
+			s, err := cs.sess.AcceptStream(ctx)
+			if err != nil {
+				return
+			}
+			c.streams.push(ctx, newStreamConn(s, cs.info))
+		}
+	}()
+	for {
+		var n handshakepb.Notice
+		if err := handshake.ReadMsg(cs.ctrl, &n, maxWelcomeSize); err != nil {
+			if errors.Is(err, handshake.ErrTooLarge) || errors.Is(err, handshake.ErrMalformed) {
+				cs.sess.Close(session.CodeProtocol, "bad control message")
+			}
+			break
+		}
+		switch {
+		case n.GetGoAway() != nil:
+			cs.goingAway.Store(true)
+		case n.GetClosing() != nil:
+			// The server's last word: close the session from this side.
+			cs.goingAway.Store(true)
+			cs.closing.Store(n.GetClosing())
+			cs.sess.Close(session.CodeNormal, "server closed the session: "+n.GetClosing().GetReason())
+		}
+	}
+	// The control stream lives as long as the session: past it, the
+	// session is over whatever the transport says.
+	cs.sess.Close(session.CodeNormal, "control stream ended")
+	accepting.Wait()
+	c.setSession(nil)
+}
+
+// sessionEnded decides what the end of cs means: nil to reconnect, or the
+// error the ClientConn stops with.
+func (c *ClientConn) sessionEnded(cs *clientSession) error {
+	code, reason, ok := session.PeerCloseCode(context.Cause(cs.sess.Context()))
+	if cl := cs.closing.Load(); cl != nil {
+		code, reason, ok = session.CloseCode(cl.GetCode()), cl.GetReason(), true
+	}
+	if ok && code == session.CodeReplaced {
+		return status.Errorf(codes.Unavailable, "brpc: another connection took this client's ID %q: %s", cs.id, reason)
+	}
+	return nil
+}
+
+// reconnect dials until a session is welcomed, with grpc-go's backoff
+// semantics: the first attempt at once, then exponentially growing,
+// jittered delays. It returns nil once the ClientConn is closed.
+func (c *ClientConn) reconnect() *clientSession {
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			t := time.NewTimer(backoffDelay(c.opts.backoff, attempt-1))
+			select {
+			case <-t.C:
+			case <-c.ctx.Done():
+				t.Stop()
+				return nil
+			}
+		}
+		c.setState(connectivity.Connecting)
+		ctx, cancel := context.WithTimeout(c.ctx, minConnectTimeout)
+		cs, err := c.connect(ctx)
+		cancel()
+		if err == nil {
+			return cs
+		}
+		if c.ctx.Err() != nil {
+			return nil
+		}
+		c.setState(connectivity.TransientFailure)
+	}
+}
+
+// backoffDelay is the delay before retry number retries (0-based), as
+// grpc-go computes it.
+func backoffDelay(bc backoffConfig, retries int) time.Duration {
+	d, max := float64(bc.BaseDelay), float64(bc.MaxDelay)
+	for ; d < max && retries > 0; retries-- {
+		d *= bc.Multiplier
+	}
+	d = min(d, max)
+	d *= 1 + bc.Jitter*(rand.Float64()*2-1)
+	if d < 0 {
+		return 0
+	}
+	return time.Duration(d)
+}
+
+// connect establishes a session and runs the handshake on it.
+func (c *ClientConn) connect(ctx context.Context) (*clientSession, error) {
+	sess, err := c.dialSession(ctx)
+	if err != nil {
+		return nil, dialError(ctx, "dial "+c.target, err)
+	}
+	cs := &clientSession{sess: sess}
+	if err := c.handshake(ctx, cs); err != nil {
+		sess.Close(session.CodeNormal, "handshake failed")
+		return nil, err
+	}
+	cs.info = &sessionInfo{
+		peer: Peer{RemoteAddr: sess.RemoteAddr(), Transport: sess.Transport(), ConnectedAt: time.Now()},
+		tls: credentials.TLSInfo{
+			State:          sess.TLS(),
+			CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
+		},
+		owner: c,
+	}
+	return cs, nil
+}
+
+// dialSession opens a session on the target's transport or, for a bare
+// host:port, races the transports: the preferred one (the last winner, QUIC
+// at first) starts at once, the other after the fallback delay or as soon
+// as the first fails, and the first session established wins.
+func (c *ClientConn) dialSession(ctx context.Context) (session.Session, error) {
+	if c.scheme != "" {
+		return c.dialTransport(ctx, c.scheme)
+	}
+	c.mu.Lock()
+	first, second := session.TransportQUIC, session.TransportTCP
+	if c.winner == session.TransportTCP {
+		first, second = second, first
+	}
+	c.mu.Unlock()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		sess session.Session
+		err  error
+	}
+	results := make(chan result, 2)
+	start := func(tr string) {
+		go func() {
+			s, err := c.dialTransport(ctx, tr)
+			results <- result{s, err}
+		}()
+	}
+	start(first)
+	fallback := time.NewTimer(c.opts.fallbackDelay)
+	defer fallback.Stop()
+	started, done := 1, 0
+	var errs []error
+	for done < started {
+		select {
+		case <-fallback.C:
+			if started == 1 {
+				start(second)
+				started++
+			}
+			continue
+		case r := <-results:
+			done++
+			if r.err == nil {
+				cancel()
+				// The other attempt, if any, is abandoned: close what it
+				// may still establish.
+				if started > done {
+					go func() {
+						if r := <-results; r.err == nil {
+							r.sess.Close(session.CodeNormal, "lost the transport race")
+						}
+					}()
+				}
+				return r.sess, nil
+			}
+			errs = append(errs, r.err)
+			if started == 1 {
+				start(second)
+				started++
+			}
+		}
+	}
+	return nil, errors.Join(errs...)
+}
+
+func (c *ClientConn) dialTransport(ctx context.Context, transport string) (session.Session, error) {
+	o := c.opts
+	if transport == session.TransportTCP {
+		return session.DialTCP(ctx, c.hostport, c.tls, session.TCPConfig{
+			KeepAlive:          o.keepaliveInterval,
+			IdleTimeout:        o.keepaliveTimeout,
+			MaxIncomingStreams: o.maxStreams,
+		})
+	}
+	return session.DialQUIC(ctx, c.hostport, c.tls, session.QUICConfig{
+		KeepAlive:          o.keepaliveInterval,
+		IdleTimeout:        o.keepaliveTimeout,
+		MaxIncomingStreams: o.maxStreams,
+	})
 }
 
 // dialError turns a connection failure into a gRPC status.
@@ -187,8 +426,8 @@ func closeCodeToGRPC(code session.CloseCode) codes.Code {
 }
 
 // handshake sends the hello and waits for the welcome.
-func (c *ClientConn) handshake(ctx context.Context) error {
-	ctrl, err := c.sess.OpenStream(ctx)
+func (c *ClientConn) handshake(ctx context.Context, cs *clientSession) error {
+	ctrl, err := cs.sess.OpenStream(ctx)
 	if err != nil {
 		return dialError(ctx, "handshake", err)
 	}
@@ -230,49 +469,102 @@ func (c *ClientConn) handshake(ctx context.Context) error {
 		return status.FromContextError(ctx.Err()).Err()
 	}
 	ctrl.SetDeadline(time.Time{})
-	c.ctrl, c.id = ctrl, w.GetId()
+	cs.ctrl, cs.id = ctrl, w.GetId()
 	return nil
 }
 
-// dialStream opens a stream for grpc-go's connection to the server.
+// dialStream opens a stream for grpc-go's connection to the server on the
+// current session. While there is none, it fails at once: grpc-go then
+// fails calls fast or holds wait-for-ready ones, and is woken up by
+// ResetConnectBackoff when a session is back.
 func (c *ClientConn) dialStream(ctx context.Context, _ string) (net.Conn, error) {
-	if c.goingAway.Load() {
+	c.mu.Lock()
+	cs, stopErr := c.cur, c.stopErr
+	c.mu.Unlock()
+	if cs == nil {
+		if stopErr != nil {
+			return nil, stopErr
+		}
+		return nil, errors.New("brpc: not connected to the server; reconnecting")
+	}
+	if cs.goingAway.Load() {
 		return nil, errors.New("brpc: the server is going away")
 	}
-	s, err := c.sess.OpenStream(ctx)
+	s, err := cs.sess.OpenStream(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return newStreamConn(s, c.info), nil
+	return newStreamConn(s, cs.info), nil
 }
 
-// acceptLoop feeds the streams the server opens to the client's gRPC server.
-func (c *ClientConn) acceptLoop() {
-	defer c.wg.Done()
-	ctx := c.sess.Context()
-	for {
-		s, err := c.sess.AcceptStream(ctx)
-		if err != nil {
-			return
+// setSession makes cs (nil: none) the current session. It reports false,
+// having closed cs, when the ClientConn was closed meanwhile.
+func (c *ClientConn) setSession(cs *clientSession) bool {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		if cs != nil {
+			cs.sess.Close(session.CodeNormal, "client closed")
 		}
-		c.streams.push(ctx, newStreamConn(s, c.info))
+		return false
 	}
+	c.cur = cs
+	if cs != nil {
+		c.id = cs.id
+		c.winner = cs.sess.Transport()
+	}
+	c.mu.Unlock()
+	if cs != nil {
+		c.setState(connectivity.Ready)
+	} else {
+		c.setState(connectivity.Connecting)
+	}
+	return true
 }
 
-// controlLoop reads the server's notices until the session ends.
-func (c *ClientConn) controlLoop() {
-	defer c.wg.Done()
+// stop ends the ClientConn's life on its own, when reconnecting would be
+// wrong; Close still has to be called.
+func (c *ClientConn) stop(err error) {
+	c.mu.Lock()
+	c.stopErr = err
+	c.mu.Unlock()
+	c.setState(connectivity.Shutdown)
+}
+
+func (c *ClientConn) setState(s connectivity.State) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == s || c.state == connectivity.Shutdown {
+		return
+	}
+	c.state = s
+	close(c.stateCh)
+	c.stateCh = make(chan struct{})
+}
+
+// GetState returns the connectivity state: Ready while a session is up,
+// Connecting or TransientFailure while reconnecting, Shutdown once closed
+// (or stopped because another connection took the client's ID).
+func (c *ClientConn) GetState() connectivity.State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
+
+// WaitForStateChange waits until the state differs from source or ctx ends;
+// it reports whether the state changed, like grpc.ClientConn's method.
+func (c *ClientConn) WaitForStateChange(ctx context.Context, source connectivity.State) bool {
 	for {
-		var n handshakepb.Notice
-		if err := handshake.ReadMsg(c.ctrl, &n, maxWelcomeSize); err != nil {
-			if !errors.Is(err, handshake.ErrTooLarge) && !errors.Is(err, handshake.ErrMalformed) {
-				return
-			}
-			c.sess.Close(session.CodeProtocol, "bad control message")
-			return
+		c.mu.Lock()
+		state, ch := c.state, c.stateCh
+		c.mu.Unlock()
+		if state != source {
+			return true
 		}
-		if n.GetGoAway() != nil {
-			c.goingAway.Store(true)
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
 		}
 	}
 }
@@ -289,22 +581,41 @@ func (c *ClientConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, metho
 	return c.cc.NewStream(ctx, desc, method, opts...)
 }
 
-// ID returns the ID the server gave this client.
-func (c *ClientConn) ID() string { return c.id }
+// ID returns the ID the server gave this client on its current (or last)
+// session. An Authenticator that returns the same ID on every connection
+// keeps it stable across reconnects.
+func (c *ClientConn) ID() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.id
+}
 
-// Close closes both directions: calls in flight end with an error, the
-// session ends and the client's *grpc.Server stops being fed. A *grpc.Server
-// given with WithServer is not stopped: it may serve elsewhere too; call its
-// Stop to wait for handlers still running.
+// Close closes both directions and stops reconnecting: calls in flight end
+// with an error, the session ends and the client's *grpc.Server stops being
+// fed. A *grpc.Server given with WithServer is not stopped: it may serve
+// elsewhere too; call its Stop to wait for handlers still running.
 func (c *ClientConn) Close() error {
-	c.closeOnce.Do(func() {
-		c.sess.Close(session.CodeNormal, "client closed")
-		c.cc.Close()
-		c.streams.Close()
-		if c.ownGS {
-			c.gs.Stop()
-		}
-		c.wg.Wait()
-	})
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	cs := c.cur
+	c.cur = nil
+	c.stopErr = status.Error(codes.Canceled, "brpc: the client connection is closed")
+	c.mu.Unlock()
+
+	c.cancel()
+	if cs != nil {
+		cs.sess.Close(session.CodeNormal, "client closed")
+	}
+	c.cc.Close()
+	c.streams.Close()
+	if c.ownGS {
+		c.gs.Stop()
+	}
+	c.wg.Wait()
+	c.setState(connectivity.Shutdown)
 	return nil
 }

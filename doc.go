@@ -1,17 +1,21 @@
 // Package brpc is bidirectional gRPC for Go.
 //
-// A client dials a server over one multiplexed, encrypted connection (QUIC),
+// A client dials a server over one multiplexed, encrypted connection (QUIC,
+// or TLS over TCP where UDP is blocked),
 // calls the server's gRPC services with ordinary protoc-generated stubs, and
 // serves gRPC services of its own that the server calls back: agents, devices
 // and workers behind NAT that a control plane must reach.
 //
 // Both directions are plain grpc-go. On the server, NewServer wraps the
 // application's *grpc.Server and a stub constructor for the clients' service;
-// Serve accepts clients from a Listener made by ListenQUIC. Inside a handler,
+// Serve accepts clients from a Listener made by ListenQUIC or ListenTCP.
+// Inside a handler,
 // ClientFromContext returns the stub of the calling client; Client(id) and
 // Peers reach any connected client from anywhere. On the client, Dial returns
 // a *ClientConn, which is a grpc.ClientConnInterface for the server's stubs,
-// and WithServer gives the client's own *grpc.Server to the server.
+// and WithServer gives the client's own *grpc.Server to the server. A
+// ClientConn reconnects by itself, with backoff, whenever its session ends
+// for any reason but Close.
 //
 // # Identity
 //

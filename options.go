@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/brpc-go/brpc/internal/handshake"
@@ -27,6 +28,9 @@ const (
 	// once on a session. Each stream carries one HTTP/2 connection of grpc-go
 	// (plus the control stream), so ordinary use needs only a few.
 	DefaultMaxStreamsPerSession = 100
+	// DefaultFallbackDelay is how long a host:port target gives QUIC before
+	// trying TCP as well (Happy Eyeballs' usual head start).
+	DefaultFallbackDelay = 300 * time.Millisecond
 )
 
 // ServerOption configures a Server.
@@ -65,6 +69,7 @@ func defaultCommon() common {
 type serverOptions struct {
 	common
 	auth             Authenticator
+	events           func(PeerEvent)
 	handshakeTimeout time.Duration
 	maxHelloSize     int
 }
@@ -79,13 +84,21 @@ func defaultServerOptions() serverOptions {
 
 type dialOptions struct {
 	common
-	tls      *tls.Config
-	server   *grpc.Server
-	metadata metadata.MD
+	tls           *tls.Config
+	server        *grpc.Server
+	metadata      metadata.MD
+	backoff       backoffConfig
+	fallbackDelay time.Duration
 }
 
+type backoffConfig = backoff.Config
+
 func defaultDialOptions() dialOptions {
-	return dialOptions{common: defaultCommon()}
+	return dialOptions{
+		common:        defaultCommon(),
+		backoff:       backoff.DefaultConfig,
+		fallbackDelay: DefaultFallbackDelay,
+	}
 }
 
 type serverOptionFunc func(*serverOptions)
@@ -196,4 +209,38 @@ func WithServer(gs *grpc.Server) DialOption {
 // Authenticator sees it, and Peer.Metadata keeps it.
 func WithMetadata(md metadata.MD) DialOption {
 	return dialOptionFunc(func(o *dialOptions) { o.metadata = md.Copy() })
+}
+
+// WithConnectBackoff sets the delays between reconnect attempts, with
+// grpc-go's semantics and type: the first attempt after a session ends is
+// immediate, then BaseDelay, growing by Multiplier up to MaxDelay, each
+// randomized by ±Jitter. The default is backoff.DefaultConfig (1 s base,
+// 1.6 multiplier, 0.2 jitter, 120 s max), as in grpc-go.
+func WithConnectBackoff(bc backoff.Config) DialOption {
+	return dialOptionFunc(func(o *dialOptions) {
+		if bc.BaseDelay > 0 && bc.MaxDelay >= bc.BaseDelay && bc.Multiplier >= 1 && bc.Jitter >= 0 && bc.Jitter <= 1 {
+			o.backoff = bc
+		}
+	})
+}
+
+// WithFallbackDelay sets how long a "host:port" target waits for QUIC to
+// connect before trying TCP at the same time. The default is
+// DefaultFallbackDelay. The transport that wins is tried first on later
+// reconnects.
+func WithFallbackDelay(d time.Duration) DialOption {
+	return dialOptionFunc(func(o *dialOptions) {
+		if d >= 0 {
+			o.fallbackDelay = d
+		}
+	})
+}
+
+// WithPeerEvents makes the server call fn when a client is admitted
+// (PeerConnected, after its welcome) and when an admitted client's session
+// ends (PeerDisconnected, after it left Peers()), with the reason. fn runs
+// on the session's own goroutine, in order for each session; it should
+// return quickly (hand work to another goroutine).
+func WithPeerEvents(fn func(PeerEvent)) ServerOption {
+	return serverOptionFunc(func(o *serverOptions) { o.events = fn })
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"strconv"
 	"time"
 
 	"google.golang.org/grpc/credentials"
@@ -111,4 +112,39 @@ func newStreamConn(c net.Conn, info *sessionInfo) net.Conn {
 		local:  &sessionAddr{Addr: c.LocalAddr(), info: info},
 		remote: &sessionAddr{Addr: c.RemoteAddr(), info: info},
 	}
+}
+
+// PeerEventType says what happened to a peer.
+type PeerEventType int
+
+// Peer event types.
+const (
+	// PeerConnected: a client was authenticated and admitted.
+	PeerConnected PeerEventType = iota + 1
+	// PeerDisconnected: an admitted client's session ended.
+	PeerDisconnected
+)
+
+// String names the event type.
+func (t PeerEventType) String() string {
+	switch t {
+	case PeerConnected:
+		return "connected"
+	case PeerDisconnected:
+		return "disconnected"
+	default:
+		return "PeerEventType(" + strconv.Itoa(int(t)) + ")"
+	}
+}
+
+// PeerEvent reports a client connecting or disconnecting (WithPeerEvents).
+type PeerEvent struct {
+	Type PeerEventType
+	Peer Peer
+	// Reason says, for PeerDisconnected, why the session ended: the client
+	// closed it, it went silent past the keepalive timeout, a newer session
+	// took its ID, the server stopped, ...
+	Reason string
+	// Err is the underlying cause of a disconnection, when there is one.
+	Err error
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 	"sync"
@@ -282,6 +283,8 @@ type serverSession[C any] struct {
 
 	ctrlMu sync.Mutex
 	ctrl   net.Conn
+
+	endReason atomic.Pointer[string] // set when the server ends the session
 }
 
 // lazy returns the session's reverse-call connection, which exists once the
@@ -307,6 +310,10 @@ func (ss *serverSession[C]) run() {
 	defer func() {
 		if ss.info != nil {
 			s.peers.Remove(ss.info.peer.ID, ss)
+			if s.opts.events != nil {
+				reason, err := ss.disconnectReason()
+				s.opts.events(PeerEvent{Type: PeerDisconnected, Peer: ss.info.snapshot(), Reason: reason, Err: err})
+			}
 		}
 		ss.lazy().close(errPeerGone)
 		s.mu.Lock()
@@ -315,6 +322,9 @@ func (ss *serverSession[C]) run() {
 	}()
 	if !ss.handshake() {
 		return
+	}
+	if s.opts.events != nil {
+		s.opts.events(PeerEvent{Type: PeerConnected, Peer: ss.info.snapshot()})
 	}
 	ctx := ss.sess.Context()
 	for {
@@ -394,7 +404,12 @@ func (ss *serverSession[C]) handshake() bool {
 	old, replaced := s.peers.Add(id, ss)
 	s.mu.Unlock()
 	if replaced {
-		old.close(session.CodeReplaced, "replaced by a newer session of the same client", status.Errorf(codes.Unavailable, "brpc: client %q reconnected; this session was replaced", id))
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			old.closeTold(session.CodeReplaced, "replaced by a newer session of the same client",
+				status.Errorf(codes.Unavailable, "brpc: client %q reconnected; this session was replaced", id))
+		}()
 	}
 
 	if err := handshake.WriteMsg(ctrl, handshake.Accept(version, id)); err != nil {
@@ -475,19 +490,68 @@ func (ss *serverSession[C]) dialGRPC() (*grpc.ClientConn, error) {
 
 // goAway tells the client that the server is going away.
 func (ss *serverSession[C]) goAway(reason string) {
+	ss.notify(&handshakepb.Notice{Kind: &handshakepb.Notice_GoAway{GoAway: &handshakepb.GoAway{Reason: reason}}})
+}
+
+// notify writes a notice on the control stream of a welcomed session.
+func (ss *serverSession[C]) notify(n *handshakepb.Notice) {
 	ss.ctrlMu.Lock()
 	defer ss.ctrlMu.Unlock()
 	if ss.ctrl == nil {
 		return
 	}
 	ss.ctrl.SetWriteDeadline(time.Now().Add(time.Second))
-	_ = handshake.WriteMsg(ss.ctrl, &handshakepb.Notice{Kind: &handshakepb.Notice_GoAway{GoAway: &handshakepb.GoAway{Reason: reason}}})
+	_ = handshake.WriteMsg(ss.ctrl, n)
 }
 
-// close ends the session; its reverse calls fail with callErr.
+// close ends the session now; its reverse calls fail with callErr.
 func (ss *serverSession[C]) close(code session.CloseCode, reason string, callErr error) {
+	ss.endReason.CompareAndSwap(nil, &reason)
 	ss.lazy().close(callErr)
 	ss.sess.Close(code, reason)
+}
+
+// closeTold ends the session after telling the client why on the control
+// stream, for transports that carry no close code of their own (TCP). The
+// client closes the session when it reads the notice; the server closes it
+// itself after rejectLinger (closing first could reset the connection
+// before the notice is read).
+func (ss *serverSession[C]) closeTold(code session.CloseCode, reason string, callErr error) {
+	ss.endReason.CompareAndSwap(nil, &reason)
+	ss.lazy().close(callErr)
+	ss.notify(&handshakepb.Notice{Kind: &handshakepb.Notice_Closing{Closing: &handshakepb.Closing{Code: uint32(code), Reason: reason}}})
+	t := time.NewTimer(rejectLinger)
+	select {
+	case <-ss.sess.Context().Done():
+	case <-t.C:
+	}
+	t.Stop()
+	ss.sess.Close(code, reason)
+}
+
+// disconnectReason says why a welcomed session ended.
+func (ss *serverSession[C]) disconnectReason() (string, error) {
+	cause := context.Cause(ss.sess.Context())
+	if r := ss.endReason.Load(); r != nil {
+		return *r, cause
+	}
+	if code, reason, ok := session.PeerCloseCode(cause); ok {
+		if code == session.CodeNormal {
+			return "client closed the connection", cause
+		}
+		return fmt.Sprintf("client closed the connection (code %d): %s", code, reason), cause
+	}
+	if errors.Is(cause, io.EOF) {
+		return "client closed the connection", cause
+	}
+	var ne net.Error
+	if errors.As(cause, &ne) && ne.Timeout() {
+		return "client silent past the keepalive timeout", cause
+	}
+	if cause == nil {
+		return "connection ended", nil
+	}
+	return "connection ended: " + cause.Error(), cause
 }
 
 func randomID() string {

@@ -277,6 +277,7 @@ type Notice struct {
 	// Types that are valid to be assigned to Kind:
 	//
 	//	*Notice_GoAway
+	//	*Notice_Closing
 	Kind          isNotice_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -328,6 +329,15 @@ func (x *Notice) GetGoAway() *GoAway {
 	return nil
 }
 
+func (x *Notice) GetClosing() *Closing {
+	if x != nil {
+		if x, ok := x.Kind.(*Notice_Closing); ok {
+			return x.Closing
+		}
+	}
+	return nil
+}
+
 type isNotice_Kind interface {
 	isNotice_Kind()
 }
@@ -336,7 +346,68 @@ type Notice_GoAway struct {
 	GoAway *GoAway `protobuf:"bytes,1,opt,name=go_away,json=goAway,proto3,oneof"`
 }
 
+type Notice_Closing struct {
+	Closing *Closing `protobuf:"bytes,2,opt,name=closing,proto3,oneof"`
+}
+
 func (*Notice_GoAway) isNotice_Kind() {}
+
+func (*Notice_Closing) isNotice_Kind() {}
+
+// Closing tells the client why the server is about to close its session,
+// for transports that carry no close code of their own (TCP).
+type Closing struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// code is the session close code (internal/session CloseCode).
+	Code          uint32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Closing) Reset() {
+	*x = Closing{}
+	mi := &file_handshake_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Closing) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Closing) ProtoMessage() {}
+
+func (x *Closing) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Closing.ProtoReflect.Descriptor instead.
+func (*Closing) Descriptor() ([]byte, []int) {
+	return file_handshake_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Closing) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *Closing) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
 
 // GoAway tells the client that the server is shutting down: no new calls
 // should be started on this session.
@@ -349,7 +420,7 @@ type GoAway struct {
 
 func (x *GoAway) Reset() {
 	*x = GoAway{}
-	mi := &file_handshake_proto_msgTypes[5]
+	mi := &file_handshake_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -361,7 +432,7 @@ func (x *GoAway) String() string {
 func (*GoAway) ProtoMessage() {}
 
 func (x *GoAway) ProtoReflect() protoreflect.Message {
-	mi := &file_handshake_proto_msgTypes[5]
+	mi := &file_handshake_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -374,7 +445,7 @@ func (x *GoAway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GoAway.ProtoReflect.Descriptor instead.
 func (*GoAway) Descriptor() ([]byte, []int) {
-	return file_handshake_proto_rawDescGZIP(), []int{5}
+	return file_handshake_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GoAway) GetReason() string {
@@ -403,10 +474,14 @@ const file_handshake_proto_rawDesc = "" +
 	"\x06Status\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12.\n" +
-	"\adetails\x18\x03 \x03(\v2\x14.google.protobuf.AnyR\adetails\"F\n" +
+	"\adetails\x18\x03 \x03(\v2\x14.google.protobuf.AnyR\adetails\"~\n" +
 	"\x06Notice\x124\n" +
-	"\ago_away\x18\x01 \x01(\v2\x19.brpc.handshake.v1.GoAwayH\x00R\x06goAwayB\x06\n" +
-	"\x04kind\" \n" +
+	"\ago_away\x18\x01 \x01(\v2\x19.brpc.handshake.v1.GoAwayH\x00R\x06goAway\x126\n" +
+	"\aclosing\x18\x02 \x01(\v2\x1a.brpc.handshake.v1.ClosingH\x00R\aclosingB\x06\n" +
+	"\x04kind\"5\n" +
+	"\aClosing\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\rR\x04code\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\" \n" +
 	"\x06GoAway\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reasonB8Z6github.com/brpc-go/brpc/internal/handshake/handshakepbb\x06proto3"
 
@@ -422,26 +497,28 @@ func file_handshake_proto_rawDescGZIP() []byte {
 	return file_handshake_proto_rawDescData
 }
 
-var file_handshake_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_handshake_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_handshake_proto_goTypes = []any{
 	(*Hello)(nil),         // 0: brpc.handshake.v1.Hello
 	(*MetadataEntry)(nil), // 1: brpc.handshake.v1.MetadataEntry
 	(*Welcome)(nil),       // 2: brpc.handshake.v1.Welcome
 	(*Status)(nil),        // 3: brpc.handshake.v1.Status
 	(*Notice)(nil),        // 4: brpc.handshake.v1.Notice
-	(*GoAway)(nil),        // 5: brpc.handshake.v1.GoAway
-	(*anypb.Any)(nil),     // 6: google.protobuf.Any
+	(*Closing)(nil),       // 5: brpc.handshake.v1.Closing
+	(*GoAway)(nil),        // 6: brpc.handshake.v1.GoAway
+	(*anypb.Any)(nil),     // 7: google.protobuf.Any
 }
 var file_handshake_proto_depIdxs = []int32{
 	1, // 0: brpc.handshake.v1.Hello.metadata:type_name -> brpc.handshake.v1.MetadataEntry
 	3, // 1: brpc.handshake.v1.Welcome.status:type_name -> brpc.handshake.v1.Status
-	6, // 2: brpc.handshake.v1.Status.details:type_name -> google.protobuf.Any
-	5, // 3: brpc.handshake.v1.Notice.go_away:type_name -> brpc.handshake.v1.GoAway
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	7, // 2: brpc.handshake.v1.Status.details:type_name -> google.protobuf.Any
+	6, // 3: brpc.handshake.v1.Notice.go_away:type_name -> brpc.handshake.v1.GoAway
+	5, // 4: brpc.handshake.v1.Notice.closing:type_name -> brpc.handshake.v1.Closing
+	5, // [5:5] is the sub-list for method output_type
+	5, // [5:5] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_handshake_proto_init() }
@@ -451,6 +528,7 @@ func file_handshake_proto_init() {
 	}
 	file_handshake_proto_msgTypes[4].OneofWrappers = []any{
 		(*Notice_GoAway)(nil),
+		(*Notice_Closing)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -458,7 +536,7 @@ func file_handshake_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handshake_proto_rawDesc), len(file_handshake_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

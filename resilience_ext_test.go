@@ -1,0 +1,302 @@
+package brpc_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/internal/testpb"
+)
+
+// fastBackoff keeps reconnect tests short.
+var fastBackoff = backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 400 * time.Millisecond}
+
+// restartable is a server that can be stopped and started again on the same
+// address, as a restarted process would.
+type restartable struct {
+	t      *testing.T
+	e      *env // its ca, for certificates; its own server is stopped
+	cfg    envConfig
+	addr   string
+	served chan error
+
+	mu  sync.Mutex
+	cur *brpc.Server[testpb.EchoClient]
+}
+
+// srv is the server running now.
+func (r *restartable) srv() *brpc.Server[testpb.EchoClient] {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cur
+}
+
+func (r *restartable) start() {
+	r.t.Helper()
+	stls, err := r.e.ca.ServerTLS()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	testpb.RegisterEchoServer(gs, &echoService{name: "server"})
+	srv := brpc.NewServer(gs, testpb.NewEchoClient, r.cfg.serverOpts...)
+	listen := brpc.ListenQUIC
+	if r.cfg.transport == "tcp" {
+		listen = brpc.ListenTCP
+	}
+	var lis brpc.Listener
+	// The old socket may take a moment to be released.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		lis, err = listen(r.addr, stls)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		r.t.Fatalf("listening again on %s: %v", r.addr, err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	r.mu.Lock()
+	r.cur, r.served = srv, served
+	r.mu.Unlock()
+}
+
+// stop stops the running server, if any, and waits for its Serve.
+func (r *restartable) stop() {
+	r.mu.Lock()
+	srv, served := r.cur, r.served
+	r.cur, r.served = nil, nil
+	r.mu.Unlock()
+	if srv != nil {
+		srv.Stop()
+		<-served
+	}
+}
+
+func byNameFromMetadata(ctx context.Context, info brpc.AuthInfo) (string, error) {
+	return info.Metadata.Get("name")[0], nil
+}
+
+func TestServerRestartWithManyClients(t *testing.T) {
+	eachTransport(t, func(t *testing.T, tr string) {
+		const n = 50
+		cfg := envConfig{transport: tr, serverOpts: []brpc.ServerOption{brpc.WithAuthenticator(byNameFromMetadata)}}
+		e := newEnv(t, cfg)
+		e.srv.Stop() // replaced by a restartable server on the same address
+		r := &restartable{t: t, e: e, cfg: cfg, addr: e.addr}
+		r.start()
+		t.Cleanup(r.stop)
+
+		var clients []*client
+		for i := 0; i < n; i++ {
+			name := fmt.Sprint("dev-", i)
+			clients = append(clients, e.connect(clientConfig{name: name, md: metadata.Pairs("name", name),
+				opts: []brpc.DialOption{brpc.WithConnectBackoff(fastBackoff)}}))
+		}
+		waitFor(t, 10*time.Second, "all clients to connect", func() bool { return len(r.srv().Peers()) == n })
+
+		// A forward call that waits for ready spans the restart.
+		waiting := make(chan error, 1)
+		r.stop()
+		for _, c := range clients[:5] {
+			waitFor(t, 5*time.Second, "a client to notice the server went away", func() bool { return c.GetState() != connectivity.Ready })
+		}
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			_, err := clients[0].echo.Unary(ctx, &testpb.EchoRequest{Message: "across"}, grpc.WaitForReady(true))
+			waiting <- err
+		}()
+		// Without wait-for-ready, a call while disconnected fails fast.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := clients[1].echo.Unary(ctx, &testpb.EchoRequest{})
+		cancel()
+		wantCode(t, err, codes.Unavailable, "a fail-fast call while the server is down")
+
+		time.Sleep(300 * time.Millisecond) // clients back off while the server is down
+		restarted := time.Now()
+		r.start()
+		// Backoff is at most MaxDelay (400ms) plus jitter: every client is
+		// back within a few of those, even under the race detector.
+		waitFor(t, 10*time.Second, "all clients to reconnect", func() bool { return len(r.srv().Peers()) == n })
+		t.Logf("%d clients back %v after the restart", n, time.Since(restarted).Round(time.Millisecond))
+
+		for i, c := range clients {
+			want := fmt.Sprint("dev-", i)
+			if c.ID() != want {
+				t.Fatalf("client %d has ID %q after reconnecting, want %q", i, c.ID(), want)
+			}
+			stub, err := r.srv().Client(want)
+			if err != nil {
+				t.Fatalf("Client(%q) after the restart: %v", want, err)
+			}
+			resp, err := stub.Unary(testCtx(t), &testpb.EchoRequest{Message: "again"})
+			if err != nil || resp.GetMessage() != want+":again" {
+				t.Fatalf("reverse call to %s after the restart: %q, %v", want, resp.GetMessage(), err)
+			}
+		}
+		select {
+		case err := <-waiting:
+			if err != nil {
+				t.Fatalf("wait-for-ready call across the restart: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the wait-for-ready call did not complete after the restart")
+		}
+		for _, c := range clients {
+			if st := c.GetState(); st != connectivity.Ready {
+				t.Fatalf("client %s is %v after reconnecting", c.ID(), st)
+			}
+		}
+	})
+}
+
+func TestFallbackToTCPWhenUDPIsBlocked(t *testing.T) {
+	e := newPlainEnvOn(t, "tcp")
+	// The UDP port of the same number swallows every datagram, as a
+	// firewall that drops UDP would.
+	_, port, _ := net.SplitHostPort(e.addr)
+	blackhole, err := net.ListenPacket("udp", "127.0.0.1:"+port)
+	if err != nil {
+		t.Fatalf("binding the UDP blackhole: %v", err)
+	}
+	defer blackhole.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := blackhole.ReadFrom(buf); err != nil {
+				return
+			}
+		}
+	}()
+
+	const delay = 200 * time.Millisecond
+	start := time.Now()
+	e.target = e.addr // bare host:port: QUIC first, then TCP
+	c := e.connect(clientConfig{name: "behind-firewall", opts: []brpc.DialOption{brpc.WithFallbackDelay(delay)}})
+	took := time.Since(start)
+	peers := e.srv.Peers()
+	if len(peers) != 1 || peers[0].Transport != "tcp" {
+		t.Fatalf("Peers() = %+v, want one client over tcp", peers)
+	}
+	if took > delay+2*time.Second {
+		t.Fatalf("connecting took %v with a %v fallback delay", took, delay)
+	}
+	t.Logf("connected over tcp after %v (fallback delay %v)", took.Round(time.Millisecond), delay)
+	if _, err := c.echo.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
+		t.Fatalf("call over the fallback transport: %v", err)
+	}
+}
+
+func TestBareTargetPrefersQUIC(t *testing.T) {
+	e := newPlainEnv(t) // QUIC
+	e.target = e.addr
+	e.connect(clientConfig{name: "x"})
+	if peers := e.srv.Peers(); len(peers) != 1 || peers[0].Transport != "quic" {
+		t.Fatalf("Peers() = %+v, want one client over quic", peers)
+	}
+}
+
+func TestReplacedClientStopsInsteadOfFightingBack(t *testing.T) {
+	eachTransport(t, func(t *testing.T, tr string) {
+		same := func(context.Context, brpc.AuthInfo) (string, error) { return "device-1", nil }
+		e := newEnv(t, envConfig{transport: tr, serverOpts: []brpc.ServerOption{brpc.WithAuthenticator(same)}})
+		opts := []brpc.DialOption{brpc.WithConnectBackoff(fastBackoff)}
+		old := e.connect(clientConfig{name: "old", opts: opts})
+		e.connect(clientConfig{name: "new", opts: opts})
+		waitFor(t, 5*time.Second, "the replaced client to stop", func() bool { return old.GetState() == connectivity.Shutdown })
+		// It stays stopped: the newer client keeps the ID.
+		time.Sleep(500 * time.Millisecond)
+		stub, err := e.srv.Client("device-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := stub.Unary(testCtx(t), &testpb.EchoRequest{Message: "who"})
+		if err != nil || r.GetMessage() != "new:who" {
+			t.Fatalf("Client(device-1) reached %q (%v), want the newer client", r.GetMessage(), err)
+		}
+		_, err = old.echo.Unary(testCtx(t), &testpb.EchoRequest{})
+		wantCode(t, err, codes.Unavailable, "a call on the replaced client")
+	})
+}
+
+func TestClientStateFollowsTheSession(t *testing.T) {
+	// Over TCP a connection attempt to a stopped server fails at once; over
+	// QUIC it waits for the handshake timeout. The states are the same.
+	e := newPlainEnvOn(t, "tcp")
+	e.srv.Stop()
+	r := &restartable{t: t, e: e, cfg: envConfig{transport: "tcp"}, addr: e.addr}
+	r.start()
+	t.Cleanup(r.stop)
+	c, err := e.dial(clientConfig{name: "s", opts: []brpc.DialOption{brpc.WithConnectBackoff(fastBackoff)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := c.GetState(); st != connectivity.Ready {
+		t.Fatalf("state after Dial = %v, want Ready", st)
+	}
+	ctx := testCtx(t)
+	r.stop()
+	if !c.WaitForStateChange(ctx, connectivity.Ready) {
+		t.Fatal("no state change after the server stopped")
+	}
+	waitFor(t, 5*time.Second, "TransientFailure while the server is down", func() bool { return c.GetState() == connectivity.TransientFailure })
+	r.start()
+	waitFor(t, 10*time.Second, "Ready after the server is back", func() bool { return c.GetState() == connectivity.Ready })
+	c.close()
+	if st := c.GetState(); st != connectivity.Shutdown {
+		t.Fatalf("state after Close = %v, want Shutdown", st)
+	}
+	short, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if c.WaitForStateChange(short, connectivity.Shutdown) {
+		t.Fatal("the state changed after Shutdown")
+	}
+}
+
+func TestPeerEvents(t *testing.T) {
+	eachTransport(t, func(t *testing.T, tr string) {
+		var mu sync.Mutex
+		var events []brpc.PeerEvent
+		record := func(ev brpc.PeerEvent) {
+			mu.Lock()
+			events = append(events, ev)
+			mu.Unlock()
+		}
+		count := func() int {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(events)
+		}
+		e := newEnv(t, envConfig{transport: tr, serverOpts: []brpc.ServerOption{
+			brpc.WithPeerEvents(record), brpc.WithKeepalive(100*time.Millisecond, 600*time.Millisecond),
+		}})
+		c := e.connect(clientConfig{name: "a", md: metadata.Pairs("k", "v")})
+		waitFor(t, 5*time.Second, "a connect event", func() bool { return count() == 1 })
+		c.close()
+		waitFor(t, 5*time.Second, "a disconnect event", func() bool { return count() == 2 })
+		mu.Lock()
+		got := append([]brpc.PeerEvent(nil), events...)
+		mu.Unlock()
+		if got[0].Type != brpc.PeerConnected || got[0].Peer.ID != c.ID() || got[0].Peer.Transport != tr || got[0].Peer.Metadata.Get("k")[0] != "v" {
+			t.Fatalf("first event %+v, want %s connected over %s with its metadata", got[0], c.ID(), tr)
+		}
+		if got[1].Type != brpc.PeerDisconnected || got[1].Peer.ID != c.ID() || got[1].Reason == "" {
+			t.Fatalf("second event %+v, want %s disconnected with a reason", got[1], c.ID())
+		}
+		t.Logf("disconnect reason: %s", got[1].Reason)
+	})
+}
