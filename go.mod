@@ -3,10 +3,9 @@ module github.com/brpc-go/brpc
 go 1.26.0
 
 require (
+	github.com/hashicorp/yamux v0.1.2
 	github.com/quic-go/quic-go v0.65.0
-	github.com/xtaci/smux v1.5.58
 	go.uber.org/goleak v1.3.0
-	golang.org/x/sys v0.48.0
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
 )
@@ -14,6 +13,7 @@ require (
 require (
 	golang.org/x/crypto v0.57.0 // indirect
 	golang.org/x/net v0.60.0 // indirect
+	golang.org/x/sys v0.48.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
 )

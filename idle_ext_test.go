@@ -19,8 +19,9 @@ import (
 )
 
 // Bounds for what one idle connected client costs the server. The
-// performance targets are 48 KiB and 4 goroutines per idle QUIC client;
-// these test bounds leave room for the race detector's overhead.
+// performance targets are 4 goroutines and 48 KiB (QUIC) or 32 KiB (TCP)
+// per idle client; the byte bound leaves room for the race detector's
+// overhead.
 const (
 	idleClients              = 100
 	maxIdleGoroutinesPerPeer = 4
@@ -96,13 +97,6 @@ func testIdleClientCost(t *testing.T, tr string) {
 	perB := float64(m1-m0) / idleClients
 	t.Logf("per idle %s client on the server: %.2f goroutines, %.1f KiB (heap+stacks)", tr, perG, perB/1024)
 	maxG, maxB := maxIdleGoroutinesPerPeer, maxIdleBytesPerPeer
-	if tr == "tcp" {
-		// Above the performance targets (4 goroutines, 32 KiB): smux runs
-		// four goroutines per session (receive, send, shaper, keepalive)
-		// and its receive loop holds a 64 KiB buffer. These bounds guard
-		// against regressions until the TCP session is made leaner.
-		maxG, maxB = maxIdleGoroutinesPerPeer+1, 224<<10
-	}
 	// A goroutine or two of the process may come and go between the two
 	// readings (timers, the runtime's workers): allow for that, not more.
 	if perG > float64(maxG)+2.0/idleClients {

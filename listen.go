@@ -59,9 +59,9 @@ func ListenQUIC(addr string, tlsConf *tls.Config) (Listener, error) {
 }
 
 // ListenTCP binds a TCP socket on addr and returns a Listener for
-// TLS-over-TCP sessions, whose streams are multiplexed with smux (protocol
-// version 2). It is the transport for networks that block UDP; it behaves
-// like ListenQUIC in every other way. tlsConf is used as for ListenQUIC. A
+// TLS-over-TCP sessions, whose streams are multiplexed with
+// hashicorp/yamux. It is the transport for networks that block UDP; it
+// behaves like ListenQUIC in every other way. tlsConf is used as for ListenQUIC. A
 // QUIC and a TCP listener may share a port number.
 func ListenTCP(addr string, tlsConf *tls.Config) (Listener, error) {
 	conf, err := serverTLS(tlsConf)
