@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
@@ -129,6 +130,14 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*ClientConn, 
 	dialOpts := append(slices.Clone(o.grpcDialOptions),
 		grpc.WithContextDialer(c.dialStream),
 		grpc.WithTransportCredentials(sessionCreds{}),
+		// The dialer fails at once, without touching the network, while
+		// the ClientConn reconnects: grpc-go may retry it often, so that it
+		// finds the new session soon after it is there. The network-facing
+		// backoff is the ClientConn's own (WithConnectBackoff).
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 200 * time.Millisecond},
+			MinConnectTimeout: minConnectTimeout,
+		}),
 	)
 	c.cc, err = grpc.NewClient("passthrough:///"+hostport, dialOpts...)
 	if err != nil {
@@ -183,9 +192,6 @@ func (c *ClientConn) supervise(cs *clientSession) {
 		if cs = c.reconnect(); cs == nil || !c.setSession(cs) {
 			return
 		}
-		// Forward calls waiting for ready, and grpc-go's own backoff, need
-		// not wait: a session is there again.
-		c.cc.ResetConnectBackoff()
 	}
 }
 
@@ -475,8 +481,8 @@ func (c *ClientConn) handshake(ctx context.Context, cs *clientSession) error {
 
 // dialStream opens a stream for grpc-go's connection to the server on the
 // current session. While there is none, it fails at once: grpc-go then
-// fails calls fast or holds wait-for-ready ones, and is woken up by
-// ResetConnectBackoff when a session is back.
+// fails calls fast or holds wait-for-ready ones, and retries the dialer on
+// its short backoff until a session is back.
 func (c *ClientConn) dialStream(ctx context.Context, _ string) (net.Conn, error) {
 	c.mu.Lock()
 	cs, stopErr := c.cur, c.stopErr

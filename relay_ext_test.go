@@ -70,6 +70,9 @@ func (r *udpRelay) Addr() string { return r.front.LocalAddr().String() }
 // Blackhole drops every datagram from now on.
 func (r *udpRelay) Blackhole() { r.dropping.Store(true) }
 
+// Restore forwards datagrams again.
+func (r *udpRelay) Restore() { r.dropping.Store(false) }
+
 func (r *udpRelay) close() {
 	r.front.Close()
 	r.back.Close()
@@ -89,8 +92,13 @@ type tcpRelay struct {
 }
 
 func newTCPRelay(t *testing.T, server string) *tcpRelay {
+	return newTCPRelayAt(t, "127.0.0.1:0", server)
+}
+
+// newTCPRelayAt is a tcpRelay listening on addr.
+func newTCPRelayAt(t *testing.T, addr, server string) *tcpRelay {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,6 +151,16 @@ func (r *tcpRelay) Addr() string { return r.ln.Addr().String() }
 
 // Blackhole drops every byte from now on.
 func (r *tcpRelay) Blackhole() { r.dropping.Store(true) }
+
+// Cut closes the connections relayed so far; new ones are still accepted.
+func (r *tcpRelay) Cut() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.conns {
+		c.Close()
+	}
+	r.conns = nil
+}
 
 func (r *tcpRelay) close() {
 	r.ln.Close()

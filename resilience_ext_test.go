@@ -165,39 +165,45 @@ func TestServerRestartWithManyClients(t *testing.T) {
 }
 
 func TestFallbackToTCPWhenUDPIsBlocked(t *testing.T) {
-	e := newPlainEnvOn(t, "tcp")
-	// The UDP port of the same number swallows every datagram, as a
-	// firewall that drops UDP would.
-	_, port, _ := net.SplitHostPort(e.addr)
-	blackhole, err := net.ListenPacket("udp", "127.0.0.1:"+port)
-	if err != nil {
-		t.Fatalf("binding the UDP blackhole: %v", err)
-	}
-	defer blackhole.Close()
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			if _, _, err := blackhole.ReadFrom(buf); err != nil {
-				return
+	for _, udp := range []string{"dropping", "absent"} {
+		t.Run(udp, func(t *testing.T) {
+			e := newPlainEnvOn(t, "tcp")
+			_, port, _ := net.SplitHostPort(e.addr)
+			if udp == "dropping" {
+				// The UDP port of the same number swallows every datagram,
+				// as a firewall that drops UDP would.
+				blackhole, err := net.ListenPacket("udp", "127.0.0.1:"+port)
+				if err != nil {
+					t.Fatalf("binding the UDP blackhole: %v", err)
+				}
+				defer blackhole.Close()
+				go func() {
+					buf := make([]byte, 2048)
+					for {
+						if _, _, err := blackhole.ReadFrom(buf); err != nil {
+							return
+						}
+					}
+				}()
 			}
-		}
-	}()
 
-	const delay = 200 * time.Millisecond
-	start := time.Now()
-	e.target = e.addr // bare host:port: QUIC first, then TCP
-	c := e.connect(clientConfig{name: "behind-firewall", opts: []brpc.DialOption{brpc.WithFallbackDelay(delay)}})
-	took := time.Since(start)
-	peers := e.srv.Peers()
-	if len(peers) != 1 || peers[0].Transport != "tcp" {
-		t.Fatalf("Peers() = %+v, want one client over tcp", peers)
-	}
-	if took > delay+2*time.Second {
-		t.Fatalf("connecting took %v with a %v fallback delay", took, delay)
-	}
-	t.Logf("connected over tcp after %v (fallback delay %v)", took.Round(time.Millisecond), delay)
-	if _, err := c.echo.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
-		t.Fatalf("call over the fallback transport: %v", err)
+			const delay = 200 * time.Millisecond
+			start := time.Now()
+			e.target = e.addr // bare host:port: QUIC first, then TCP
+			c := e.connect(clientConfig{name: "behind-firewall", opts: []brpc.DialOption{brpc.WithFallbackDelay(delay)}})
+			took := time.Since(start)
+			peers := e.srv.Peers()
+			if len(peers) != 1 || peers[0].Transport != "tcp" {
+				t.Fatalf("Peers() = %+v, want one client over tcp", peers)
+			}
+			if took > delay+2*time.Second {
+				t.Fatalf("connecting took %v with a %v fallback delay", took, delay)
+			}
+			t.Logf("connected over tcp after %v (fallback delay %v)", took.Round(time.Millisecond), delay)
+			if _, err := c.echo.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
+				t.Fatalf("call over the fallback transport: %v", err)
+			}
+		})
 	}
 }
 
@@ -299,4 +305,69 @@ func TestPeerEvents(t *testing.T) {
 		}
 		t.Logf("disconnect reason: %s", got[1].Reason)
 	})
+}
+
+func TestReconnectTriesTheLastWinningTransportFirst(t *testing.T) {
+	// One server with both transports, reached through a UDP relay and a TCP
+	// relay that share a port number, so that a host:port target can use
+	// either and UDP can be blocked and unblocked at will.
+	quic := newPlainEnv(t)
+	stls, err := quic.ca.ServerTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcpLis, err := brpc.ListenTCP("127.0.0.1:0", stls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- quic.srv.Serve(tcpLis) }()
+	t.Cleanup(func() { quic.srv.Stop(); <-served })
+
+	var udp *udpRelay
+	var tcp *tcpRelay
+	waitFor(t, 5*time.Second, "a port number free for both relays", func() bool {
+		u := newUDPRelay(t, quic.addr)
+		_, port, _ := net.SplitHostPort(u.Addr())
+		ln, err := net.Listen("tcp", "127.0.0.1:"+port)
+		if err != nil {
+			return false
+		}
+		ln.Close()
+		udp, tcp = u, newTCPRelayAt(t, "127.0.0.1:"+port, tcpLis.Addr().String())
+		return true
+	})
+
+	// UDP blocked: the client falls back to TCP.
+	udp.Blackhole()
+	quic.target = udp.Addr()
+	c := quic.connect(clientConfig{name: "x", opts: []brpc.DialOption{
+		brpc.WithFallbackDelay(300 * time.Millisecond), brpc.WithConnectBackoff(fastBackoff),
+	}})
+	if p := quic.srv.Peers(); len(p) != 1 || p[0].Transport != "tcp" {
+		t.Fatalf("Peers() = %+v, want the client over tcp", p)
+	}
+
+	// UDP works again and the TCP connection is cut. Both transports now
+	// answer at once: without a memory of the last winner, QUIC, which
+	// starts first, would win the reconnect.
+	first := c.ID() // without an Authenticator, each session gets a new ID
+	udp.Restore()
+	tcp.Cut()
+	var now brpc.Peer
+	waitFor(t, 10*time.Second, "the client to reconnect", func() bool {
+		for _, p := range quic.srv.Peers() {
+			if id := c.ID(); p.ID == id && id != first {
+				now = p
+				return true
+			}
+		}
+		return false
+	})
+	if now.Transport != "tcp" {
+		t.Fatalf("the client reconnected over %s, want tcp, the transport that won last time", now.Transport)
+	}
+	if _, err := c.echo.Unary(testCtx(t), &testpb.EchoRequest{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatalf("call after reconnecting: %v", err)
+	}
 }

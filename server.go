@@ -51,15 +51,15 @@ type Server[C any] struct {
 	newClient func(grpc.ClientConnInterface) C
 	opts      serverOptions
 
-	streams  *streamListener // feeds gs the streams clients open
-	grpcOnce sync.Once
-	peers    *registry.Registry[*serverSession[C]]
+	streams *streamListener // feeds gs the streams clients open
+	peers   *registry.Registry[*serverSession[C]]
 
-	mu        sync.Mutex
-	state     serverState
-	listeners map[Listener]acceptor
-	sessions  map[*serverSession[C]]struct{} // every live session, welcomed or not
-	wg        sync.WaitGroup                 // session goroutines and gs.Serve
+	mu          sync.Mutex
+	state       serverState
+	grpcStarted bool // gs.Serve runs
+	listeners   map[Listener]acceptor
+	sessions    map[*serverSession[C]]struct{} // every live session, welcomed or not
+	wg          sync.WaitGroup                 // session goroutines and gs.Serve
 }
 
 // NewServer wraps the application's own *grpc.Server (its services,
@@ -105,15 +105,17 @@ func (s *Server[C]) Serve(lis Listener) error {
 		return err
 	}
 	s.listeners[lis] = acc
-	s.mu.Unlock()
-
-	s.grpcOnce.Do(func() {
+	if !s.grpcStarted {
+		// Under s.mu, with the state checked: Stop's wg.Wait never races
+		// this Add.
+		s.grpcStarted = true
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			_ = s.gs.Serve(s.streams)
 		}()
-	})
+	}
+	s.mu.Unlock()
 
 	for {
 		sess, err := acc.accept()
