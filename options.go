@@ -28,6 +28,10 @@ const (
 	// once on a session. Each stream carries one HTTP/2 connection of grpc-go
 	// (plus the control stream), so ordinary use needs only a few.
 	DefaultMaxStreamsPerSession = 100
+	// DefaultMaxPendingHandshakes caps the clients in the middle of their
+	// handshake at once, per phase (TLS, then brpc's hello): high enough for
+	// a whole fleet reconnecting after a server restart.
+	DefaultMaxPendingHandshakes = 4096
 	// DefaultFallbackDelay is how long a host:port target gives QUIC before
 	// trying TCP as well (Happy Eyeballs' usual head start).
 	DefaultFallbackDelay = 300 * time.Millisecond
@@ -72,6 +76,10 @@ type serverOptions struct {
 	events           func(PeerEvent)
 	handshakeTimeout time.Duration
 	maxHelloSize     int
+	maxClients       int
+	maxPending       int
+	ratePerSecond    float64
+	rateBurst        int
 }
 
 func defaultServerOptions() serverOptions {
@@ -79,6 +87,7 @@ func defaultServerOptions() serverOptions {
 		common:           defaultCommon(),
 		handshakeTimeout: DefaultHandshakeTimeout,
 		maxHelloSize:     DefaultMaxHelloSize,
+		maxPending:       DefaultMaxPendingHandshakes,
 	}
 }
 
@@ -243,4 +252,41 @@ func WithFallbackDelay(d time.Duration) DialOption {
 // return quickly (hand work to another goroutine).
 func WithPeerEvents(fn func(PeerEvent)) ServerOption {
 	return serverOptionFunc(func(o *serverOptions) { o.events = fn })
+}
+
+// WithMaxClients caps the clients connected at once. A client beyond it is
+// refused with codes.ResourceExhausted; a client reconnecting under an ID
+// that is connected replaces itself and is not counted twice. The default, 0,
+// sets no cap: memory per idle client is small and bounded.
+func WithMaxClients(n int) ServerOption {
+	return serverOptionFunc(func(o *serverOptions) {
+		if n >= 0 {
+			o.maxClients = n
+		}
+	})
+}
+
+// WithMaxPendingHandshakes caps the clients in the middle of their handshake
+// at once, in each phase (the TLS handshake, then brpc's hello and
+// authentication). Connections beyond it are closed at once, so clients
+// that open connections and say nothing cannot exhaust the server. The
+// default is DefaultMaxPendingHandshakes; 0 sets no cap.
+func WithMaxPendingHandshakes(n int) ServerOption {
+	return serverOptionFunc(func(o *serverOptions) {
+		if n >= 0 {
+			o.maxPending = n
+		}
+	})
+}
+
+// WithHandshakeRateLimit limits new connections per remote IP address to
+// perSecond on average, with bursts of burst. Connections beyond it are
+// refused before any cryptographic work. On QUIC, addresses are validated
+// first (one extra round trip), so a spoofed address cannot use up another
+// address's allowance. It is off by default: many devices may share one NAT
+// address, so pick values for the largest fleet behind one address.
+func WithHandshakeRateLimit(perSecond float64, burst int) ServerOption {
+	return serverOptionFunc(func(o *serverOptions) {
+		o.ratePerSecond, o.rateBurst = perSecond, burst
+	})
 }

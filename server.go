@@ -53,6 +53,8 @@ type Server[C any] struct {
 
 	streams *streamListener // feeds gs the streams clients open
 	peers   *registry.Registry[*serverSession[C]]
+	limiter *addressLimiter // nil: no per-address limit
+	pending gate            // sessions between accept and welcome
 
 	mu          sync.Mutex
 	state       serverState
@@ -74,7 +76,7 @@ func NewServer[C any](gs *grpc.Server, newClient func(grpc.ClientConnInterface) 
 	for _, opt := range opts {
 		opt.applyServer(&o)
 	}
-	return &Server[C]{
+	srv := &Server[C]{
 		gs:        gs,
 		newClient: newClient,
 		opts:      o,
@@ -82,7 +84,10 @@ func NewServer[C any](gs *grpc.Server, newClient func(grpc.ClientConnInterface) 
 		peers:     registry.New[*serverSession[C]](),
 		listeners: make(map[Listener]acceptor),
 		sessions:  make(map[*serverSession[C]]struct{}),
+		limiter:   newAddressLimiter(o.ratePerSecond, o.rateBurst),
 	}
+	srv.pending.max = int64(o.maxPending)
+	return srv
 }
 
 // Serve accepts clients from lis until Stop/GracefulStop or lis fails. It may
@@ -129,9 +134,14 @@ func (s *Server[C]) Serve(lis Listener) error {
 			lis.Close()
 			return fmt.Errorf("brpc: accept: %w", err)
 		}
+		if !s.pending.enter() {
+			sess.Close(session.CodeRejected, fmt.Sprintf("%d brpc: too many handshakes in progress", codes.ResourceExhausted))
+			continue
+		}
 		s.mu.Lock()
 		if s.state != stateServing {
 			s.mu.Unlock()
+			s.pending.leave()
 			sess.Close(session.CodeShutdown, "server is shutting down")
 			continue
 		}
@@ -145,10 +155,12 @@ func (s *Server[C]) Serve(lis Listener) error {
 
 func (s *Server[C]) tcpConfig() session.TCPConfig {
 	return session.TCPConfig{
-		KeepAlive:          s.opts.keepaliveInterval,
-		IdleTimeout:        s.opts.keepaliveTimeout,
-		HandshakeTimeout:   s.opts.handshakeTimeout,
-		MaxIncomingStreams: s.opts.maxStreams,
+		KeepAlive:            s.opts.keepaliveInterval,
+		IdleTimeout:          s.opts.keepaliveTimeout,
+		HandshakeTimeout:     s.opts.handshakeTimeout,
+		MaxIncomingStreams:   s.opts.maxStreams,
+		Admit:                s.admit(),
+		MaxPendingHandshakes: s.opts.maxPending,
 	}
 }
 
@@ -157,7 +169,17 @@ func (s *Server[C]) quicConfig() session.QUICConfig {
 		KeepAlive:          s.opts.keepaliveInterval,
 		IdleTimeout:        s.opts.keepaliveTimeout,
 		MaxIncomingStreams: s.opts.maxStreams,
+		Admit:              s.admit(),
+		VerifyAddresses:    s.limiter != nil,
 	}
+}
+
+// admit is the listeners' admission check, nil when there is none.
+func (s *Server[C]) admit() func(net.Addr) error {
+	if s.limiter == nil {
+		return nil
+	}
+	return s.limiter.admit
 }
 
 // ClientFromContext returns the stub of the client whose call is being
@@ -322,7 +344,9 @@ func (ss *serverSession[C]) run() {
 		delete(s.sessions, ss)
 		s.mu.Unlock()
 	}()
-	if !ss.handshake() {
+	welcomed := ss.handshake()
+	s.pending.leave()
+	if !welcomed {
 		return
 	}
 	if s.opts.events != nil {
@@ -402,6 +426,13 @@ func (ss *serverSession[C]) handshake() bool {
 		s.mu.Unlock()
 		ss.reject(ctrl, errShuttingDown)
 		return false
+	}
+	if max := s.opts.maxClients; max > 0 && s.peers.Len() >= max {
+		if _, taken := s.peers.Get(id); !taken {
+			s.mu.Unlock()
+			ss.reject(ctrl, status.Errorf(codes.ResourceExhausted, "brpc: the server is full (%d clients)", max))
+			return false
+		}
 	}
 	old, replaced := s.peers.Add(id, ss)
 	s.mu.Unlock()

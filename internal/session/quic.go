@@ -26,6 +26,13 @@ type QUICConfig struct {
 	IdleTimeout        time.Duration // silence after which the peer is declared dead
 	HandshakeTimeout   time.Duration // QUIC/TLS handshake limit (0: quic-go's default)
 	MaxIncomingStreams int64         // concurrent streams the peer may open
+
+	// Admit, on a listener, decides before any cryptographic work whether a
+	// connection attempt from this address may proceed.
+	Admit func(remote net.Addr) error
+	// VerifyAddresses makes a listener validate every client's address with
+	// a Retry round trip first, so that Admit sees no spoofed addresses.
+	VerifyAddresses bool
 }
 
 // Config returns the quic-go configuration for c.
@@ -185,7 +192,20 @@ func (l *QUICListener) Addr() net.Addr { return l.udp.LocalAddr() }
 
 // Start begins accepting QUIC connections with tlsConf and conf.
 func (l *QUICListener) Start(tlsConf *tls.Config, conf QUICConfig) error {
-	ln, err := l.tr.Listen(tlsConf, conf.Config())
+	qc := conf.Config()
+	if conf.Admit != nil {
+		perConn := qc.Clone()
+		qc.GetConfigForClient = func(info *quic.ClientInfo) (*quic.Config, error) {
+			if err := conf.Admit(info.RemoteAddr); err != nil {
+				return nil, err
+			}
+			return perConn, nil
+		}
+	}
+	if conf.VerifyAddresses {
+		l.tr.VerifySourceAddress = func(net.Addr) bool { return true }
+	}
+	ln, err := l.tr.Listen(tlsConf, qc)
 	if err != nil {
 		return err
 	}

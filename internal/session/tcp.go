@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +34,13 @@ type TCPConfig struct {
 	IdleTimeout        time.Duration // silence after which the peer is declared dead
 	HandshakeTimeout   time.Duration // TLS handshake limit
 	MaxIncomingStreams int64         // concurrent streams the peer may open
+
+	// Admit, on a listener, decides before the TLS handshake whether a
+	// connection from this address may proceed.
+	Admit func(remote net.Addr) error
+	// MaxPendingHandshakes, on a listener, caps the TLS handshakes in
+	// progress at once; connections beyond it are closed at once.
+	MaxPendingHandshakes int
 }
 
 // maxStreamWindow is the largest receive window of one stream: enough for
@@ -239,11 +247,20 @@ func (l *TCPListener) acceptLoop(tlsConf *tls.Config, conf TCPConfig) {
 			}
 			return
 		}
+		if conf.Admit != nil && conf.Admit(raw.RemoteAddr()) != nil {
+			raw.Close()
+			continue
+		}
 		l.mu.Lock()
 		if l.closed {
 			l.mu.Unlock()
 			raw.Close()
 			return
+		}
+		if conf.MaxPendingHandshakes > 0 && len(l.pending) >= conf.MaxPendingHandshakes {
+			l.mu.Unlock()
+			raw.Close()
+			continue
 		}
 		l.pending[raw] = struct{}{}
 		l.wg.Add(1)
@@ -291,6 +308,11 @@ func (l *TCPListener) establish(raw net.Conn, tlsConf *tls.Config, conf TCPConfi
 	tc := tls.Server(raw, tlsConf)
 	if err := tc.Handshake(); err != nil {
 		return nil, err
+	}
+	// Go's TLS server lets a client that offers no ALPN through; brpc
+	// speaks only to clients that asked for its protocol.
+	if len(tlsConf.NextProtos) > 0 && !slices.Contains(tlsConf.NextProtos, tc.ConnectionState().NegotiatedProtocol) {
+		return nil, errors.New("session: the client did not negotiate the application protocol")
 	}
 	raw.SetDeadline(time.Time{})
 	mux, err := yamux.Server(tc, conf.yamux())

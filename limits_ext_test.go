@@ -1,0 +1,262 @@
+package brpc_test
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/internal/handshake"
+	"github.com/brpc-go/brpc/internal/handshake/handshakepb"
+	"github.com/brpc-go/brpc/internal/session"
+	"github.com/brpc-go/brpc/internal/testpb"
+)
+
+func TestMaxClients(t *testing.T) {
+	eachTransport(t, func(t *testing.T, tr string) {
+		e := newEnv(t, envConfig{transport: tr, serverOpts: []brpc.ServerOption{
+			brpc.WithAuthenticator(byNameFromMetadata), brpc.WithMaxClients(2),
+		}})
+		named := func(n string) clientConfig { return clientConfig{name: n, md: metadata.Pairs("name", n)} }
+		a := e.connect(named("a"))
+		e.connect(named("b"))
+		_, err := e.dial(named("c"))
+		wantCode(t, err, codes.ResourceExhausted, "a third client with WithMaxClients(2)")
+
+		// A client taking over its own ID is not a new client.
+		a2 := e.connect(named("a"))
+		if len(e.srv.Peers()) != 2 {
+			t.Fatalf("Peers() = %v after a reconnect under the same ID", e.srv.Peers())
+		}
+		a2.close()
+		a.close()
+		waitFor(t, 5*time.Second, "a to leave", func() bool { return len(e.srv.Peers()) == 1 })
+		e.connect(named("c"))
+	})
+}
+
+// rawSession opens a transport session to e's server with brpc's session
+// package, without a handshake.
+func rawSession(t *testing.T, e *env, tr string) session.Session {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tlsConf := e.ca.ClientTLS()
+	tlsConf.NextProtos = []string{brpc.ALPN}
+	tlsConf.ServerName = "localhost"
+	var s session.Session
+	var err error
+	if tr == "tcp" {
+		s, err = session.DialTCP(ctx, e.addr, tlsConf, session.TCPConfig{})
+	} else {
+		s, err = session.DialQUIC(ctx, e.addr, tlsConf, session.QUICConfig{})
+	}
+	if err != nil {
+		t.Fatalf("raw %s session: %v", tr, err)
+	}
+	t.Cleanup(func() { s.Close(session.CodeNormal, "test over") })
+	return s
+}
+
+// welcomed runs brpc's handshake by hand on s.
+func welcomed(t *testing.T, s session.Session) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ctrl, err := s.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := handshake.WriteMsg(ctrl, handshake.NewHello(nil)); err != nil {
+		t.Fatal(err)
+	}
+	var w handshakepb.Welcome
+	if err := handshake.ReadMsg(ctrl, &w, 1<<16); err != nil || w.GetId() == "" {
+		t.Fatalf("welcome: %v %v", &w, err)
+	}
+}
+
+func TestMaxPendingHandshakes(t *testing.T) {
+	eachTransport(t, func(t *testing.T, tr string) {
+		const max = 5
+		e := newEnv(t, envConfig{transport: tr, serverOpts: []brpc.ServerOption{
+			brpc.WithMaxPendingHandshakes(max), brpc.WithHandshakeTimeout(1500 * time.Millisecond),
+		}})
+		// max sessions that never say hello fill the brpc phase.
+		for i := 0; i < max; i++ {
+			rawSession(t, e, tr)
+		}
+		time.Sleep(100 * time.Millisecond)
+		// Anyone else is turned away at once while they hang on.
+		start := time.Now()
+		_, err := e.dial(clientConfig{name: "late"})
+		// QUIC carries the reason in its close code; over TCP the refusal
+		// comes before brpc can say why, so the client sees Unavailable and
+		// retries later, as it should.
+		want := codes.ResourceExhausted
+		if tr == "tcp" {
+			want = codes.Unavailable
+		}
+		wantCode(t, err, want, "Dial while the pending handshakes are at their cap")
+		if took := time.Since(start); took > time.Second {
+			t.Fatalf("the refusal took %v", took)
+		}
+		// Once the silent ones are cut off, clients are admitted again.
+		waitFor(t, 10*time.Second, "an ordinary client to be admitted again", func() bool {
+			c, err := e.dial(clientConfig{name: "later"})
+			if err != nil {
+				return false
+			}
+			c.close()
+			return true
+		})
+	})
+}
+
+func TestMaxPendingTLSHandshakesOnTCP(t *testing.T) {
+	const max = 5
+	e := newEnv(t, envConfig{transport: "tcp", serverOpts: []brpc.ServerOption{
+		brpc.WithMaxPendingHandshakes(max), brpc.WithHandshakeTimeout(1500 * time.Millisecond),
+	}})
+	// TCP connections that never send a TLS ClientHello (slowloris).
+	var idle []net.Conn
+	for i := 0; i < max; i++ {
+		c, err := net.Dial("tcp", e.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, c)
+	}
+	t.Cleanup(func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	})
+	time.Sleep(100 * time.Millisecond)
+	extra, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	extra.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := extra.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("a connection beyond the cap read %v, want io.EOF: the server should close it at once", err)
+	}
+	// The silent ones are cut at the handshake timeout.
+	for _, c := range idle {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("a silent connection read %v, want io.EOF after the handshake timeout", err)
+		}
+	}
+	wantServesTCP(t, e)
+}
+
+func wantServesTCP(t *testing.T, e *env) {
+	t.Helper()
+	c := e.connect(clientConfig{name: "ok"})
+	if _, err := c.echo.Unary(testCtx(t), &testpb.EchoRequest{Message: "x"}); err != nil {
+		t.Fatalf("an ordinary client cannot call any more: %v", err)
+	}
+}
+
+func TestHandshakeRateLimitPerAddress(t *testing.T) {
+	eachTransport(t, func(t *testing.T, tr string) {
+		e := newEnv(t, envConfig{transport: tr, serverOpts: []brpc.ServerOption{brpc.WithHandshakeRateLimit(2, 3)}})
+		for i := 0; i < 3; i++ {
+			c, err := e.dial(clientConfig{name: fmt.Sprint("c", i)})
+			if err != nil {
+				t.Fatalf("connection %d within the burst: %v", i, err)
+			}
+			c.close()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err := brpc.Dial(ctx, e.target, brpc.WithTLSConfig(e.ca.ClientTLS()))
+		if err == nil {
+			t.Fatal("a fourth connection at once was admitted past the burst of 3")
+		}
+		t.Logf("refused: %v", err)
+		time.Sleep(600 * time.Millisecond) // a token comes back every 500 ms
+		wantServesTCP(t, e)
+	})
+}
+
+func TestStreamFloodIsCapped(t *testing.T) {
+	eachTransport(t, func(t *testing.T, tr string) {
+		const max = 10
+		e := newEnv(t, envConfig{transport: tr, serverOpts: []brpc.ServerOption{brpc.WithMaxStreamsPerSession(max)}})
+		s := rawSession(t, e, tr)
+		welcomed(t, s)
+		// Open streams far past the cap, each starting an HTTP/2 connection
+		// as grpc-go would. QUIC's stream limit stops the opener (the control
+		// stream counts); on TCP the server resets streams past the cap, and
+		// only the others get the gRPC server's SETTINGS back.
+		var streams []net.Conn
+		for i := 0; i < 5*max; i++ {
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			st, err := s.OpenStream(ctx)
+			cancel()
+			if err != nil {
+				break
+			}
+			t.Cleanup(func() { st.Close() })
+			st.SetDeadline(time.Now().Add(2 * time.Second))
+			if _, err := st.Write([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")); err == nil {
+				streams = append(streams, st)
+			}
+		}
+		served := 0
+		for _, st := range streams {
+			if _, err := st.Read(make([]byte, 9)); err == nil {
+				served++
+			}
+		}
+		t.Logf("%s: %d streams opened past the handshake, %d served", tr, len(streams), served)
+		if served > max {
+			t.Fatalf("%d streams served, more than the cap of %d", served, max)
+		}
+		if served == 0 {
+			t.Fatal("no stream was served at all")
+		}
+		// Others are served meanwhile.
+		wantServesTCP(t, e)
+	})
+}
+
+func TestTCPListenerRefusesWrongTLS(t *testing.T) {
+	e := newPlainEnvOn(t, "tcp")
+	for name, conf := range map[string]*tls.Config{
+		"wrong ALPN": {RootCAs: e.ca.Pool, ServerName: "localhost", NextProtos: []string{"h2"}},
+		"no ALPN":    {RootCAs: e.ca.Pool, ServerName: "localhost"},
+		"TLS 1.2":    {RootCAs: e.ca.Pool, ServerName: "localhost", NextProtos: []string{brpc.ALPN}, MaxVersion: tls.VersionTLS12},
+	} {
+		c, err := tls.Dial("tcp", e.addr, conf)
+		if err == nil {
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			_, err = c.Read(make([]byte, 1))
+			c.Close()
+		}
+		if err == nil {
+			t.Errorf("%s: the TLS connection was accepted", name)
+		}
+		t.Logf("%s: %v", name, err)
+	}
+	// Garbage instead of a ClientHello.
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	io.Copy(io.Discard, c)
+	c.Close()
+	wantServesTCP(t, e)
+}
