@@ -1,0 +1,55 @@
+package brpc_test
+
+import (
+	"bytes"
+	"context"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/brpc-go/brpc/internal/testpb"
+)
+
+// TestClientThatNeverReadsIsContained: a client asks for a large stream of
+// responses and never reads them. Flow control must stop the server's
+// handler rather than let the server buffer without bound, and other
+// clients must be served meanwhile.
+func TestClientThatNeverReadsIsContained(t *testing.T) {
+	eachTransport(t, func(t *testing.T, tr string) {
+		e := newPlainEnvOn(t, tr)
+		greedy := e.connect(clientConfig{name: "greedy"})
+		polite := e.connect(clientConfig{name: "polite"})
+
+		var before runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		payload := bytes.Repeat([]byte("x"), 256<<10)
+		// 400 responses of 256 KiB: 100 MiB that nobody reads.
+		if _, err := greedy.echo.ServerStream(ctx, &testpb.EchoRequest{Payload: payload, Count: 400}); err != nil {
+			t.Fatalf("ServerStream: %v", err)
+		}
+		time.Sleep(1500 * time.Millisecond) // the server writes until flow control stops it
+
+		for i := 0; i < 20; i++ {
+			cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_, err := polite.echo.Unary(cctx, &testpb.EchoRequest{Message: "still there?"})
+			ccancel()
+			if err != nil {
+				t.Fatalf("another client's call while one never reads: %v", err)
+			}
+		}
+		var after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		grown := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+		t.Logf("%s: heap grew by %.1f MiB with 100 MiB of unread responses", tr, float64(grown)/(1<<20))
+		// What may be buffered is bounded by the flow-control windows of
+		// grpc-go's HTTP/2 and of the session's stream, far below 100 MiB.
+		if grown > 48<<20 {
+			t.Fatalf("the heap grew by %d MiB: unread responses are not bounded by flow control", grown>>20)
+		}
+	})
+}
