@@ -260,3 +260,30 @@ func TestTCPListenerRefusesWrongTLS(t *testing.T) {
 	c.Close()
 	wantServesTCP(t, e)
 }
+
+func TestOversizedAndMalformedHellosOnBothTransports(t *testing.T) {
+	eachTransport(t, func(t *testing.T, tr string) {
+		e := newEnv(t, envConfig{transport: tr, serverOpts: []brpc.ServerOption{brpc.WithMaxHelloSize(1024)}})
+		big := metadata.Pairs("blob", string(make([]byte, 4096)))
+		_, err := e.dial(clientConfig{name: "big", md: big})
+		wantCode(t, err, codes.ResourceExhausted, "a hello above WithMaxHelloSize")
+
+		s := rawSession(t, e, tr)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		ctrl, err := s.OpenStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctrl.SetDeadline(time.Now().Add(5 * time.Second))
+		ctrl.Write([]byte{0, 0, 0, 3, 0xff, 0xff, 0xff})
+		var w handshakepb.Welcome
+		if err := handshake.ReadMsg(ctrl, &w, 1<<16); err != nil {
+			t.Fatalf("reading the answer to a malformed hello: %v", err)
+		}
+		if codes.Code(w.GetStatus().GetCode()) != codes.InvalidArgument {
+			t.Fatalf("malformed hello answered with %v, want InvalidArgument", w.GetStatus())
+		}
+		wantServesTCP(t, e)
+	})
+}
