@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"slices"
@@ -185,7 +186,10 @@ func (c *ClientConn) supervise(cs *clientSession) {
 		if c.ctx.Err() != nil {
 			return
 		}
-		if err := c.sessionEnded(cs); err != nil {
+		err := c.sessionEnded(cs)
+		c.log(slog.LevelInfo, "brpc: session ended", cs, slog.String("cause", errString(context.Cause(cs.sess.Context()))))
+		if err != nil {
+			c.log(slog.LevelWarn, "brpc: not reconnecting", cs, slog.String("reason", err.Error()))
 			c.stop(err)
 			return
 		}
@@ -273,6 +277,7 @@ func (c *ClientConn) reconnect() *clientSession {
 		if c.ctx.Err() != nil {
 			return nil
 		}
+		c.log(slog.LevelWarn, "brpc: reconnect failed", nil, slog.Int("attempt", attempt+1), slog.String("error", err.Error()))
 		c.setState(connectivity.TransientFailure)
 	}
 }
@@ -521,6 +526,7 @@ func (c *ClientConn) setSession(cs *clientSession) bool {
 	}
 	c.mu.Unlock()
 	if cs != nil {
+		c.log(slog.LevelInfo, "brpc: connected", cs)
 		c.setState(connectivity.Ready)
 	} else {
 		c.setState(connectivity.Connecting)
@@ -624,4 +630,28 @@ func (c *ClientConn) Close() error {
 	c.wg.Wait()
 	c.setState(connectivity.Shutdown)
 	return nil
+}
+
+// log writes a record about cs (nil: the ClientConn in general), if there
+// is a logger.
+func (c *ClientConn) log(level slog.Level, msg string, cs *clientSession, attrs ...slog.Attr) {
+	l := c.opts.logger
+	if l == nil {
+		return
+	}
+	base := []slog.Attr{slog.String("target", c.target)}
+	if cs != nil {
+		base = append(base,
+			slog.String("client_id", cs.id),
+			slog.String("transport", cs.sess.Transport()),
+			slog.String("remote_addr", addrString(cs.sess.RemoteAddr())))
+	}
+	l.LogAttrs(context.Background(), level, msg, append(base, attrs...)...)
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }

@@ -174,6 +174,7 @@ func eachTransport(t *testing.T, fn func(t *testing.T, transport string)) {
 
 type envConfig struct {
 	transport  string // "quic" (default) or "tcp"
+	addr       string // where to listen; default 127.0.0.1:0
 	serverOpts []brpc.ServerOption
 	grpcOpts   []grpc.ServerOption
 	serverTLS  func(*certs.CA, *tls.Config)
@@ -211,7 +212,10 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	if cfg.transport == "tcp" {
 		listen = brpc.ListenTCP
 	}
-	e.lis, err = listen("127.0.0.1:0", stls)
+	if cfg.addr == "" {
+		cfg.addr = "127.0.0.1:0"
+	}
+	e.lis, err = listen(cfg.addr, stls)
 	if err != nil {
 		t.Fatalf("listening on %s: %v", cfg.transport, err)
 	}

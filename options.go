@@ -2,6 +2,7 @@ package brpc
 
 import (
 	"crypto/tls"
+	"log/slog"
 	"time"
 
 	"google.golang.org/grpc"
@@ -56,6 +57,7 @@ type Option interface {
 
 // common holds what both sides share.
 type common struct {
+	logger            *slog.Logger
 	keepaliveInterval time.Duration
 	keepaliveTimeout  time.Duration
 	grpcDialOptions   []grpc.DialOption
@@ -73,7 +75,7 @@ func defaultCommon() common {
 type serverOptions struct {
 	common
 	auth             Authenticator
-	events           func(PeerEvent)
+	events           []func(PeerEvent)
 	handshakeTimeout time.Duration
 	maxHelloSize     int
 	maxClients       int
@@ -247,11 +249,17 @@ func WithFallbackDelay(d time.Duration) DialOption {
 
 // WithPeerEvents makes the server call fn when a client is admitted
 // (PeerConnected, after its welcome) and when an admitted client's session
-// ends (PeerDisconnected, after it left Peers()), with the reason. fn runs
+// ends (PeerDisconnected, after it left Peers()), with the reason, and when
+// a connecting client is refused (PeerRejected). It may be given several
+// times; every fn is called. fn runs
 // on the session's own goroutine, in order for each session; it should
 // return quickly (hand work to another goroutine).
 func WithPeerEvents(fn func(PeerEvent)) ServerOption {
-	return serverOptionFunc(func(o *serverOptions) { o.events = fn })
+	return serverOptionFunc(func(o *serverOptions) {
+		if fn != nil {
+			o.events = append(o.events, fn)
+		}
+	})
 }
 
 // WithMaxClients caps the clients connected at once. A client beyond it is
@@ -289,4 +297,13 @@ func WithHandshakeRateLimit(perSecond float64, burst int) ServerOption {
 	return serverOptionFunc(func(o *serverOptions) {
 		o.ratePerSecond, o.rateBurst = perSecond, burst
 	})
+}
+
+// WithLogger makes brpc log to l: on a server, clients connecting and
+// disconnecting at Info and refused or lost clients at Warn; on a client,
+// sessions starting and ending at Info and failed reconnect attempts at
+// Warn. Records carry the peer ID, transport and remote address as
+// attributes. Without it, brpc logs nothing.
+func WithLogger(l *slog.Logger) Option {
+	return commonOption(func(o *common) { o.logger = l })
 }

@@ -123,6 +123,10 @@ const (
 	PeerConnected PeerEventType = iota + 1
 	// PeerDisconnected: an admitted client's session ended.
 	PeerDisconnected
+	// PeerRejected: a connecting client was refused during its handshake
+	// (by the Authenticator, a limit, a bad hello or the handshake timeout).
+	// Peer has no ID; Err is the status the client was refused with.
+	PeerRejected
 )
 
 // String names the event type.
@@ -132,6 +136,8 @@ func (t PeerEventType) String() string {
 		return "connected"
 	case PeerDisconnected:
 		return "disconnected"
+	case PeerRejected:
+		return "rejected"
 	default:
 		return "PeerEventType(" + strconv.Itoa(int(t)) + ")"
 	}
@@ -141,10 +147,31 @@ func (t PeerEventType) String() string {
 type PeerEvent struct {
 	Type PeerEventType
 	Peer Peer
+	// Kind classifies a disconnection, for metrics and alerts.
+	Kind DisconnectKind
 	// Reason says, for PeerDisconnected, why the session ended: the client
 	// closed it, it went silent past the keepalive timeout, a newer session
 	// took its ID, the server stopped, ...
 	Reason string
-	// Err is the underlying cause of a disconnection, when there is one.
+	// Err is the underlying cause of a disconnection or rejection, when
+	// there is one.
 	Err error
 }
+
+// DisconnectKind classifies why a client's session ended.
+type DisconnectKind string
+
+// Disconnect kinds.
+const (
+	// DisconnectClientClosed: the client closed its connection.
+	DisconnectClientClosed DisconnectKind = "client_closed"
+	// DisconnectKeepaliveTimeout: the client went silent past the keepalive
+	// timeout (its network vanished, or it hung).
+	DisconnectKeepaliveTimeout DisconnectKind = "keepalive_timeout"
+	// DisconnectReplaced: a newer session took the client's ID.
+	DisconnectReplaced DisconnectKind = "replaced"
+	// DisconnectServerStopped: the server stopped, or its listener closed.
+	DisconnectServerStopped DisconnectKind = "server_stopped"
+	// DisconnectConnectionLost: the connection failed in another way.
+	DisconnectConnectionLost DisconnectKind = "connection_lost"
+)

@@ -167,16 +167,19 @@ func TestServerRestartWithManyClients(t *testing.T) {
 func TestFallbackToTCPWhenUDPIsBlocked(t *testing.T) {
 	for _, udp := range []string{"dropping", "absent"} {
 		t.Run(udp, func(t *testing.T) {
-			e := newPlainEnvOn(t, "tcp")
-			_, port, _ := net.SplitHostPort(e.addr)
+			var e *env
 			if udp == "dropping" {
-				// The UDP port of the same number swallows every datagram,
-				// as a firewall that drops UDP would.
-				blackhole, err := net.ListenPacket("udp", "127.0.0.1:"+port)
+				// A UDP socket that swallows every datagram, as a firewall
+				// that drops UDP would, and the TCP listener on its port
+				// number.
+				blackhole, err := net.ListenPacket("udp", "127.0.0.1:0")
 				if err != nil {
 					t.Fatalf("binding the UDP blackhole: %v", err)
 				}
 				defer blackhole.Close()
+				_, port, _ := net.SplitHostPort(blackhole.LocalAddr().String())
+				e = newEnv(t, envConfig{transport: "tcp", addr: "127.0.0.1:" + port,
+					call: func(*env) func(context.Context) (string, error) { return nil }})
 				go func() {
 					buf := make([]byte, 2048)
 					for {
@@ -185,6 +188,8 @@ func TestFallbackToTCPWhenUDPIsBlocked(t *testing.T) {
 						}
 					}
 				}()
+			} else {
+				e = newPlainEnvOn(t, "tcp")
 			}
 
 			const delay = 200 * time.Millisecond

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc/internal/handshake"
@@ -273,7 +274,7 @@ func (s *Server[C]) Stop() {
 	s.gs.Stop()
 	s.streams.Close()
 	for _, ss := range sessions {
-		ss.close(session.CodeShutdown, "server stopped", errShuttingDown)
+		ss.close(DisconnectServerStopped, session.CodeShutdown, "server stopped", errShuttingDown)
 	}
 	for _, l := range listeners {
 		l.Close()
@@ -309,6 +310,8 @@ type serverSession[C any] struct {
 	ctrl   net.Conn
 
 	endReason atomic.Pointer[string] // set when the server ends the session
+	endKind   atomic.Pointer[DisconnectKind]
+	helloMD   metadata.MD // what the hello carried, once read
 }
 
 // lazy returns the session's reverse-call connection, which exists once the
@@ -331,40 +334,49 @@ var closedLazyConn = func() *lazyConn {
 func (ss *serverSession[C]) run() {
 	s := ss.srv
 	defer s.wg.Done()
+	var welcomed bool
 	defer func() {
-		if ss.info != nil {
+		if welcomed {
 			s.peers.Remove(ss.info.peer.ID, ss)
-			if s.opts.events != nil {
-				reason, err := ss.disconnectReason()
-				s.opts.events(PeerEvent{Type: PeerDisconnected, Peer: ss.info.snapshot(), Reason: reason, Err: err})
-			}
+			kind, reason, err := ss.disconnectReason()
+			s.emit(PeerEvent{Type: PeerDisconnected, Peer: ss.info.snapshot(), Kind: kind, Reason: reason, Err: err})
 		}
 		ss.lazy().close(errPeerGone)
 		s.mu.Lock()
 		delete(s.sessions, ss)
 		s.mu.Unlock()
 	}()
-	welcomed := ss.handshake()
+	err := ss.handshake()
 	s.pending.leave()
-	if !welcomed {
+	if err != nil {
+		p := Peer{Metadata: ss.helloMD, RemoteAddr: ss.sess.RemoteAddr(), Transport: ss.sess.Transport()}
+		s.emit(PeerEvent{Type: PeerRejected, Peer: p, Reason: status.Convert(err).Message(), Err: err})
 		return
 	}
-	if s.opts.events != nil {
-		s.opts.events(PeerEvent{Type: PeerConnected, Peer: ss.info.snapshot()})
-	}
+	welcomed = true
+	s.emit(PeerEvent{Type: PeerConnected, Peer: ss.info.snapshot()})
 	ctx := ss.sess.Context()
 	for {
 		c, err := ss.sess.AcceptStream(ctx)
 		if err != nil {
-			return
+			break
 		}
 		s.streams.push(ctx, newStreamConn(c, ss.info))
 	}
+	// Accepting fails as the connection closes; let the transport finish
+	// recording why before the disconnect is reported.
+	t := time.NewTimer(time.Second)
+	select {
+	case <-ss.sess.Closed():
+	case <-t.C:
+	}
+	t.Stop()
 }
 
 // handshake reads the client's hello, authenticates it and welcomes or
-// rejects it. It reports whether the session may carry calls.
-func (ss *serverSession[C]) handshake() bool {
+// rejects it. It returns nil once the session may carry calls, or the
+// gRPC status the client was refused with.
+func (ss *serverSession[C]) handshake() error {
 	s := ss.srv
 	ctx, cancel := context.WithTimeout(ss.sess.Context(), s.opts.handshakeTimeout)
 	defer cancel()
@@ -372,7 +384,7 @@ func (ss *serverSession[C]) handshake() bool {
 	ctrl, err := ss.sess.AcceptStream(ctx)
 	if err != nil {
 		ss.sess.Close(session.CodeHandshakeTimeout, "no control stream")
-		return false
+		return handshakeEnded(ctx, "no control stream")
 	}
 	deadline, _ := ctx.Deadline()
 	ctrl.SetDeadline(deadline)
@@ -381,26 +393,25 @@ func (ss *serverSession[C]) handshake() bool {
 	if err := handshake.ReadMsg(ctrl, &hello, s.opts.maxHelloSize); err != nil {
 		switch {
 		case errors.Is(err, handshake.ErrTooLarge):
-			ss.reject(ctrl, status.Errorf(codes.ResourceExhausted, "brpc: hello too large (limit %d bytes)", s.opts.maxHelloSize))
+			return ss.reject(ctrl, status.Errorf(codes.ResourceExhausted, "brpc: hello too large (limit %d bytes)", s.opts.maxHelloSize))
 		case errors.Is(err, handshake.ErrMalformed):
-			ss.reject(ctrl, status.Error(codes.InvalidArgument, "brpc: malformed hello"))
+			return ss.reject(ctrl, status.Error(codes.InvalidArgument, "brpc: malformed hello"))
 		default:
 			ss.sess.Close(session.CodeHandshakeTimeout, "no hello")
 			ctrl.Close()
+			return handshakeEnded(ctx, "no hello")
 		}
-		return false
 	}
 	version, err := handshake.Negotiate(&hello)
 	if err != nil {
-		ss.reject(ctrl, err)
-		return false
+		return ss.reject(ctrl, err)
 	}
 
 	md := handshake.MDFromProto(hello.GetMetadata())
+	ss.helloMD = md.Copy()
 	id, err := s.authenticate(ctx, AuthInfo{Metadata: md.Copy(), TLS: ss.sess.TLS(), RemoteAddr: ss.sess.RemoteAddr()})
 	if err != nil {
-		ss.reject(ctrl, err)
-		return false
+		return ss.reject(ctrl, err)
 	}
 
 	ss.info = &sessionInfo{
@@ -424,14 +435,12 @@ func (ss *serverSession[C]) handshake() bool {
 	s.mu.Lock()
 	if s.state != stateServing {
 		s.mu.Unlock()
-		ss.reject(ctrl, errShuttingDown)
-		return false
+		return ss.reject(ctrl, errShuttingDown)
 	}
 	if max := s.opts.maxClients; max > 0 && s.peers.Len() >= max {
 		if _, taken := s.peers.Get(id); !taken {
 			s.mu.Unlock()
-			ss.reject(ctrl, status.Errorf(codes.ResourceExhausted, "brpc: the server is full (%d clients)", max))
-			return false
+			return ss.reject(ctrl, status.Errorf(codes.ResourceExhausted, "brpc: the server is full (%d clients)", max))
 		}
 	}
 	old, replaced := s.peers.Add(id, ss)
@@ -440,20 +449,29 @@ func (ss *serverSession[C]) handshake() bool {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			old.closeTold(session.CodeReplaced, "replaced by a newer session of the same client",
+			old.closeTold(DisconnectReplaced, session.CodeReplaced, "replaced by a newer session of the same client",
 				status.Errorf(codes.Unavailable, "brpc: client %q reconnected; this session was replaced", id))
 		}()
 	}
 
 	if err := handshake.WriteMsg(ctrl, handshake.Accept(version, id)); err != nil {
+		s.peers.Remove(id, ss)
 		ss.sess.Close(session.CodeProtocol, "welcome not delivered")
-		return false
+		return status.Errorf(codes.Unavailable, "brpc: the welcome could not be delivered: %v", err)
 	}
 	ctrl.SetDeadline(time.Time{})
 	ss.ctrlMu.Lock()
 	ss.ctrl = ctrl
 	ss.ctrlMu.Unlock()
-	return true
+	return nil
+}
+
+// handshakeEnded describes a handshake the client never finished.
+func handshakeEnded(ctx context.Context, what string) error {
+	if ctx.Err() == context.DeadlineExceeded {
+		return status.Errorf(codes.DeadlineExceeded, "brpc: handshake timed out: %s", what)
+	}
+	return status.Errorf(codes.Unavailable, "brpc: the connection ended during the handshake: %s", what)
 }
 
 // authenticate runs the Authenticator, or picks a random ID without one.
@@ -485,7 +503,7 @@ func (s *Server[C]) authenticate(ctx context.Context, info AuthInfo) (id string,
 
 // reject sends the client a welcome carrying err, gives it a moment to read
 // it and close the session itself, then closes the session.
-func (ss *serverSession[C]) reject(ctrl net.Conn, err error) {
+func (ss *serverSession[C]) reject(ctrl net.Conn, err error) error {
 	ctrl.SetWriteDeadline(time.Now().Add(rejectLinger))
 	werr := handshake.WriteMsg(ctrl, handshake.Reject(err))
 	// Closing the stream stops reading the rest of the hello, which unblocks
@@ -494,7 +512,7 @@ func (ss *serverSession[C]) reject(ctrl net.Conn, err error) {
 	if werr == nil {
 		t := time.NewTimer(rejectLinger)
 		select {
-		case <-ss.sess.Context().Done():
+		case <-ss.sess.Closed():
 		case <-t.C:
 		}
 		t.Stop()
@@ -502,6 +520,7 @@ func (ss *serverSession[C]) reject(ctrl net.Conn, err error) {
 	st := status.Convert(err)
 	// The close reason repeats the code, for a client that misses the welcome.
 	ss.sess.Close(session.CodeRejected, fmt.Sprintf("%d %s", st.Code(), st.Message()))
+	return err
 }
 
 // dialGRPC builds the gRPC connection that carries the server's calls to
@@ -538,7 +557,8 @@ func (ss *serverSession[C]) notify(n *handshakepb.Notice) {
 }
 
 // close ends the session now; its reverse calls fail with callErr.
-func (ss *serverSession[C]) close(code session.CloseCode, reason string, callErr error) {
+func (ss *serverSession[C]) close(kind DisconnectKind, code session.CloseCode, reason string, callErr error) {
+	ss.endKind.CompareAndSwap(nil, &kind)
 	ss.endReason.CompareAndSwap(nil, &reason)
 	ss.lazy().close(callErr)
 	ss.sess.Close(code, reason)
@@ -549,13 +569,14 @@ func (ss *serverSession[C]) close(code session.CloseCode, reason string, callErr
 // client closes the session when it reads the notice; the server closes it
 // itself after rejectLinger (closing first could reset the connection
 // before the notice is read).
-func (ss *serverSession[C]) closeTold(code session.CloseCode, reason string, callErr error) {
+func (ss *serverSession[C]) closeTold(kind DisconnectKind, code session.CloseCode, reason string, callErr error) {
+	ss.endKind.CompareAndSwap(nil, &kind)
 	ss.endReason.CompareAndSwap(nil, &reason)
 	ss.lazy().close(callErr)
 	ss.notify(&handshakepb.Notice{Kind: &handshakepb.Notice_Closing{Closing: &handshakepb.Closing{Code: uint32(code), Reason: reason}}})
 	t := time.NewTimer(rejectLinger)
 	select {
-	case <-ss.sess.Context().Done():
+	case <-ss.sess.Closed():
 	case <-t.C:
 	}
 	t.Stop()
@@ -563,28 +584,39 @@ func (ss *serverSession[C]) closeTold(code session.CloseCode, reason string, cal
 }
 
 // disconnectReason says why a welcomed session ended.
-func (ss *serverSession[C]) disconnectReason() (string, error) {
+func (ss *serverSession[C]) disconnectReason() (DisconnectKind, string, error) {
 	cause := context.Cause(ss.sess.Context())
 	if r := ss.endReason.Load(); r != nil {
-		return *r, cause
+		return *ss.endKind.Load(), *r, cause
 	}
 	if code, reason, ok := session.PeerCloseCode(cause); ok {
 		if code == session.CodeNormal {
-			return "client closed the connection", cause
+			return DisconnectClientClosed, "client closed the connection", cause
 		}
-		return fmt.Sprintf("client closed the connection (code %d): %s", code, reason), cause
+		return DisconnectClientClosed, fmt.Sprintf("client closed the connection (code %d): %s", code, reason), cause
 	}
 	if errors.Is(cause, io.EOF) {
-		return "client closed the connection", cause
+		return DisconnectClientClosed, "client closed the connection", cause
 	}
 	var ne net.Error
 	if errors.As(cause, &ne) && ne.Timeout() {
-		return "client silent past the keepalive timeout", cause
+		return DisconnectKeepaliveTimeout, "client silent past the keepalive timeout", cause
+	}
+	if errors.Is(cause, yamuxKeepaliveTimeout) {
+		return DisconnectKeepaliveTimeout, "client silent past the keepalive timeout", cause
 	}
 	if cause == nil {
-		return "connection ended", nil
+		return DisconnectConnectionLost, "connection ended", nil
 	}
-	return "connection ended: " + cause.Error(), cause
+	return DisconnectConnectionLost, "connection ended: " + cause.Error(), cause
+}
+
+// emit hands ev to the event callbacks and the logger.
+func (s *Server[C]) emit(ev PeerEvent) {
+	for _, fn := range s.opts.events {
+		fn(ev)
+	}
+	logPeerEvent(s.opts.logger, ev)
 }
 
 func randomID() string {

@@ -86,6 +86,7 @@ func (s *quicSession) Close(code CloseCode, reason string) error {
 }
 
 func (s *quicSession) Context() context.Context { return s.conn.Context() }
+func (s *quicSession) Closed() <-chan struct{}  { return s.conn.Context().Done() }
 func (s *quicSession) LocalAddr() net.Addr      { return s.conn.LocalAddr() }
 func (s *quicSession) RemoteAddr() net.Addr     { return s.conn.RemoteAddr() }
 func (s *quicSession) TLS() tls.ConnectionState { return s.conn.ConnectionState().TLS }

@@ -47,8 +47,13 @@ type Session interface {
 	AcceptStream(ctx context.Context) (net.Conn, error)
 	// Close ends the session and every stream on it, telling the peer why.
 	Close(code CloseCode, reason string) error
-	// Context is done once the session has ended, for any reason.
+	// Context is done once the session has ended, for any reason. Its
+	// cause says why. (On TCP it ends when an accept on the session fails,
+	// which brpc always has a goroutine waiting in.)
 	Context() context.Context
+	// Closed is closed as soon as the connection has ended, whether or not
+	// anyone is accepting streams.
+	Closed() <-chan struct{}
 	// LocalAddr and RemoteAddr are the network addresses of the two ends.
 	LocalAddr() net.Addr
 	RemoteAddr() net.Addr

@@ -149,6 +149,7 @@ func (s *tcpSession) Close(code CloseCode, reason string) error {
 }
 
 func (s *tcpSession) Context() context.Context { return s.ctx }
+func (s *tcpSession) Closed() <-chan struct{}  { return s.mux.CloseChan() }
 func (s *tcpSession) LocalAddr() net.Addr      { return s.tls.LocalAddr() }
 func (s *tcpSession) RemoteAddr() net.Addr     { return s.tls.RemoteAddr() }
 func (s *tcpSession) TLS() tls.ConnectionState { return s.tls.ConnectionState() }

@@ -1,0 +1,135 @@
+// Package brpcprom exports a brpc server's metrics to Prometheus.
+//
+// Create a Metrics, register it on the application's own registry (nothing
+// is registered globally) and give its ServerOptions to brpc.NewServer:
+//
+//	m := brpcprom.New()
+//	reg.MustRegister(m)
+//	srv := brpc.NewServer(gs, pb.NewAgentClient, m.ServerOptions()...)
+//
+// Forward calls (clients calling the server) are the application's
+// *grpc.Server's business: instrument it as any gRPC server, for example
+// with the standard grpc-ecosystem Prometheus interceptors.
+package brpcprom
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/stats"
+	"google.golang.org/grpc/status"
+
+	"github.com/brpc-go/brpc"
+)
+
+// Metrics collects what a brpc server does: clients connected by transport,
+// handshakes by result, sessions closed by reason, session durations, and
+// reverse calls (server to client) by method and code. It implements
+// prometheus.Collector.
+type Metrics struct {
+	connected   *prometheus.GaugeVec
+	handshakes  *prometheus.CounterVec
+	closed      *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	calls       *prometheus.CounterVec
+	callLatency *prometheus.HistogramVec
+}
+
+// New creates the metrics, all under the "brpc_" prefix.
+func New() *Metrics {
+	return &Metrics{
+		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "brpc_connected_clients",
+			Help: "Clients connected now.",
+		}, []string{"transport"}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brpc_handshakes_total",
+			Help: "Client handshakes by result: OK, or the gRPC code the client was refused with.",
+		}, []string{"transport", "result"}),
+		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brpc_sessions_closed_total",
+			Help: "Client sessions that ended, by reason.",
+		}, []string{"transport", "reason"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "brpc_session_duration_seconds",
+			Help:    "How long client sessions lasted.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 10), // 1 s to ~3 days
+		}, []string{"transport"}),
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brpc_reverse_calls_total",
+			Help: "Calls from the server to its clients, by method and gRPC code.",
+		}, []string{"method", "code"}),
+		callLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "brpc_reverse_call_duration_seconds",
+			Help:    "Duration of calls from the server to its clients, by method.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10), // 100 µs to ~26 s
+		}, []string{"method"}),
+	}
+}
+
+func (m *Metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.connected, m.handshakes, m.closed, m.duration, m.calls, m.callLatency}
+}
+
+// Describe implements prometheus.Collector.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range m.collectors() {
+		c.Describe(ch)
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range m.collectors() {
+		c.Collect(ch)
+	}
+}
+
+// ServerOptions are the options that feed the metrics: peer events, and a
+// stats handler on the connections that carry reverse calls.
+func (m *Metrics) ServerOptions() []brpc.ServerOption {
+	return []brpc.ServerOption{
+		brpc.WithPeerEvents(m.observe),
+		brpc.WithGRPCDialOptions(grpc.WithStatsHandler(reverseCalls{m})),
+	}
+}
+
+func (m *Metrics) observe(ev brpc.PeerEvent) {
+	tr := ev.Peer.Transport
+	switch ev.Type {
+	case brpc.PeerConnected:
+		m.handshakes.WithLabelValues(tr, "OK").Inc()
+		m.connected.WithLabelValues(tr).Inc()
+	case brpc.PeerRejected:
+		m.handshakes.WithLabelValues(tr, status.Code(ev.Err).String()).Inc()
+	case brpc.PeerDisconnected:
+		m.connected.WithLabelValues(tr).Dec()
+		m.closed.WithLabelValues(tr, string(ev.Kind)).Inc()
+		m.duration.WithLabelValues(tr).Observe(time.Since(ev.Peer.ConnectedAt).Seconds())
+	}
+}
+
+// reverseCalls is a grpc stats.Handler counting and timing reverse calls.
+type reverseCalls struct{ m *Metrics }
+
+type methodKey struct{}
+
+func (h reverseCalls) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
+	return context.WithValue(ctx, methodKey{}, info.FullMethodName)
+}
+
+func (h reverseCalls) HandleRPC(ctx context.Context, s stats.RPCStats) {
+	end, ok := s.(*stats.End)
+	if !ok {
+		return
+	}
+	method, _ := ctx.Value(methodKey{}).(string)
+	h.m.calls.WithLabelValues(method, status.Code(end.Error).String()).Inc()
+	h.m.callLatency.WithLabelValues(method).Observe(end.EndTime.Sub(end.BeginTime).Seconds())
+}
+
+func (reverseCalls) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+
+func (reverseCalls) HandleConn(context.Context, stats.ConnStats) {}
