@@ -248,11 +248,12 @@ func (e *env) callBack(ctx context.Context) (string, error) {
 }
 
 type clientConfig struct {
-	name    string // the client's echo service answers as this
-	md      metadata.MD
-	opts    []brpc.DialOption
-	noServe bool
-	tls     *tls.Config
+	grpcOpts []grpc.ServerOption // for the client's own *grpc.Server
+	name     string              // the client's echo service answers as this
+	md       metadata.MD
+	opts     []brpc.DialOption
+	noServe  bool
+	tls      *tls.Config
 }
 
 // client is a connected brpc client serving its own echo service.
@@ -275,7 +276,7 @@ func (e *env) dial(cfg clientConfig) (*client, error) {
 	}
 	var gs *grpc.Server
 	if !cfg.noServe {
-		gs = grpc.NewServer()
+		gs = grpc.NewServer(cfg.grpcOpts...)
 		testpb.RegisterEchoServer(gs, &echoService{name: cfg.name})
 		opts = append(opts, brpc.WithServer(gs))
 	}
