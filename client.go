@@ -593,6 +593,19 @@ func (c *ClientConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, metho
 	return c.cc.NewStream(ctx, desc, method, opts...)
 }
 
+// ServerPeer describes the server end of the current session: its address,
+// the transport in use and when the session started (the ID is empty). It
+// reports false while the ClientConn is disconnected.
+func (c *ClientConn) ServerPeer() (Peer, bool) {
+	c.mu.Lock()
+	cs := c.cur
+	c.mu.Unlock()
+	if cs == nil {
+		return Peer{}, false
+	}
+	return cs.info.snapshot(), true
+}
+
 // ID returns the ID the server gave this client on its current (or last)
 // session. An Authenticator that returns the same ID on every connection
 // keeps it stable across reconnects.

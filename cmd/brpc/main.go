@@ -6,8 +6,11 @@
 //
 // The commands are:
 //
-//	demo    run a server and a few clients in one process and show calls
-//	        in both directions
+//	demo         run a server and a few clients in one process and show
+//	             calls in both directions
+//	echo-server  serve an echo service on QUIC and TCP
+//	echo-client  connect to an echo-server and report the transport and
+//	             latency in both directions
 //	help    print this help, or a command's: brpc help <command>
 //
 // Run it from the repository root with: go run ./cmd/brpc demo
@@ -56,6 +59,16 @@ func commands() []command {
 			name:    "demo",
 			summary: "run a server and a few clients in one process and show calls in both directions",
 			flags:   demoFlags,
+		},
+		{
+			name:    "echo-server",
+			summary: "serve an echo service on QUIC and TCP, for echo-client to check connectivity",
+			flags:   echoServerFlags,
+		},
+		{
+			name:    "echo-client",
+			summary: "connect to an echo-server and report the transport and latency in both directions",
+			flags:   echoClientFlags,
 		},
 	}
 }
@@ -153,9 +166,9 @@ func printUsage(w io.Writer) {
 	b.WriteString("brpc is the command-line tool of brpc, bidirectional gRPC for Go over QUIC.\n\n")
 	b.WriteString("Usage:\n\n\tbrpc <command> [flags]\n\nThe commands are:\n\n")
 	for _, c := range commands() {
-		fmt.Fprintf(&b, "\t%-8s%s\n", c.name, c.summary)
+		fmt.Fprintf(&b, "\t%-13s%s\n", c.name, c.summary)
 	}
-	fmt.Fprintf(&b, "\t%-8s%s\n", "help", "print this help, or a command's: brpc help <command>")
+	fmt.Fprintf(&b, "\t%-13s%s\n", "help", "print this help, or a command's: brpc help <command>")
 	b.WriteString("\nRun 'brpc <command> -help' for a command's flags.\n")
 	io.WriteString(w, b.String())
 }

@@ -1,0 +1,252 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/internal/certs"
+	"github.com/brpc-go/brpc/internal/testpb"
+)
+
+// probeReverse asks the echo server to measure calls back to the caller:
+// Count of them, reported in the response's message.
+const probeReverse = "brpc-echo: probe reverse"
+
+type echoServerConfig struct {
+	addr     string
+	certFile string
+	keyFile  string
+	caOut    string
+	duration time.Duration
+}
+
+func echoServerFlags() (*flag.FlagSet, func(io.Writer) error) {
+	var cfg echoServerConfig
+	fs := flag.NewFlagSet("echo-server", flag.ContinueOnError)
+	fs.StringVar(&cfg.addr, "addr", ":4433", "address to listen on, for QUIC (UDP) and TCP alike")
+	fs.StringVar(&cfg.certFile, "cert", "", "server certificate (PEM); without it a throwaway CA and certificate are made")
+	fs.StringVar(&cfg.keyFile, "key", "", "server key (PEM), with -cert")
+	fs.StringVar(&cfg.caOut, "ca-out", "brpc-echo-ca.pem", "where to write the throwaway CA for clients (-ca of echo-client), without -cert")
+	fs.DurationVar(&cfg.duration, "duration", 0, "stop after this long (0: run until interrupted)")
+	return fs, func(stdout io.Writer) error {
+		if (cfg.certFile == "") != (cfg.keyFile == "") {
+			return &badUsage{"-cert and -key go together"}
+		}
+		if cfg.duration < 0 {
+			return &badUsage{fmt.Sprintf("-duration must not be negative, not %v", cfg.duration)}
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if cfg.duration > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, cfg.duration)
+			defer cancel()
+		}
+		return echoServer(ctx, cfg, stdout)
+	}
+}
+
+// echoServer serves the Echo service on QUIC and TCP on one port number and
+// answers reverse probes, until ctx ends.
+func echoServer(ctx context.Context, cfg echoServerConfig, stdout io.Writer) error {
+	tlsConf, err := echoServerTLS(cfg)
+	if err != nil {
+		return err
+	}
+	gs := grpc.NewServer()
+	var srv *brpc.Server[testpb.EchoClient]
+	var mu sync.Mutex
+	srv = brpc.NewServer(gs, testpb.NewEchoClient, brpc.WithPeerEvents(func(ev brpc.PeerEvent) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(stdout, "%s %s client %s over %s from %v\n",
+			time.Now().Format(time.TimeOnly), ev.Type, ev.Peer.ID, ev.Peer.Transport, ev.Peer.RemoteAddr)
+	}))
+	testpb.RegisterEchoServer(gs, &echoHandler{srv: srv})
+
+	qlis, err := brpc.ListenQUIC(cfg.addr, tlsConf)
+	if err != nil {
+		return err
+	}
+	tlis, err := brpc.ListenTCP(qlis.Addr().String(), tlsConf)
+	if err != nil {
+		qlis.Close()
+		return err
+	}
+	fmt.Fprintf(stdout, "brpc echo-server listening on %s (QUIC and TCP)\n", qlis.Addr())
+	errs := make(chan error, 2)
+	for _, l := range []brpc.Listener{qlis, tlis} {
+		go func() { errs <- srv.Serve(l) }()
+	}
+	select {
+	case <-ctx.Done():
+	case err = <-errs:
+	}
+	srv.GracefulStop()
+	fmt.Fprintln(stdout, "brpc echo-server stopped")
+	return err
+}
+
+func echoServerTLS(cfg echoServerConfig) (*tls.Config, error) {
+	if cfg.certFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.certFile, cfg.keyFile)
+		if err != nil {
+			return nil, err
+		}
+		return &tls.Config{Certificates: []tls.Certificate{cert}}, nil
+	}
+	ca, err := certs.NewCA()
+	if err != nil {
+		return nil, err
+	}
+	host, _, err := net.SplitHostPort(cfg.addr)
+	if err != nil {
+		return nil, &badUsage{fmt.Sprintf("-addr %q: %v", cfg.addr, err)}
+	}
+	var names []string
+	if host != "" {
+		names = append(names, host)
+	}
+	cert, err := ca.Server(names...)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(cfg.caOut, ca.CertPEM(), 0o644); err != nil {
+		return nil, err
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}}, nil
+}
+
+// echoHandler echoes, and on a reverse probe calls its caller back.
+type echoHandler struct {
+	testpb.UnimplementedEchoServer
+	srv *brpc.Server[testpb.EchoClient]
+}
+
+func (h *echoHandler) Unary(ctx context.Context, r *testpb.EchoRequest) (*testpb.EchoResponse, error) {
+	p, _ := brpc.PeerFromContext(ctx)
+	if r.GetMessage() != probeReverse {
+		return &testpb.EchoResponse{Message: r.GetMessage(), Payload: r.GetPayload(), PeerId: p.ID}, nil
+	}
+	back, err := h.srv.ClientFromContext(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var rtts []time.Duration
+	for i := int32(0); i < r.GetCount(); i++ {
+		start := time.Now()
+		if _, err := back.Unary(ctx, &testpb.EchoRequest{Payload: r.GetPayload()}); err != nil {
+			return nil, err
+		}
+		rtts = append(rtts, time.Since(start))
+	}
+	return &testpb.EchoResponse{Message: summarize(rtts), PeerId: p.ID}, nil
+}
+
+type echoClientConfig struct {
+	target  string
+	caFile  string
+	n       int
+	size    int
+	timeout time.Duration
+}
+
+func echoClientFlags() (*flag.FlagSet, func(io.Writer) error) {
+	var cfg echoClientConfig
+	fs := flag.NewFlagSet("echo-client", flag.ContinueOnError)
+	fs.StringVar(&cfg.target, "target", "127.0.0.1:4433", "server: host:port (QUIC, falling back to TCP), quic://host:port or tcp://host:port")
+	fs.StringVar(&cfg.caFile, "ca", "brpc-echo-ca.pem", "CA that signed the server's certificate (PEM); empty: the system's roots")
+	fs.IntVar(&cfg.n, "n", 20, "round trips to time in each direction")
+	fs.IntVar(&cfg.size, "size", 16, "payload bytes per call")
+	fs.DurationVar(&cfg.timeout, "timeout", 30*time.Second, "give up after this long")
+	return fs, func(stdout io.Writer) error {
+		if cfg.n < 1 {
+			return &badUsage{fmt.Sprintf("-n must be at least 1, not %d", cfg.n)}
+		}
+		if cfg.size < 0 || cfg.size > 4<<20-1024 {
+			return &badUsage{fmt.Sprintf("-size must be between 0 and %d, not %d", 4<<20-1024, cfg.size)}
+		}
+		if cfg.timeout <= 0 {
+			return &badUsage{fmt.Sprintf("-timeout must be positive, not %v", cfg.timeout)}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.timeout)
+		defer cancel()
+		return echoClient(ctx, cfg, stdout)
+	}
+}
+
+// echoClient connects, times round trips in both directions and reports.
+func echoClient(ctx context.Context, cfg echoClientConfig, stdout io.Writer) error {
+	tlsConf := &tls.Config{}
+	if cfg.caFile != "" {
+		pem, err := os.ReadFile(cfg.caFile)
+		if err != nil {
+			return err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("no certificate in %s", cfg.caFile)
+		}
+		tlsConf.RootCAs = pool
+	}
+	gs := grpc.NewServer()
+	testpb.RegisterEchoServer(gs, &echoHandler{})
+	defer gs.Stop()
+
+	start := time.Now()
+	cc, err := brpc.Dial(ctx, cfg.target, brpc.WithTLSConfig(tlsConf), brpc.WithServer(gs))
+	if err != nil {
+		return fmt.Errorf("connecting to %s: %w", cfg.target, err)
+	}
+	defer cc.Close()
+	connected := time.Since(start)
+	echo := testpb.NewEchoClient(cc)
+	payload := make([]byte, cfg.size)
+
+	var rtts []time.Duration
+	for i := 0; i < cfg.n+1; i++ {
+		t0 := time.Now()
+		if _, err := echo.Unary(ctx, &testpb.EchoRequest{Message: "ping", Payload: payload}); err != nil {
+			return fmt.Errorf("forward call: %w", err)
+		}
+		if i > 0 { // the first call also sets up grpc-go's connection
+			rtts = append(rtts, time.Since(t0))
+		}
+	}
+	server, _ := cc.ServerPeer()
+	r, err := echo.Unary(ctx, &testpb.EchoRequest{Message: probeReverse, Count: int32(cfg.n), Payload: payload})
+	if err != nil {
+		return fmt.Errorf("reverse probe: %w", err)
+	}
+	fmt.Fprintf(stdout, "brpc echo-client report for %s\n", cfg.target)
+	fmt.Fprintf(stdout, "  transport:  %s (server %v)\n", server.Transport, server.RemoteAddr)
+	fmt.Fprintf(stdout, "  client ID:  %s\n", cc.ID())
+	fmt.Fprintf(stdout, "  connect:    %v (TLS and brpc handshake)\n", connected.Round(time.Microsecond))
+	fmt.Fprintf(stdout, "  forward:    %s (client -> server, %d B)\n", summarize(rtts), cfg.size)
+	fmt.Fprintf(stdout, "  reverse:    %s (server -> client, %d B)\n", r.GetMessage(), cfg.size)
+	return nil
+}
+
+func summarize(rtts []time.Duration) string {
+	if len(rtts) == 0 {
+		return "no calls"
+	}
+	s := append([]time.Duration(nil), rtts...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	q := func(f float64) time.Duration { return s[int(f*float64(len(s)-1))].Round(time.Microsecond) }
+	return fmt.Sprintf("%d calls, p50 %v, p90 %v, max %v", len(s), q(0.5), q(0.9), s[len(s)-1].Round(time.Microsecond))
+}
