@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -14,9 +16,13 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/brpcprom"
 	"github.com/brpc-go/brpc/examples/greeter/greeterpb"
 	"github.com/brpc-go/brpc/internal/certs"
+	"github.com/brpc-go/brpc/internal/metricshttp"
 )
 
 // demoNames name the demo's clients, in order.
@@ -24,8 +30,10 @@ var demoNames = []string{"alice", "bob", "carol", "dave", "erin", "frank", "grac
 
 // demoConfig holds the demo's flags.
 type demoConfig struct {
-	clients int
-	timeout time.Duration
+	clients     int
+	timeout     time.Duration
+	logs        bool
+	metricsAddr string
 }
 
 // demoFlags defines the demo's flags and returns what runs it.
@@ -34,6 +42,8 @@ func demoFlags() (*flag.FlagSet, func(stdout io.Writer) error) {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.IntVar(&cfg.clients, "clients", 3, fmt.Sprintf("how many clients to connect (1 to %d)", len(demoNames)))
 	fs.DurationVar(&cfg.timeout, "timeout", 10*time.Second, "give up if the demo takes longer than this")
+	fs.BoolVar(&cfg.logs, "log", true, "show brpc's own log records (slog) among the story")
+	fs.StringVar(&cfg.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics while the demo runs, e.g. 127.0.0.1:9090, and show them at the end")
 	return fs, func(stdout io.Writer) error {
 		if cfg.clients < 1 || cfg.clients > len(demoNames) {
 			return &badUsage{fmt.Sprintf("-clients must be between 1 and %d, not %d", len(demoNames), cfg.clients)}
@@ -52,6 +62,16 @@ func demoFlags() (*flag.FlagSet, func(stdout io.Writer) error) {
 type narrator struct {
 	mu sync.Mutex
 	w  io.Writer
+}
+
+// Write lets brpc's log records join the story, each on its own line.
+func (n *narrator) Write(p []byte) (int, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, err := io.WriteString(n.w, "  log: "); err != nil {
+		return 0, err
+	}
+	return n.w.Write(p)
 }
 
 func (n *narrator) printf(format string, args ...any) {
@@ -92,7 +112,29 @@ func demo(ctx context.Context, cfg demoConfig, w io.Writer) (err error) {
 	gs := grpc.NewServer()
 	greeter := &demoGreeter{out: out}
 	greeterpb.RegisterGreeterServer(gs, greeter)
-	srv := brpc.NewServer(gs, greeterpb.NewNamerClient)
+	var opts []brpc.ServerOption
+	if cfg.logs {
+		opts = append(opts, brpc.WithLogger(slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{
+			ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+				if a.Key == slog.TimeKey {
+					return slog.Attr{} // the story has its own times
+				}
+				return a
+			},
+		}))))
+	}
+	var metrics *metricshttp.Server
+	if cfg.metricsAddr != "" {
+		m := brpcprom.New()
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(m)
+		opts = append(opts, m.ServerOptions()...)
+		if metrics, err = metricshttp.Start(cfg.metricsAddr, reg); err != nil {
+			return err
+		}
+		defer metrics.Stop()
+	}
+	srv := brpc.NewServer(gs, greeterpb.NewNamerClient, opts...)
 	greeter.srv = srv
 	lis, err := brpc.ListenQUIC("127.0.0.1:0", serverTLS)
 	if err != nil {
@@ -119,7 +161,11 @@ func demo(ctx context.Context, cfg demoConfig, w io.Writer) (err error) {
 	}()
 
 	out.printf("brpc demo: one server and %d client(s) in this process, over QUIC on loopback.\n", cfg.clients)
-	out.printf("The server listens on quic://%s with a certificate from a throwaway in-memory CA.\n\n", lis.Addr())
+	out.printf("The server listens on quic://%s with a certificate from a throwaway in-memory CA.\n", lis.Addr())
+	if metrics != nil {
+		out.printf("Its metrics are at %s while the demo runs.\n", metrics.URL)
+	}
+	out.printf("\n")
 
 	out.printf("Connect: each client dials, serves its own Namer service over the connection, and gets an ID.\n")
 	for _, name := range demoNames[:cfg.clients] {
@@ -177,6 +223,12 @@ func demo(ctx context.Context, cfg demoConfig, w io.Writer) (err error) {
 		out.printf("  server: Client(%q) fails with %v: %s\n", "no-such-id", status.Code(err), status.Convert(err).Message())
 	} else {
 		return errors.New(`Client("no-such-id") found a client`)
+	}
+
+	if metrics != nil {
+		if err := showMetrics(ctx, out, metrics.URL); err != nil {
+			return err
+		}
 	}
 
 	out.printf("\nShutdown:\n")
@@ -267,4 +319,29 @@ func pad(name string) string { return fmt.Sprintf("%-6s", name) }
 // ms formats a duration in milliseconds.
 func ms(d time.Duration) string {
 	return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+}
+
+// showMetrics scrapes the demo's own /metrics endpoint, as Prometheus would,
+// and prints brpc's series.
+func showMetrics(ctx context.Context, out *narrator, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("scraping %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	out.printf("\nMetrics: what a Prometheus scrape of %s shows now (brpc series):\n", url)
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, "brpc_") && !strings.Contains(line, "_bucket{") {
+			out.printf("  %s\n", line)
+		}
+	}
+	return nil
 }

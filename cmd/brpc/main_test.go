@@ -74,7 +74,7 @@ func TestCommandLine(t *testing.T) {
 		wantStderr string // empty: nothing may be printed there
 	}{
 		{name: "no command", args: nil, wantCode: exitUsage, wantStderr: "brpc: no command given"},
-		{name: "help flag", args: []string{"--help"}, wantCode: exitOK, wantStdout: "demo    run a server"},
+		{name: "help flag", args: []string{"--help"}, wantCode: exitOK, wantStdout: "demo         run a server"},
 		{name: "short help flag", args: []string{"-h"}, wantCode: exitOK, wantStdout: "The commands are:"},
 		{name: "help command", args: []string{"help"}, wantCode: exitOK, wantStdout: "The commands are:"},
 		{name: "help for demo", args: []string{"help", "demo"}, wantCode: exitOK, wantStdout: "-clients int"},
@@ -110,5 +110,27 @@ func TestCommandLine(t *testing.T) {
 				t.Errorf("brpc %q: usage error without the usage:\n%s", tt.args, &stderr)
 			}
 		})
+	}
+}
+
+func TestDemoServesMetricsAndShowsLogs(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"demo", "-metrics-addr", "127.0.0.1:0"}, &stdout, &stderr); code != exitOK {
+		t.Fatalf("brpc demo -metrics-addr exited %d\nstderr:\n%s", code, &stderr)
+	}
+	for _, want := range []string{
+		"/metrics while the demo runs",
+		`brpc_connected_clients{transport="quic"} 3`,
+		`brpc_reverse_calls_total{code="OK",method="/brpc.examples.greeter.v1.Namer/GetName"} 6`,
+		`log: level=INFO msg="brpc: client connected"`,
+		`kind=server_stopped`,
+	} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, &stdout)
+		}
+	}
+	stdout.Reset()
+	if code := run([]string{"demo", "-log=false"}, &stdout, &stderr); code != exitOK || strings.Contains(stdout.String(), "log:") {
+		t.Errorf("brpc demo -log=false exited %d and printed log records:\n%s", code, &stdout)
 	}
 }

@@ -22,9 +22,13 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/brpcprom"
 	"github.com/brpc-go/brpc/examples/greeter/greeterpb"
 	"github.com/brpc-go/brpc/internal/certs"
+	"github.com/brpc-go/brpc/internal/metricshttp"
 )
 
 // Defaults shared by the programs and their flags.
@@ -60,6 +64,9 @@ type ServerConfig struct {
 	// Ready, when set, is called with the bound address once the server
 	// accepts clients.
 	Ready func(addr net.Addr)
+	// MetricsAddr, when set, is a TCP address on which brpc's Prometheus
+	// metrics are served at /metrics, e.g. "127.0.0.1:9090".
+	MetricsAddr string
 }
 
 // RunServer runs the greeter server until ctx is done, then stops it
@@ -98,7 +105,21 @@ func RunServer(ctx context.Context, cfg ServerConfig, out io.Writer) error {
 	greeter := &greeterService{log: logger}
 	greeterpb.RegisterGreeterServer(gs, greeter)
 	// Every connected client gets a NamerClient stub built on its session.
-	srv := brpc.NewServer(gs, greeterpb.NewNamerClient)
+	var opts []brpc.ServerOption
+	if cfg.MetricsAddr != "" {
+		m := brpcprom.New()
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(m)
+		opts = append(opts, m.ServerOptions()...)
+		metrics, err := metricshttp.Start(cfg.MetricsAddr, reg)
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		defer metrics.Stop()
+		logger.Printf("metrics at %s", metrics.URL)
+	}
+	srv := brpc.NewServer(gs, greeterpb.NewNamerClient, opts...)
 	greeter.srv = srv
 
 	logger.Printf("listening on quic://%s", lis.Addr())

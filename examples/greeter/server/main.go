@@ -50,6 +50,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.StringVar(&cfg.Addr, "addr", greeter.DefaultAddr, "UDP `address` to listen on")
 	fs.StringVar(&cfg.CAOut, "ca-out", greeter.DefaultCAFile, "`file` to write the CA certificate to, for clients to trust")
 	fs.DurationVar(&cfg.CallEvery, "every", greeter.DefaultCallEvery, "how often to call every connected client by ID")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://`address`/metrics, e.g. 127.0.0.1:9090")
 	if help, err := greeter.ParseFlags(fs, args, stdout); help || err != nil {
 		return err
 	}
