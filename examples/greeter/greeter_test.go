@@ -3,6 +3,8 @@ package greeter_test
 import (
 	"bytes"
 	"context"
+	"io"
+	"net/http"
 	"net"
 	"os"
 	"path/filepath"
@@ -192,5 +194,60 @@ func TestServerStoppedAtOnceReturnsNil(t *testing.T) {
 	cfg := greeter.ServerConfig{Addr: "127.0.0.1:0", CAOut: filepath.Join(t.TempDir(), "ca.pem")}
 	if err := greeter.RunServer(ctx, cfg, &out); err != nil {
 		t.Fatalf("RunServer with a context that has ended: %v, want nil\nlog:\n%s", err, &out)
+	}
+}
+
+func TestServerServesMetricsWhenAsked(t *testing.T) {
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	log := &syncBuffer{}
+	ready := make(chan net.Addr, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- greeter.RunServer(ctx, greeter.ServerConfig{
+			Addr: "127.0.0.1:0", CAOut: caFile, MetricsAddr: "127.0.0.1:0",
+			Ready: func(a net.Addr) { ready <- a },
+		}, log)
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("RunServer: %v", err)
+		}
+	}()
+	var addr net.Addr
+	select {
+	case addr = <-ready:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("RunServer not ready\n%s", log)
+	}
+	cctx, ccancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer ccancel()
+	var out syncBuffer
+	if err := greeter.RunClient(cctx, greeter.ClientConfig{Addr: addr.String(), CAFile: caFile, Name: "dora", Hellos: 2}, &out); err != nil {
+		t.Fatalf("RunClient: %v\n%s", err, &out)
+	}
+	_, url, ok := strings.Cut(log.String(), "metrics at ")
+	if !ok {
+		t.Fatalf("the server did not say where its metrics are:\n%s", log)
+	}
+	url = strings.Fields(url)[0]
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
+	// dora connected, was called back twice, and left.
+	for _, want := range []string{
+		`brpc_handshakes_total{result="OK",transport="quic"} 1`,
+		`brpc_reverse_calls_total{code="OK",method="/brpc.examples.greeter.v1.Namer/GetName"}`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q:\n%s", want, body)
+		}
 	}
 }
