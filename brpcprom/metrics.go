@@ -63,9 +63,9 @@ func New() *Metrics {
 		}, []string{"method", "code"}),
 		callLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "brpc_reverse_call_duration_seconds",
-			Help:    "Duration of calls from the server to its clients, by method.",
+			Help:    "Duration of calls from the server to its clients, by method and gRPC code.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10), // 100 µs to ~26 s
-		}, []string{"method"}),
+		}, []string{"method", "code"}),
 	}
 }
 
@@ -126,8 +126,9 @@ func (h reverseCalls) HandleRPC(ctx context.Context, s stats.RPCStats) {
 		return
 	}
 	method, _ := ctx.Value(methodKey{}).(string)
-	h.m.calls.WithLabelValues(method, status.Code(end.Error).String()).Inc()
-	h.m.callLatency.WithLabelValues(method).Observe(end.EndTime.Sub(end.BeginTime).Seconds())
+	code := status.Code(end.Error).String()
+	h.m.calls.WithLabelValues(method, code).Inc()
+	h.m.callLatency.WithLabelValues(method, code).Observe(end.EndTime.Sub(end.BeginTime).Seconds())
 }
 
 func (reverseCalls) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }

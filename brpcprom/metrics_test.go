@@ -112,7 +112,8 @@ func TestMetricsFollowClientsAndCalls(t *testing.T) {
 	const method = "/brpc.test.v1.Echo/Unary"
 	want(t, reg, "brpc_reverse_calls_total", map[string]string{"method": method, "code": "OK"}, 2)
 	want(t, reg, "brpc_reverse_calls_total", map[string]string{"method": method, "code": "NotFound"}, 1)
-	want(t, reg, "brpc_reverse_call_duration_seconds", map[string]string{"method": method}, 3)
+	want(t, reg, "brpc_reverse_call_duration_seconds", map[string]string{"method": method, "code": "OK"}, 2)
+	want(t, reg, "brpc_reverse_call_duration_seconds", map[string]string{"method": method, "code": "NotFound"}, 1)
 
 	conns[0].Close()
 	want(t, reg, "brpc_connected_clients", map[string]string{"transport": "quic"}, 1)
