@@ -2,6 +2,7 @@ package brpc
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
 
@@ -135,9 +136,11 @@ func (l *lazyConn) end() {
 // caller did not cancel) to codes.Unavailable: the call was cut off because
 // its session ended.
 func (l *lazyConn) fixErr(ctx context.Context, err error) error {
-	if err == nil || ctx.Err() != nil {
+	if err == nil || errors.Is(ctx.Err(), context.Canceled) {
 		return err
 	}
+	// Canceled although the caller did not cancel (its deadline may have
+	// passed since, but it was not what ended the call).
 	if status.Code(err) == codes.Canceled {
 		l.mu.Lock()
 		cerr := l.closeErr
