@@ -159,8 +159,11 @@ func WithMaxHelloSize(n int) ServerOption {
 // how long a peer may stay silent before it is declared dead (timeout). A
 // dead peer leaves Peers() and its calls fail with codes.Unavailable within
 // timeout. The effective timeout of a session is the smaller of the two
-// sides' values. Defaults: DefaultKeepaliveInterval and
-// DefaultKeepaliveTimeout. Values that are not positive keep the default; an
+// sides' values. On QUIC the timeout cannot be shorter than three probe
+// timeouts (about three round trips plus margins), as the QUIC
+// specification requires: on a path whose round trip is a sizeable fraction
+// of the timeout, a dead peer is detected after that floor instead.
+// Defaults: DefaultKeepaliveInterval and DefaultKeepaliveTimeout. Values that are not positive keep the default; an
 // interval of at least the timeout is lowered to half the timeout.
 func WithKeepalive(interval, timeout time.Duration) Option {
 	return commonOption(func(o *common) {

@@ -87,6 +87,7 @@ type tcpRelay struct {
 	server   string
 	dropping atomic.Bool
 	mu       sync.Mutex
+	closed   bool
 	conns    []net.Conn
 	wg       sync.WaitGroup
 }
@@ -122,6 +123,12 @@ func (r *tcpRelay) accept() {
 			continue
 		}
 		r.mu.Lock()
+		if r.closed {
+			r.mu.Unlock()
+			front.Close()
+			back.Close()
+			return
+		}
 		r.conns = append(r.conns, front, back)
 		r.mu.Unlock()
 		r.wg.Add(2)
@@ -165,6 +172,7 @@ func (r *tcpRelay) Cut() {
 func (r *tcpRelay) close() {
 	r.ln.Close()
 	r.mu.Lock()
+	r.closed = true
 	for _, c := range r.conns {
 		c.Close()
 	}
