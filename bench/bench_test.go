@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bytes"
+	"image/png"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	// The idle measurement re-executes this binary as its client process.
+	if len(os.Args) > 1 && os.Args[1] == childCommand {
+		os.Exit(childMain(os.Args[2:]))
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// TestShortRun runs the whole benchmark with tiny counts and checks that
+// every figure of every path was measured and is positive.
+func TestShortRun(t *testing.T) {
+	chart := filepath.Join(t.TempDir(), "chart.png")
+	var out, logs bytes.Buffer
+	rep, err := run([]string{"-short", "-png", chart}, &out, &logs)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, logs.String())
+	}
+	table := out.String()
+	t.Logf("\n%s", table)
+
+	if len(rep.paths) != len(allPaths()) {
+		t.Errorf("%d paths measured, want %d", len(rep.paths), len(allPaths()))
+	}
+	for _, p := range allPaths() {
+		if !strings.Contains(table, "| "+p.label+" |") {
+			t.Errorf("no row for %s in the table", p.label)
+		}
+		for _, m := range rpcMetrics {
+			v, ok := rep.value(p.key, m)
+			if applies(p, m) && (!ok || !(v > 0)) {
+				t.Errorf("%s %s = %v (measured: %v), want a positive figure", p.key, m, v, ok)
+			}
+			if !applies(p, m) && ok {
+				t.Errorf("%s %s was measured but does not apply", p.key, m)
+			}
+		}
+	}
+
+	if len(rep.idle) != 3 {
+		t.Fatalf("%d idle setups measured, want 3", len(rep.idle))
+	}
+	for _, x := range rep.idle {
+		if !strings.Contains(table, "| "+idleLabels[x.kind]+" |") {
+			t.Errorf("no idle row for %s in the table", x.kind)
+		}
+		if x.clients <= 0 || !(x.connectRate > 0) || !(x.bytesPerClient > 0) || !(x.goroutinesPerClient > 0) {
+			t.Errorf("idle %s: clients %d, connect rate %v, bytes %v, goroutines %v: want all positive",
+				x.kind, x.clients, x.connectRate, x.bytesPerClient, x.goroutinesPerClient)
+		}
+		if x.kind != idleGRPC {
+			if x.fanoutCold <= 0 || x.fanoutWarm <= 0 || x.fanoutColdErrors != 0 || x.fanoutWarmErrors != 0 {
+				t.Errorf("idle %s: fan-out %v then %v with %d and %d errors: want two positive times, no errors",
+					x.kind, x.fanoutCold, x.fanoutWarm, x.fanoutColdErrors, x.fanoutWarmErrors)
+			}
+		}
+	}
+	if !strings.Contains(table, "Targets") {
+		t.Error("no targets table")
+	}
+
+	f, err := os.Open(chart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Fatalf("chart: %v", err)
+	}
+	if b := img.Bounds(); b.Dx() < 100 || b.Dy() < 100 {
+		t.Errorf("chart is %v, want a real image", b)
+	}
+}
+
+func TestFlags(t *testing.T) {
+	var logs bytes.Buffer
+	if _, err := parseFlags([]string{"-paths", "nope"}, &logs); err == nil {
+		t.Error("an unknown path was accepted")
+	}
+	if _, err := parseFlags([]string{"-metrics", "nope"}, &logs); err == nil {
+		t.Error("an unknown figure was accepted")
+	}
+	c, err := parseFlags([]string{"-short", "-calls", "7"}, &logs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.calls != 7 || c.rounds != 1 || c.idle <= 0 {
+		t.Errorf("-short -calls 7: calls %d, rounds %d, idle %d; want 7, 1 and a few idle clients", c.calls, c.rounds, c.idle)
+	}
+}

@@ -1,0 +1,472 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/internal/certs"
+	"github.com/brpc-go/brpc/internal/testpb"
+)
+
+// childCommand is the hidden subcommand that runs the idle clients in a
+// second process, so that the server's process holds only the server.
+const childCommand = "idle-child"
+
+// childCAEnv carries the CA certificate (PEM) to the child process.
+const childCAEnv = "BRPC_BENCH_CA_PEM"
+
+// Idle-client setups.
+const (
+	idleQUIC = "brpc-quic"
+	idleTCP  = "brpc-tcp"
+	idleGRPC = "grpc-go-tls"
+)
+
+var allIdle = []string{idleQUIC, idleTCP, idleGRPC}
+
+var idleLabels = map[string]string{
+	idleQUIC: "brpc QUIC",
+	idleTCP:  "brpc TCP",
+	idleGRPC: "grpc-go TLS-TCP",
+}
+
+// idleResult is what N idle clients cost one server.
+type idleResult struct {
+	kind    string
+	clients int
+	// connectRate is clients per second, dialled by the child process with
+	// a number of concurrent dialers, from the first dial to the last one
+	// established (for grpc-go: to the first call answered).
+	connectRate float64
+	// Per idle connected client, on the server after GC: heap plus
+	// goroutine stacks, and goroutines.
+	bytesPerClient      float64
+	stacksPerClient     float64 // the part of bytesPerClient that is stacks
+	goroutinesPerClient float64
+	// brpc only: a unary call to every connected client at once, the first
+	// time (building each client's reverse connection) and a second time.
+	fanoutCold, fanoutWarm time.Duration
+	fanoutColdErrors       int64
+	fanoutWarmErrors       int64
+	// brpc only: the same per-client cost once every client was called.
+	bytesAfterFanout      float64
+	stacksAfterFanout     float64
+	goroutinesAfterFanout float64
+}
+
+// usage is what the process holds, after GC.
+type usage struct {
+	goroutines int
+	heap       uint64 // live heap (HeapAlloc)
+	stacks     uint64 // goroutine stacks (StackInuse)
+}
+
+func footprint() usage {
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	return usage{goroutines: runtime.NumGoroutine(), heap: ms.HeapAlloc, stacks: ms.StackInuse}
+}
+
+// perClient returns the growth from u0 to u1 divided among n clients:
+// goroutines, heap plus stacks, and stacks alone.
+func perClient(u0, u1 usage, n int) (goroutines, bytes, stacks float64) {
+	f := float64(n)
+	goroutines = float64(u1.goroutines-u0.goroutines) / f
+	stacks = (float64(u1.stacks) - float64(u0.stacks)) / f
+	bytes = (float64(u1.heap)-float64(u0.heap))/f + stacks
+	return goroutines, bytes, stacks
+}
+
+// settle lets goroutines that are ending (handshakes, the warm-up client)
+// finish before a reading.
+func settle() { time.Sleep(300 * time.Millisecond) }
+
+// measureIdle runs a server of the given kind in this process, connects n
+// idle clients to it from a child process and measures what they cost it.
+func measureIdle(ctx context.Context, ca *certs.CA, kind string, n, dialers int, heapProfile string, logf func(string, ...any)) (*idleResult, error) {
+	res := &idleResult{kind: kind, clients: n}
+	var (
+		target string
+		stop   func()
+		b      *brpcServer
+	)
+	switch kind {
+	case idleQUIC, idleTCP:
+		var err error
+		b, err = startBRPCServer(ca, strings.TrimPrefix(kind, "brpc-"))
+		if err != nil {
+			return nil, err
+		}
+		stop = b.stop
+		target = b.target
+		// One client first, so that the listener's own goroutines run
+		// before the baseline is taken.
+		f, err := dialBRPC(ctx, ca, target, nil)
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		f.Close()
+		if err := b.waitPeers(ctx, 0); err != nil {
+			stop()
+			return nil, err
+		}
+	case idleGRPC:
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		stls, err := ca.ServerTLS()
+		if err != nil {
+			lis.Close()
+			return nil, err
+		}
+		gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(stls)))
+		testpb.RegisterEchoServer(gs, echoServer{})
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			_ = gs.Serve(lis)
+		}()
+		stop = func() { gs.Stop(); <-served }
+		target = lis.Addr().String()
+		cc, err := dialGRPCIdle(ctx, credentials.NewTLS(ca.ClientTLS()), target)
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		cc.Close()
+	default:
+		return nil, fmt.Errorf("unknown idle setup %q", kind)
+	}
+	defer stop()
+	settle()
+	u0 := footprint()
+
+	child, err := startChild(ctx, ca, kind, target, n, dialers)
+	if err != nil {
+		return nil, err
+	}
+	defer child.stop()
+	res.connectRate = float64(n) / child.connectTime.Seconds()
+	if b != nil {
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := b.waitPeers(wctx, n)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+	}
+	settle()
+	res.goroutinesPerClient, res.bytesPerClient, res.stacksPerClient = perClient(u0, footprint(), n)
+	logf("  %s: %d idle clients: %.1f KiB (%.1f KiB stacks), %.3f goroutines each; connected at %.0f/s",
+		kind, n, res.bytesPerClient/1024, res.stacksPerClient/1024, res.goroutinesPerClient, res.connectRate)
+	if heapProfile != "" {
+		if err := writeHeapProfile(heapProfile + "-" + kind + ".pprof"); err != nil {
+			return nil, err
+		}
+	}
+
+	if b != nil {
+		for i, d := range []*time.Duration{&res.fanoutCold, &res.fanoutWarm} {
+			errs, took := fanout(ctx, b, logf)
+			*d = took
+			if i == 0 {
+				res.fanoutColdErrors = errs
+			} else {
+				res.fanoutWarmErrors = errs
+			}
+			logf("  %s: fan-out %d to %d clients: %v, %d errors", kind, i+1, n, took.Round(time.Millisecond), errs)
+		}
+		settle()
+		res.goroutinesAfterFanout, res.bytesAfterFanout, res.stacksAfterFanout = perClient(u0, footprint(), n)
+	}
+	return res, nil
+}
+
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// fanout calls every connected client at once and returns the number of
+// failed calls and the time until the last one ended.
+func fanout(ctx context.Context, b *brpcServer, logf func(string, ...any)) (int64, time.Duration) {
+	peers := b.srv.Peers()
+	req := &testpb.EchoRequest{Payload: payload(16)}
+	var (
+		wg     sync.WaitGroup
+		errs   atomic.Int64
+		mu     sync.Mutex
+		byCode = map[codes.Code]int{}
+		sample = map[codes.Code]string{}
+	)
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	start := time.Now()
+	for _, p := range peers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			stub, err := b.srv.Client(p.ID)
+			if err == nil {
+				_, err = stub.Unary(ctx, req)
+			}
+			if err != nil {
+				errs.Add(1)
+				code := status.Code(err)
+				mu.Lock()
+				byCode[code]++
+				if _, ok := sample[code]; !ok {
+					sample[code] = err.Error()
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	for code, n := range byCode {
+		logf("    %d calls failed with %v, e.g. %s", n, code, sample[code])
+	}
+	return errs.Load(), took
+}
+
+// child is the process that holds the idle clients.
+type child struct {
+	cmd         *exec.Cmd
+	stdin       io.WriteCloser
+	drained     chan struct{}
+	connectTime time.Duration
+}
+
+func startChild(ctx context.Context, ca *certs.CA, kind, target string, n, dialers int) (*child, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe, childCommand, "-kind", kind, "-target", target,
+		"-n", strconv.Itoa(n), "-dialers", strconv.Itoa(dialers))
+	cmd.Env = append(os.Environ(), childCAEnv+"="+string(ca.CertPEM()))
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	c := &child{cmd: cmd, stdin: stdin, drained: make(chan struct{})}
+	ready := make(chan error, 1)
+	go func() {
+		defer close(c.drained)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if ns, ok := strings.CutPrefix(sc.Text(), "ready "); ok {
+				v, err := strconv.ParseInt(ns, 10, 64)
+				if err != nil || v <= 0 {
+					ready <- fmt.Errorf("child said %q", sc.Text())
+				} else {
+					c.connectTime = time.Duration(v)
+					ready <- nil
+				}
+				_, _ = io.Copy(io.Discard, stdout)
+				return
+			}
+		}
+		ready <- errors.New("the client process ended before its clients were connected")
+	}()
+	timeout := 60*time.Second + time.Duration(n)*10*time.Millisecond
+	select {
+	case err = <-ready:
+	case <-time.After(timeout):
+		err = fmt.Errorf("the client process did not connect %d clients within %v", n, timeout)
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err != nil {
+		c.stop()
+		return nil, err
+	}
+	return c, nil
+}
+
+// stop tells the child to close its clients and waits for it.
+func (c *child) stop() {
+	c.stdin.Close()
+	done := make(chan struct{})
+	go func() {
+		<-c.drained
+		_ = c.cmd.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		_ = c.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// dialBRPC connects one brpc client, serving gs when it is not nil.
+func dialBRPC(ctx context.Context, ca *certs.CA, target string, gs *grpc.Server) (*brpc.ClientConn, error) {
+	return dialBRPCWith(ctx, ca.ClientTLS().RootCAs, target, gs)
+}
+
+func dialBRPCWith(ctx context.Context, roots *x509.CertPool, target string, gs *grpc.Server) (*brpc.ClientConn, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	opts := []brpc.DialOption{brpc.WithTLSConfig(tlsWithRoots(roots))}
+	if gs != nil {
+		opts = append(opts, brpc.WithServer(gs))
+	}
+	return brpc.Dial(ctx, target, opts...)
+}
+
+// dialGRPCIdle makes a plain grpc-go client and one call, which connects it.
+func dialGRPCIdle(ctx context.Context, creds credentials.TransportCredentials, target string) (*grpc.ClientConn, error) {
+	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := testpb.NewEchoClient(cc).Unary(ctx, &testpb.EchoRequest{Payload: payload(16)}, grpc.WaitForReady(true)); err != nil {
+		cc.Close()
+		return nil, err
+	}
+	return cc, nil
+}
+
+// childMain is the idle-client process: it connects n clients with dialers
+// concurrent dialers, prints "ready <nanoseconds it took>", holds the
+// clients until its stdin closes, then closes them.
+func childMain(args []string) int {
+	fs := flag.NewFlagSet(childCommand, flag.ContinueOnError)
+	kind := fs.String("kind", idleQUIC, "brpc-quic, brpc-tcp or grpc-go-tls")
+	target := fs.String("target", "", "server address")
+	n := fs.Int("n", 1, "clients")
+	dialers := fs.Int("dialers", 32, "concurrent dialers")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(os.Getenv(childCAEnv))) {
+		fmt.Fprintln(os.Stderr, "idle-child: no CA certificate in", childCAEnv)
+		return 2
+	}
+	ctx := context.Background()
+
+	var (
+		gs      *grpc.Server
+		closers = make([]io.Closer, *n)
+	)
+	if *kind != idleGRPC {
+		// One server for all clients: the fan-out calls land here.
+		gs = grpc.NewServer()
+		testpb.RegisterEchoServer(gs, echoServer{})
+		defer gs.Stop()
+	}
+	var (
+		next     atomic.Int64
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		firstErr error
+	)
+	start := time.Now()
+	for range max(*dialers, 1) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= *n {
+					return
+				}
+				var (
+					c   io.Closer
+					err error
+				)
+				if *kind == idleGRPC {
+					c, err = dialGRPCIdle(ctx, credentials.NewTLS(tlsWithRoots(pool)), *target)
+				} else {
+					c, err = dialBRPCWith(ctx, pool, *target, gs)
+				}
+				if err != nil {
+					errOnce.Do(func() { firstErr = fmt.Errorf("client %d: %w", i, err) })
+					next.Store(int64(*n))
+					return
+				}
+				closers[i] = c
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	closeAll := func() {
+		var cw sync.WaitGroup
+		ch := make(chan io.Closer)
+		for range 32 {
+			cw.Add(1)
+			go func() {
+				defer cw.Done()
+				for c := range ch {
+					c.Close()
+				}
+			}()
+		}
+		for _, c := range closers {
+			if c != nil {
+				ch <- c
+			}
+		}
+		close(ch)
+		cw.Wait()
+	}
+	if firstErr != nil {
+		fmt.Fprintln(os.Stderr, "idle-child:", firstErr)
+		closeAll()
+		return 1
+	}
+	fmt.Printf("ready %d\n", took.Nanoseconds())
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	closeAll()
+	return 0
+}
+
+func tlsWithRoots(roots *x509.CertPool) *tls.Config { return &tls.Config{RootCAs: roots} }
