@@ -8,10 +8,11 @@
 //
 // Paths: plain grpc-go over TCP and over TLS-TCP (the baseline of every
 // ratio), brpc over QUIC and over TCP (TLS + yamux), each forward (client to
-// server) and reverse (server to client through Server.Client), and a raw
-// quic-go single-stream transfer as the reference for QUIC bulk. Everything
-// runs in this process except the idle clients, which a child process (this
-// binary again, with a hidden subcommand) holds.
+// server) and reverse (server to client through Server.Client), and raw
+// quic-go on one stream (an echo for latency, a transfer for bulk) as the
+// reference for QUIC. Everything runs in this process except the idle
+// clients, which a child process (this binary again, with a hidden
+// subcommand) holds.
 package main
 
 import (
@@ -75,7 +76,6 @@ type config struct {
 	png         string
 	cpuprofile  string
 	heapprofile string
-	command     string // how the program was invoked, for the report
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -158,10 +158,6 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.idle == 0 {
 		c.metrics[mIdle] = false
-	}
-	c.command = "go run ./bench"
-	if len(args) > 0 {
-		c.command += " " + strings.Join(args, " ")
 	}
 	return c, nil
 }
