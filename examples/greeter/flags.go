@@ -1,11 +1,15 @@
 package greeter
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 )
 
 // UsageError is a command-line mistake of the example programs: main prints
@@ -45,4 +49,23 @@ func Usage(fs *flag.FlagSet) string {
 	fs.PrintDefaults()
 	fs.SetOutput(io.Discard)
 	return b.String()
+}
+
+// Main runs an example program: run gets a context that ends on SIGINT or
+// SIGTERM, the command line without the program name and stdout. A
+// *UsageError exits with status 2 after the usage, other errors with 1.
+func Main(name string, run func(ctx context.Context, args []string, stdout io.Writer) error) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout)
+	stop()
+	var uerr *UsageError
+	switch {
+	case err == nil:
+	case errors.As(err, &uerr):
+		fmt.Fprintf(os.Stderr, "%s: %v\n%s", name, uerr.Err, uerr.Usage)
+		os.Exit(2)
+	default:
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		os.Exit(1)
+	}
 }

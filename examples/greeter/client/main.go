@@ -11,32 +11,16 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/brpc-go/brpc/examples/greeter"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	err := run(ctx, os.Args[1:], os.Stdout)
-	var uerr *greeter.UsageError
-	switch {
-	case err == nil:
-	case errors.As(err, &uerr):
-		fmt.Fprintf(os.Stderr, "greeter client: %v\n%s", uerr.Err, uerr.Usage)
-		os.Exit(2)
-	default:
-		fmt.Fprintf(os.Stderr, "greeter client: %v\n", err)
-		os.Exit(1)
-	}
+	greeter.Main("greeter client", run)
 }
 
 // run parses args (the command line without the program name), says hello
