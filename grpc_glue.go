@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -91,18 +92,26 @@ var errPeerGone = status.Error(codes.Unavailable, "brpc: peer disconnected")
 // first use, so an idle peer costs nothing for it. It also tracks calls in
 // flight so that a graceful stop can wait for them, and it reports calls cut
 // off by the end of their session as codes.Unavailable.
+//
+// With a positive idle time, a grpc.ClientConn that has carried no call for
+// that long is closed (its stream on the session with it), so a peer called
+// once in a while costs nothing between calls; the next call builds a new
+// one.
 type lazyConn struct {
 	build func() (*grpc.ClientConn, error)
+	idle  time.Duration // 0: keep the connection until close
 
 	mu       sync.Mutex
 	cc       *grpc.ClientConn
 	closeErr error // set once closed: new calls fail with it
 	inflight int
 	drained  chan struct{} // made by drain; closed when no call is in flight
+	idleT    *time.Timer   // releases cc once idle; made on first use
+	lastEnd  time.Time     // when inflight last dropped to 0
 }
 
-func newLazyConn(build func() (*grpc.ClientConn, error)) *lazyConn {
-	return &lazyConn{build: build}
+func newLazyConn(build func() (*grpc.ClientConn, error), idle time.Duration) *lazyConn {
+	return &lazyConn{build: build, idle: idle}
 }
 
 // begin registers a call and returns the connection to make it on.
@@ -126,10 +135,39 @@ func (l *lazyConn) begin() (*grpc.ClientConn, error) {
 func (l *lazyConn) end() {
 	l.mu.Lock()
 	l.inflight--
-	if l.inflight == 0 && l.drained != nil {
-		close(l.drained)
+	if l.inflight == 0 {
+		if l.drained != nil {
+			close(l.drained)
+		}
+		if l.idle > 0 && l.closeErr == nil {
+			l.lastEnd = time.Now()
+			if l.idleT == nil {
+				l.idleT = time.AfterFunc(l.idle, l.releaseIdle)
+			} else {
+				l.idleT.Reset(l.idle)
+			}
+		}
 	}
 	l.mu.Unlock()
+}
+
+// releaseIdle closes the gRPC connection if no call has been in flight for
+// the idle time.
+func (l *lazyConn) releaseIdle() {
+	l.mu.Lock()
+	if l.cc == nil || l.inflight > 0 || l.closeErr != nil {
+		l.mu.Unlock()
+		return
+	}
+	if wait := l.idle - time.Since(l.lastEnd); wait > 0 {
+		l.idleT.Reset(wait) // a call ended after the timer was set
+		l.mu.Unlock()
+		return
+	}
+	cc := l.cc
+	l.cc = nil
+	l.mu.Unlock()
+	cc.Close()
 }
 
 // fixErr maps grpc-go's "connection is closing" (codes.Canceled although the
@@ -204,6 +242,9 @@ func (l *lazyConn) close(err error) {
 	}
 	cc := l.cc
 	l.cc = nil
+	if l.idleT != nil {
+		l.idleT.Stop()
+	}
 	l.mu.Unlock()
 	if cc != nil {
 		cc.Close()

@@ -33,6 +33,9 @@ const (
 	// handshake at once, per phase (TLS, then brpc's hello): high enough for
 	// a whole fleet reconnecting after a server restart.
 	DefaultMaxPendingHandshakes = 4096
+	// DefaultReverseIdleTimeout is how long the server keeps a client's
+	// reverse-call connection open after its last call ended.
+	DefaultReverseIdleTimeout = time.Minute
 	// DefaultFallbackDelay is how long a host:port target gives QUIC before
 	// trying TCP as well (Happy Eyeballs' usual head start).
 	DefaultFallbackDelay = 300 * time.Millisecond
@@ -82,6 +85,7 @@ type serverOptions struct {
 	maxPending       int
 	ratePerSecond    float64
 	rateBurst        int
+	reverseIdle      time.Duration
 }
 
 func defaultServerOptions() serverOptions {
@@ -90,6 +94,7 @@ func defaultServerOptions() serverOptions {
 		handshakeTimeout: DefaultHandshakeTimeout,
 		maxHelloSize:     DefaultMaxHelloSize,
 		maxPending:       DefaultMaxPendingHandshakes,
+		reverseIdle:      DefaultReverseIdleTimeout,
 	}
 }
 
@@ -131,6 +136,22 @@ func (f commonOption) applyDial(o *dialOptions)     { f(&o.common) }
 // random ID.
 func WithAuthenticator(a Authenticator) ServerOption {
 	return serverOptionFunc(func(o *serverOptions) { o.auth = a })
+}
+
+// WithReverseIdleTimeout sets how long the server keeps the gRPC connection
+// that carries its calls to a client once no call to that client is in
+// flight. The connection is built on the first call to a client and closed
+// after d without calls (a streaming call counts until it ends); the next
+// call builds a new one, which costs one stream and one HTTP/2 set-up on the
+// session. An idle connected client thus costs only its session, however
+// many clients were called once. 0 keeps each connection until the client
+// disconnects. The default is DefaultReverseIdleTimeout.
+func WithReverseIdleTimeout(d time.Duration) ServerOption {
+	return serverOptionFunc(func(o *serverOptions) {
+		if d >= 0 {
+			o.reverseIdle = d
+		}
+	})
 }
 
 // WithHandshakeTimeout bounds how long a client may take, once its connection

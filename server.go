@@ -324,7 +324,7 @@ func (ss *serverSession[C]) lazy() *lazyConn {
 }
 
 var closedLazyConn = func() *lazyConn {
-	l := newLazyConn(nil)
+	l := newLazyConn(nil, 0)
 	l.close(errPeerGone)
 	return l
 }()
@@ -428,7 +428,7 @@ func (ss *serverSession[C]) handshake() error {
 		},
 		owner: ss,
 	}
-	conn := newLazyConn(ss.dialGRPC)
+	conn := newLazyConn(ss.dialGRPC, s.opts.reverseIdle)
 	ss.stub = s.newClient(conn)
 	ss.conn.Store(conn)
 
