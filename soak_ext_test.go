@@ -689,8 +689,8 @@ func (s *soak) session(ctx context.Context, rng *rand.Rand, name string) {
 				target, vanish = "quic://"+r.Addr(), r.Blackhole
 			}
 		} else {
-			var r *cuttableTCPRelay
-			if r, err = startCuttableTCPRelay(s.e.addr); err == nil {
+			var r *tcpRelay
+			if r, err = startTCPRelay("127.0.0.1:0", s.e.addr); err == nil {
 				defer r.Close()
 				target, vanish, cut = "tcp://"+r.Addr(), r.Blackhole, r.Cut
 			}
