@@ -34,6 +34,20 @@ const maxWelcomeSize = handshake.DefaultMaxMessageSize
 // MinConnectTimeout does for its connection attempts.
 const minConnectTimeout = 20 * time.Second
 
+// streamConnParams are the connect parameters of the gRPC connections brpc
+// runs over streams of a session (the client's connection to the server and
+// the server's to each client). Opening such a connection costs no network
+// round trip beyond HTTP/2's preface, and a failed attempt fails at once, so
+// retries are quick. grpc-go's 20 s MinConnectTimeout would end an attempt
+// whose peer is merely busy (a server calling thousands of clients at once
+// waits that long for some prefaces); a dead peer ends the session, and with
+// it the attempt, within the keepalive timeout, so the attempt is given much
+// longer.
+var streamConnParams = grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 200 * time.Millisecond},
+	MinConnectTimeout: 5 * time.Minute,
+}
+
 // ClientConn is a client's connection to a brpc server. It implements
 // grpc.ClientConnInterface, so generated stubs call the server through it,
 // and it serves the client's own *grpc.Server (WithServer) to the server.
@@ -135,10 +149,7 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*ClientConn, 
 		// the ClientConn reconnects: grpc-go may retry it often, so that it
 		// finds the new session soon after it is there. The network-facing
 		// backoff is the ClientConn's own (WithConnectBackoff).
-		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 200 * time.Millisecond},
-			MinConnectTimeout: minConnectTimeout,
-		}),
+		grpc.WithConnectParams(streamConnParams),
 	)
 	c.cc, err = grpc.NewClient("passthrough:///"+hostport, dialOpts...)
 	if err != nil {

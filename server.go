@@ -536,6 +536,7 @@ func (ss *serverSession[C]) dialGRPC() (*grpc.ClientConn, error) {
 		}),
 		grpc.WithTransportCredentials(sessionCreds{}),
 		grpc.WithAuthority("brpc-client"),
+		grpc.WithConnectParams(streamConnParams),
 	)
 	return grpc.NewClient("passthrough:///brpc-client", opts...)
 }

@@ -20,6 +20,15 @@ const (
 	maxConnectionReceiveWindow = 32 << 20
 )
 
+// ListenerReceiveBuffer is the UDP receive buffer a QUIC listener asks
+// for. Every client's packets arrive on this one socket: when a server calls
+// thousands of clients at once, their answers arrive together, and packets
+// that do not fit are dropped and must be sent again after a probe timeout.
+// quic-go asks for 7 MiB on every socket; a listener asks for more. The
+// kernel grants at most net.core.rmem_max unless the process may exceed it
+// (CAP_NET_ADMIN); the memory is used only while packets wait.
+const ListenerReceiveBuffer = 32 << 20
+
 // QUICConfig holds what brpc tunes on quic-go for either side.
 type QUICConfig struct {
 	KeepAlive          time.Duration // how often a quiet connection is probed
@@ -185,6 +194,7 @@ func ListenUDP(addr string) (*QUICListener, error) {
 	if err != nil {
 		return nil, err
 	}
+	growReceiveBuffer(udp, ListenerReceiveBuffer)
 	return &QUICListener{udp: udp, tr: &quic.Transport{Conn: udp}, conns: make(map[*quic.Conn]struct{})}, nil
 }
 
