@@ -65,6 +65,12 @@ func TestShortRun(t *testing.T) {
 				t.Errorf("idle %s: fan-out %v then %v with %d and %d errors: want two positive times, no errors",
 					x.kind, x.fanoutCold, x.fanoutWarm, x.fanoutColdErrors, x.fanoutWarmErrors)
 			}
+			// Each client's reverse connection adds goroutines while it is
+			// open and none once the server has released it.
+			if !(x.goroutinesAfterFanout > x.goroutinesPerClient+1) || !(x.goroutinesAfterRelease < x.goroutinesPerClient+0.5) {
+				t.Errorf("idle %s: goroutines per client %.2f idle, %.2f after the fan-outs, %.2f after the release: want more after the fan-outs and back to the idle count after the release",
+					x.kind, x.goroutinesPerClient, x.goroutinesAfterFanout, x.goroutinesAfterRelease)
+			}
 		}
 	}
 	if !strings.Contains(table, "Targets") {

@@ -113,13 +113,13 @@ func setupGRPC(_ context.Context, ca *certs.CA, useTLS bool) (*fixture, error) {
 	var sopts []grpc.ServerOption
 	copt := grpc.WithTransportCredentials(insecure.NewCredentials())
 	if useTLS {
-		stls, err := ca.ServerTLS()
+		stls, err := serverTLS(ca)
 		if err != nil {
 			lis.Close()
 			return nil, err
 		}
 		sopts = append(sopts, grpc.Creds(credentials.NewTLS(stls)))
-		copt = grpc.WithTransportCredentials(credentials.NewTLS(ca.ClientTLS()))
+		copt = grpc.WithTransportCredentials(credentials.NewTLS(clientTLS(ca)))
 	}
 	gs := grpc.NewServer(sopts...)
 	testpb.RegisterEchoServer(gs, echoServer{})
@@ -151,8 +151,12 @@ type brpcServer struct {
 	served chan struct{}
 }
 
+// reverseIdle is the -reverse-idle flag: how long the bench's brpc servers
+// keep a client's reverse connection without calls.
+var reverseIdle = brpc.DefaultReverseIdleTimeout
+
 func startBRPCServer(ca *certs.CA, transport string) (*brpcServer, error) {
-	stls, err := ca.ServerTLS()
+	stls, err := serverTLS(ca)
 	if err != nil {
 		return nil, err
 	}
@@ -167,7 +171,7 @@ func startBRPCServer(ca *certs.CA, transport string) (*brpcServer, error) {
 	gs := grpc.NewServer()
 	testpb.RegisterEchoServer(gs, echoServer{})
 	b := &brpcServer{
-		srv:    brpc.NewServer(gs, testpb.NewEchoClient),
+		srv:    brpc.NewServer(gs, testpb.NewEchoClient, brpc.WithReverseIdleTimeout(reverseIdle)),
 		target: transport + "://" + lis.Addr().String(),
 		served: make(chan struct{}),
 	}
@@ -207,7 +211,7 @@ func setupBRPC(ctx context.Context, ca *certs.CA, transport string, reverse bool
 	testpb.RegisterEchoServer(cgs, echoServer{})
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	cc, err := brpc.Dial(dctx, b.target, brpc.WithTLSConfig(ca.ClientTLS()), brpc.WithServer(cgs))
+	cc, err := brpc.Dial(dctx, b.target, brpc.WithTLSConfig(clientTLS(ca)), brpc.WithServer(cgs))
 	if err != nil {
 		cgs.Stop()
 		b.stop()

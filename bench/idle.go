@@ -74,6 +74,11 @@ type idleResult struct {
 	bytesAfterFanout      float64
 	stacksAfterFanout     float64
 	goroutinesAfterFanout float64
+	// brpc only: the same once the reverse connections were idle for
+	// longer than the server's reverse idle timeout.
+	bytesAfterRelease      float64
+	stacksAfterRelease     float64
+	goroutinesAfterRelease float64
 }
 
 // usage is what the process holds, after GC.
@@ -107,7 +112,7 @@ func settle() { time.Sleep(300 * time.Millisecond) }
 
 // measureIdle runs a server of the given kind in this process, connects n
 // idle clients to it from a child process and measures what they cost it.
-func measureIdle(ctx context.Context, ca *certs.CA, kind string, n, dialers int, heapProfile string, logf func(string, ...any)) (*idleResult, error) {
+func measureIdle(ctx context.Context, ca *certs.CA, kind string, n, dialers, fanWorkers int, heapProfile string, logf func(string, ...any)) (*idleResult, error) {
 	res := &idleResult{kind: kind, clients: n}
 	var (
 		target string
@@ -140,7 +145,7 @@ func measureIdle(ctx context.Context, ca *certs.CA, kind string, n, dialers int,
 		if err != nil {
 			return nil, err
 		}
-		stls, err := ca.ServerTLS()
+		stls, err := serverTLS(ca)
 		if err != nil {
 			lis.Close()
 			return nil, err
@@ -154,7 +159,7 @@ func measureIdle(ctx context.Context, ca *certs.CA, kind string, n, dialers int,
 		}()
 		stop = func() { gs.Stop(); <-served }
 		target = lis.Addr().String()
-		cc, err := dialGRPCIdle(ctx, credentials.NewTLS(ca.ClientTLS()), target)
+		cc, err := dialGRPCIdle(ctx, credentials.NewTLS(clientTLS(ca)), target)
 		if err != nil {
 			stop()
 			return nil, err
@@ -193,7 +198,7 @@ func measureIdle(ctx context.Context, ca *certs.CA, kind string, n, dialers int,
 
 	if b != nil {
 		for i, d := range []*time.Duration{&res.fanoutCold, &res.fanoutWarm} {
-			errs, took := fanout(ctx, b, logf)
+			errs, took := fanout(ctx, b, fanWorkers, logf)
 			*d = took
 			if i == 0 {
 				res.fanoutColdErrors = errs
@@ -204,6 +209,13 @@ func measureIdle(ctx context.Context, ca *certs.CA, kind string, n, dialers int,
 		}
 		settle()
 		res.goroutinesAfterFanout, res.bytesAfterFanout, res.stacksAfterFanout = perClient(u0, footprint(), n)
+		logf("  %s: after the fan-outs: %.1f KiB (%.1f KiB stacks), %.3f goroutines each",
+			kind, res.bytesAfterFanout/1024, res.stacksAfterFanout/1024, res.goroutinesAfterFanout)
+		time.Sleep(reverseIdle + time.Second)
+		settle()
+		res.goroutinesAfterRelease, res.bytesAfterRelease, res.stacksAfterRelease = perClient(u0, footprint(), n)
+		logf("  %s: %v after the fan-outs (reverse connections released): %.1f KiB (%.1f KiB stacks), %.3f goroutines each",
+			kind, reverseIdle+time.Second, res.bytesAfterRelease/1024, res.stacksAfterRelease/1024, res.goroutinesAfterRelease)
 	}
 	return res, nil
 }
@@ -220,9 +232,11 @@ func writeHeapProfile(path string) error {
 	return f.Close()
 }
 
-// fanout calls every connected client at once and returns the number of
-// failed calls and the time until the last one ended.
-func fanout(ctx context.Context, b *brpcServer, logf func(string, ...any)) (int64, time.Duration) {
+// fanout calls every connected client and returns the number of failed
+// calls and the time until the last one ended. With workers > 0 that many
+// goroutines share the calls; otherwise each client gets its own goroutine
+// and all calls start at once.
+func fanout(ctx context.Context, b *brpcServer, workers int, logf func(string, ...any)) (int64, time.Duration) {
 	peers := b.srv.Peers()
 	req := &testpb.EchoRequest{Payload: payload(16)}
 	var (
@@ -235,25 +249,41 @@ func fanout(ctx context.Context, b *brpcServer, logf func(string, ...any)) (int6
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	start := time.Now()
-	for _, p := range peers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			stub, err := b.srv.Client(p.ID)
-			if err == nil {
-				_, err = stub.Unary(ctx, req)
+	call := func(p brpc.Peer) {
+		stub, err := b.srv.Client(p.ID)
+		if err == nil {
+			_, err = stub.Unary(ctx, req)
+		}
+		if err != nil {
+			errs.Add(1)
+			code := status.Code(err)
+			mu.Lock()
+			byCode[code]++
+			if _, ok := sample[code]; !ok {
+				sample[code] = err.Error()
 			}
-			if err != nil {
-				errs.Add(1)
-				code := status.Code(err)
-				mu.Lock()
-				byCode[code]++
-				if _, ok := sample[code]; !ok {
-					sample[code] = err.Error()
+			mu.Unlock()
+		}
+	}
+	if workers <= 0 {
+		for _, p := range peers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				call(p)
+			}()
+		}
+	} else {
+		var next atomic.Int64
+		for range min(workers, len(peers)) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := next.Add(1) - 1; i < int64(len(peers)); i = next.Add(1) - 1 {
+					call(peers[i])
 				}
-				mu.Unlock()
-			}
-		}()
+			}()
+		}
 	}
 	wg.Wait()
 	took := time.Since(start)
@@ -345,7 +375,7 @@ func (c *child) stop() {
 
 // dialBRPC connects one brpc client, serving gs when it is not nil.
 func dialBRPC(ctx context.Context, ca *certs.CA, target string, gs *grpc.Server) (*brpc.ClientConn, error) {
-	return dialBRPCWith(ctx, ca.ClientTLS().RootCAs, target, gs)
+	return dialBRPCWith(ctx, clientTLS(ca).RootCAs, target, gs)
 }
 
 func dialBRPCWith(ctx context.Context, roots *x509.CertPool, target string, gs *grpc.Server) (*brpc.ClientConn, error) {
@@ -469,4 +499,6 @@ func childMain(args []string) int {
 	return 0
 }
 
-func tlsWithRoots(roots *x509.CertPool) *tls.Config { return &tls.Config{RootCAs: roots} }
+func tlsWithRoots(roots *x509.CertPool) *tls.Config {
+	return &tls.Config{RootCAs: roots, CurvePreferences: keyExchanges()}
+}

@@ -28,6 +28,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/brpc-go/brpc"
 	"github.com/brpc-go/brpc/internal/certs"
 )
 
@@ -70,6 +71,8 @@ type config struct {
 	bulkSize    int
 	idle        int
 	dialers     int
+	fanWorkers  int
+	tlsGroups   string
 	idleServers []string
 	paths       []string
 	metrics     map[string]bool
@@ -93,6 +96,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.bulkSize, "bulk-size", 1<<20, "message size in bytes of the bulk figures")
 	fs.IntVar(&c.idle, "idle", 2000, "idle clients connected for the memory and scale figures (0: skip)")
 	fs.IntVar(&c.dialers, "dialers", 32, "concurrent dialers connecting the idle clients (quic-go refuses connections beyond an accept queue of 32)")
+	fs.IntVar(&c.fanWorkers, "fanout-workers", 0, "goroutines making the fan-out calls (0: one per client, all at once)")
+	fs.DurationVar(&reverseIdle, "reverse-idle", brpc.DefaultReverseIdleTimeout, "the brpc servers' WithReverseIdleTimeout (longer than the first fan-out, so that the second finds every connection open); the idle figures measure memory again once it has passed after the fan-outs")
+	groups := fs.String("tls-groups", "default", "TLS key exchanges of every path: default (Go's, post-quantum hybrid first) or x25519")
 	idleServers := fs.String("idle-servers", strings.Join(allIdle, ","), "comma-separated servers for the idle figures")
 	paths := fs.String("paths", "", "comma-separated paths to run (default all): "+strings.Join(pathKeys(), ","))
 	metrics := fs.String("metrics", "", "comma-separated figures to measure (default all): "+strings.Join(allMetrics, ","))
@@ -109,13 +115,14 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		short := map[string]func(){
-			"duration":   func() { c.duration = 50 * time.Millisecond },
-			"warmup":     func() { c.warmup = 0 },
-			"calls":      func() { c.calls = 20 },
-			"warm-calls": func() { c.warmCalls = 5 },
-			"rounds":     func() { c.rounds = 1 },
-			"idle":       func() { c.idle = 5 },
-			"dialers":    func() { c.dialers = 4 },
+			"duration":     func() { c.duration = 50 * time.Millisecond },
+			"warmup":       func() { c.warmup = 0 },
+			"calls":        func() { c.calls = 20 },
+			"warm-calls":   func() { c.warmCalls = 5 },
+			"rounds":       func() { c.rounds = 1 },
+			"idle":         func() { c.idle = 5 },
+			"dialers":      func() { c.dialers = 4 },
+			"reverse-idle": func() { reverseIdle = time.Second },
 		}
 		for name, apply := range short {
 			if !set[name] {
@@ -123,9 +130,13 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 			}
 		}
 	}
-	if c.rounds < 1 || c.calls < 1 || c.callers < 1 || c.bulkCallers < 1 || c.bulkSize < 1 || c.duration <= 0 || c.idle < 0 {
+	if c.rounds < 1 || c.calls < 1 || c.callers < 1 || c.bulkCallers < 1 || c.bulkSize < 1 || c.duration <= 0 || c.idle < 0 || c.fanWorkers < 0 {
 		return nil, errors.New("counts, sizes and durations must be positive")
 	}
+	if err := setTLSGroups(*groups); err != nil {
+		return nil, err
+	}
+	c.tlsGroups = *groups
 	known := pathKeys()
 	if *paths == "" {
 		c.paths = known
@@ -310,7 +321,7 @@ func measureAll(ctx context.Context, cfg *config, logf func(string, ...any)) (*r
 	if cfg.metrics[mIdle] {
 		for _, kind := range cfg.idleServers {
 			logf("idle %s: connecting %d clients from a child process", kind, cfg.idle)
-			res, err := measureIdle(ctx, ca, kind, cfg.idle, cfg.dialers, cfg.heapprofile, logf)
+			res, err := measureIdle(ctx, ca, kind, cfg.idle, cfg.dialers, cfg.fanWorkers, cfg.heapprofile, logf)
 			if err != nil {
 				return nil, fmt.Errorf("idle %s: %w", kind, err)
 			}
@@ -382,7 +393,13 @@ func header(r *report) string {
 	}
 	if len(r.idle) > 0 {
 		h += fmt.Sprintf("; idle clients connected by %d concurrent dialers", c.dialers)
+		if c.fanWorkers > 0 {
+			h += fmt.Sprintf("; fan-out by %d workers", c.fanWorkers)
+		} else {
+			h += "; fan-out by one goroutine per client"
+		}
 	}
+	h += "; TLS key exchanges: " + c.tlsGroups
 	return h
 }
 

@@ -33,7 +33,7 @@ func rawQUICConfig() *quic.Config {
 // rawPair runs a quic-go listener on loopback whose first connection is
 // handed to serve, and dials it. done waits for serve and reports its error.
 func rawPair(ctx context.Context, ca *certs.CA, serve func(ctx context.Context, conn *quic.Conn) error) (conn *quic.Conn, done func() error, err error) {
-	stls, err := ca.ServerTLS()
+	stls, err := serverTLS(ca)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -57,7 +57,7 @@ func rawPair(ctx context.Context, ca *certs.CA, serve func(ctx context.Context, 
 		ln.Close()
 		return err
 	}
-	ctls := ca.ClientTLS()
+	ctls := clientTLS(ca)
 	ctls.NextProtos = []string{rawALPN}
 	ctls.ServerName = "localhost"
 	conn, err = quic.DialAddr(ctx, ln.Addr().String(), ctls, rawQUICConfig())
