@@ -406,6 +406,9 @@ func dialGRPCIdle(ctx context.Context, creds credentials.TransportCredentials, t
 // childMain is the idle-client process: it connects n clients with dialers
 // concurrent dialers, prints "ready <nanoseconds it took>", holds the
 // clients until its stdin closes, then closes them.
+// childProfileEnv names the file prefix of the child's CPU profile.
+const childProfileEnv = "BRPC_BENCH_CHILD_CPUPROFILE"
+
 func childMain(args []string) int {
 	fs := flag.NewFlagSet(childCommand, flag.ContinueOnError)
 	kind := fs.String("kind", idleQUIC, "brpc-quic, brpc-tcp or grpc-go-tls")
@@ -438,6 +441,14 @@ func childMain(args []string) int {
 		errOnce  sync.Once
 		firstErr error
 	)
+	if path := os.Getenv(childProfileEnv); path != "" {
+		// A CPU profile of the connecting phase, for -child-cpuprofile.
+		f, err := os.Create(path + "-" + *kind + ".pprof")
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			defer f.Close()
+			defer pprof.StopCPUProfile() // if connecting fails
+		}
+	}
 	start := time.Now()
 	for range max(*dialers, 1) {
 		wg.Add(1)
@@ -468,6 +479,7 @@ func childMain(args []string) int {
 	}
 	wg.Wait()
 	took := time.Since(start)
+	pprof.StopCPUProfile()
 	closeAll := func() {
 		var cw sync.WaitGroup
 		ch := make(chan io.Closer)

@@ -104,6 +104,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	metrics := fs.String("metrics", "", "comma-separated figures to measure (default all): "+strings.Join(allMetrics, ","))
 	fs.StringVar(&c.png, "png", "", "write a chart of the results to this PNG file")
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
+	childProfile := fs.String("child-cpuprofile", "", "write a CPU profile of the client process while it connects the idle clients to PREFIX-<server>.pprof")
 	fs.StringVar(&c.heapprofile, "heapprofile", "", "write a heap profile of the server holding its idle clients to PREFIX-<server>.pprof")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -132,6 +133,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.rounds < 1 || c.calls < 1 || c.callers < 1 || c.bulkCallers < 1 || c.bulkSize < 1 || c.duration <= 0 || c.idle < 0 || c.fanWorkers < 0 {
 		return nil, errors.New("counts, sizes and durations must be positive")
+	}
+	if *childProfile != "" {
+		if err := os.Setenv(childProfileEnv, *childProfile); err != nil {
+			return nil, err
+		}
 	}
 	if err := setTLSGroups(*groups); err != nil {
 		return nil, err

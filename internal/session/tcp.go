@@ -89,7 +89,7 @@ func DialTCP(ctx context.Context, addr string, tlsConf *tls.Config, conf TCPConf
 		raw.Close()
 		return nil, err
 	}
-	mux, err := yamux.Client(tc, conf.yamux())
+	mux, err := yamux.Client(&frameJoiner{ReadWriteCloser: tc}, conf.yamux())
 	if err != nil {
 		tc.Close()
 		return nil, err
@@ -316,7 +316,7 @@ func (l *TCPListener) establish(raw net.Conn, tlsConf *tls.Config, conf TCPConfi
 		return nil, errors.New("session: the client did not negotiate the application protocol")
 	}
 	raw.SetDeadline(time.Time{})
-	mux, err := yamux.Server(tc, conf.yamux())
+	mux, err := yamux.Server(&frameJoiner{ReadWriteCloser: tc}, conf.yamux())
 	if err != nil {
 		return nil, err
 	}

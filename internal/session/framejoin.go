@@ -1,0 +1,70 @@
+package session
+
+import (
+	"encoding/binary"
+	"io"
+	"sync"
+)
+
+// yamux frame header layout (hashicorp/yamux spec.md): version (1 byte),
+// type (1), flags (2), stream ID (4), length (4).
+const (
+	yamuxHeaderSize = 12
+	yamuxTypeData   = 0
+)
+
+// maxJoinedBody is the largest body frameJoiner sends in one Write with its
+// header: one TLS record carries at most 16 KiB of plaintext, so a larger
+// body takes several records anyway and the header's own record hardly
+// matters.
+const maxJoinedBody = 16<<10 - yamuxHeaderSize
+
+var joinBufs = sync.Pool{New: func() any { b := make([]byte, 0, yamuxHeaderSize+maxJoinedBody); return &b }}
+
+// frameJoiner sits between yamux and the TLS connection. yamux's send loop
+// writes each data frame as two Writes, header then body, which on a
+// tls.Conn makes two records, two encryptions and two system calls, and two
+// records for the peer to decrypt. frameJoiner holds a data frame's header
+// back and sends it with the body in one Write. Frames without a body
+// (window updates, pings, a data frame with only flags) go straight
+// through. Only yamux's send loop writes, one frame at a time.
+type frameJoiner struct {
+	io.ReadWriteCloser
+
+	mu      sync.Mutex
+	hdr     [yamuxHeaderSize]byte
+	pending int // body length the held header announces; 0: none held
+}
+
+func (j *frameJoiner) Write(p []byte) (int, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.pending == 0 {
+		if len(p) == yamuxHeaderSize && p[1] == yamuxTypeData {
+			if n := binary.BigEndian.Uint32(p[8:12]); n > 0 && n <= maxJoinedBody {
+				copy(j.hdr[:], p)
+				j.pending = int(n)
+				return len(p), nil
+			}
+		}
+		return j.ReadWriteCloser.Write(p)
+	}
+	want := j.pending
+	j.pending = 0
+	if len(p) != want {
+		// Not the body the header announced: send both as they came.
+		if _, err := j.ReadWriteCloser.Write(j.hdr[:]); err != nil {
+			return 0, err
+		}
+		return j.ReadWriteCloser.Write(p)
+	}
+	bp := joinBufs.Get().(*[]byte)
+	buf := append(append((*bp)[:0], j.hdr[:]...), p...)
+	_, err := j.ReadWriteCloser.Write(buf)
+	*bp = buf[:0]
+	joinBufs.Put(bp)
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}

@@ -1,0 +1,115 @@
+package session
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"testing"
+)
+
+// recordingConn records each Write it gets.
+type recordingConn struct {
+	writes [][]byte
+	err    error
+}
+
+func (r *recordingConn) Read([]byte) (int, error) { return 0, io.EOF }
+func (r *recordingConn) Close() error             { return nil }
+func (r *recordingConn) Write(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	r.writes = append(r.writes, bytes.Clone(p))
+	return len(p), nil
+}
+
+func yamuxHeader(typ byte, length uint32) []byte {
+	h := make([]byte, yamuxHeaderSize)
+	h[1] = typ
+	binary.BigEndian.PutUint32(h[4:8], 7) // stream ID
+	binary.BigEndian.PutUint32(h[8:12], length)
+	return h
+}
+
+func TestFrameJoinerJoinsDataFrames(t *testing.T) {
+	body := bytes.Repeat([]byte("x"), 100)
+	large := bytes.Repeat([]byte("y"), maxJoinedBody+1)
+	tests := []struct {
+		name   string
+		writes [][]byte
+		want   [][]byte // what reaches the connection, Write by Write
+	}{
+		{
+			name:   "data frame: header and body in one write",
+			writes: [][]byte{yamuxHeader(yamuxTypeData, 100), body},
+			want:   [][]byte{append(yamuxHeader(yamuxTypeData, 100), body...)},
+		},
+		{
+			name:   "window update goes through at once",
+			writes: [][]byte{yamuxHeader(1, 65536)},
+			want:   [][]byte{yamuxHeader(1, 65536)},
+		},
+		{
+			name:   "data frame without a body goes through at once",
+			writes: [][]byte{yamuxHeader(yamuxTypeData, 0)},
+			want:   [][]byte{yamuxHeader(yamuxTypeData, 0)},
+		},
+		{
+			name:   "large body: header and body apart",
+			writes: [][]byte{yamuxHeader(yamuxTypeData, uint32(len(large))), large},
+			want:   [][]byte{yamuxHeader(yamuxTypeData, uint32(len(large))), large},
+		},
+		{
+			name:   "a body of another length is not joined",
+			writes: [][]byte{yamuxHeader(yamuxTypeData, 100), body[:50]},
+			want:   [][]byte{yamuxHeader(yamuxTypeData, 100), body[:50]},
+		},
+		{
+			name: "frames in a row",
+			writes: [][]byte{
+				yamuxHeader(yamuxTypeData, 100), body,
+				yamuxHeader(2, 0),
+				yamuxHeader(yamuxTypeData, 3), []byte("abc"),
+			},
+			want: [][]byte{
+				append(yamuxHeader(yamuxTypeData, 100), body...),
+				yamuxHeader(2, 0),
+				append(yamuxHeader(yamuxTypeData, 3), "abc"...),
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rc := &recordingConn{}
+			j := &frameJoiner{ReadWriteCloser: rc}
+			for i, w := range tt.writes {
+				n, err := j.Write(w)
+				if err != nil || n != len(w) {
+					t.Fatalf("write %d: got (%d, %v), want (%d, nil)", i, n, err, len(w))
+				}
+			}
+			if len(rc.writes) != len(tt.want) {
+				t.Fatalf("the connection got %d writes, want %d", len(rc.writes), len(tt.want))
+			}
+			for i := range tt.want {
+				if !bytes.Equal(rc.writes[i], tt.want[i]) {
+					t.Errorf("write %d: got %d bytes %x..., want %d bytes %x...", i, len(rc.writes[i]), rc.writes[i][:12], len(tt.want[i]), tt.want[i][:12])
+				}
+			}
+		})
+	}
+}
+
+func TestFrameJoinerReportsWriteErrorsOnTheBody(t *testing.T) {
+	broken := errors.New("broken pipe")
+	rc := &recordingConn{}
+	j := &frameJoiner{ReadWriteCloser: rc}
+	if _, err := j.Write(yamuxHeader(yamuxTypeData, 4)); err != nil {
+		t.Fatalf("holding the header: %v", err)
+	}
+	rc.err = broken
+	if n, err := j.Write([]byte("body")); !errors.Is(err, broken) || n != 0 {
+		t.Fatalf("body write on a broken connection: got (%d, %v), want (0, %v)", n, err, broken)
+	}
+}
