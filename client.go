@@ -397,19 +397,11 @@ func (c *ClientConn) dialSession(ctx context.Context) (session.Session, error) {
 }
 
 func (c *ClientConn) dialTransport(ctx context.Context, transport string) (session.Session, error) {
-	o := c.opts
+	conf := c.opts.sessionConfig()
 	if transport == session.TransportTCP {
-		return session.DialTCP(ctx, c.hostport, c.tls, session.TCPConfig{
-			KeepAlive:          o.keepaliveInterval,
-			IdleTimeout:        o.keepaliveTimeout,
-			MaxIncomingStreams: o.maxStreams,
-		})
+		return session.DialTCP(ctx, c.hostport, c.tls, session.TCPConfig{Settings: conf})
 	}
-	return session.DialQUIC(ctx, c.hostport, c.tls, session.QUICConfig{
-		KeepAlive:          o.keepaliveInterval,
-		IdleTimeout:        o.keepaliveTimeout,
-		MaxIncomingStreams: o.maxStreams,
-	})
+	return session.DialQUIC(ctx, c.hostport, c.tls, session.QUICConfig{Settings: conf})
 }
 
 // dialError turns a connection failure into a gRPC status.

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/brpc-go/brpc/internal/handshake"
+	"github.com/brpc-go/brpc/internal/session"
 )
 
 // Defaults for the options below.
@@ -65,6 +66,15 @@ type common struct {
 	keepaliveTimeout  time.Duration
 	grpcDialOptions   []grpc.DialOption
 	maxStreams        int64
+}
+
+// sessionConfig is what the options set on a session of either transport.
+func (o *common) sessionConfig() session.Settings {
+	return session.Settings{
+		KeepAlive:          o.keepaliveInterval,
+		IdleTimeout:        o.keepaliveTimeout,
+		MaxIncomingStreams: o.maxStreams,
+	}
 }
 
 func defaultCommon() common {

@@ -154,25 +154,23 @@ func (s *Server[C]) Serve(lis Listener) error {
 	}
 }
 
+// sessionConfig is what both listeners' sessions are tuned with.
+func (s *Server[C]) sessionConfig() session.Settings {
+	conf := s.opts.sessionConfig()
+	conf.Admit = s.admit()
+	return conf
+}
+
 func (s *Server[C]) tcpConfig() session.TCPConfig {
-	return session.TCPConfig{
-		KeepAlive:            s.opts.keepaliveInterval,
-		IdleTimeout:          s.opts.keepaliveTimeout,
-		HandshakeTimeout:     s.opts.handshakeTimeout,
-		MaxIncomingStreams:   s.opts.maxStreams,
-		Admit:                s.admit(),
-		MaxPendingHandshakes: s.opts.maxPending,
-	}
+	conf := s.sessionConfig()
+	// The TLS handshake of a TCP session is the listener's; QUIC's is bounded
+	// by quic-go's handshake idle timeout.
+	conf.HandshakeTimeout = s.opts.handshakeTimeout
+	return session.TCPConfig{Settings: conf, MaxPendingHandshakes: s.opts.maxPending}
 }
 
 func (s *Server[C]) quicConfig() session.QUICConfig {
-	return session.QUICConfig{
-		KeepAlive:          s.opts.keepaliveInterval,
-		IdleTimeout:        s.opts.keepaliveTimeout,
-		MaxIncomingStreams: s.opts.maxStreams,
-		Admit:              s.admit(),
-		VerifyAddresses:    s.limiter != nil,
-	}
+	return session.QUICConfig{Settings: s.sessionConfig(), VerifyAddresses: s.limiter != nil}
 }
 
 // admit is the listeners' admission check, nil when there is none.

@@ -23,11 +23,11 @@ const rawALPN = "brpc-bench-raw"
 // default options, so that the reference differs from brpc only by what
 // brpc adds above quic-go (windows included).
 func rawQUICConfig() *quic.Config {
-	return session.QUICConfig{
+	return session.QUICConfig{Settings: session.Settings{
 		KeepAlive:          brpc.DefaultKeepaliveInterval,
 		IdleTimeout:        brpc.DefaultKeepaliveTimeout,
 		MaxIncomingStreams: brpc.DefaultMaxStreamsPerSession,
-	}.Config()
+	}}.Config()
 }
 
 // rawPair runs a quic-go listener on loopback whose first connection is

@@ -31,14 +31,7 @@ const ListenerReceiveBuffer = 32 << 20
 
 // QUICConfig holds what brpc tunes on quic-go for either side.
 type QUICConfig struct {
-	KeepAlive          time.Duration // how often a quiet connection is probed
-	IdleTimeout        time.Duration // silence after which the peer is declared dead
-	HandshakeTimeout   time.Duration // QUIC/TLS handshake limit (0: quic-go's default)
-	MaxIncomingStreams int64         // concurrent streams the peer may open
-
-	// Admit, on a listener, decides before any cryptographic work whether a
-	// connection attempt from this address may proceed.
-	Admit func(remote net.Addr) error
+	Settings
 	// VerifyAddresses makes a listener validate every client's address with
 	// a Retry round trip first, so that Admit sees no spoofed addresses.
 	VerifyAddresses bool

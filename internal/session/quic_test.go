@@ -391,7 +391,7 @@ func TestManyConcurrentStreams(t *testing.T) {
 // TestMaxIncomingStreams checks that OpenStream blocks at the peer's limit
 // until ctx is done, and proceeds once a stream is finished.
 func TestMaxIncomingStreams(t *testing.T) {
-	ln := listen(t, QUICConfig{MaxIncomingStreams: 2})
+	ln := listen(t, QUICConfig{Settings: Settings{MaxIncomingStreams: 2}})
 	client, server := connect(t, ln, QUICConfig{})
 	o1, a1 := streamPair(t, client, server)
 	streamPair(t, client, server)
@@ -800,7 +800,7 @@ func TestStopAcceptingKeepsSessions(t *testing.T) {
 	// A new session cannot be established any more.
 	dctx, dcancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer dcancel()
-	s, err := DialQUIC(dctx, ln.Addr().String(), clientTLS(t), QUICConfig{HandshakeTimeout: bound})
+	s, err := DialQUIC(dctx, ln.Addr().String(), clientTLS(t), QUICConfig{Settings: Settings{HandshakeTimeout: bound}})
 	if err == nil {
 		_ = s.Close(CodeNormal, "")
 		t.Fatal("DialQUIC succeeded after StopAccepting")
@@ -822,7 +822,7 @@ func TestStopAcceptingKeepsSessions(t *testing.T) {
 func TestListenerCloseEndsSessions(t *testing.T) {
 	ln := listen(t, QUICConfig{})
 	// The idle timeout is longer than the test waits for the client to hear.
-	client, server := connect(t, ln, QUICConfig{IdleTimeout: 5 * time.Second})
+	client, server := connect(t, ln, QUICConfig{Settings: Settings{IdleTimeout: 5 * time.Second}})
 	_, accepted := streamPair(t, client, server)
 	r := blockedRead(accepted)
 

@@ -8,7 +8,20 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"time"
 )
+
+// Settings hold what brpc tunes on a session, whichever the transport.
+type Settings struct {
+	KeepAlive          time.Duration // how often a quiet connection is probed
+	IdleTimeout        time.Duration // silence after which the peer is declared dead
+	HandshakeTimeout   time.Duration // TLS handshake limit (0: the transport's default)
+	MaxIncomingStreams int64         // concurrent streams the peer may open
+
+	// Admit, on a listener, decides before any cryptographic work whether a
+	// connection attempt from this address may proceed.
+	Admit func(remote net.Addr) error
+}
 
 // Transport names reported in Peer.Transport.
 const (

@@ -30,14 +30,7 @@ import (
 
 // TCPConfig holds what brpc tunes on the TCP transport for either side.
 type TCPConfig struct {
-	KeepAlive          time.Duration // how often a quiet connection is probed
-	IdleTimeout        time.Duration // silence after which the peer is declared dead
-	HandshakeTimeout   time.Duration // TLS handshake limit
-	MaxIncomingStreams int64         // concurrent streams the peer may open
-
-	// Admit, on a listener, decides before the TLS handshake whether a
-	// connection from this address may proceed.
-	Admit func(remote net.Addr) error
+	Settings
 	// MaxPendingHandshakes, on a listener, caps the TLS handshakes in
 	// progress at once; connections beyond it are closed at once.
 	MaxPendingHandshakes int
