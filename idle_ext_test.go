@@ -21,10 +21,12 @@ import (
 // Bounds for what one idle connected client costs the server. The
 // performance targets are 4 goroutines and 48 KiB (QUIC) or 32 KiB (TCP)
 // per idle client; the byte bound leaves room for the race detector's
-// overhead.
+// overhead. Both transports need 3 goroutines: QUIC two of quic-go's and
+// brpc's accept loop, TCP yamux's receive and send loops and brpc's accept
+// loop (keepalive pings run from a timer).
 const (
 	idleClients              = 100
-	maxIdleGoroutinesPerPeer = 4
+	maxIdleGoroutinesPerPeer = 3
 	maxIdleBytesPerPeer      = 96 << 10
 )
 

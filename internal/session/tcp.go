@@ -41,16 +41,33 @@ type TCPConfig struct {
 // and a bound on what a peer can make a session buffer per stream.
 const maxStreamWindow = 4 << 20
 
+// acceptBacklog is how many streams the peer opened may wait to be
+// accepted; beyond it yamux resets new ones. brpc accepts every stream at
+// once (one per gRPC connection, plus the control stream), so a short
+// queue is plenty, and yamux allocates it for every session.
+const acceptBacklog = 32
+
 func (c TCPConfig) yamux() *yamux.Config {
 	conf := yamux.DefaultConfig()
 	conf.MaxStreamWindowSize = maxStreamWindow
 	conf.LogOutput = io.Discard
-	conf.EnableKeepAlive = c.IdleTimeout > 0
+	conf.AcceptBacklog = acceptBacklog
+	// yamux's own keepalive runs a goroutine per session for its whole
+	// life; tcpSession pings from a timer instead (keepalive below).
+	conf.EnableKeepAlive = false
 	if c.IdleTimeout > 0 {
-		conf.KeepAliveInterval = min(max(c.KeepAlive, time.Millisecond), c.IdleTimeout/2)
+		conf.KeepAliveInterval = c.keepaliveInterval()
+		// How long a ping may wait for its answer, and a frame for the send
+		// loop: together with the interval, at most the idle timeout.
 		conf.ConnectionWriteTimeout = c.IdleTimeout - conf.KeepAliveInterval
 	}
 	return conf
+}
+
+// keepaliveInterval is how often a session pings its peer: the configured
+// interval, at most half the idle timeout.
+func (c TCPConfig) keepaliveInterval() time.Duration {
+	return min(max(c.KeepAlive, time.Millisecond), c.IdleTimeout/2)
 }
 
 // tcpSession is a Session over yamux on TLS on TCP.
@@ -62,11 +79,52 @@ type tcpSession struct {
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
+
+	pingEvery time.Duration // 0: no keepalive
+	pingMu    sync.Mutex
+	pingT     *time.Timer // nil once the session ended
 }
 
-func newTCPSession(tc *tls.Conn, mux *yamux.Session, limit int64) *tcpSession {
+func newTCPSession(tc *tls.Conn, mux *yamux.Session, conf TCPConfig) *tcpSession {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	return &tcpSession{mux: mux, tls: tc, limit: limit, ctx: ctx, cancel: cancel}
+	s := &tcpSession{mux: mux, tls: tc, limit: conf.MaxIncomingStreams, ctx: ctx, cancel: cancel}
+	if conf.IdleTimeout > 0 {
+		s.pingEvery = conf.keepaliveInterval()
+		s.pingT = time.AfterFunc(s.pingEvery, s.keepalive)
+		// Both sides always accept streams, and accepting ends the context
+		// once the connection is gone; a ping on a closed session fails
+		// at once and is not rescheduled either.
+		context.AfterFunc(ctx, s.stopKeepalive)
+	}
+	return s
+}
+
+// keepalive pings the peer and declares the session dead, as yamux's own
+// keepalive would (with yamux.ErrKeepAliveTimeout), when no answer comes
+// within the rest of the idle timeout. It runs on a timer, so an idle
+// session has no goroutine for it between pings.
+func (s *tcpSession) keepalive() {
+	_, err := s.mux.Ping()
+	if err != nil {
+		if !errors.Is(err, yamux.ErrSessionShutdown) && !s.mux.IsClosed() {
+			s.ended(yamux.ErrKeepAliveTimeout)
+		}
+		return
+	}
+	s.pingMu.Lock()
+	if s.pingT != nil {
+		s.pingT.Reset(s.pingEvery)
+	}
+	s.pingMu.Unlock()
+}
+
+func (s *tcpSession) stopKeepalive() {
+	s.pingMu.Lock()
+	if s.pingT != nil {
+		s.pingT.Stop()
+		s.pingT = nil
+	}
+	s.pingMu.Unlock()
 }
 
 // DialTCP opens a TLS connection to addr, multiplexes it and returns it as a
@@ -87,7 +145,7 @@ func DialTCP(ctx context.Context, addr string, tlsConf *tls.Config, conf TCPConf
 		tc.Close()
 		return nil, err
 	}
-	return newTCPSession(tc, mux, conf.MaxIncomingStreams), nil
+	return newTCPSession(tc, mux, conf), nil
 }
 
 func (s *tcpSession) OpenStream(ctx context.Context) (net.Conn, error) {
@@ -313,7 +371,7 @@ func (l *TCPListener) establish(raw net.Conn, tlsConf *tls.Config, conf TCPConfi
 	if err != nil {
 		return nil, err
 	}
-	return newTCPSession(tc, mux, conf.MaxIncomingStreams), nil
+	return newTCPSession(tc, mux, conf), nil
 }
 
 // Accept returns the next session whose TLS handshake completed.
