@@ -24,11 +24,14 @@ import (
 // overhead. Both transports need 3 goroutines: QUIC two of quic-go's and
 // brpc's accept loop, TCP yamux's receive and send loops and brpc's accept
 // loop (keepalive pings run from a timer).
+// Measured here without the race detector: QUIC about 46 KiB, TCP about
+// 25 KiB; with it, about 52 and 33 KiB.
 const (
 	idleClients              = 100
 	maxIdleGoroutinesPerPeer = 3
-	maxIdleBytesPerPeer      = 96 << 10
 )
+
+var maxIdleBytesPerPeer = map[string]int{"quic": 64 << 10, "tcp": 48 << 10}
 
 // TestIdleClientCost connects idle clients from a child process and
 // measures what they cost this (server) process: goroutines and live heap
@@ -98,7 +101,7 @@ func testIdleClientCost(t *testing.T, tr string) {
 	perG := float64(g1-g0) / idleClients
 	perB := float64(m1-m0) / idleClients
 	t.Logf("per idle %s client on the server: %.2f goroutines, %.1f KiB (heap+stacks)", tr, perG, perB/1024)
-	maxG, maxB := maxIdleGoroutinesPerPeer, maxIdleBytesPerPeer
+	maxG, maxB := maxIdleGoroutinesPerPeer, maxIdleBytesPerPeer[tr]
 	// A goroutine or two of the process may come and go between the two
 	// readings (timers, the runtime's workers): allow for that, not more.
 	if perG > float64(maxG)+2.0/idleClients {

@@ -327,32 +327,36 @@ var closedLazyConn = func() *lazyConn {
 	return l
 }()
 
-// run handshakes, then feeds the client's streams to the gRPC server until
-// the session ends, then forgets the session.
+// run handshakes; a welcomed session is then served by serve, on a new
+// goroutine: the handshake may have grown this one's stack (TLS state,
+// protobuf, the authenticator), and the goroutine that waits for the
+// client's streams for the whole session should not keep that.
 func (ss *serverSession[C]) run() {
 	s := ss.srv
-	defer s.wg.Done()
-	var welcomed bool
-	defer func() {
-		if welcomed {
-			s.peers.Remove(ss.info.peer.ID, ss)
-			kind, reason, err := ss.disconnectReason()
-			s.emit(PeerEvent{Type: PeerDisconnected, Peer: ss.info.snapshot(), Kind: kind, Reason: reason, Err: err})
-		}
-		ss.lazy().close(errPeerGone)
-		s.mu.Lock()
-		delete(s.sessions, ss)
-		s.mu.Unlock()
-	}()
 	err := ss.handshake()
 	s.pending.leave()
 	if err != nil {
 		p := Peer{Metadata: ss.helloMD, RemoteAddr: ss.sess.RemoteAddr(), Transport: ss.sess.Transport()}
 		s.emit(PeerEvent{Type: PeerRejected, Peer: p, Reason: status.Convert(err).Message(), Err: err})
+		ss.forget()
+		s.wg.Done()
 		return
 	}
-	welcomed = true
 	s.emit(PeerEvent{Type: PeerConnected, Peer: ss.info.snapshot()})
+	go ss.serve() // takes over this goroutine's count in s.wg
+}
+
+// serve feeds the client's streams to the gRPC server until the session
+// ends, then forgets the session.
+func (ss *serverSession[C]) serve() {
+	s := ss.srv
+	defer s.wg.Done()
+	defer func() {
+		s.peers.Remove(ss.info.peer.ID, ss)
+		kind, reason, err := ss.disconnectReason()
+		s.emit(PeerEvent{Type: PeerDisconnected, Peer: ss.info.snapshot(), Kind: kind, Reason: reason, Err: err})
+		ss.forget()
+	}()
 	ctx := ss.sess.Context()
 	for {
 		c, err := ss.sess.AcceptStream(ctx)
@@ -369,6 +373,15 @@ func (ss *serverSession[C]) run() {
 	case <-t.C:
 	}
 	t.Stop()
+}
+
+// forget ends the session's reverse calls and drops it from the server.
+func (ss *serverSession[C]) forget() {
+	s := ss.srv
+	ss.lazy().close(errPeerGone)
+	s.mu.Lock()
+	delete(s.sessions, ss)
+	s.mu.Unlock()
 }
 
 // handshake reads the client's hello, authenticates it and welcomes or
