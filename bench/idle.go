@@ -480,6 +480,14 @@ func childMain(args []string) int {
 	wg.Wait()
 	took := time.Since(start)
 	pprof.StopCPUProfile()
+	if path := os.Getenv(childProfileEnv); path != "" {
+		// A second profile for the rest: the server's calls (fan-outs).
+		f, err := os.Create(path + "-" + *kind + "-serve.pprof")
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			defer f.Close()
+			defer pprof.StopCPUProfile()
+		}
+	}
 	closeAll := func() {
 		var cw sync.WaitGroup
 		ch := make(chan io.Closer)

@@ -104,7 +104,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	metrics := fs.String("metrics", "", "comma-separated figures to measure (default all): "+strings.Join(allMetrics, ","))
 	fs.StringVar(&c.png, "png", "", "write a chart of the results to this PNG file")
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
-	childProfile := fs.String("child-cpuprofile", "", "write a CPU profile of the client process while it connects the idle clients to PREFIX-<server>.pprof")
+	childProfile := fs.String("child-cpuprofile", "", "write CPU profiles of the client process: while it connects the idle clients to PREFIX-<server>.pprof, then while it serves the server's calls to PREFIX-<server>-serve.pprof")
 	fs.StringVar(&c.heapprofile, "heapprofile", "", "write a heap profile of the server holding its idle clients to PREFIX-<server>.pprof")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
