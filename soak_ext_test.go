@@ -463,6 +463,9 @@ func TestSoak(t *testing.T) {
 	seed := faultSeed(t, "BRPC_SOAK_SEED")
 	e := newEnv(t, envConfig{transport: "quic", serverOpts: []brpc.ServerOption{
 		brpc.WithKeepalive(soakKeepalive, soakKeepaliveTimeout),
+		// Reverse connections are released between calls all the time,
+		// so that building and closing them races with calls.
+		brpc.WithReverseIdleTimeout(20 * time.Millisecond),
 		brpc.WithAuthenticator(func(_ context.Context, info brpc.AuthInfo) (string, error) {
 			// Unique per session: a slot's next session never replaces its last.
 			return fmt.Sprintf("%s/%016x", info.Metadata.Get("name")[0], rand.Uint64()), nil
