@@ -26,7 +26,9 @@ import (
 
 // Metrics collects what a brpc server does: clients connected by transport,
 // handshakes by result, sessions closed by reason, session durations, and
-// reverse calls (server to client) by method and code. It implements
+// reverse calls (server to client) by method and code, and the reverse
+// connections that carry them (built on a client's first call, closed after
+// brpc.WithReverseIdleTimeout without calls). It implements
 // prometheus.Collector.
 type Metrics struct {
 	connected   *prometheus.GaugeVec
@@ -35,6 +37,8 @@ type Metrics struct {
 	duration    *prometheus.HistogramVec
 	calls       *prometheus.CounterVec
 	callLatency *prometheus.HistogramVec
+	revConns    prometheus.Gauge
+	revOpened   prometheus.Counter
 }
 
 // New creates the metrics, all under the "brpc_" prefix.
@@ -66,11 +70,19 @@ func New() *Metrics {
 			Help:    "Duration of calls from the server to its clients, by method and gRPC code.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10), // 100 µs to ~26 s
 		}, []string{"method", "code"}),
+		revConns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "brpc_reverse_connections",
+			Help: "Connections open now that carry calls from the server to a client (one per client called lately).",
+		}),
+		revOpened: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "brpc_reverse_connections_opened_total",
+			Help: "Connections opened to carry calls from the server to a client.",
+		}),
 	}
 }
 
 func (m *Metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.connected, m.handshakes, m.closed, m.duration, m.calls, m.callLatency}
+	return []prometheus.Collector{m.connected, m.handshakes, m.closed, m.duration, m.calls, m.callLatency, m.revConns, m.revOpened}
 }
 
 // Describe implements prometheus.Collector.
@@ -111,7 +123,8 @@ func (m *Metrics) observe(ev brpc.PeerEvent) {
 	}
 }
 
-// reverseCalls is a grpc stats.Handler counting and timing reverse calls.
+// reverseCalls is a grpc stats.Handler counting and timing reverse calls
+// and counting the connections that carry them.
 type reverseCalls struct{ m *Metrics }
 
 type methodKey struct{}
@@ -133,4 +146,12 @@ func (h reverseCalls) HandleRPC(ctx context.Context, s stats.RPCStats) {
 
 func (reverseCalls) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
 
-func (reverseCalls) HandleConn(context.Context, stats.ConnStats) {}
+func (h reverseCalls) HandleConn(_ context.Context, s stats.ConnStats) {
+	switch s.(type) {
+	case *stats.ConnBegin:
+		h.m.revOpened.Inc()
+		h.m.revConns.Inc()
+	case *stats.ConnEnd:
+		h.m.revConns.Dec()
+	}
+}

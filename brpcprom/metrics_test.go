@@ -51,7 +51,8 @@ func TestMetricsFollowClientsAndCalls(t *testing.T) {
 		return name, nil
 	}
 	gs := grpc.NewServer()
-	srv := brpc.NewServer(gs, testpb.NewEchoClient, append(m.ServerOptions(), brpc.WithAuthenticator(auth))...)
+	const reverseIdle = 300 * time.Millisecond
+	srv := brpc.NewServer(gs, testpb.NewEchoClient, append(m.ServerOptions(), brpc.WithAuthenticator(auth), brpc.WithReverseIdleTimeout(reverseIdle))...)
 	targets := map[string]string{}
 	for tr, listen := range map[string]func(string, *tls.Config) (brpc.Listener, error){"quic": brpc.ListenQUIC, "tcp": brpc.ListenTCP} {
 		lis, err := listen("127.0.0.1:0", stls)
@@ -114,6 +115,14 @@ func TestMetricsFollowClientsAndCalls(t *testing.T) {
 	want(t, reg, "brpc_reverse_calls_total", map[string]string{"method": method, "code": "NotFound"}, 1)
 	want(t, reg, "brpc_reverse_call_duration_seconds", map[string]string{"method": method, "code": "OK"}, 2)
 	want(t, reg, "brpc_reverse_call_duration_seconds", map[string]string{"method": method, "code": "NotFound"}, 1)
+	// One connection carried the three calls; it is closed once idle.
+	want(t, reg, "brpc_reverse_connections_opened_total", nil, 1)
+	want(t, reg, "brpc_reverse_connections", nil, 0)
+	if _, err := a.Unary(ctx, &testpb.EchoRequest{Message: "again"}); err != nil {
+		t.Fatal(err)
+	}
+	want(t, reg, "brpc_reverse_connections_opened_total", nil, 2)
+	want(t, reg, "brpc_reverse_connections", nil, 0)
 
 	conns[0].Close()
 	want(t, reg, "brpc_connected_clients", map[string]string{"transport": "quic"}, 1)
