@@ -142,8 +142,10 @@ func rawEcho(ctx context.Context, conn *quic.Conn) error {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
-			// The client closes the connection once it is done.
-			if conn.Context().Err() != nil {
+			// The client closes the connection once it is done; the read
+			// may report that before the connection's context ends.
+			var appErr *quic.ApplicationError
+			if conn.Context().Err() != nil || (errors.As(err, &appErr) && appErr.Remote && appErr.ErrorCode == 0) {
 				return nil
 			}
 			return err
