@@ -56,6 +56,10 @@ func TestShortRun(t *testing.T) {
 		if !strings.Contains(table, "| "+idleLabels[x.kind]+" |") {
 			t.Errorf("no idle row for %s in the table", x.kind)
 		}
+		if !(x.clientBytes > 0) || !(x.clientGoroutines > 0) {
+			t.Errorf("idle %s: the client process reported %v bytes and %v goroutines per client: want both positive",
+				x.kind, x.clientBytes, x.clientGoroutines)
+		}
 		if x.clients <= 0 || !(x.connectRate > 0) || !(x.bytesPerClient > 0) || !(x.goroutinesPerClient > 0) {
 			t.Errorf("idle %s: clients %d, connect rate %v, bytes %v, goroutines %v: want all positive",
 				x.kind, x.clients, x.connectRate, x.bytesPerClient, x.goroutinesPerClient)

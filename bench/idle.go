@@ -65,6 +65,9 @@ type idleResult struct {
 	bytesPerClient      float64
 	stacksPerClient     float64 // the part of bytesPerClient that is stacks
 	goroutinesPerClient float64
+	// What each client costs the client process that holds them, the same
+	// way: heap plus stacks, the stacks, goroutines.
+	clientBytes, clientStacks, clientGoroutines float64
 	// brpc only: a unary call to every connected client at once, the first
 	// time (building each client's reverse connection) and a second time.
 	fanoutCold, fanoutWarm time.Duration
@@ -178,6 +181,7 @@ func measureIdle(ctx context.Context, ca *certs.CA, kind string, n, dialers, fan
 	}
 	defer child.stop()
 	res.connectRate = float64(n) / child.connectTime.Seconds()
+	res.clientBytes, res.clientStacks, res.clientGoroutines = child.clientBytes, child.clientStacks, child.clientGoroutines
 	if b != nil {
 		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		err := b.waitPeers(wctx, n)
@@ -188,8 +192,9 @@ func measureIdle(ctx context.Context, ca *certs.CA, kind string, n, dialers, fan
 	}
 	settle()
 	res.goroutinesPerClient, res.bytesPerClient, res.stacksPerClient = perClient(u0, footprint(), n)
-	logf("  %s: %d idle clients: %.1f KiB (%.1f KiB stacks), %.3f goroutines each; connected at %.0f/s",
-		kind, n, res.bytesPerClient/1024, res.stacksPerClient/1024, res.goroutinesPerClient, res.connectRate)
+	logf("  %s: %d idle clients: %.1f KiB (%.1f KiB stacks), %.3f goroutines each; connected at %.0f/s; the client process: %.1f KiB (%.1f KiB stacks), %.3f goroutines per client",
+		kind, n, res.bytesPerClient/1024, res.stacksPerClient/1024, res.goroutinesPerClient, res.connectRate,
+		res.clientBytes/1024, res.clientStacks/1024, res.clientGoroutines)
 	if heapProfile != "" {
 		if err := writeHeapProfile(heapProfile + "-" + kind + ".pprof"); err != nil {
 			return nil, err
@@ -299,6 +304,9 @@ type child struct {
 	stdin       io.WriteCloser
 	drained     chan struct{}
 	connectTime time.Duration
+	// What each client costs the client process (heap + stacks, the
+	// stacks, goroutines), measured as the server side is.
+	clientBytes, clientStacks, clientGoroutines float64
 }
 
 func startChild(ctx context.Context, ca *certs.CA, kind, target string, n, dialers int) (*child, error) {
@@ -327,12 +335,13 @@ func startChild(ctx context.Context, ca *certs.CA, kind, target string, n, diale
 		defer close(c.drained)
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			if ns, ok := strings.CutPrefix(sc.Text(), "ready "); ok {
-				v, err := strconv.ParseInt(ns, 10, 64)
-				if err != nil || v <= 0 {
+			if rest, ok := strings.CutPrefix(sc.Text(), "ready "); ok {
+				var ns int64
+				_, err := fmt.Sscanf(rest, "%d %f %f %f", &ns, &c.clientBytes, &c.clientStacks, &c.clientGoroutines)
+				if err != nil || ns <= 0 {
 					ready <- fmt.Errorf("child said %q", sc.Text())
 				} else {
-					c.connectTime = time.Duration(v)
+					c.connectTime = time.Duration(ns)
 					ready <- nil
 				}
 				_, _ = io.Copy(io.Discard, stdout)
@@ -441,6 +450,7 @@ func childMain(args []string) int {
 		errOnce  sync.Once
 		firstErr error
 	)
+	u0 := footprint()
 	if path := os.Getenv(childProfileEnv); path != "" {
 		// A CPU profile of the connecting phase, for -child-cpuprofile.
 		f, err := os.Create(path + "-" + *kind + ".pprof")
@@ -513,7 +523,9 @@ func childMain(args []string) int {
 		closeAll()
 		return 1
 	}
-	fmt.Printf("ready %d\n", took.Nanoseconds())
+	settle()
+	g, b, st := perClient(u0, footprint(), *n)
+	fmt.Printf("ready %d %.0f %.0f %.3f\n", took.Nanoseconds(), b, st, g)
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	closeAll()
 	return 0

@@ -95,8 +95,8 @@ func printReport(w io.Writer, r *report) {
 
 	if len(r.idle) > 0 {
 		fmt.Fprintf(w, "\nIdle clients (held by a child process), cost on the server after GC (heap + goroutine stacks):\n\n")
-		fmt.Fprintln(w, "| server | clients | KiB/client (stacks) | goroutines/client | connect rate | fan-out 1st | fan-out 2nd | KiB/client after fan-out (stacks) | goroutines/client after fan-out | KiB/client after release (stacks) | goroutines/client after release |")
-		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
+		fmt.Fprintln(w, "| server | clients | KiB/client (stacks) | goroutines/client | connect rate | fan-out 1st | fan-out 2nd | KiB/client after fan-out (stacks) | goroutines/client after fan-out | KiB/client after release (stacks) | goroutines/client after release | client process: KiB/client (stacks), goroutines/client |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")
 		for _, x := range r.idle {
 			fan1, fan2, kib2, g2, kib3, g3 := "n/a", "n/a", "n/a", "n/a", "n/a", "n/a"
 			if x.kind != idleGRPC {
@@ -112,8 +112,9 @@ func printReport(w io.Writer, r *report) {
 				kib3 = fmt.Sprintf("%.1f (%.1f)", x.bytesAfterRelease/1024, x.stacksAfterRelease/1024)
 				g3 = fmt.Sprintf("%.2f", x.goroutinesAfterRelease)
 			}
-			fmt.Fprintf(w, "| %s | %d | %.1f (%.1f) | %.3f | %.0f/s | %s | %s | %s | %s | %s | %s |\n",
-				idleLabels[x.kind], x.clients, x.bytesPerClient/1024, x.stacksPerClient/1024, x.goroutinesPerClient, x.connectRate, fan1, fan2, kib2, g2, kib3, g3)
+			fmt.Fprintf(w, "| %s | %d | %.1f (%.1f) | %.3f | %.0f/s | %s | %s | %s | %s | %s | %s | %.1f (%.1f), %.3f |\n",
+				idleLabels[x.kind], x.clients, x.bytesPerClient/1024, x.stacksPerClient/1024, x.goroutinesPerClient, x.connectRate, fan1, fan2, kib2, g2, kib3, g3,
+				x.clientBytes/1024, x.clientStacks/1024, x.clientGoroutines)
 		}
 	}
 
