@@ -98,10 +98,21 @@ func TestStopEndsCallsWithUnavailable(t *testing.T) {
 func TestVanishedClientIsDroppedWithinKeepaliveTimeout(t *testing.T) {
 	eachTransport(t, func(t *testing.T, tr string) {
 		const timeout = 600 * time.Millisecond
+		gone := make(chan brpc.PeerEvent, 1)
 		e := newEnv(t, envConfig{
-			transport:  tr,
-			serverOpts: []brpc.ServerOption{brpc.WithKeepalive(100*time.Millisecond, timeout)},
-			call:       func(*env) func(context.Context) (string, error) { return nil },
+			transport: tr,
+			serverOpts: []brpc.ServerOption{
+				brpc.WithKeepalive(100*time.Millisecond, timeout),
+				brpc.WithPeerEvents(func(ev brpc.PeerEvent) {
+					if ev.Type == brpc.PeerDisconnected {
+						select {
+						case gone <- ev:
+						default: // only the first one is checked
+						}
+					}
+				}),
+			},
+			call: func(*env) func(context.Context) (string, error) { return nil },
 		})
 		// The client reaches the server through a relay that can go silent.
 		var relayAddr string
@@ -155,6 +166,14 @@ func TestVanishedClientIsDroppedWithinKeepaliveTimeout(t *testing.T) {
 		}
 		waitFor(t, bound, "the vanished client to leave Peers()", func() bool { return len(e.srv.Peers()) == 0 })
 		t.Logf("vanished peer detected after %v (timeout %v)", time.Since(vanished).Round(time.Millisecond), timeout)
+		select {
+		case ev := <-gone:
+			if ev.Kind != brpc.DisconnectKeepaliveTimeout {
+				t.Errorf("disconnect of the vanished client reported as %q (%s), want %q", ev.Kind, ev.Reason, brpc.DisconnectKeepaliveTimeout)
+			}
+		case <-time.After(bound):
+			t.Fatal("no disconnect event for the vanished client")
+		}
 		_, err = e.srv.Client(cc.ID())
 		wantCode(t, err, codes.NotFound, "Client of a vanished client")
 		_, err = rev.Unary(testCtx(t), &testpb.EchoRequest{})
