@@ -25,11 +25,14 @@ var joinBufs = sync.Pool{New: func() any { b := make([]byte, 0, yamuxHeaderSize+
 // writes each data frame as two Writes, header then body, which on a
 // tls.Conn makes two records, two encryptions and two system calls, and two
 // records for the peer to decrypt. frameJoiner holds a data frame's header
-// back and sends it with the body in one Write. Frames without a body
-// (window updates, pings, a data frame with only flags) go straight
+// back and sends it with a body of up to maxJoinedBody in one Write. With a
+// recordBatcher under the TLS connection (batch), all the records of a
+// data frame of up to maxBatch go out in one system call. Frames without a
+// body (window updates, pings, a data frame with only flags) go straight
 // through. Only yamux's send loop writes, one frame at a time.
 type frameJoiner struct {
 	io.ReadWriteCloser
+	batch *recordBatcher // nil: no batching
 
 	mu      sync.Mutex
 	hdr     [yamuxHeaderSize]byte
@@ -41,7 +44,7 @@ func (j *frameJoiner) Write(p []byte) (int, error) {
 	defer j.mu.Unlock()
 	if j.pending == 0 {
 		if len(p) == yamuxHeaderSize && p[1] == yamuxTypeData {
-			if n := binary.BigEndian.Uint32(p[8:12]); n > 0 && n <= maxJoinedBody {
+			if n := binary.BigEndian.Uint32(p[8:12]); n > 0 {
 				copy(j.hdr[:], p)
 				j.pending = int(n)
 				return len(p), nil
@@ -51,8 +54,25 @@ func (j *frameJoiner) Write(p []byte) (int, error) {
 	}
 	want := j.pending
 	j.pending = 0
-	if len(p) != want {
-		// Not the body the header announced: send both as they came.
+	batched := j.batch != nil && len(p) <= maxBatch
+	if batched {
+		j.batch.hold()
+	}
+	n, err := j.writeFrame(want, p)
+	if batched {
+		if ferr := j.batch.flush(); ferr != nil && err == nil {
+			n, err = 0, ferr
+		}
+	}
+	return n, err
+}
+
+// writeFrame writes the held header and p, the body it announced (want
+// bytes).
+func (j *frameJoiner) writeFrame(want int, p []byte) (int, error) {
+	if len(p) != want || len(p) > maxJoinedBody {
+		// Not the body the header announced, or too large to join: send
+		// both as they came.
 		if _, err := j.ReadWriteCloser.Write(j.hdr[:]); err != nil {
 			return 0, err
 		}

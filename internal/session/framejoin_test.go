@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"net"
 	"testing"
 )
 
@@ -111,5 +112,66 @@ func TestFrameJoinerReportsWriteErrorsOnTheBody(t *testing.T) {
 	rc.err = broken
 	if n, err := j.Write([]byte("body")); !errors.Is(err, broken) || n != 0 {
 		t.Fatalf("body write on a broken connection: got (%d, %v), want (0, %v)", n, err, broken)
+	}
+}
+
+// recordingNetConn is a net.Conn that records each Write it gets.
+type recordingNetConn struct {
+	net.Conn // nil: only Write and Close are used
+	recordingConn
+}
+
+func (r *recordingNetConn) Read(p []byte) (int, error)  { return r.recordingConn.Read(p) }
+func (r *recordingNetConn) Write(p []byte) (int, error) { return r.recordingConn.Write(p) }
+func (r *recordingNetConn) Close() error                { return nil }
+
+func TestRecordBatcherSendsAHeldFrameInOneWrite(t *testing.T) {
+	rc := &recordingNetConn{}
+	rb := &recordBatcher{Conn: rc}
+	// Outside hold and flush, writes go through at once.
+	if _, err := rb.Write([]byte("alert")); err != nil {
+		t.Fatal(err)
+	}
+	if len(rc.writes) != 1 {
+		t.Fatalf("a write outside hold reached the connection %d times, want 1", len(rc.writes))
+	}
+	// A frame too large to join (header and body written apart, as TLS
+	// would write several records) reaches the connection in one write.
+	j := &frameJoiner{ReadWriteCloser: rb, batch: rb}
+	body := bytes.Repeat([]byte("z"), 40<<10)
+	hdr := yamuxHeader(yamuxTypeData, uint32(len(body)))
+	for _, w := range [][]byte{hdr, body} {
+		if n, err := j.Write(w); err != nil || n != len(w) {
+			t.Fatalf("write: (%d, %v)", n, err)
+		}
+	}
+	if len(rc.writes) != 2 || !bytes.Equal(rc.writes[1], append(bytes.Clone(hdr), body...)) {
+		t.Fatalf("the connection got %d writes; want the alert, then header and body in one write", len(rc.writes))
+	}
+	// A window update after it goes through on its own.
+	if _, err := j.Write(yamuxHeader(1, 100)); err != nil {
+		t.Fatal(err)
+	}
+	if len(rc.writes) != 3 {
+		t.Fatalf("the connection got %d writes, want 3", len(rc.writes))
+	}
+	// A frame above maxBatch is not held: its writes go through one by one.
+	big := bytes.Repeat([]byte("b"), maxBatch+1)
+	for _, w := range [][]byte{yamuxHeader(yamuxTypeData, uint32(len(big))), big} {
+		if _, err := j.Write(w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(rc.writes) != 5 {
+		t.Fatalf("a frame above maxBatch: the connection got %d writes in all, want 5", len(rc.writes))
+	}
+	// A failed flush is the frame's error.
+	broken := errors.New("broken pipe")
+	rc.err = broken
+	if _, err := j.Write(hdr); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := j.Write(body); !errors.Is(err, broken) || n != 0 {
+		t.Fatalf("frame on a broken connection: (%d, %v), want (0, %v)", n, err, broken)
 	}
 }

@@ -135,12 +135,13 @@ func DialTCP(ctx context.Context, addr string, tlsConf *tls.Config, conf TCPConf
 	if err != nil {
 		return nil, err
 	}
-	tc := tls.Client(raw, tlsConf)
+	rb := &recordBatcher{Conn: raw}
+	tc := tls.Client(rb, tlsConf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, err
 	}
-	mux, err := yamux.Client(&frameJoiner{ReadWriteCloser: tc}, conf.yamux())
+	mux, err := yamux.Client(&frameJoiner{ReadWriteCloser: tc, batch: rb}, conf.yamux())
 	if err != nil {
 		tc.Close()
 		return nil, err
@@ -357,7 +358,8 @@ func (l *TCPListener) establish(raw net.Conn, tlsConf *tls.Config, conf TCPConfi
 		timeout = 10 * time.Second
 	}
 	raw.SetDeadline(time.Now().Add(timeout))
-	tc := tls.Server(raw, tlsConf)
+	rb := &recordBatcher{Conn: raw}
+	tc := tls.Server(rb, tlsConf)
 	if err := tc.Handshake(); err != nil {
 		return nil, err
 	}
@@ -367,7 +369,7 @@ func (l *TCPListener) establish(raw net.Conn, tlsConf *tls.Config, conf TCPConfi
 		return nil, errors.New("session: the client did not negotiate the application protocol")
 	}
 	raw.SetDeadline(time.Time{})
-	mux, err := yamux.Server(&frameJoiner{ReadWriteCloser: tc}, conf.yamux())
+	mux, err := yamux.Server(&frameJoiner{ReadWriteCloser: tc, batch: rb}, conf.yamux())
 	if err != nil {
 		return nil, err
 	}
