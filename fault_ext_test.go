@@ -20,7 +20,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc"
@@ -487,17 +486,8 @@ func TestFaultServerRestartWhileStreaming(t *testing.T) {
 		const n = 4
 		cfg := envConfig{transport: tr, serverOpts: []brpc.ServerOption{brpc.WithAuthenticator(byNameFromMetadata)}}
 		e := newEnv(t, cfg)
-		e.srv.Stop() // replaced by a restartable server on the same address
-		r := &restartable{t: t, e: e, cfg: cfg, addr: e.addr}
-		r.start()
-		t.Cleanup(r.stop)
-
-		var clients []*client
-		for i := range n {
-			name := fmt.Sprint("streamer-", i)
-			clients = append(clients, e.connect(clientConfig{name: name, md: metadata.Pairs("name", name),
-				opts: []brpc.DialOption{brpc.WithConnectBackoff(fastBackoff)}}))
-		}
+		r := restartOn(t, e, cfg)
+		clients := connectNamed(e, n, "streamer-")
 		waitFor(t, 10*time.Second, "all clients to connect", func() bool { return len(r.srv().Peers()) == n })
 
 		// Per client: a forward server stream, a forward bidi stream and a

@@ -34,6 +34,29 @@ type restartable struct {
 	cur *brpc.Server[testpb.EchoClient]
 }
 
+// restartOn stops e's own server and runs a restartable one with cfg on its
+// address instead, stopped by t.Cleanup.
+func restartOn(t *testing.T, e *env, cfg envConfig) *restartable {
+	t.Helper()
+	e.srv.Stop()
+	r := &restartable{t: t, e: e, cfg: cfg, addr: e.addr}
+	r.start()
+	t.Cleanup(r.stop)
+	return r
+}
+
+// connectNamed connects n clients named prefix0, prefix1, … (the name also
+// in their metadata, for byNameFromMetadata) that reconnect quickly.
+func connectNamed(e *env, n int, prefix string) []*client {
+	var clients []*client
+	for i := range n {
+		name := fmt.Sprint(prefix, i)
+		clients = append(clients, e.connect(clientConfig{name: name, md: metadata.Pairs("name", name),
+			opts: []brpc.DialOption{brpc.WithConnectBackoff(fastBackoff)}}))
+	}
+	return clients
+}
+
 // srv is the server running now.
 func (r *restartable) srv() *brpc.Server[testpb.EchoClient] {
 	r.mu.Lock()
@@ -95,17 +118,8 @@ func TestServerRestartWithManyClients(t *testing.T) {
 		const n = 50
 		cfg := envConfig{transport: tr, serverOpts: []brpc.ServerOption{brpc.WithAuthenticator(byNameFromMetadata)}}
 		e := newEnv(t, cfg)
-		e.srv.Stop() // replaced by a restartable server on the same address
-		r := &restartable{t: t, e: e, cfg: cfg, addr: e.addr}
-		r.start()
-		t.Cleanup(r.stop)
-
-		var clients []*client
-		for i := 0; i < n; i++ {
-			name := fmt.Sprint("dev-", i)
-			clients = append(clients, e.connect(clientConfig{name: name, md: metadata.Pairs("name", name),
-				opts: []brpc.DialOption{brpc.WithConnectBackoff(fastBackoff)}}))
-		}
+		r := restartOn(t, e, cfg)
+		clients := connectNamed(e, n, "dev-")
 		waitFor(t, 10*time.Second, "all clients to connect", func() bool { return len(r.srv().Peers()) == n })
 
 		// A forward call that waits for ready spans the restart.
@@ -248,10 +262,7 @@ func TestClientStateFollowsTheSession(t *testing.T) {
 	// Over TCP a connection attempt to a stopped server fails at once; over
 	// QUIC it waits for the handshake timeout. The states are the same.
 	e := newPlainEnvOn(t, "tcp")
-	e.srv.Stop()
-	r := &restartable{t: t, e: e, cfg: envConfig{transport: "tcp"}, addr: e.addr}
-	r.start()
-	t.Cleanup(r.stop)
+	r := restartOn(t, e, envConfig{transport: "tcp"})
 	c, err := e.dial(clientConfig{name: "s", opts: []brpc.DialOption{brpc.WithConnectBackoff(fastBackoff)}})
 	if err != nil {
 		t.Fatal(err)
