@@ -53,13 +53,13 @@ func (c TCPConfig) yamux() *yamux.Config {
 	conf.LogOutput = io.Discard
 	conf.AcceptBacklog = acceptBacklog
 	// yamux's own keepalive runs a goroutine per session for its whole
-	// life; tcpSession pings from a timer instead (keepalive below).
+	// life; tcpSession pings from a timer instead (keepalive below), so
+	// yamux's KeepAliveInterval is left at its default, unused.
 	conf.EnableKeepAlive = false
 	if c.IdleTimeout > 0 {
-		conf.KeepAliveInterval = c.keepaliveInterval()
 		// How long a ping may wait for its answer, and a frame for the send
 		// loop: together with the interval, at most the idle timeout.
-		conf.ConnectionWriteTimeout = c.IdleTimeout - conf.KeepAliveInterval
+		conf.ConnectionWriteTimeout = c.IdleTimeout - c.keepaliveInterval()
 	}
 	return conf
 }
