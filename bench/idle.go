@@ -412,12 +412,35 @@ func dialGRPCIdle(ctx context.Context, creds credentials.TransportCredentials, t
 	return cc, nil
 }
 
-// childMain is the idle-client process: it connects n clients with dialers
-// concurrent dialers, prints "ready <nanoseconds it took>", holds the
-// clients until its stdin closes, then closes them.
-// childProfileEnv names the file prefix of the child's CPU profile.
+// childProfileEnv names the file prefix of the child's CPU profiles
+// (-child-cpuprofile).
 const childProfileEnv = "BRPC_BENCH_CHILD_CPUPROFILE"
 
+// startChildProfile starts a CPU profile to PREFIX-name.pprof when
+// -child-cpuprofile asked for one, and returns what stops it.
+func startChildProfile(name string) (stop func()) {
+	prefix := os.Getenv(childProfileEnv)
+	if prefix == "" {
+		return func() {}
+	}
+	f, err := os.Create(prefix + "-" + name + ".pprof")
+	if err != nil {
+		return func() {}
+	}
+	if pprof.StartCPUProfile(f) != nil {
+		f.Close()
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
+}
+
+// childMain is the idle-client process: it connects n clients with dialers
+// concurrent dialers, prints "ready <nanoseconds it took> <bytes> <stack
+// bytes> <goroutines>" (the last three per client, as footprint measures
+// them), holds the clients until its stdin closes, then closes them.
 func childMain(args []string) int {
 	fs := flag.NewFlagSet(childCommand, flag.ContinueOnError)
 	kind := fs.String("kind", idleQUIC, "brpc-quic, brpc-tcp or grpc-go-tls")
@@ -451,14 +474,7 @@ func childMain(args []string) int {
 		firstErr error
 	)
 	u0 := footprint()
-	if path := os.Getenv(childProfileEnv); path != "" {
-		// A CPU profile of the connecting phase, for -child-cpuprofile.
-		f, err := os.Create(path + "-" + *kind + ".pprof")
-		if err == nil && pprof.StartCPUProfile(f) == nil {
-			defer f.Close()
-			defer pprof.StopCPUProfile() // if connecting fails
-		}
-	}
+	stopProfile := startChildProfile(*kind) // the connecting phase
 	start := time.Now()
 	for range max(*dialers, 1) {
 		wg.Add(1)
@@ -489,15 +505,8 @@ func childMain(args []string) int {
 	}
 	wg.Wait()
 	took := time.Since(start)
-	pprof.StopCPUProfile()
-	if path := os.Getenv(childProfileEnv); path != "" {
-		// A second profile for the rest: the server's calls (fan-outs).
-		f, err := os.Create(path + "-" + *kind + "-serve.pprof")
-		if err == nil && pprof.StartCPUProfile(f) == nil {
-			defer f.Close()
-			defer pprof.StopCPUProfile()
-		}
-	}
+	stopProfile()
+	defer startChildProfile(*kind + "-serve")() // the rest: the server's calls
 	closeAll := func() {
 		var cw sync.WaitGroup
 		ch := make(chan io.Closer)

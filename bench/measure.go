@@ -144,25 +144,7 @@ func measureBulkStream(ctx context.Context, c testpb.EchoClient, size int, warm,
 		return 0, err
 	}
 	req := &testpb.EchoRequest{Payload: payload(size)}
-	send := func(until time.Time) (int64, error) {
-		var n int64
-		for {
-			if err := st.Send(req); err != nil {
-				return n, err
-			}
-			n += int64(size)
-			if !time.Now().Before(until) {
-				return n, nil
-			}
-		}
-	}
-	if warm > 0 {
-		if _, err := send(time.Now().Add(warm)); err != nil {
-			return 0, err
-		}
-	}
-	t0 := time.Now()
-	n, err := send(t0.Add(dur))
+	n, t0, err := sendFor(func() error { return st.Send(req) }, size, warm, dur)
 	if err != nil {
 		return 0, err
 	}
@@ -175,4 +157,30 @@ func measureBulkStream(ctx context.Context, c testpb.EchoClient, size int, warm,
 		return 0, errors.New("no response to the stream")
 	}
 	return float64(n) / elapsed.Seconds(), nil
+}
+
+// sendFor calls send, which sends size bytes, over and over for warm and
+// then for dur. It returns the bytes sent after the warm-up and the time the
+// warm-up ended.
+func sendFor(send func() error, size int, warm, dur time.Duration) (int64, time.Time, error) {
+	loop := func(until time.Time) (int64, error) {
+		var n int64
+		for {
+			if err := send(); err != nil {
+				return n, err
+			}
+			n += int64(size)
+			if !time.Now().Before(until) {
+				return n, nil
+			}
+		}
+	}
+	if warm > 0 {
+		if _, err := loop(time.Now().Add(warm)); err != nil {
+			return 0, time.Time{}, err
+		}
+	}
+	t0 := time.Now()
+	n, err := loop(t0.Add(dur))
+	return n, t0, err
 }

@@ -174,25 +174,7 @@ func rawSend(ctx context.Context, conn *quic.Conn, size int, warm, dur time.Dura
 		return 0, err
 	}
 	buf := payload(size)
-	send := func(until time.Time) (int64, error) {
-		var n int64
-		for {
-			if _, err := st.Write(buf); err != nil {
-				return n, err
-			}
-			n += int64(size)
-			if !time.Now().Before(until) {
-				return n, nil
-			}
-		}
-	}
-	if warm > 0 {
-		if _, err := send(time.Now().Add(warm)); err != nil {
-			return 0, err
-		}
-	}
-	t0 := time.Now()
-	n, err := send(t0.Add(dur))
+	n, t0, err := sendFor(func() error { _, err := st.Write(buf); return err }, size, warm, dur)
 	if err != nil {
 		return 0, err
 	}
