@@ -16,7 +16,6 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/brpc-go/brpc/examples/greeter"
-	"github.com/brpc-go/brpc/internal/certs"
 )
 
 func TestMain(m *testing.M) {
@@ -130,12 +129,12 @@ func TestClientIsGreetedByTheNameItServes(t *testing.T) {
 }
 
 func TestClientFailsWhenNoServerAnswers(t *testing.T) {
-	ca, err := certs.NewCA()
+	caPEM, err := greeter.NewCACertPEM()
 	if err != nil {
-		t.Fatalf("making a CA: %v", err)
+		t.Fatal(err)
 	}
 	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, ca.CertPEM(), 0o600); err != nil {
+	if err := os.WriteFile(caFile, caPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	// A port that was free a moment ago: nothing answers there.

@@ -27,8 +27,6 @@ import (
 	"github.com/brpc-go/brpc"
 	"github.com/brpc-go/brpc/brpcprom"
 	"github.com/brpc-go/brpc/examples/greeter/greeterpb"
-	"github.com/brpc-go/brpc/internal/certs"
-	"github.com/brpc-go/brpc/internal/metricshttp"
 )
 
 // Defaults shared by the programs and their flags.
@@ -77,15 +75,15 @@ func RunServer(ctx context.Context, cfg ServerConfig, out io.Writer) error {
 		cfg.CallEvery = DefaultCallEvery
 	}
 
-	// A throwaway CA that lives as long as this process. A real deployment
-	// brings its own certificates; clients only need to trust the CA.
-	ca, err := certs.NewCA()
+	// A throwaway CA that lives as long as this process (certs.go). A real
+	// deployment brings its own certificates; clients only need to trust the CA.
+	ca, err := newThrowawayCA()
 	if err != nil {
-		return fmt.Errorf("making a CA: %w", err)
+		return err
 	}
-	cert, err := ca.Server(certNames(cfg.Addr)...)
+	cert, err := ca.serverCert(certNames(cfg.Addr)...)
 	if err != nil {
-		return fmt.Errorf("making the server certificate: %w", err)
+		return err
 	}
 	lis, err := brpc.ListenQUIC(cfg.Addr, &tls.Config{Certificates: []tls.Certificate{cert}})
 	if err != nil {
@@ -93,7 +91,7 @@ func RunServer(ctx context.Context, cfg ServerConfig, out io.Writer) error {
 	}
 	// Written only once the address is ours, so that a second server that
 	// cannot listen does not replace the CA of a running one.
-	if err := os.WriteFile(cfg.CAOut, ca.CertPEM(), 0o644); err != nil {
+	if err := os.WriteFile(cfg.CAOut, ca.certPEM(), 0o644); err != nil {
 		lis.Close()
 		return fmt.Errorf("writing the CA certificate: %w", err)
 	}
@@ -111,13 +109,13 @@ func RunServer(ctx context.Context, cfg ServerConfig, out io.Writer) error {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(m)
 		opts = append(opts, m.ServerOptions()...)
-		metrics, err := metricshttp.Start(cfg.MetricsAddr, reg)
+		metrics, err := serveMetrics(cfg.MetricsAddr, reg)
 		if err != nil {
 			lis.Close()
 			return err
 		}
-		defer metrics.Stop()
-		logger.Printf("metrics at %s", metrics.URL)
+		defer metrics.stop()
+		logger.Printf("metrics at %s", metrics.url)
 	}
 	srv := brpc.NewServer(gs, greeterpb.NewNamerClient, opts...)
 	greeter.srv = srv
