@@ -8,40 +8,49 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"fmt"
 	"net"
 	"time"
 )
 
-// throwawayCA is a certificate authority that lives in memory as long as the
-// server runs: clients trust it through the certificate file the server
-// writes. A real deployment brings its own certificates. The example carries
-// this code itself, rather than importing it from brpc, so that it can be
-// copied out of brpc's module; cmd/brpc carries the same few lines for the
-// same reason.
-type throwawayCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-func newThrowawayCA() (*throwawayCA, error) {
-	cert, key, err := issue(&x509.Certificate{
+// throwawayCertificate makes a CA that lives in memory only and, signed by
+// it, a server certificate for localhost, 127.0.0.1, ::1 and names (host
+// names or IP addresses), both valid for a day. It returns the server
+// certificate and the CA's certificate as PEM, for clients to trust. A real
+// deployment brings its own certificates. The example carries this code
+// rather than importing it from brpc so that it can be copied out of brpc's
+// module; cmd/brpc/certs.go is a copy of it.
+func throwawayCertificate(names ...string) (cert tls.Certificate, caPEM []byte, err error) {
+	// An hour of slack for clocks that run behind.
+	notBefore, notAfter := time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour)
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	caTmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: "brpc greeter example CA"},
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-	}, nil, nil)
-	if err != nil {
-		return nil, fmt.Errorf("making a CA: %w", err)
 	}
-	return &throwawayCA{cert: cert, key: key}, nil
-}
-
-// serverCert issues a certificate for localhost, 127.0.0.1 and ::1 plus
-// names (host names or IP addresses).
-func (ca *throwawayCA) serverCert(names ...string) (tls.Certificate, error) {
+	// Without a SerialNumber, CreateCertificate picks a random one.
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
 	tmpl := &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "localhost"},
+		NotBefore:   notBefore,
+		NotAfter:    notAfter,
 		DNSNames:    []string{"localhost"},
 		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
 		KeyUsage:    x509.KeyUsageDigitalSignature,
@@ -54,37 +63,10 @@ func (ca *throwawayCA) serverCert(names ...string) (tls.Certificate, error) {
 			tmpl.DNSNames = append(tmpl.DNSNames, n)
 		}
 	}
-	leaf, key, err := issue(tmpl, ca.cert, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("making the server certificate: %w", err)
+		return tls.Certificate{}, nil, err
 	}
-	return tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}, nil
-}
-
-// certPEM encodes the CA's certificate for clients in other processes.
-func (ca *throwawayCA) certPEM() []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})
-}
-
-// issue makes a key pair and a certificate for it from tmpl, valid for a
-// day, signed by parent's key or, when parent is nil, by its own. The
-// certificate's serial number is random (x509.CreateCertificate picks one
-// when tmpl has none).
-func issue(tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	if parent == nil {
-		parent, parentKey = tmpl, key
-	}
-	// An hour of slack for clocks that run behind.
-	tmpl.NotBefore = time.Now().Add(-time.Hour)
-	tmpl.NotAfter = time.Now().Add(24 * time.Hour)
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-	if err != nil {
-		return nil, nil, err
-	}
-	cert, err := x509.ParseCertificate(der)
-	return cert, key, err
+	cert = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), nil
 }

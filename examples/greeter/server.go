@@ -75,15 +75,12 @@ func RunServer(ctx context.Context, cfg ServerConfig, out io.Writer) error {
 		cfg.CallEvery = DefaultCallEvery
 	}
 
-	// A throwaway CA that lives as long as this process (certs.go). A real
-	// deployment brings its own certificates; clients only need to trust the CA.
-	ca, err := newThrowawayCA()
+	// A certificate from a throwaway CA that lives as long as this process
+	// (certs.go). A real deployment brings its own certificates; clients only
+	// need to trust the CA.
+	cert, caPEM, err := throwawayCertificate(certNames(cfg.Addr)...)
 	if err != nil {
-		return err
-	}
-	cert, err := ca.serverCert(certNames(cfg.Addr)...)
-	if err != nil {
-		return err
+		return fmt.Errorf("making a throwaway certificate: %w", err)
 	}
 	lis, err := brpc.ListenQUIC(cfg.Addr, &tls.Config{Certificates: []tls.Certificate{cert}})
 	if err != nil {
@@ -91,7 +88,7 @@ func RunServer(ctx context.Context, cfg ServerConfig, out io.Writer) error {
 	}
 	// Written only once the address is ours, so that a second server that
 	// cannot listen does not replace the CA of a running one.
-	if err := os.WriteFile(cfg.CAOut, ca.certPEM(), 0o644); err != nil {
+	if err := os.WriteFile(cfg.CAOut, caPEM, 0o644); err != nil {
 		lis.Close()
 		return fmt.Errorf("writing the CA certificate: %w", err)
 	}
@@ -109,13 +106,13 @@ func RunServer(ctx context.Context, cfg ServerConfig, out io.Writer) error {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(m)
 		opts = append(opts, m.ServerOptions()...)
-		metrics, err := serveMetrics(cfg.MetricsAddr, reg)
+		url, stopMetrics, err := serveMetrics(cfg.MetricsAddr, reg)
 		if err != nil {
 			lis.Close()
 			return err
 		}
-		defer metrics.stop()
-		logger.Printf("metrics at %s", metrics.url)
+		defer stopMetrics()
+		logger.Printf("metrics at %s", url)
 	}
 	srv := brpc.NewServer(gs, greeterpb.NewNamerClient, opts...)
 	greeter.srv = srv
