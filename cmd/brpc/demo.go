@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,8 +23,6 @@ import (
 	"github.com/brpc-go/brpc"
 	"github.com/brpc-go/brpc/brpcprom"
 	"github.com/brpc-go/brpc/examples/greeter/greeterpb"
-	"github.com/brpc-go/brpc/internal/certs"
-	"github.com/brpc-go/brpc/internal/metricshttp"
 )
 
 // demoNames name the demo's clients, in order.
@@ -100,14 +100,13 @@ func demo(ctx context.Context, cfg demoConfig, w io.Writer) (err error) {
 	began := time.Now()
 	out := &narrator{w: w}
 
-	ca, err := certs.NewCA()
+	cert, caPEM, err := throwawayCertificate()
 	if err != nil {
-		return fmt.Errorf("making a CA: %w", err)
+		return err
 	}
-	serverTLS, err := ca.ServerTLS()
-	if err != nil {
-		return fmt.Errorf("making the server certificate: %w", err)
-	}
+	serverTLS := &tls.Config{Certificates: []tls.Certificate{cert}}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
 
 	gs := grpc.NewServer()
 	greeter := &demoGreeter{out: out}
@@ -123,16 +122,17 @@ func demo(ctx context.Context, cfg demoConfig, w io.Writer) (err error) {
 			},
 		}))))
 	}
-	var metrics *metricshttp.Server
+	var metricsURL string // empty: no metrics
 	if cfg.metricsAddr != "" {
 		m := brpcprom.New()
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(m)
 		opts = append(opts, m.ServerOptions()...)
-		if metrics, err = metricshttp.Start(cfg.metricsAddr, reg); err != nil {
+		var stopMetrics func()
+		if metricsURL, stopMetrics, err = serveMetrics(cfg.metricsAddr, reg); err != nil {
 			return err
 		}
-		defer metrics.Stop()
+		defer stopMetrics()
 	}
 	srv := brpc.NewServer(gs, greeterpb.NewNamerClient, opts...)
 	greeter.srv = srv
@@ -162,15 +162,15 @@ func demo(ctx context.Context, cfg demoConfig, w io.Writer) (err error) {
 
 	out.printf("brpc demo: one server and %d client(s) in this process, over QUIC on loopback.\n", cfg.clients)
 	out.printf("The server listens on quic://%s with a certificate from a throwaway in-memory CA.\n", lis.Addr())
-	if metrics != nil {
-		out.printf("Its metrics are at %s while the demo runs.\n", metrics.URL)
+	if metricsURL != "" {
+		out.printf("Its metrics are at %s while the demo runs.\n", metricsURL)
 	}
 	out.printf("\n")
 
 	out.printf("Connect: each client dials, serves its own Namer service over the connection, and gets an ID.\n")
 	for _, name := range demoNames[:cfg.clients] {
 		start := time.Now()
-		c, err := connect(ctx, lis.Addr().String(), ca, name)
+		c, err := connect(ctx, lis.Addr().String(), roots, name)
 		if err != nil {
 			return fmt.Errorf("connecting %s: %w", name, err)
 		}
@@ -225,8 +225,8 @@ func demo(ctx context.Context, cfg demoConfig, w io.Writer) (err error) {
 		return errors.New(`Client("no-such-id") found a client`)
 	}
 
-	if metrics != nil {
-		if err := showMetrics(ctx, out, metrics.URL); err != nil {
+	if metricsURL != "" {
+		if err := showMetrics(ctx, out, metricsURL); err != nil {
 			return err
 		}
 	}
@@ -246,11 +246,11 @@ func demo(ctx context.Context, cfg demoConfig, w io.Writer) (err error) {
 }
 
 // connect dials the server as name, serving a Namer that answers name.
-func connect(ctx context.Context, addr string, ca *certs.CA, name string) (*demoClient, error) {
+func connect(ctx context.Context, addr string, roots *x509.CertPool, name string) (*demoClient, error) {
 	gs := grpc.NewServer()
 	greeterpb.RegisterNamerServer(gs, &namer{name: name})
 	cc, err := brpc.Dial(ctx, "quic://"+addr,
-		brpc.WithTLSConfig(ca.ClientTLS()),
+		brpc.WithTLSConfig(&tls.Config{RootCAs: roots}),
 		brpc.WithServer(gs),
 		brpc.WithMetadata(metadata.Pairs("name", name)),
 	)

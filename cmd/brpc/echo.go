@@ -16,15 +16,16 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc"
-	"github.com/brpc-go/brpc/internal/certs"
-	"github.com/brpc-go/brpc/internal/testpb"
+	"github.com/brpc-go/brpc/cmd/brpc/echopb"
 )
 
-// probeReverse asks the echo server to measure calls back to the caller:
-// Count of them, reported in the response's message.
-const probeReverse = "brpc-echo: probe reverse"
+// maxProbeCalls bounds the calls back one Probe.Reverse asks for, so that a
+// client cannot keep the server calling for ever.
+const maxProbeCalls = 100000
 
 type echoServerConfig struct {
 	addr     string
@@ -68,15 +69,15 @@ func echoServer(ctx context.Context, cfg echoServerConfig, stdout io.Writer) err
 		return err
 	}
 	gs := grpc.NewServer()
-	var srv *brpc.Server[testpb.EchoClient]
 	var mu sync.Mutex
-	srv = brpc.NewServer(gs, testpb.NewEchoClient, brpc.WithPeerEvents(func(ev brpc.PeerEvent) {
+	srv := brpc.NewServer(gs, echopb.NewEchoClient, brpc.WithPeerEvents(func(ev brpc.PeerEvent) {
 		mu.Lock()
 		defer mu.Unlock()
 		fmt.Fprintf(stdout, "%s %s client %s over %s from %v\n",
 			time.Now().Format(time.TimeOnly), ev.Type, ev.Peer.ID, ev.Peer.Transport, ev.Peer.RemoteAddr)
 	}))
-	testpb.RegisterEchoServer(gs, &echoHandler{srv: srv})
+	echopb.RegisterEchoServer(gs, echoService{})
+	echopb.RegisterProbeServer(gs, &probeService{srv: srv})
 
 	qlis, err := brpc.ListenQUIC(cfg.addr, tlsConf)
 	if err != nil {
@@ -109,10 +110,6 @@ func echoServerTLS(cfg echoServerConfig) (*tls.Config, error) {
 		}
 		return &tls.Config{Certificates: []tls.Certificate{cert}}, nil
 	}
-	ca, err := certs.NewCA()
-	if err != nil {
-		return nil, err
-	}
 	host, _, err := net.SplitHostPort(cfg.addr)
 	if err != nil {
 		return nil, &badUsage{fmt.Sprintf("-addr %q: %v", cfg.addr, err)}
@@ -121,40 +118,52 @@ func echoServerTLS(cfg echoServerConfig) (*tls.Config, error) {
 	if host != "" {
 		names = append(names, host)
 	}
-	cert, err := ca.Server(names...)
+	cert, caPEM, err := throwawayCertificate(names...)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(cfg.caOut, ca.CertPEM(), 0o644); err != nil {
+	if err := os.WriteFile(cfg.caOut, caPEM, 0o644); err != nil {
 		return nil, err
 	}
 	return &tls.Config{Certificates: []tls.Certificate{cert}}, nil
 }
 
-// echoHandler echoes, and on a reverse probe calls its caller back.
-type echoHandler struct {
-	testpb.UnimplementedEchoServer
-	srv *brpc.Server[testpb.EchoClient]
+// echoService serves Echo, on echo-server and on every echo-client alike.
+type echoService struct {
+	echopb.UnimplementedEchoServer
 }
 
-func (h *echoHandler) Unary(ctx context.Context, r *testpb.EchoRequest) (*testpb.EchoResponse, error) {
+// Echo answers with what it got, and names the caller as brpc knows it.
+func (echoService) Echo(ctx context.Context, r *echopb.EchoRequest) (*echopb.EchoResponse, error) {
 	p, _ := brpc.PeerFromContext(ctx)
-	if r.GetMessage() != probeReverse {
-		return &testpb.EchoResponse{Message: r.GetMessage(), Payload: r.GetPayload(), PeerId: p.ID}, nil
+	return &echopb.EchoResponse{Message: r.GetMessage(), Payload: r.GetPayload(), PeerId: p.ID}, nil
+}
+
+// probeService serves Probe on echo-server.
+type probeService struct {
+	echopb.UnimplementedProbeServer
+	srv *brpc.Server[echopb.EchoClient]
+}
+
+// Reverse calls the caller's Echo back over the caller's own connection and
+// times each round trip.
+func (h *probeService) Reverse(ctx context.Context, r *echopb.ReverseRequest) (*echopb.ReverseResponse, error) {
+	if n := r.GetCount(); n < 1 || n > maxProbeCalls {
+		return nil, status.Errorf(codes.InvalidArgument, "count must be between 1 and %d, not %d", maxProbeCalls, n)
 	}
 	back, err := h.srv.ClientFromContext(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var rtts []time.Duration
-	for i := int32(0); i < r.GetCount(); i++ {
+	rtts := make([]int64, 0, r.GetCount())
+	for range r.GetCount() {
 		start := time.Now()
-		if _, err := back.Unary(ctx, &testpb.EchoRequest{Payload: r.GetPayload()}); err != nil {
+		if _, err := back.Echo(ctx, &echopb.EchoRequest{Payload: r.GetPayload()}); err != nil {
 			return nil, err
 		}
-		rtts = append(rtts, time.Since(start))
+		rtts = append(rtts, time.Since(start).Nanoseconds())
 	}
-	return &testpb.EchoResponse{Message: summarize(rtts), PeerId: p.ID}, nil
+	return &echopb.ReverseResponse{RoundTripNanos: rtts}, nil
 }
 
 type echoClientConfig struct {
@@ -174,8 +183,8 @@ func echoClientFlags() (*flag.FlagSet, func(io.Writer) error) {
 	fs.IntVar(&cfg.size, "size", 16, "payload bytes per call")
 	fs.DurationVar(&cfg.timeout, "timeout", 30*time.Second, "give up after this long")
 	return fs, func(stdout io.Writer) error {
-		if cfg.n < 1 {
-			return &badUsage{fmt.Sprintf("-n must be at least 1, not %d", cfg.n)}
+		if cfg.n < 1 || cfg.n > maxProbeCalls {
+			return &badUsage{fmt.Sprintf("-n must be between 1 and %d, not %d", maxProbeCalls, cfg.n)}
 		}
 		if cfg.size < 0 || cfg.size > 4<<20-1024 {
 			return &badUsage{fmt.Sprintf("-size must be between 0 and %d, not %d", 4<<20-1024, cfg.size)}
@@ -204,7 +213,7 @@ func echoClient(ctx context.Context, cfg echoClientConfig, stdout io.Writer) err
 		tlsConf.RootCAs = pool
 	}
 	gs := grpc.NewServer()
-	testpb.RegisterEchoServer(gs, &echoHandler{})
+	echopb.RegisterEchoServer(gs, echoService{})
 	defer gs.Stop()
 
 	start := time.Now()
@@ -214,13 +223,13 @@ func echoClient(ctx context.Context, cfg echoClientConfig, stdout io.Writer) err
 	}
 	defer cc.Close()
 	connected := time.Since(start)
-	echo := testpb.NewEchoClient(cc)
+	echo := echopb.NewEchoClient(cc)
 	payload := make([]byte, cfg.size)
 
 	var rtts []time.Duration
 	for i := 0; i < cfg.n+1; i++ {
 		t0 := time.Now()
-		if _, err := echo.Unary(ctx, &testpb.EchoRequest{Message: "ping", Payload: payload}); err != nil {
+		if _, err := echo.Echo(ctx, &echopb.EchoRequest{Message: "ping", Payload: payload}); err != nil {
 			return fmt.Errorf("forward call: %w", err)
 		}
 		if i > 0 { // the first call also sets up grpc-go's connection
@@ -228,16 +237,20 @@ func echoClient(ctx context.Context, cfg echoClientConfig, stdout io.Writer) err
 		}
 	}
 	server, _ := cc.ServerPeer()
-	r, err := echo.Unary(ctx, &testpb.EchoRequest{Message: probeReverse, Count: int32(cfg.n), Payload: payload})
+	r, err := echopb.NewProbeClient(cc).Reverse(ctx, &echopb.ReverseRequest{Count: int32(cfg.n), Payload: payload})
 	if err != nil {
 		return fmt.Errorf("reverse probe: %w", err)
+	}
+	reverse := make([]time.Duration, len(r.GetRoundTripNanos()))
+	for i, ns := range r.GetRoundTripNanos() {
+		reverse[i] = time.Duration(ns)
 	}
 	fmt.Fprintf(stdout, "brpc echo-client report for %s\n", cfg.target)
 	fmt.Fprintf(stdout, "  transport:  %s (server %v)\n", server.Transport, server.RemoteAddr)
 	fmt.Fprintf(stdout, "  client ID:  %s\n", cc.ID())
 	fmt.Fprintf(stdout, "  connect:    %v (TLS and brpc handshake)\n", connected.Round(time.Microsecond))
 	fmt.Fprintf(stdout, "  forward:    %s (client -> server, %d B)\n", summarize(rtts), cfg.size)
-	fmt.Fprintf(stdout, "  reverse:    %s (server -> client, %d B)\n", r.GetMessage(), cfg.size)
+	fmt.Fprintf(stdout, "  reverse:    %s (server -> client, %d B)\n", summarize(reverse), cfg.size)
 	return nil
 }
 

@@ -4,25 +4,47 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/cmd/brpc/echopb"
 )
 
-func TestEchoServerAndClient(t *testing.T) {
-	ca := filepath.Join(t.TempDir(), "ca.pem")
+// startEchoServer runs echoServer on a free loopback port until the test
+// ends and returns its address and the CA file it wrote.
+func startEchoServer(t *testing.T) (addr, caFile string) {
+	t.Helper()
+	caFile = filepath.Join(t.TempDir(), "ca.pem")
 	pr, pw := io.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		done <- echoServer(ctx, echoServerConfig{addr: "127.0.0.1:0", caOut: ca}, pw)
+		done <- echoServer(ctx, echoServerConfig{addr: "127.0.0.1:0", caOut: caFile}, pw)
 		pw.Close()
 	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("echo-server: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("echo-server did not stop within 10s of its context ending")
+		}
+	})
 	lines := bufio.NewScanner(pr)
-	var addr string
 	for lines.Scan() {
 		if rest, ok := strings.CutPrefix(lines.Text(), "brpc echo-server listening on "); ok {
 			addr = strings.Fields(rest)[0]
@@ -30,10 +52,16 @@ func TestEchoServerAndClient(t *testing.T) {
 		}
 	}
 	if addr == "" {
-		t.Fatalf("echo-server did not say where it listens: %v", <-done)
+		err := <-done
+		done <- err // for the cleanup
+		t.Fatalf("echo-server did not say where it listens: %v", err)
 	}
-	go io.Copy(io.Discard, pr)
+	go io.Copy(io.Discard, pr) // the pipe ends when echoServer returns
+	return addr, caFile
+}
 
+func TestEchoServerAndClient(t *testing.T) {
+	addr, ca := startEchoServer(t)
 	for _, target := range []string{addr, "quic://" + addr, "tcp://" + addr} {
 		var out, errOut bytes.Buffer
 		if code := run([]string{"echo-client", "-target", target, "-ca", ca, "-n", "5"}, &out, &errOut); code != exitOK {
@@ -50,15 +78,59 @@ func TestEchoServerAndClient(t *testing.T) {
 			}
 		}
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("echo-server: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("echo-server did not stop")
+}
+
+func TestEchoServerAnswersAReverseProbeOutOfBoundsWithInvalidArgument(t *testing.T) {
+	addr, caFile := startEchoServer(t)
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
 	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		t.Fatalf("no certificate in %s", caFile)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	gs := grpc.NewServer()
+	calledBack := make(chan struct{}, 1)
+	echopb.RegisterEchoServer(gs, countingEcho{called: calledBack})
+	defer gs.Stop()
+	cc, err := brpc.Dial(ctx, "quic://"+addr, brpc.WithTLSConfig(&tls.Config{RootCAs: roots}), brpc.WithServer(gs))
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer cc.Close()
+	probe := echopb.NewProbeClient(cc)
+	for _, count := range []int32{0, -1, maxProbeCalls + 1} {
+		_, err := probe.Reverse(ctx, &echopb.ReverseRequest{Count: count})
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("Reverse with count %d: %v, want code %v", count, err, codes.InvalidArgument)
+		}
+	}
+	select {
+	case <-calledBack:
+		t.Error("the server called the client back for a probe it refused")
+	default:
+	}
+	r, err := probe.Reverse(ctx, &echopb.ReverseRequest{Count: 2})
+	if err != nil || len(r.GetRoundTripNanos()) != 2 {
+		t.Fatalf("Reverse with count 2: %v, %d round trips; want 2 round trips", err, len(r.GetRoundTripNanos()))
+	}
+}
+
+// countingEcho is a client's Echo that reports that it was called.
+type countingEcho struct {
+	echopb.UnimplementedEchoServer
+	called chan<- struct{}
+}
+
+func (e countingEcho) Echo(_ context.Context, r *echopb.EchoRequest) (*echopb.EchoResponse, error) {
+	select {
+	case e.called <- struct{}{}:
+	default:
+	}
+	return &echopb.EchoResponse{Payload: r.GetPayload()}, nil
 }
 
 func TestEchoServerStopsAfterItsDuration(t *testing.T) {
@@ -75,6 +147,7 @@ func TestEchoServerStopsAfterItsDuration(t *testing.T) {
 func TestEchoCommandsRejectBadFlags(t *testing.T) {
 	for _, args := range [][]string{
 		{"echo-client", "-n", "0"},
+		{"echo-client", "-n", "100001"},
 		{"echo-client", "-size", "-1"},
 		{"echo-client", "-timeout", "0s"},
 		{"echo-client", "-bogus"},
