@@ -13,6 +13,9 @@
 //	             latency in both directions
 //	help    print this help, or a command's: brpc help <command>
 //
+// echo-server and echo-client speak the protocol of echopb/echo.proto. Like
+// brpc's examples, the command uses brpc's public API only.
+//
 // Run it from the repository root with: go run ./cmd/brpc demo
 package main
 
