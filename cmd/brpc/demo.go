@@ -102,7 +102,7 @@ func demo(ctx context.Context, cfg demoConfig, w io.Writer) (err error) {
 
 	cert, caPEM, err := throwawayCertificate()
 	if err != nil {
-		return err
+		return fmt.Errorf("making a throwaway certificate: %w", err)
 	}
 	serverTLS := &tls.Config{Certificates: []tls.Certificate{cert}}
 	roots := x509.NewCertPool()

@@ -120,7 +120,7 @@ func echoServerTLS(cfg echoServerConfig) (*tls.Config, error) {
 	}
 	cert, caPEM, err := throwawayCertificate(names...)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("making a throwaway certificate: %w", err)
 	}
 	if err := os.WriteFile(cfg.caOut, caPEM, 0o644); err != nil {
 		return nil, err
