@@ -15,12 +15,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/brpc-go/brpc/internal/grpcglue"
 	"github.com/brpc-go/brpc/internal/handshake"
 	"github.com/brpc-go/brpc/internal/handshake/handshakepb"
 	"github.com/brpc-go/brpc/internal/session"
@@ -33,20 +32,6 @@ const maxWelcomeSize = handshake.DefaultMaxMessageSize
 // minConnectTimeout bounds one reconnect attempt, as grpc-go's
 // MinConnectTimeout does for its connection attempts.
 const minConnectTimeout = 20 * time.Second
-
-// streamConnParams are the connect parameters of the gRPC connections brpc
-// runs over streams of a session (the client's connection to the server and
-// the server's to each client). Opening such a connection costs no network
-// round trip beyond HTTP/2's preface, and a failed attempt fails at once, so
-// retries are quick. grpc-go's 20 s MinConnectTimeout would end an attempt
-// whose peer is merely busy (a server calling thousands of clients at once
-// waits that long for some prefaces); a dead peer ends the session, and with
-// it the attempt, within the keepalive timeout, so the attempt is given much
-// longer.
-var streamConnParams = grpc.ConnectParams{
-	Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 200 * time.Millisecond},
-	MinConnectTimeout: 5 * time.Minute,
-}
 
 // ClientConn is a client's connection to a brpc server. It implements
 // grpc.ClientConnInterface, so generated stubs call the server through it,
@@ -69,7 +54,7 @@ type ClientConn struct {
 	cc      *grpc.ClientConn // forward calls; lives as long as the ClientConn
 	gs      *grpc.Server     // reverse calls
 	ownGS   bool
-	streams *streamListener // feeds gs from whichever session is current
+	streams *grpcglue.Listener // feeds gs from whichever session is current
 
 	ctx    context.Context // ended by Close
 	cancel context.CancelFunc
@@ -90,7 +75,7 @@ type clientSession struct {
 	sess      session.Session
 	id        string
 	ctrl      net.Conn
-	info      *sessionInfo // describes the server
+	info      *grpcglue.SessionInfo // describes the server
 	goingAway atomic.Bool
 	closing   atomic.Pointer[handshakepb.Closing] // the server's last word
 }
@@ -144,12 +129,12 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*ClientConn, 
 
 	dialOpts := append(slices.Clone(o.grpcDialOptions),
 		grpc.WithContextDialer(c.dialStream),
-		grpc.WithTransportCredentials(sessionCreds{}),
+		grpc.WithTransportCredentials(grpcglue.Credentials{}),
 		// The dialer fails at once, without touching the network, while
 		// the ClientConn reconnects: grpc-go may retry it often, so that it
 		// finds the new session soon after it is there. The network-facing
 		// backoff is the ClientConn's own (WithConnectBackoff).
-		grpc.WithConnectParams(streamConnParams),
+		grpc.WithConnectParams(grpcglue.ConnectParams),
 	)
 	c.cc, err = grpc.NewClient("passthrough:///"+hostport, dialOpts...)
 	if err != nil {
@@ -161,7 +146,7 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*ClientConn, 
 		// Nothing to serve: the server's calls get codes.Unimplemented.
 		c.gs, c.ownGS = grpc.NewServer(), true
 	}
-	c.streams = newStreamListener(cs.sess.LocalAddr())
+	c.streams = grpcglue.NewListener(cs.sess.LocalAddr())
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.setSession(cs)
 
@@ -223,7 +208,7 @@ func (c *ClientConn) serveSession(cs *clientSession) {
 			if err != nil {
 				return
 			}
-			c.streams.push(ctx, newStreamConn(s, cs.info))
+			c.streams.Push(ctx, grpcglue.NewStreamConn(s, cs.info))
 		}
 	}()
 	for {
@@ -319,14 +304,7 @@ func (c *ClientConn) connect(ctx context.Context) (*clientSession, error) {
 		sess.Close(session.CodeNormal, "handshake failed")
 		return nil, err
 	}
-	cs.info = &sessionInfo{
-		peer: Peer{RemoteAddr: sess.RemoteAddr(), Transport: sess.Transport(), ConnectedAt: time.Now()},
-		tls: credentials.TLSInfo{
-			State:          sess.TLS(),
-			CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
-		},
-		owner: c,
-	}
+	cs.info = grpcglue.NewSessionInfo(grpcglue.Peer{RemoteAddr: sess.RemoteAddr(), Transport: sess.Transport(), ConnectedAt: time.Now()}, sess.TLS(), nil)
 	return cs, nil
 }
 
@@ -508,7 +486,7 @@ func (c *ClientConn) dialStream(ctx context.Context, _ string) (net.Conn, error)
 	if err != nil {
 		return nil, err
 	}
-	return newStreamConn(s, cs.info), nil
+	return grpcglue.NewStreamConn(s, cs.info), nil
 }
 
 // setSession makes cs (nil: none) the current session. It reports false,
@@ -606,7 +584,7 @@ func (c *ClientConn) ServerPeer() (Peer, bool) {
 	if cs == nil {
 		return Peer{}, false
 	}
-	return cs.info.snapshot(), true
+	return Peer(cs.info.Snapshot()), true
 }
 
 // ID returns the ID the server gave this client on its current (or last)

@@ -15,10 +15,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/brpc-go/brpc/internal/grpcglue"
 	"github.com/brpc-go/brpc/internal/handshake"
 	"github.com/brpc-go/brpc/internal/handshake/handshakepb"
 	"github.com/brpc-go/brpc/internal/registry"
@@ -52,7 +52,7 @@ type Server[C any] struct {
 	newClient func(grpc.ClientConnInterface) C
 	opts      serverOptions
 
-	streams *streamListener // feeds gs the streams clients open
+	streams *grpcglue.Listener // feeds gs the streams clients open
 	peers   *registry.Registry[*serverSession[C]]
 	limiter *addressLimiter // nil: no per-address limit
 	pending gate            // sessions between accept and welcome
@@ -81,7 +81,7 @@ func NewServer[C any](gs *grpc.Server, newClient func(grpc.ClientConnInterface) 
 		gs:        gs,
 		newClient: newClient,
 		opts:      o,
-		streams:   newStreamListener(&net.UnixAddr{Name: "brpc", Net: "brpc"}),
+		streams:   grpcglue.NewListener(&net.UnixAddr{Name: "brpc", Net: "brpc"}),
 		peers:     registry.New[*serverSession[C]](),
 		listeners: make(map[Listener]acceptor),
 		sessions:  make(map[*serverSession[C]]struct{}),
@@ -188,16 +188,16 @@ func (s *Server[C]) admit() func(net.Addr) error {
 // codes.Unavailable when that client's session has ended.
 func (s *Server[C]) ClientFromContext(ctx context.Context) (C, error) {
 	var zero C
-	sa := sessionAddrFromContext(ctx)
-	if sa == nil {
+	info := grpcglue.InfoFromContext(ctx)
+	if info == nil {
 		return zero, status.Error(codes.FailedPrecondition, "brpc: the context is not that of a call from a brpc client")
 	}
-	ss, ok := sa.info.owner.(*serverSession[C])
+	ss, ok := info.Owner.(*serverSession[C])
 	if !ok || ss.srv != s {
 		return zero, status.Error(codes.FailedPrecondition, "brpc: the context is not that of a call from a client of this server")
 	}
 	if ss.sess.Context().Err() != nil {
-		return zero, status.Errorf(codes.Unavailable, "brpc: client %q has disconnected", sa.info.peer.ID)
+		return zero, status.Errorf(codes.Unavailable, "brpc: client %q has disconnected", info.Peer.ID)
 	}
 	return ss.stub, nil
 }
@@ -218,7 +218,7 @@ func (s *Server[C]) Peers() []Peer {
 	list := s.peers.List()
 	out := make([]Peer, 0, len(list))
 	for _, ss := range list {
-		out = append(out, ss.info.snapshot())
+		out = append(out, Peer(ss.info.Snapshot()))
 	}
 	return out
 }
@@ -245,7 +245,7 @@ func (s *Server[C]) GracefulStop() {
 	}
 	s.gs.GracefulStop()
 	for _, ss := range sessions {
-		<-ss.lazy().drain(errShuttingDown)
+		<-ss.lazy().Drain(errShuttingDown)
 	}
 	s.Stop()
 }
@@ -300,9 +300,9 @@ type serverSession[C any] struct {
 	sess session.Session
 
 	// Set by the handshake, before the session is registered.
-	info *sessionInfo
+	info *grpcglue.SessionInfo
 	stub C
-	conn atomic.Pointer[lazyConn] // reverse calls; set by the handshake
+	conn atomic.Pointer[grpcglue.LazyConn] // reverse calls; set by the handshake
 
 	ctrlMu sync.Mutex
 	ctrl   net.Conn
@@ -314,18 +314,12 @@ type serverSession[C any] struct {
 
 // lazy returns the session's reverse-call connection, which exists once the
 // session was welcomed; a session that never was gets a closed one.
-func (ss *serverSession[C]) lazy() *lazyConn {
+func (ss *serverSession[C]) lazy() *grpcglue.LazyConn {
 	if l := ss.conn.Load(); l != nil {
 		return l
 	}
-	return closedLazyConn
+	return grpcglue.ClosedLazyConn
 }
-
-var closedLazyConn = func() *lazyConn {
-	l := newLazyConn(nil, 0)
-	l.close(errPeerGone)
-	return l
-}()
 
 // run handshakes; a welcomed session is then served by serve, on a new
 // goroutine: the handshake may have grown this one's stack (TLS state,
@@ -342,7 +336,7 @@ func (ss *serverSession[C]) run() {
 		s.wg.Done()
 		return
 	}
-	s.emit(PeerEvent{Type: PeerConnected, Peer: ss.info.snapshot()})
+	s.emit(PeerEvent{Type: PeerConnected, Peer: Peer(ss.info.Snapshot())})
 	go ss.serve() // takes over this goroutine's count in s.wg
 }
 
@@ -352,9 +346,9 @@ func (ss *serverSession[C]) serve() {
 	s := ss.srv
 	defer s.wg.Done()
 	defer func() {
-		s.peers.Remove(ss.info.peer.ID, ss)
+		s.peers.Remove(ss.info.Peer.ID, ss)
 		kind, reason, err := ss.disconnectReason()
-		s.emit(PeerEvent{Type: PeerDisconnected, Peer: ss.info.snapshot(), Kind: kind, Reason: reason, Err: err})
+		s.emit(PeerEvent{Type: PeerDisconnected, Peer: Peer(ss.info.Snapshot()), Kind: kind, Reason: reason, Err: err})
 		ss.forget()
 	}()
 	ctx := ss.sess.Context()
@@ -363,7 +357,7 @@ func (ss *serverSession[C]) serve() {
 		if err != nil {
 			break
 		}
-		s.streams.push(ctx, newStreamConn(c, ss.info))
+		s.streams.Push(ctx, grpcglue.NewStreamConn(c, ss.info))
 	}
 	// Accepting fails as the connection closes; let the transport finish
 	// recording why before the disconnect is reported.
@@ -378,7 +372,7 @@ func (ss *serverSession[C]) serve() {
 // forget ends the session's reverse calls and drops it from the server.
 func (ss *serverSession[C]) forget() {
 	s := ss.srv
-	ss.lazy().close(errPeerGone)
+	ss.lazy().Close(grpcglue.ErrPeerGone)
 	s.mu.Lock()
 	delete(s.sessions, ss)
 	s.mu.Unlock()
@@ -425,21 +419,14 @@ func (ss *serverSession[C]) handshake() error {
 		return ss.reject(ctrl, err)
 	}
 
-	ss.info = &sessionInfo{
-		peer: Peer{
-			ID:          id,
-			Metadata:    md,
-			RemoteAddr:  ss.sess.RemoteAddr(),
-			Transport:   ss.sess.Transport(),
-			ConnectedAt: time.Now(),
-		},
-		tls: credentials.TLSInfo{
-			State:          ss.sess.TLS(),
-			CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
-		},
-		owner: ss,
-	}
-	conn := newLazyConn(ss.dialGRPC, s.opts.reverseIdle)
+	ss.info = grpcglue.NewSessionInfo(grpcglue.Peer{
+		ID:          id,
+		Metadata:    md,
+		RemoteAddr:  ss.sess.RemoteAddr(),
+		Transport:   ss.sess.Transport(),
+		ConnectedAt: time.Now(),
+	}, ss.sess.TLS(), ss)
+	conn := grpcglue.NewLazyConn(ss.dialGRPC, s.opts.reverseIdle)
 	ss.stub = s.newClient(conn)
 	ss.conn.Store(conn)
 
@@ -543,11 +530,11 @@ func (ss *serverSession[C]) dialGRPC() (*grpc.ClientConn, error) {
 			if err != nil {
 				return nil, err
 			}
-			return newStreamConn(c, ss.info), nil
+			return grpcglue.NewStreamConn(c, ss.info), nil
 		}),
-		grpc.WithTransportCredentials(sessionCreds{}),
+		grpc.WithTransportCredentials(grpcglue.Credentials{}),
 		grpc.WithAuthority("brpc-client"),
-		grpc.WithConnectParams(streamConnParams),
+		grpc.WithConnectParams(grpcglue.ConnectParams),
 	)
 	return grpc.NewClient("passthrough:///brpc-client", opts...)
 }
@@ -572,7 +559,7 @@ func (ss *serverSession[C]) notify(n *handshakepb.Notice) {
 func (ss *serverSession[C]) close(kind DisconnectKind, code session.CloseCode, reason string, callErr error) {
 	ss.endKind.CompareAndSwap(nil, &kind)
 	ss.endReason.CompareAndSwap(nil, &reason)
-	ss.lazy().close(callErr)
+	ss.lazy().Close(callErr)
 	ss.sess.Close(code, reason)
 }
 
@@ -584,7 +571,7 @@ func (ss *serverSession[C]) close(kind DisconnectKind, code session.CloseCode, r
 func (ss *serverSession[C]) closeTold(kind DisconnectKind, code session.CloseCode, reason string, callErr error) {
 	ss.endKind.CompareAndSwap(nil, &kind)
 	ss.endReason.CompareAndSwap(nil, &reason)
-	ss.lazy().close(callErr)
+	ss.lazy().Close(callErr)
 	ss.notify(&handshakepb.Notice{Kind: &handshakepb.Notice_Closing{Closing: &handshakepb.Closing{Code: uint32(code), Reason: reason}}})
 	t := time.NewTimer(rejectLinger)
 	select {
