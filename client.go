@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,10 +23,6 @@ import (
 	"github.com/brpc-go/brpc/internal/handshake/handshakepb"
 	"github.com/brpc-go/brpc/internal/session"
 )
-
-// maxWelcomeSize caps the messages a client reads from the server's side of
-// the control stream.
-const maxWelcomeSize = handshake.DefaultMaxMessageSize
 
 // minConnectTimeout bounds one reconnect attempt, as grpc-go's
 // MinConnectTimeout does for its connection attempts.
@@ -213,7 +208,7 @@ func (c *ClientConn) serveSession(cs *clientSession) {
 	}()
 	for {
 		var n handshakepb.Notice
-		if err := handshake.ReadMsg(cs.ctrl, &n, maxWelcomeSize); err != nil {
+		if err := handshake.ReadMsg(cs.ctrl, &n, handshake.MaxWelcomeSize); err != nil {
 			if errors.Is(err, handshake.ErrTooLarge) || errors.Is(err, handshake.ErrMalformed) {
 				cs.sess.Close(session.CodeProtocol, "bad control message")
 			}
@@ -297,13 +292,14 @@ func backoffDelay(bc backoffConfig, retries int) time.Duration {
 func (c *ClientConn) connect(ctx context.Context) (*clientSession, error) {
 	sess, err := c.dialSession(ctx)
 	if err != nil {
-		return nil, dialError(ctx, "dial "+c.target, err)
+		return nil, handshake.DialError(ctx, "dial "+c.target, err)
 	}
-	cs := &clientSession{sess: sess}
-	if err := c.handshake(ctx, cs); err != nil {
+	ctrl, id, err := handshake.SendHello(ctx, sess, c.opts.metadata)
+	if err != nil {
 		sess.Close(session.CodeNormal, "handshake failed")
 		return nil, err
 	}
+	cs := &clientSession{sess: sess, ctrl: ctrl, id: id}
 	cs.info = grpcglue.NewSessionInfo(grpcglue.Peer{RemoteAddr: sess.RemoteAddr(), Transport: sess.Transport(), ConnectedAt: time.Now()}, sess.TLS(), nil)
 	return cs, nil
 }
@@ -380,89 +376,6 @@ func (c *ClientConn) dialTransport(ctx context.Context, transport string) (sessi
 		return session.DialTCP(ctx, c.hostport, c.tls, session.TCPConfig{Settings: conf})
 	}
 	return session.DialQUIC(ctx, c.hostport, c.tls, session.QUICConfig{Settings: conf})
-}
-
-// dialError turns a connection failure into a gRPC status.
-func dialError(ctx context.Context, what string, err error) error {
-	if ctx.Err() != nil {
-		return status.FromContextError(ctx.Err()).Err()
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	if code, reason, ok := session.PeerCloseCode(err); ok {
-		c := closeCodeToGRPC(code)
-		if code == session.CodeRejected {
-			// A rejection's reason is "<grpc code> <message>".
-			num, msg, _ := strings.Cut(reason, " ")
-			if n, err := strconv.ParseUint(num, 10, 32); err == nil && n != 0 && n <= 16 {
-				c, reason = codes.Code(n), msg
-			}
-		}
-		return status.Errorf(c, "brpc: %s: server closed the session: %s", what, reason)
-	}
-	return status.Errorf(codes.Unavailable, "brpc: %s: %v", what, err)
-}
-
-func closeCodeToGRPC(code session.CloseCode) codes.Code {
-	switch code {
-	case session.CodeRejected:
-		return codes.PermissionDenied
-	case session.CodeProtocol:
-		return codes.Internal
-	case session.CodeHandshakeTimeout:
-		return codes.DeadlineExceeded
-	default:
-		return codes.Unavailable
-	}
-}
-
-// handshake sends the hello and waits for the welcome.
-func (c *ClientConn) handshake(ctx context.Context, cs *clientSession) error {
-	ctrl, err := cs.sess.OpenStream(ctx)
-	if err != nil {
-		return dialError(ctx, "handshake", err)
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		ctrl.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { ctrl.SetDeadline(time.Unix(1, 0)) })
-	fail := func(err error) error {
-		stop()
-		ctrl.Close()
-		return dialError(ctx, "handshake", err)
-	}
-	werr := handshake.WriteMsg(ctrl, handshake.NewHello(c.opts.metadata))
-	// A server that refuses the hello part-way (too large) stops reading it
-	// and answers at once: the welcome is worth reading even when the write
-	// failed.
-	var w handshakepb.Welcome
-	if err := handshake.ReadMsg(ctrl, &w, maxWelcomeSize); err != nil {
-		if werr != nil {
-			return fail(werr)
-		}
-		return fail(err)
-	}
-	if w.GetStatus() != nil {
-		stop()
-		ctrl.Close()
-		return handshake.StatusFromProto(w.GetStatus())
-	}
-	if err := handshake.CheckWelcomeVersion(&w); err != nil {
-		return fail(err)
-	}
-	if w.GetId() == "" {
-		return fail(status.Error(codes.Internal, "brpc: the server's welcome carries no ID"))
-	}
-	if !stop() {
-		// ctx ended just as the welcome came: the control stream's deadline
-		// may already have been cut short.
-		ctrl.Close()
-		return status.FromContextError(ctx.Err()).Err()
-	}
-	ctrl.SetDeadline(time.Time{})
-	cs.ctrl, cs.id = ctrl, w.GetId()
-	return nil
 }
 
 // dialStream opens a stream for grpc-go's connection to the server on the

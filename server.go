@@ -33,10 +33,6 @@ var ErrServerStopped = errors.New("brpc: the server has been stopped")
 // server stops.
 var errShuttingDown = status.Error(codes.Unavailable, "brpc: server is shutting down")
 
-// rejectLinger bounds how long a rejected client is given to read its
-// welcome and close the session itself before the server closes it.
-const rejectLinger = 2 * time.Second
-
 type serverState int
 
 const (
@@ -136,7 +132,7 @@ func (s *Server[C]) Serve(lis Listener) error {
 			return fmt.Errorf("brpc: accept: %w", err)
 		}
 		if !s.pending.enter() {
-			sess.Close(session.CodeRejected, fmt.Sprintf("%d brpc: too many handshakes in progress", codes.ResourceExhausted))
+			handshake.Refuse(sess, status.Error(codes.ResourceExhausted, "brpc: too many handshakes in progress"))
 			continue
 		}
 		s.mu.Lock()
@@ -383,40 +379,25 @@ func (ss *serverSession[C]) forget() {
 // gRPC status the client was refused with.
 func (ss *serverSession[C]) handshake() error {
 	s := ss.srv
-	ctx, cancel := context.WithTimeout(ss.sess.Context(), s.opts.handshakeTimeout)
-	defer cancel()
-
-	ctrl, err := ss.sess.AcceptStream(ctx)
+	conf := handshake.ServerConfig{Timeout: s.opts.handshakeTimeout, MaxHelloSize: s.opts.maxHelloSize}
+	ctrl, err := handshake.ServeHello(ss.sess, conf, ss.admit)
 	if err != nil {
-		ss.sess.Close(session.CodeHandshakeTimeout, "no control stream")
-		return handshakeEnded(ctx, "no control stream")
+		return err
 	}
-	deadline, _ := ctx.Deadline()
-	ctrl.SetDeadline(deadline)
+	ss.ctrlMu.Lock()
+	ss.ctrl = ctrl
+	ss.ctrlMu.Unlock()
+	return nil
+}
 
-	var hello handshakepb.Hello
-	if err := handshake.ReadMsg(ctrl, &hello, s.opts.maxHelloSize); err != nil {
-		switch {
-		case errors.Is(err, handshake.ErrTooLarge):
-			return ss.reject(ctrl, status.Errorf(codes.ResourceExhausted, "brpc: hello too large (limit %d bytes)", s.opts.maxHelloSize))
-		case errors.Is(err, handshake.ErrMalformed):
-			return ss.reject(ctrl, status.Error(codes.InvalidArgument, "brpc: malformed hello"))
-		default:
-			ss.sess.Close(session.CodeHandshakeTimeout, "no hello")
-			ctrl.Close()
-			return handshakeEnded(ctx, "no hello")
-		}
-	}
-	version, err := handshake.Negotiate(&hello)
-	if err != nil {
-		return ss.reject(ctrl, err)
-	}
-
-	md := handshake.MDFromProto(hello.GetMetadata())
+// admit authenticates a client whose hello was read and registers it,
+// replacing an older session under the same ID.
+func (ss *serverSession[C]) admit(ctx context.Context, md metadata.MD) (string, func(), error) {
+	s := ss.srv
 	ss.helloMD = md.Copy()
 	id, err := s.authenticate(ctx, AuthInfo{Metadata: md.Copy(), TLS: ss.sess.TLS(), RemoteAddr: ss.sess.RemoteAddr()})
 	if err != nil {
-		return ss.reject(ctrl, err)
+		return "", nil, err
 	}
 
 	ss.info = grpcglue.NewSessionInfo(grpcglue.Peer{
@@ -433,12 +414,12 @@ func (ss *serverSession[C]) handshake() error {
 	s.mu.Lock()
 	if s.state != stateServing {
 		s.mu.Unlock()
-		return ss.reject(ctrl, errShuttingDown)
+		return "", nil, errShuttingDown
 	}
 	if max := s.opts.maxClients; max > 0 && s.peers.Len() >= max {
 		if _, taken := s.peers.Get(id); !taken {
 			s.mu.Unlock()
-			return ss.reject(ctrl, status.Errorf(codes.ResourceExhausted, "brpc: the server is full (%d clients)", max))
+			return "", nil, status.Errorf(codes.ResourceExhausted, "brpc: the server is full (%d clients)", max)
 		}
 	}
 	old, replaced := s.peers.Add(id, ss)
@@ -451,25 +432,7 @@ func (ss *serverSession[C]) handshake() error {
 				status.Errorf(codes.Unavailable, "brpc: client %q reconnected; this session was replaced", id))
 		}()
 	}
-
-	if err := handshake.WriteMsg(ctrl, handshake.Accept(version, id)); err != nil {
-		s.peers.Remove(id, ss)
-		ss.sess.Close(session.CodeProtocol, "welcome not delivered")
-		return status.Errorf(codes.Unavailable, "brpc: the welcome could not be delivered: %v", err)
-	}
-	ctrl.SetDeadline(time.Time{})
-	ss.ctrlMu.Lock()
-	ss.ctrl = ctrl
-	ss.ctrlMu.Unlock()
-	return nil
-}
-
-// handshakeEnded describes a handshake the client never finished.
-func handshakeEnded(ctx context.Context, what string) error {
-	if ctx.Err() == context.DeadlineExceeded {
-		return status.Errorf(codes.DeadlineExceeded, "brpc: handshake timed out: %s", what)
-	}
-	return status.Errorf(codes.Unavailable, "brpc: the connection ended during the handshake: %s", what)
+	return id, func() { s.peers.Remove(id, ss) }, nil
 }
 
 // authenticate runs the Authenticator, or picks a random ID without one.
@@ -499,28 +462,6 @@ func (s *Server[C]) authenticate(ctx context.Context, info AuthInfo) (id string,
 	return id, nil
 }
 
-// reject sends the client a welcome carrying err, gives it a moment to read
-// it and close the session itself, then closes the session.
-func (ss *serverSession[C]) reject(ctrl net.Conn, err error) error {
-	ctrl.SetWriteDeadline(time.Now().Add(rejectLinger))
-	werr := handshake.WriteMsg(ctrl, handshake.Reject(err))
-	// Closing the stream stops reading the rest of the hello, which unblocks
-	// a client still writing it, and ends the welcome with FIN.
-	ctrl.Close()
-	if werr == nil {
-		t := time.NewTimer(rejectLinger)
-		select {
-		case <-ss.sess.Closed():
-		case <-t.C:
-		}
-		t.Stop()
-	}
-	st := status.Convert(err)
-	// The close reason repeats the code, for a client that misses the welcome.
-	ss.sess.Close(session.CodeRejected, fmt.Sprintf("%d %s", st.Code(), st.Message()))
-	return err
-}
-
 // dialGRPC builds the gRPC connection that carries the server's calls to
 // this client: each time grpc-go dials, a new stream opens on the session.
 func (ss *serverSession[C]) dialGRPC() (*grpc.ClientConn, error) {
@@ -541,7 +482,7 @@ func (ss *serverSession[C]) dialGRPC() (*grpc.ClientConn, error) {
 
 // goAway tells the client that the server is going away.
 func (ss *serverSession[C]) goAway(reason string) {
-	ss.notify(&handshakepb.Notice{Kind: &handshakepb.Notice_GoAway{GoAway: &handshakepb.GoAway{Reason: reason}}})
+	ss.notify(handshake.NewGoAway(reason))
 }
 
 // notify writes a notice on the control stream of a welcomed session.
@@ -566,14 +507,14 @@ func (ss *serverSession[C]) close(kind DisconnectKind, code session.CloseCode, r
 // closeTold ends the session after telling the client why on the control
 // stream, for transports that carry no close code of their own (TCP). The
 // client closes the session when it reads the notice; the server closes it
-// itself after rejectLinger (closing first could reset the connection
+// itself after handshake.Linger (closing first could reset the connection
 // before the notice is read).
 func (ss *serverSession[C]) closeTold(kind DisconnectKind, code session.CloseCode, reason string, callErr error) {
 	ss.endKind.CompareAndSwap(nil, &kind)
 	ss.endReason.CompareAndSwap(nil, &reason)
 	ss.lazy().Close(callErr)
-	ss.notify(&handshakepb.Notice{Kind: &handshakepb.Notice_Closing{Closing: &handshakepb.Closing{Code: uint32(code), Reason: reason}}})
-	t := time.NewTimer(rejectLinger)
+	ss.notify(handshake.NewClosing(code, reason))
+	t := time.NewTimer(handshake.Linger)
 	select {
 	case <-ss.sess.Closed():
 	case <-t.C:
