@@ -1,6 +1,7 @@
 package brpc
 
 import (
+	"context"
 	"crypto/tls"
 	"log/slog"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/brpc-go/brpc/internal/handshake"
+	"github.com/brpc-go/brpc/internal/server"
 	"github.com/brpc-go/brpc/internal/session"
 )
 
@@ -106,6 +108,36 @@ func defaultServerOptions() serverOptions {
 		maxPending:       DefaultMaxPendingHandshakes,
 		reverseIdle:      DefaultReverseIdleTimeout,
 	}
+}
+
+// config fills the server core's configuration; the public types the
+// options hold are converted at this boundary.
+func (o *serverOptions) config() server.Config {
+	conf := server.Config{
+		Session:          o.sessionConfig(),
+		HandshakeTimeout: o.handshakeTimeout,
+		MaxHelloSize:     o.maxHelloSize,
+		MaxClients:       o.maxClients,
+		MaxPending:       o.maxPending,
+		RatePerSecond:    o.ratePerSecond,
+		RateBurst:        o.rateBurst,
+		ReverseIdle:      o.reverseIdle,
+		DialOptions:      o.grpcDialOptions,
+	}
+	if auth := o.auth; auth != nil {
+		conf.Authenticate = func(ctx context.Context, info server.AuthInfo) (string, error) {
+			return auth(ctx, AuthInfo(info))
+		}
+	}
+	events, logger := o.events, o.logger
+	conf.OnEvent = func(ev server.Event) {
+		pe := peerEventOf(ev)
+		for _, fn := range events {
+			fn(pe)
+		}
+		logPeerEvent(logger, pe)
+	}
+	return conf
 }
 
 type dialOptions struct {

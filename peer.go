@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/brpc-go/brpc/internal/grpcglue"
+	"github.com/brpc-go/brpc/internal/server"
 )
 
 // Peer describes one end of a brpc session: on a server, a connected client;
@@ -121,3 +122,15 @@ const (
 	// DisconnectConnectionLost: the connection failed in another way.
 	DisconnectConnectionLost DisconnectKind = "connection_lost"
 )
+
+// peerEventOf converts the server core's event to the public one; the core's
+// event types and disconnect kinds have the public ones' values.
+func peerEventOf(ev server.Event) PeerEvent {
+	return PeerEvent{
+		Type:   PeerEventType(ev.Type),
+		Peer:   Peer(ev.Peer),
+		Kind:   DisconnectKind(ev.Kind),
+		Reason: ev.Reason,
+		Err:    ev.Err,
+	}
+}
