@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/brpc-go/brpc/internal/client"
 	"github.com/brpc-go/brpc/internal/handshake"
 	"github.com/brpc-go/brpc/internal/server"
 	"github.com/brpc-go/brpc/internal/session"
@@ -145,11 +146,27 @@ type dialOptions struct {
 	tls           *tls.Config
 	server        *grpc.Server
 	metadata      metadata.MD
-	backoff       backoffConfig
+	backoff       backoff.Config
 	fallbackDelay time.Duration
 }
 
-type backoffConfig = backoff.Config
+// config fills the client core's configuration from the options and the
+// parsed target.
+func (o *dialOptions) config(target, scheme, hostport string, tlsConf *tls.Config) client.Config {
+	return client.Config{
+		Target:        target,
+		Scheme:        scheme,
+		HostPort:      hostport,
+		TLS:           tlsConf,
+		Session:       o.sessionConfig(),
+		DialOptions:   o.grpcDialOptions,
+		Server:        o.server,
+		Metadata:      o.metadata,
+		Backoff:       o.backoff,
+		FallbackDelay: o.fallbackDelay,
+		Logger:        o.logger,
+	}
+}
 
 func defaultDialOptions() dialOptions {
 	return dialOptions{
