@@ -122,6 +122,19 @@ func (f *fixture) call(msg string) {
 	}
 }
 
+// blockedCall starts a unary call that the server holds until release,
+// and returns once the handler runs; the call's error arrives on the
+// channel.
+func (f *fixture) blockedCall(ctx context.Context) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		_, err := testpb.NewEchoClient(f.lazy).Unary(ctx, &testpb.EchoRequest{Message: "block"})
+		done <- err
+	}()
+	<-f.srv.started
+	return done
+}
+
 // shutdown reports whether cc has been closed.
 func shutdown(cc *grpc.ClientConn) bool { return cc.GetState() == connectivity.Shutdown }
 
@@ -236,12 +249,7 @@ func TestLazyConnDrainWaitsForCallsInFlight(t *testing.T) {
 	f := newFixture(t, 0)
 	drainErr := status.Error(codes.Unavailable, "draining")
 
-	done := make(chan error, 1)
-	go func() {
-		_, err := testpb.NewEchoClient(f.lazy).Unary(context.Background(), &testpb.EchoRequest{Message: "block"})
-		done <- err
-	}()
-	<-f.srv.started
+	done := f.blockedCall(context.Background())
 
 	drained := f.lazy.Drain(drainErr)
 	select {
@@ -276,12 +284,7 @@ func TestLazyConnCloseCutsCallsOffAsUnavailable(t *testing.T) {
 	f := newFixture(t, 0)
 	closeErr := status.Error(codes.Unavailable, "peer went away")
 
-	done := make(chan error, 1)
-	go func() {
-		_, err := testpb.NewEchoClient(f.lazy).Unary(context.Background(), &testpb.EchoRequest{Message: "block"})
-		done <- err
-	}()
-	<-f.srv.started
+	done := f.blockedCall(context.Background())
 	f.lazy.Close(closeErr)
 	// grpc-go reports a call cut off by its connection's Close as
 	// codes.Canceled; the caller did not cancel, so it must see why.
@@ -299,12 +302,7 @@ func TestLazyConnCloseCutsCallsOffAsUnavailable(t *testing.T) {
 func TestLazyConnKeepsTheCallersOwnCancellation(t *testing.T) {
 	f := newFixture(t, 0)
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		_, err := testpb.NewEchoClient(f.lazy).Unary(ctx, &testpb.EchoRequest{Message: "block"})
-		done <- err
-	}()
-	<-f.srv.started
+	done := f.blockedCall(ctx)
 	cancel()
 	if err := <-done; status.Code(err) != codes.Canceled {
 		t.Fatalf("a call its caller canceled: %v, want codes.Canceled", err)
