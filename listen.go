@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 
+	"github.com/brpc-go/brpc/internal/server"
 	"github.com/brpc-go/brpc/internal/session"
 )
 
@@ -25,20 +26,13 @@ type Listener interface {
 	// this listener.
 	Close() error
 
-	start(cfg listenConfig) (acceptor, error)
+	start(cfg server.ListenConfig) (server.Acceptor, error)
 }
 
-// listenConfig is what a Server tells its listeners when it starts serving.
-type listenConfig struct {
-	quic session.QUICConfig
-	tcp  session.TCPConfig
-}
+// coreListener shows a Listener to the server core.
+type coreListener struct{ Listener }
 
-// acceptor yields sessions whose transport handshake completed.
-type acceptor interface {
-	accept() (session.Session, error)
-	stopAccepting()
-}
+func (l coreListener) Start(cfg server.ListenConfig) (server.Acceptor, error) { return l.start(cfg) }
 
 // ListenQUIC binds a UDP socket on addr (e.g. ":4433" or "127.0.0.1:0") and
 // returns a Listener for QUIC sessions. tlsConf must hold the server
@@ -53,8 +47,8 @@ func ListenQUIC(addr string, tlsConf *tls.Config) (Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("brpc: listen quic %s: %w", addr, err)
 	}
-	return &listener{sl: ul, transport: "quic", begin: func(cfg listenConfig) error {
-		return ul.Start(conf, cfg.quic)
+	return &listener{sl: ul, transport: "quic", begin: func(cfg server.ListenConfig) error {
+		return ul.Start(conf, cfg.QUIC)
 	}}, nil
 }
 
@@ -72,8 +66,8 @@ func ListenTCP(addr string, tlsConf *tls.Config) (Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("brpc: listen tcp %s: %w", addr, err)
 	}
-	return &listener{sl: tl, transport: "tcp", begin: func(cfg listenConfig) error {
-		return tl.Start(conf, cfg.tcp)
+	return &listener{sl: tl, transport: "tcp", begin: func(cfg server.ListenConfig) error {
+		return tl.Start(conf, cfg.TCP)
 	}}, nil
 }
 
@@ -107,7 +101,7 @@ type sessionListener interface {
 type listener struct {
 	sl        sessionListener
 	transport string
-	begin     func(listenConfig) error // starts accepting with the server's settings
+	begin     func(server.ListenConfig) error // starts accepting with the server's settings
 
 	mu      sync.Mutex
 	started bool
@@ -126,7 +120,7 @@ func (l *listener) Close() error {
 	return l.sl.Close()
 }
 
-func (l *listener) start(cfg listenConfig) (acceptor, error) {
+func (l *listener) start(cfg server.ListenConfig) (server.Acceptor, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
@@ -142,6 +136,6 @@ func (l *listener) start(cfg listenConfig) (acceptor, error) {
 	return l, nil
 }
 
-func (l *listener) accept() (session.Session, error) { return l.sl.Accept(context.Background()) }
+func (l *listener) Accept() (session.Session, error) { return l.sl.Accept(context.Background()) }
 
-func (l *listener) stopAccepting() { _ = l.sl.StopAccepting() }
+func (l *listener) StopAccepting() { _ = l.sl.StopAccepting() }

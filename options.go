@@ -1,6 +1,7 @@
 package brpc
 
 import (
+	"context"
 	"crypto/tls"
 	"log/slog"
 	"time"
@@ -9,7 +10,9 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/brpc-go/brpc/internal/client"
 	"github.com/brpc-go/brpc/internal/handshake"
+	"github.com/brpc-go/brpc/internal/server"
 	"github.com/brpc-go/brpc/internal/session"
 )
 
@@ -108,16 +111,62 @@ func defaultServerOptions() serverOptions {
 	}
 }
 
+// config fills the server core's configuration; the public types the
+// options hold are converted at this boundary.
+func (o *serverOptions) config() server.Config {
+	conf := server.Config{
+		Session:          o.sessionConfig(),
+		HandshakeTimeout: o.handshakeTimeout,
+		MaxHelloSize:     o.maxHelloSize,
+		MaxClients:       o.maxClients,
+		MaxPending:       o.maxPending,
+		RatePerSecond:    o.ratePerSecond,
+		RateBurst:        o.rateBurst,
+		ReverseIdle:      o.reverseIdle,
+		DialOptions:      o.grpcDialOptions,
+	}
+	if auth := o.auth; auth != nil {
+		conf.Authenticate = func(ctx context.Context, info server.AuthInfo) (string, error) {
+			return auth(ctx, AuthInfo(info))
+		}
+	}
+	events, logger := o.events, o.logger
+	conf.OnEvent = func(ev server.Event) {
+		pe := peerEventOf(ev)
+		for _, fn := range events {
+			fn(pe)
+		}
+		logPeerEvent(logger, pe)
+	}
+	return conf
+}
+
 type dialOptions struct {
 	common
 	tls           *tls.Config
 	server        *grpc.Server
 	metadata      metadata.MD
-	backoff       backoffConfig
+	backoff       backoff.Config
 	fallbackDelay time.Duration
 }
 
-type backoffConfig = backoff.Config
+// config fills the client core's configuration from the options and the
+// parsed target.
+func (o *dialOptions) config(target, scheme, hostport string, tlsConf *tls.Config) client.Config {
+	return client.Config{
+		Target:        target,
+		Scheme:        scheme,
+		HostPort:      hostport,
+		TLS:           tlsConf,
+		Session:       o.sessionConfig(),
+		DialOptions:   o.grpcDialOptions,
+		Server:        o.server,
+		Metadata:      o.metadata,
+		Backoff:       o.backoff,
+		FallbackDelay: o.fallbackDelay,
+		Logger:        o.logger,
+	}
+}
 
 func defaultDialOptions() dialOptions {
 	return dialOptions{

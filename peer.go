@@ -7,9 +7,10 @@ import (
 	"strconv"
 	"time"
 
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
+
+	"github.com/brpc-go/brpc/internal/grpcglue"
+	"github.com/brpc-go/brpc/internal/server"
 )
 
 // Peer describes one end of a brpc session: on a server, a connected client;
@@ -53,65 +54,11 @@ type AuthInfo struct {
 // the gRPC connections brpc builds. The answer comes from the session the
 // call arrived on, never from metadata.
 func PeerFromContext(ctx context.Context) (Peer, bool) {
-	sa := sessionAddrFromContext(ctx)
-	if sa == nil {
+	info := grpcglue.InfoFromContext(ctx)
+	if info == nil {
 		return Peer{}, false
 	}
-	return sa.info.snapshot(), true
-}
-
-// sessionAddrFromContext finds the session a gRPC call runs on.
-func sessionAddrFromContext(ctx context.Context) *sessionAddr {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return nil
-	}
-	if sa, ok := p.Addr.(*sessionAddr); ok {
-		return sa
-	}
-	if sa, ok := p.LocalAddr.(*sessionAddr); ok {
-		return sa
-	}
-	return nil
-}
-
-// sessionInfo is what a session knows of its peer, fixed at the handshake.
-type sessionInfo struct {
-	peer  Peer
-	tls   credentials.TLSInfo
-	owner any // *serverSession[C] on a server, *ClientConn on a client
-}
-
-func (i *sessionInfo) snapshot() Peer {
-	p := i.peer
-	p.Metadata = p.Metadata.Copy()
-	return p
-}
-
-// sessionAddr is the net.Addr that streams of a session report for both of
-// their ends. grpc-go copies a connection's addresses into the peer of every
-// call, so the call's context carries the session it arrived on: that is how
-// identity is bound to the connection rather than to anything the peer sends.
-type sessionAddr struct {
-	net.Addr // the real network address
-	info     *sessionInfo
-}
-
-// streamConn is a session stream as handed to grpc-go.
-type streamConn struct {
-	net.Conn
-	local, remote *sessionAddr
-}
-
-func (c *streamConn) LocalAddr() net.Addr  { return c.local }
-func (c *streamConn) RemoteAddr() net.Addr { return c.remote }
-
-func newStreamConn(c net.Conn, info *sessionInfo) net.Conn {
-	return &streamConn{
-		Conn:   c,
-		local:  &sessionAddr{Addr: c.LocalAddr(), info: info},
-		remote: &sessionAddr{Addr: c.RemoteAddr(), info: info},
-	}
+	return Peer(info.Snapshot()), true
 }
 
 // PeerEventType says what happened to a peer.
@@ -175,3 +122,15 @@ const (
 	// DisconnectConnectionLost: the connection failed in another way.
 	DisconnectConnectionLost DisconnectKind = "connection_lost"
 )
+
+// peerEventOf converts the server core's event to the public one; the core's
+// event types and disconnect kinds have the public ones' values.
+func peerEventOf(ev server.Event) PeerEvent {
+	return PeerEvent{
+		Type:   PeerEventType(ev.Type),
+		Peer:   Peer(ev.Peer),
+		Kind:   DisconnectKind(ev.Kind),
+		Reason: ev.Reason,
+		Err:    ev.Err,
+	}
+}

@@ -1,5 +1,9 @@
 // Package handshake implements brpc's session handshake: the hello a client
 // sends first on the control stream and the welcome the server answers with.
+// It holds both sides' state machines (ServeHello on the server, SendHello on
+// the client), the notices the server sends later on the control stream, and
+// the mapping between close codes, rejection reasons and gRPC statuses
+// (Refuse and DialError).
 //
 // Messages are protobuf, each framed as a 4-byte big-endian length followed by
 // the serialized message. A reader refuses frames above a size cap before

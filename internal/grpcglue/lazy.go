@@ -1,94 +1,20 @@
-package brpc
+package grpcglue
 
 import (
 	"context"
 	"errors"
-	"net"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 )
 
-// streamListener hands the streams a peer opens to a *grpc.Server: whoever
-// accepts a stream is the gRPC server on it.
-type streamListener struct {
-	addr  net.Addr
-	conns chan net.Conn
-	done  chan struct{}
-	once  sync.Once
-}
+// ErrPeerGone is what calls get once their session has ended.
+var ErrPeerGone = status.Error(codes.Unavailable, "brpc: peer disconnected")
 
-func newStreamListener(addr net.Addr) *streamListener {
-	return &streamListener{addr: addr, conns: make(chan net.Conn), done: make(chan struct{})}
-}
-
-// push waits until the gRPC server takes c, the listener closes or ctx ends.
-// It reports whether c was taken; if not, it closed c.
-func (l *streamListener) push(ctx context.Context, c net.Conn) bool {
-	select {
-	case l.conns <- c:
-		return true
-	case <-l.done:
-	case <-ctx.Done():
-	}
-	c.Close()
-	return false
-}
-
-func (l *streamListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *streamListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *streamListener) Addr() net.Addr { return l.addr }
-
-// sessionCreds are the transport credentials of the gRPC connections brpc
-// builds on a session. The session is already authenticated and encrypted,
-// so the handshake only reports it: the AuthInfo is a credentials.TLSInfo
-// with the session's TLS state, which TLS-aware gRPC code (per-RPC
-// credentials, authz) understands.
-type sessionCreds struct{}
-
-func (sessionCreds) ClientHandshake(_ context.Context, _ string, c net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	return c, authInfoOf(c), nil
-}
-
-func (sessionCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	return c, authInfoOf(c), nil
-}
-
-func (sessionCreds) Info() credentials.ProtocolInfo {
-	return credentials.ProtocolInfo{SecurityProtocol: "tls", SecurityVersion: "1.3"}
-}
-
-func (c sessionCreds) Clone() credentials.TransportCredentials { return c }
-
-func (sessionCreds) OverrideServerName(string) error { return nil }
-
-func authInfoOf(c net.Conn) credentials.AuthInfo {
-	if sc, ok := c.(*streamConn); ok {
-		return sc.remote.info.tls
-	}
-	return credentials.TLSInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}
-}
-
-// errPeerGone is what calls get once their session has ended.
-var errPeerGone = status.Error(codes.Unavailable, "brpc: peer disconnected")
-
-// lazyConn is a grpc.ClientConnInterface whose grpc.ClientConn is created on
+// LazyConn is a grpc.ClientConnInterface whose grpc.ClientConn is created on
 // first use, so an idle peer costs nothing for it. It also tracks calls in
 // flight so that a graceful stop can wait for them, and it reports calls cut
 // off by the end of their session as codes.Unavailable.
@@ -97,7 +23,7 @@ var errPeerGone = status.Error(codes.Unavailable, "brpc: peer disconnected")
 // that long is closed (its stream on the session with it), so a peer called
 // once in a while costs nothing between calls; the next call builds a new
 // one.
-type lazyConn struct {
+type LazyConn struct {
 	build func() (*grpc.ClientConn, error)
 	idle  time.Duration // 0: keep the connection until close
 
@@ -110,12 +36,14 @@ type lazyConn struct {
 	lastEnd  time.Time     // when inflight last dropped to 0
 }
 
-func newLazyConn(build func() (*grpc.ClientConn, error), idle time.Duration) *lazyConn {
-	return &lazyConn{build: build, idle: idle}
+// NewLazyConn returns a LazyConn that creates its gRPC connection with
+// build; idle is as described on LazyConn.
+func NewLazyConn(build func() (*grpc.ClientConn, error), idle time.Duration) *LazyConn {
+	return &LazyConn{build: build, idle: idle}
 }
 
 // begin registers a call and returns the connection to make it on.
-func (l *lazyConn) begin() (*grpc.ClientConn, error) {
+func (l *LazyConn) begin() (*grpc.ClientConn, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closeErr != nil {
@@ -132,7 +60,7 @@ func (l *lazyConn) begin() (*grpc.ClientConn, error) {
 	return l.cc, nil
 }
 
-func (l *lazyConn) end() {
+func (l *LazyConn) end() {
 	l.mu.Lock()
 	l.inflight--
 	if l.inflight == 0 {
@@ -153,7 +81,7 @@ func (l *lazyConn) end() {
 
 // releaseIdle closes the gRPC connection if no call has been in flight for
 // the idle time.
-func (l *lazyConn) releaseIdle() {
+func (l *LazyConn) releaseIdle() {
 	l.mu.Lock()
 	if l.cc == nil || l.inflight > 0 || l.closeErr != nil {
 		l.mu.Unlock()
@@ -173,7 +101,7 @@ func (l *lazyConn) releaseIdle() {
 // fixErr maps grpc-go's "connection is closing" (codes.Canceled although the
 // caller did not cancel) to codes.Unavailable: the call was cut off because
 // its session ended.
-func (l *lazyConn) fixErr(ctx context.Context, err error) error {
+func (l *LazyConn) fixErr(ctx context.Context, err error) error {
 	if err == nil || errors.Is(ctx.Err(), context.Canceled) {
 		return err
 	}
@@ -184,14 +112,15 @@ func (l *lazyConn) fixErr(ctx context.Context, err error) error {
 		cerr := l.closeErr
 		l.mu.Unlock()
 		if cerr == nil {
-			cerr = errPeerGone
+			cerr = ErrPeerGone
 		}
 		return cerr
 	}
 	return err
 }
 
-func (l *lazyConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+// Invoke makes a unary call. It implements grpc.ClientConnInterface.
+func (l *LazyConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
 	cc, err := l.begin()
 	if err != nil {
 		return err
@@ -200,7 +129,9 @@ func (l *lazyConn) Invoke(ctx context.Context, method string, args, reply any, o
 	return l.fixErr(ctx, cc.Invoke(ctx, method, args, reply, opts...))
 }
 
-func (l *lazyConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+// NewStream begins a streaming call. It implements
+// grpc.ClientConnInterface.
+func (l *LazyConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	cc, err := l.begin()
 	if err != nil {
 		return nil, err
@@ -216,9 +147,9 @@ func (l *lazyConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method 
 	return ts, nil
 }
 
-// drain stops new calls with err and returns a channel closed once the calls
+// Drain stops new calls with err and returns a channel closed once the calls
 // in flight have ended.
-func (l *lazyConn) drain(err error) <-chan struct{} {
+func (l *LazyConn) Drain(err error) <-chan struct{} {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closeErr == nil {
@@ -233,9 +164,9 @@ func (l *lazyConn) drain(err error) <-chan struct{} {
 	return l.drained
 }
 
-// close stops new calls with err and closes the gRPC connection, which ends
+// Close stops new calls with err and closes the gRPC connection, which ends
 // the calls in flight.
-func (l *lazyConn) close(err error) {
+func (l *LazyConn) Close(err error) {
 	l.mu.Lock()
 	if l.closeErr == nil {
 		l.closeErr = err
@@ -254,7 +185,7 @@ func (l *lazyConn) close(err error) {
 // trackedStream counts as in flight until it has ended.
 type trackedStream struct {
 	grpc.ClientStream
-	l             *lazyConn
+	l             *LazyConn
 	ctx           context.Context
 	serverStreams bool
 	once          sync.Once
@@ -275,3 +206,11 @@ func (s *trackedStream) RecvMsg(m any) error {
 func (s *trackedStream) SendMsg(m any) error {
 	return s.l.fixErr(s.ctx, s.ClientStream.SendMsg(m))
 }
+
+// ClosedLazyConn is a LazyConn that refuses every call with ErrPeerGone,
+// for a session that never carried calls.
+var ClosedLazyConn = func() *LazyConn {
+	l := NewLazyConn(nil, 0)
+	l.Close(ErrPeerGone)
+	return l
+}()

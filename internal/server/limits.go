@@ -1,4 +1,4 @@
-package brpc
+package server
 
 import (
 	"net"

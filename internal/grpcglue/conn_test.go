@@ -1,0 +1,137 @@
+package grpcglue
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/test/bufconn"
+
+	"github.com/brpc-go/brpc/internal/testpb"
+)
+
+// peerEcho reports, for each call, what the handler's context says of the
+// connection the call arrived on.
+type peerEcho struct {
+	testpb.UnimplementedEchoServer
+	seen chan context.Context
+}
+
+func (e *peerEcho) Unary(ctx context.Context, req *testpb.EchoRequest) (*testpb.EchoResponse, error) {
+	e.seen <- ctx
+	return &testpb.EchoResponse{Message: req.GetMessage()}, nil
+}
+
+// TestStreamConnCarriesItsSession runs a call over a stream handed to a
+// *grpc.Server through Listener: the handler finds the session's info from
+// its context, and the credentials report the session's TLS state.
+func TestStreamConnCarriesItsSession(t *testing.T) {
+	pipe := bufconn.Listen(1 << 16)
+	defer pipe.Close()
+	serverInfo := NewSessionInfo(Peer{ID: "client-1", Metadata: metadata.Pairs("k", "v"), Transport: "quic"}, testTLSState(), nil)
+	clientInfo := NewSessionInfo(Peer{Transport: "quic"}, testTLSState(), nil)
+
+	lis := NewListener(&net.UnixAddr{Name: "test", Net: "brpc"})
+	fed := make(chan struct{})
+	go func() {
+		defer close(fed)
+		for {
+			c, err := pipe.Accept()
+			if err != nil {
+				return
+			}
+			lis.Push(context.Background(), NewStreamConn(c, serverInfo))
+		}
+	}()
+	srv := &peerEcho{seen: make(chan context.Context, 1)}
+	gs := grpc.NewServer(grpc.Creds(Credentials{}))
+	testpb.RegisterEchoServer(gs, srv)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = gs.Serve(lis)
+	}()
+	defer func() {
+		gs.Stop()
+		<-served
+		pipe.Close()
+		<-fed
+	}()
+
+	cc, err := grpc.NewClient("passthrough:///test",
+		grpc.WithTransportCredentials(Credentials{}),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			c, err := pipe.DialContext(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return NewStreamConn(c, clientInfo), nil
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	var clientPeer peer.Peer
+	if _, err := testpb.NewEchoClient(cc).Unary(context.Background(), &testpb.EchoRequest{Message: "hi"}, grpc.Peer(&clientPeer)); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx := <-srv.seen
+	if got := InfoFromContext(ctx); got != serverInfo {
+		t.Fatalf("the handler's context names session %+v, want the one its stream belongs to", got)
+	}
+	p, _ := peer.FromContext(ctx)
+	tlsInfo, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		t.Fatalf("the handler's peer AuthInfo is %T, want credentials.TLSInfo", p.AuthInfo)
+	}
+	if tlsInfo.SecurityLevel != credentials.PrivacyAndIntegrity || tlsInfo.State.ServerName != "brpc.test" {
+		t.Fatalf("the handler's TLS info is %+v, want the session's state at PrivacyAndIntegrity", tlsInfo)
+	}
+	if got := InfoFromContext(peer.NewContext(context.Background(), &clientPeer)); got != clientInfo {
+		t.Fatalf("the caller's peer names session %+v, want its own stream's", got)
+	}
+	snap := serverInfo.Snapshot()
+	snap.Metadata.Set("k", "changed")
+	if serverInfo.Peer.Metadata.Get("k")[0] != "v" {
+		t.Fatal("changing a snapshot's metadata changed the session's")
+	}
+}
+
+func TestInfoFromContextOutsideASession(t *testing.T) {
+	if InfoFromContext(context.Background()) != nil {
+		t.Fatal("a context without a peer names a session")
+	}
+	p := &peer.Peer{Addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}}
+	if InfoFromContext(peer.NewContext(context.Background(), p)) != nil {
+		t.Fatal("a plain TCP peer names a session")
+	}
+}
+
+func TestListenerPushAfterClose(t *testing.T) {
+	lis := NewListener(&net.UnixAddr{Name: "test", Net: "brpc"})
+	lis.Close()
+	a, b := net.Pipe()
+	defer b.Close()
+	if lis.Push(context.Background(), a) {
+		t.Fatal("a closed listener took a stream")
+	}
+	if _, err := a.Write([]byte{0}); !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.ErrClosedPipe) {
+		t.Fatalf("the refused stream is still open (write: %v)", err)
+	}
+	if _, err := lis.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Accept on a closed listener: %v, want net.ErrClosed", err)
+	}
+}
+
+func testTLSState() (s tls.ConnectionState) {
+	s.ServerName = "brpc.test"
+	return s
+}

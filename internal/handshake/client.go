@@ -1,0 +1,112 @@
+package handshake
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/brpc-go/brpc/internal/handshake/handshakepb"
+	"github.com/brpc-go/brpc/internal/session"
+)
+
+// MaxWelcomeSize caps the messages a client reads from the server's side of
+// the control stream.
+const MaxWelcomeSize = DefaultMaxMessageSize
+
+// SendHello runs the client's side of the handshake on sess: it opens the
+// control stream, sends the hello with md and waits for the welcome, within
+// ctx. It returns the control stream, which stays open for the session's
+// life, and the ID the server gave the client. Errors are gRPC statuses: the
+// server's rejection as it sent it, or what DialError makes of a failure.
+// On error the control stream is closed; the session is the caller's to
+// close.
+func SendHello(ctx context.Context, sess session.Session, md metadata.MD) (ctrl net.Conn, id string, err error) {
+	ctrl, err = sess.OpenStream(ctx)
+	if err != nil {
+		return nil, "", DialError(ctx, "handshake", err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		ctrl.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { ctrl.SetDeadline(time.Unix(1, 0)) })
+	fail := func(err error) (net.Conn, string, error) {
+		stop()
+		ctrl.Close()
+		return nil, "", DialError(ctx, "handshake", err)
+	}
+	werr := WriteMsg(ctrl, NewHello(md))
+	// A server that refuses the hello part-way (too large) stops reading it
+	// and answers at once: the welcome is worth reading even when the write
+	// failed.
+	var w handshakepb.Welcome
+	if err := ReadMsg(ctrl, &w, MaxWelcomeSize); err != nil {
+		if werr != nil {
+			return fail(werr)
+		}
+		return fail(err)
+	}
+	if w.GetStatus() != nil {
+		stop()
+		ctrl.Close()
+		return nil, "", StatusFromProto(w.GetStatus())
+	}
+	if err := CheckWelcomeVersion(&w); err != nil {
+		return fail(err)
+	}
+	if w.GetId() == "" {
+		return fail(status.Error(codes.Internal, "brpc: the server's welcome carries no ID"))
+	}
+	if !stop() {
+		// ctx ended just as the welcome came: the control stream's deadline
+		// may already have been cut short.
+		ctrl.Close()
+		return nil, "", status.FromContextError(ctx.Err()).Err()
+	}
+	ctrl.SetDeadline(time.Time{})
+	return ctrl, w.GetId(), nil
+}
+
+// DialError turns a failure to reach the server or to finish the handshake
+// into a gRPC status: ctx's own end, a status as it is, a session the server
+// closed (a rejection with the status Refuse encoded in its reason, other
+// close codes mapped to the nearest code) or, for anything else,
+// codes.Unavailable. what names the step that failed.
+func DialError(ctx context.Context, what string, err error) error {
+	if ctx.Err() != nil {
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	if code, reason, ok := session.PeerCloseCode(err); ok {
+		c := closeCodeToGRPC(code)
+		if code == session.CodeRejected {
+			// A rejection's reason is "<grpc code> <message>".
+			num, msg, _ := strings.Cut(reason, " ")
+			if n, err := strconv.ParseUint(num, 10, 32); err == nil && n != 0 && n <= 16 {
+				c, reason = codes.Code(n), msg
+			}
+		}
+		return status.Errorf(c, "brpc: %s: server closed the session: %s", what, reason)
+	}
+	return status.Errorf(codes.Unavailable, "brpc: %s: %v", what, err)
+}
+
+func closeCodeToGRPC(code session.CloseCode) codes.Code {
+	switch code {
+	case session.CodeRejected:
+		return codes.PermissionDenied
+	case session.CodeProtocol:
+		return codes.Internal
+	case session.CodeHandshakeTimeout:
+		return codes.DeadlineExceeded
+	default:
+		return codes.Unavailable
+	}
+}

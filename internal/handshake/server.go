@@ -1,0 +1,139 @@
+package handshake
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/brpc-go/brpc/internal/handshake/handshakepb"
+	"github.com/brpc-go/brpc/internal/session"
+)
+
+// Linger bounds how long a client that is told to go (rejected, or replaced
+// by a newer session) is given to read why and close the session itself
+// before the server closes it. TCP carries no close code, and closing first
+// could reset the connection before the client has read the reason.
+const Linger = 2 * time.Second
+
+// ServerConfig bounds the server's side of a handshake.
+type ServerConfig struct {
+	// Timeout bounds the whole handshake, from the session's start to the
+	// welcome, the Admit callback included.
+	Timeout time.Duration
+	// MaxHelloSize caps the hello; a larger one is refused with
+	// codes.ResourceExhausted.
+	MaxHelloSize int
+}
+
+// Admit decides on a client whose hello was read and whose protocol version
+// is supported. md is the hello's metadata, the callee's to keep. It returns
+// the ID to welcome the client under, or the gRPC status that rejects it.
+// revoke, when not nil, is called if the welcome then cannot be delivered,
+// before the session is closed, to take the admission back. ctx ends at the
+// handshake's deadline or with the session.
+type Admit func(ctx context.Context, md metadata.MD) (id string, revoke func(), err error)
+
+// ServeHello runs the server's side of the handshake on sess: it accepts the
+// control stream, reads the hello, negotiates the protocol version, asks
+// admit, and welcomes or rejects the client. Once the welcome is written it
+// returns the control stream, which stays open for the session's life.
+// Otherwise it returns the gRPC status the client was refused with, having
+// closed the session: a rejected client is sent the status in the welcome
+// and given Linger to close the session itself.
+func ServeHello(sess session.Session, conf ServerConfig, admit Admit) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(sess.Context(), conf.Timeout)
+	defer cancel()
+
+	ctrl, err := sess.AcceptStream(ctx)
+	if err != nil {
+		sess.Close(session.CodeHandshakeTimeout, "no control stream")
+		return nil, handshakeEnded(ctx, "no control stream")
+	}
+	deadline, _ := ctx.Deadline()
+	ctrl.SetDeadline(deadline)
+
+	var hello handshakepb.Hello
+	if err := ReadMsg(ctrl, &hello, conf.MaxHelloSize); err != nil {
+		switch {
+		case errors.Is(err, ErrTooLarge):
+			return nil, reject(sess, ctrl, status.Errorf(codes.ResourceExhausted, "brpc: hello too large (limit %d bytes)", conf.MaxHelloSize))
+		case errors.Is(err, ErrMalformed):
+			return nil, reject(sess, ctrl, status.Error(codes.InvalidArgument, "brpc: malformed hello"))
+		default:
+			sess.Close(session.CodeHandshakeTimeout, "no hello")
+			ctrl.Close()
+			return nil, handshakeEnded(ctx, "no hello")
+		}
+	}
+	version, err := Negotiate(&hello)
+	if err != nil {
+		return nil, reject(sess, ctrl, err)
+	}
+
+	id, revoke, err := admit(ctx, MDFromProto(hello.GetMetadata()))
+	if err != nil {
+		return nil, reject(sess, ctrl, err)
+	}
+	if err := WriteMsg(ctrl, Accept(version, id)); err != nil {
+		if revoke != nil {
+			revoke()
+		}
+		sess.Close(session.CodeProtocol, "welcome not delivered")
+		return nil, status.Errorf(codes.Unavailable, "brpc: the welcome could not be delivered: %v", err)
+	}
+	ctrl.SetDeadline(time.Time{})
+	return ctrl, nil
+}
+
+// handshakeEnded describes a handshake the client never finished.
+func handshakeEnded(ctx context.Context, what string) error {
+	if ctx.Err() == context.DeadlineExceeded {
+		return status.Errorf(codes.DeadlineExceeded, "brpc: handshake timed out: %s", what)
+	}
+	return status.Errorf(codes.Unavailable, "brpc: the connection ended during the handshake: %s", what)
+}
+
+// reject sends the client a welcome carrying err, gives it a moment to read
+// it and close the session itself, then closes the session.
+func reject(sess session.Session, ctrl net.Conn, err error) error {
+	ctrl.SetWriteDeadline(time.Now().Add(Linger))
+	werr := WriteMsg(ctrl, Reject(err))
+	// Closing the stream stops reading the rest of the hello, which unblocks
+	// a client still writing it, and ends the welcome with FIN.
+	ctrl.Close()
+	if werr == nil {
+		t := time.NewTimer(Linger)
+		select {
+		case <-sess.Closed():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	Refuse(sess, err)
+	return err
+}
+
+// Refuse closes sess as rejected with err's gRPC status, without a welcome
+// (or after one). The close reason carries the status, for a client that
+// gets no welcome: DialError reads it back.
+func Refuse(sess session.Session, err error) {
+	st := status.Convert(err)
+	sess.Close(session.CodeRejected, fmt.Sprintf("%d %s", st.Code(), st.Message()))
+}
+
+// NewGoAway builds the notice that tells a client the server is going away.
+func NewGoAway(reason string) *handshakepb.Notice {
+	return &handshakepb.Notice{Kind: &handshakepb.Notice_GoAway{GoAway: &handshakepb.GoAway{Reason: reason}}}
+}
+
+// NewClosing builds the server's last word on a session it is about to
+// close: the close code and reason, which TCP cannot carry itself.
+func NewClosing(code session.CloseCode, reason string) *handshakepb.Notice {
+	return &handshakepb.Notice{Kind: &handshakepb.Notice_Closing{Closing: &handshakepb.Closing{Code: uint32(code), Reason: reason}}}
+}

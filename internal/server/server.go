@@ -1,0 +1,340 @@
+// Package server is the non-generic core of a brpc server: the accept loop,
+// admission limits, each client's session from handshake to disconnect, the
+// registry of connected clients, peer events and the two ways of stopping.
+//
+// The public brpc.Server[C] is a thin typed layer over it: the core builds
+// each client's stub through Config.NewStub and hands it back untyped. Code
+// that relays untyped calls (a gateway, a cluster) finds a session with
+// Client and calls through its Conn.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/brpc-go/brpc/internal/grpcglue"
+	"github.com/brpc-go/brpc/internal/handshake"
+	"github.com/brpc-go/brpc/internal/registry"
+	"github.com/brpc-go/brpc/internal/session"
+)
+
+// ErrStopped is returned by Serve when the server was stopped before it was
+// called.
+var ErrStopped = errors.New("brpc: the server has been stopped")
+
+// errShuttingDown is what reverse calls and late handshakes get while the
+// server stops.
+var errShuttingDown = status.Error(codes.Unavailable, "brpc: server is shutting down")
+
+// Config is a server's configuration, filled by the public options.
+type Config struct {
+	// Session tunes every session (keepalive, idle timeout, stream cap);
+	// its Admit is the server's own.
+	Session          session.Settings
+	HandshakeTimeout time.Duration
+	MaxHelloSize     int
+	MaxClients       int // 0: no cap
+	MaxPending       int // handshakes in progress, per phase; 0: no cap
+	RatePerSecond    float64
+	RateBurst        int           // with RatePerSecond: per-address limit; 0: none
+	ReverseIdle      time.Duration // 0: keep reverse connections until disconnect
+	DialOptions      []grpc.DialOption
+
+	// Authenticate returns a connecting client's ID or the error that
+	// rejects it; nil admits every client under a random ID.
+	Authenticate func(ctx context.Context, info AuthInfo) (id string, err error)
+	// NewStub builds a welcomed client's stub on its reverse connection,
+	// once per session; Session.Stub returns it.
+	NewStub func(grpc.ClientConnInterface) any
+	// OnEvent, if set, is called for every peer event, on the session's
+	// goroutine.
+	OnEvent func(Event)
+}
+
+type serverState int
+
+const (
+	stateServing serverState = iota
+	stateDraining
+	stateStopped
+)
+
+// Server accepts brpc clients, serves the application's *grpc.Server to
+// them and keeps a reverse connection to each.
+type Server struct {
+	gs   *grpc.Server
+	conf Config
+
+	streams *grpcglue.Listener // feeds gs the streams clients open
+	peers   *registry.Registry[*Session]
+	limiter *addressLimiter // nil: no per-address limit
+	pending gate            // sessions between accept and welcome
+
+	mu          sync.Mutex
+	state       serverState
+	grpcStarted bool // gs.Serve runs
+	listeners   map[Listener]Acceptor
+	sessions    map[*Session]struct{} // every live session, welcomed or not
+	wg          sync.WaitGroup        // session goroutines and gs.Serve
+}
+
+// New returns a server that serves gs, which it owns from now on.
+func New(gs *grpc.Server, conf Config) *Server {
+	srv := &Server{
+		gs:        gs,
+		conf:      conf,
+		streams:   grpcglue.NewListener(&net.UnixAddr{Name: "brpc", Net: "brpc"}),
+		peers:     registry.New[*Session](),
+		listeners: make(map[Listener]Acceptor),
+		sessions:  make(map[*Session]struct{}),
+		limiter:   newAddressLimiter(conf.RatePerSecond, conf.RateBurst),
+	}
+	srv.pending.max = int64(conf.MaxPending)
+	return srv
+}
+
+// Serve accepts clients from lis until Stop/GracefulStop or lis fails. It
+// returns nil after Stop or GracefulStop, ErrStopped when called after them,
+// and otherwise the error that ended accepting.
+func (s *Server) Serve(lis Listener) error {
+	s.mu.Lock()
+	if s.state != stateServing {
+		s.mu.Unlock()
+		lis.Close()
+		return ErrStopped
+	}
+	acc, err := lis.Start(ListenConfig{QUIC: s.quicConfig(), TCP: s.tcpConfig()})
+	if err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	s.listeners[lis] = acc
+	if !s.grpcStarted {
+		// Under s.mu, with the state checked: Stop's wg.Wait never races
+		// this Add.
+		s.grpcStarted = true
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			_ = s.gs.Serve(s.streams)
+		}()
+	}
+	s.mu.Unlock()
+
+	for {
+		sess, err := acc.Accept()
+		if err != nil {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if s.state != stateServing {
+				return nil // Stop closes the listener
+			}
+			delete(s.listeners, lis)
+			lis.Close()
+			return fmt.Errorf("brpc: accept: %w", err)
+		}
+		if !s.pending.enter() {
+			handshake.Refuse(sess, status.Error(codes.ResourceExhausted, "brpc: too many handshakes in progress"))
+			continue
+		}
+		s.mu.Lock()
+		if s.state != stateServing {
+			s.mu.Unlock()
+			s.pending.leave()
+			sess.Close(session.CodeShutdown, "server is shutting down")
+			continue
+		}
+		ss := &Session{srv: s, sess: sess}
+		s.sessions[ss] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go ss.run()
+	}
+}
+
+// sessionConfig is what both listeners' sessions are tuned with.
+func (s *Server) sessionConfig() session.Settings {
+	conf := s.conf.Session
+	conf.Admit = s.admit()
+	return conf
+}
+
+func (s *Server) tcpConfig() session.TCPConfig {
+	conf := s.sessionConfig()
+	// The TLS handshake of a TCP session is the listener's; QUIC's is bounded
+	// by quic-go's handshake idle timeout.
+	conf.HandshakeTimeout = s.conf.HandshakeTimeout
+	return session.TCPConfig{Settings: conf, MaxPendingHandshakes: s.conf.MaxPending}
+}
+
+func (s *Server) quicConfig() session.QUICConfig {
+	return session.QUICConfig{Settings: s.sessionConfig(), VerifyAddresses: s.limiter != nil}
+}
+
+// admit is the listeners' admission check, nil when there is none.
+func (s *Server) admit() func(net.Addr) error {
+	if s.limiter == nil {
+		return nil
+	}
+	return s.limiter.admit
+}
+
+// SessionFromContext returns the session of this server that the call of
+// ctx arrived on. The error is a gRPC status: codes.FailedPrecondition when
+// ctx is not that of a call from one of this server's clients, and
+// codes.Unavailable when that client's session has ended.
+func (s *Server) SessionFromContext(ctx context.Context) (*Session, error) {
+	info := grpcglue.InfoFromContext(ctx)
+	if info == nil {
+		return nil, status.Error(codes.FailedPrecondition, "brpc: the context is not that of a call from a brpc client")
+	}
+	ss, ok := info.Owner.(*Session)
+	if !ok || ss.srv != s {
+		return nil, status.Error(codes.FailedPrecondition, "brpc: the context is not that of a call from a client of this server")
+	}
+	if ss.sess.Context().Err() != nil {
+		return nil, status.Errorf(codes.Unavailable, "brpc: client %q has disconnected", info.Peer.ID)
+	}
+	return ss, nil
+}
+
+// Client returns the session of the connected client with this ID; the
+// error is a gRPC status error with codes.NotFound when no such client is
+// connected.
+func (s *Server) Client(id string) (*Session, error) {
+	ss, ok := s.peers.Get(id)
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "brpc: no client %q is connected", id)
+	}
+	return ss, nil
+}
+
+// Peers lists the clients connected right now, ordered by ID.
+func (s *Server) Peers() []grpcglue.Peer {
+	list := s.peers.List()
+	out := make([]grpcglue.Peer, 0, len(list))
+	for _, ss := range list {
+		out = append(out, ss.info.Snapshot())
+	}
+	return out
+}
+
+// GracefulStop stops accepting clients, lets the calls in flight finish in
+// both directions, then closes every session. Forward calls are drained first
+// (their handlers may still call their client back); reverse calls started
+// after that fail with codes.Unavailable. It also gracefully stops the
+// *grpc.Server.
+func (s *Server) GracefulStop() {
+	s.mu.Lock()
+	if s.state != stateServing {
+		s.mu.Unlock()
+		s.wg.Wait()
+		return
+	}
+	s.state = stateDraining
+	s.stopAcceptingLocked()
+	sessions := s.sessionsLocked()
+	s.mu.Unlock()
+
+	for _, ss := range sessions {
+		ss.goAway("server is shutting down")
+	}
+	s.gs.GracefulStop()
+	for _, ss := range sessions {
+		<-ss.lazy().Drain(errShuttingDown)
+	}
+	s.Stop()
+}
+
+// Stop closes everything now: listeners, sessions and the *grpc.Server.
+// Calls in flight in either direction end with codes.Unavailable.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	if s.state == stateStopped {
+		s.mu.Unlock()
+		s.wg.Wait()
+		return
+	}
+	s.state = stateStopped
+	s.stopAcceptingLocked()
+	sessions := s.sessionsLocked()
+	listeners := make([]Listener, 0, len(s.listeners))
+	for l := range s.listeners {
+		listeners = append(listeners, l)
+	}
+	s.mu.Unlock()
+
+	s.gs.Stop()
+	s.streams.Close()
+	for _, ss := range sessions {
+		ss.close(ServerStopped, session.CodeShutdown, "server stopped", errShuttingDown)
+	}
+	for _, l := range listeners {
+		l.Close()
+	}
+	s.wg.Wait()
+}
+
+func (s *Server) stopAcceptingLocked() {
+	for _, acc := range s.listeners {
+		acc.StopAccepting()
+	}
+}
+
+func (s *Server) sessionsLocked() []*Session {
+	out := make([]*Session, 0, len(s.sessions))
+	for ss := range s.sessions {
+		out = append(out, ss)
+	}
+	return out
+}
+
+// authenticate runs the authenticator, or picks a random ID without one.
+// Its errors are gRPC statuses.
+func (s *Server) authenticate(ctx context.Context, info AuthInfo) (id string, err error) {
+	if s.conf.Authenticate == nil {
+		return randomID(), nil
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			id, err = "", status.Errorf(codes.Internal, "brpc: authenticator panicked: %v", r)
+		}
+	}()
+	id, err = s.conf.Authenticate(ctx, info)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+			return "", status.Error(codes.DeadlineExceeded, "brpc: authentication did not finish within the handshake timeout")
+		}
+		if st, ok := status.FromError(err); ok && st.Code() != codes.OK && st.Code() != codes.Unknown {
+			return "", err
+		}
+		return "", status.Error(codes.Unauthenticated, err.Error())
+	}
+	if id == "" {
+		return "", status.Error(codes.Internal, "brpc: the authenticator returned an empty ID")
+	}
+	return id, nil
+}
+
+// emit hands ev to the event callback.
+func (s *Server) emit(ev Event) {
+	if s.conf.OnEvent != nil {
+		s.conf.OnEvent(ev)
+	}
+}
+
+func randomID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,242 @@
+package server
+
+import (
+	"context"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/brpc-go/brpc/internal/grpcglue"
+	"github.com/brpc-go/brpc/internal/handshake"
+	"github.com/brpc-go/brpc/internal/handshake/handshakepb"
+	"github.com/brpc-go/brpc/internal/session"
+)
+
+// Session is one client's session on the server.
+type Session struct {
+	srv  *Server
+	sess session.Session
+
+	// Set by the handshake, before the session is registered.
+	info *grpcglue.SessionInfo
+	stub any
+	conn atomic.Pointer[grpcglue.LazyConn] // reverse calls; set by the handshake
+
+	ctrlMu sync.Mutex
+	ctrl   net.Conn
+
+	endReason atomic.Pointer[string] // set when the server ends the session
+	endKind   atomic.Pointer[DisconnectKind]
+	helloMD   metadata.MD // what the hello carried, once read
+}
+
+// ID is the client's ID.
+func (ss *Session) ID() string { return ss.info.Peer.ID }
+
+// Peer describes the client, with a copy of its metadata.
+func (ss *Session) Peer() grpcglue.Peer { return ss.info.Snapshot() }
+
+// Conn is the client's reverse connection: calls on it reach the client's
+// own *grpc.Server. Calls fail with codes.Unavailable once the session has
+// ended.
+func (ss *Session) Conn() grpc.ClientConnInterface { return ss.lazy() }
+
+// Stub is what Config.NewStub built on Conn for this session.
+func (ss *Session) Stub() any { return ss.stub }
+
+// lazy returns the session's reverse-call connection, which exists once the
+// session was welcomed; a session that never was gets a closed one.
+func (ss *Session) lazy() *grpcglue.LazyConn {
+	if l := ss.conn.Load(); l != nil {
+		return l
+	}
+	return grpcglue.ClosedLazyConn
+}
+
+// run handshakes; a welcomed session is then served by serve, on a new
+// goroutine: the handshake may have grown this one's stack (TLS state,
+// protobuf, the authenticator), and the goroutine that waits for the
+// client's streams for the whole session should not keep that.
+func (ss *Session) run() {
+	s := ss.srv
+	err := ss.handshake()
+	s.pending.leave()
+	if err != nil {
+		p := grpcglue.Peer{Metadata: ss.helloMD, RemoteAddr: ss.sess.RemoteAddr(), Transport: ss.sess.Transport()}
+		s.emit(Event{Type: Rejected, Peer: p, Reason: status.Convert(err).Message(), Err: err})
+		ss.forget()
+		s.wg.Done()
+		return
+	}
+	s.emit(Event{Type: Connected, Peer: ss.info.Snapshot()})
+	go ss.serve() // takes over this goroutine's count in s.wg
+}
+
+// serve feeds the client's streams to the gRPC server until the session
+// ends, then forgets the session.
+func (ss *Session) serve() {
+	s := ss.srv
+	defer s.wg.Done()
+	defer func() {
+		s.peers.Remove(ss.info.Peer.ID, ss)
+		kind, reason, err := ss.disconnectReason()
+		s.emit(Event{Type: Disconnected, Peer: ss.info.Snapshot(), Kind: kind, Reason: reason, Err: err})
+		ss.forget()
+	}()
+	ctx := ss.sess.Context()
+	for {
+		c, err := ss.sess.AcceptStream(ctx)
+		if err != nil {
+			break
+		}
+		s.streams.Push(ctx, grpcglue.NewStreamConn(c, ss.info))
+	}
+	// Accepting fails as the connection closes; let the transport finish
+	// recording why before the disconnect is reported.
+	t := time.NewTimer(time.Second)
+	select {
+	case <-ss.sess.Closed():
+	case <-t.C:
+	}
+	t.Stop()
+}
+
+// forget ends the session's reverse calls and drops it from the server.
+func (ss *Session) forget() {
+	s := ss.srv
+	ss.lazy().Close(grpcglue.ErrPeerGone)
+	s.mu.Lock()
+	delete(s.sessions, ss)
+	s.mu.Unlock()
+}
+
+// handshake reads the client's hello, authenticates it and welcomes or
+// rejects it. It returns nil once the session may carry calls, or the
+// gRPC status the client was refused with.
+func (ss *Session) handshake() error {
+	s := ss.srv
+	conf := handshake.ServerConfig{Timeout: s.conf.HandshakeTimeout, MaxHelloSize: s.conf.MaxHelloSize}
+	ctrl, err := handshake.ServeHello(ss.sess, conf, ss.admit)
+	if err != nil {
+		return err
+	}
+	ss.ctrlMu.Lock()
+	ss.ctrl = ctrl
+	ss.ctrlMu.Unlock()
+	return nil
+}
+
+// admit authenticates a client whose hello was read and registers it,
+// replacing an older session under the same ID.
+func (ss *Session) admit(ctx context.Context, md metadata.MD) (string, func(), error) {
+	s := ss.srv
+	ss.helloMD = md.Copy()
+	id, err := s.authenticate(ctx, AuthInfo{Metadata: md.Copy(), TLS: ss.sess.TLS(), RemoteAddr: ss.sess.RemoteAddr()})
+	if err != nil {
+		return "", nil, err
+	}
+
+	ss.info = grpcglue.NewSessionInfo(grpcglue.Peer{
+		ID:          id,
+		Metadata:    md,
+		RemoteAddr:  ss.sess.RemoteAddr(),
+		Transport:   ss.sess.Transport(),
+		ConnectedAt: time.Now(),
+	}, ss.sess.TLS(), ss)
+	conn := grpcglue.NewLazyConn(ss.dialGRPC, s.conf.ReverseIdle)
+	if s.conf.NewStub != nil {
+		ss.stub = s.conf.NewStub(conn)
+	}
+	ss.conn.Store(conn)
+
+	s.mu.Lock()
+	if s.state != stateServing {
+		s.mu.Unlock()
+		return "", nil, errShuttingDown
+	}
+	if max := s.conf.MaxClients; max > 0 && s.peers.Len() >= max {
+		if _, taken := s.peers.Get(id); !taken {
+			s.mu.Unlock()
+			return "", nil, status.Errorf(codes.ResourceExhausted, "brpc: the server is full (%d clients)", max)
+		}
+	}
+	old, replaced := s.peers.Add(id, ss)
+	s.mu.Unlock()
+	if replaced {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			old.closeTold(Replaced, session.CodeReplaced, "replaced by a newer session of the same client",
+				status.Errorf(codes.Unavailable, "brpc: client %q reconnected; this session was replaced", id))
+		}()
+	}
+	return id, func() { s.peers.Remove(id, ss) }, nil
+}
+
+// dialGRPC builds the gRPC connection that carries the server's calls to
+// this client: each time grpc-go dials, a new stream opens on the session.
+func (ss *Session) dialGRPC() (*grpc.ClientConn, error) {
+	opts := append(slices.Clone(ss.srv.conf.DialOptions),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			c, err := ss.sess.OpenStream(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return grpcglue.NewStreamConn(c, ss.info), nil
+		}),
+		grpc.WithTransportCredentials(grpcglue.Credentials{}),
+		grpc.WithAuthority("brpc-client"),
+		grpc.WithConnectParams(grpcglue.ConnectParams),
+	)
+	return grpc.NewClient("passthrough:///brpc-client", opts...)
+}
+
+// goAway tells the client that the server is going away.
+func (ss *Session) goAway(reason string) {
+	ss.notify(handshake.NewGoAway(reason))
+}
+
+// notify writes a notice on the control stream of a welcomed session.
+func (ss *Session) notify(n *handshakepb.Notice) {
+	ss.ctrlMu.Lock()
+	defer ss.ctrlMu.Unlock()
+	if ss.ctrl == nil {
+		return
+	}
+	ss.ctrl.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = handshake.WriteMsg(ss.ctrl, n)
+}
+
+// close ends the session now; its reverse calls fail with callErr.
+func (ss *Session) close(kind DisconnectKind, code session.CloseCode, reason string, callErr error) {
+	ss.endKind.CompareAndSwap(nil, &kind)
+	ss.endReason.CompareAndSwap(nil, &reason)
+	ss.lazy().Close(callErr)
+	ss.sess.Close(code, reason)
+}
+
+// closeTold ends the session after telling the client why on the control
+// stream, for transports that carry no close code of their own (TCP). The
+// client closes the session when it reads the notice; the server closes it
+// itself after handshake.Linger (closing first could reset the connection
+// before the notice is read).
+func (ss *Session) closeTold(kind DisconnectKind, code session.CloseCode, reason string, callErr error) {
+	ss.endKind.CompareAndSwap(nil, &kind)
+	ss.endReason.CompareAndSwap(nil, &reason)
+	ss.lazy().Close(callErr)
+	ss.notify(handshake.NewClosing(code, reason))
+	t := time.NewTimer(handshake.Linger)
+	select {
+	case <-ss.sess.Closed():
+	case <-t.C:
+	}
+	t.Stop()
+	ss.sess.Close(code, reason)
+}
