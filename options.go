@@ -370,9 +370,13 @@ func WithMaxPendingHandshakes(n int) ServerOption {
 	})
 }
 
-// WithHandshakeRateLimit limits new connections per remote IP address to
-// perSecond on average, with bursts of burst. Connections beyond it are
-// refused before any cryptographic work. On QUIC, addresses are validated
+// WithHandshakeRateLimit limits new connections per remote IP address (per
+// /64 prefix for IPv6, which hands a host a whole /64) to perSecond on
+// average, with bursts of burst. Connections beyond it are refused before
+// any cryptographic work. The server tracks at most 65,536 addresses at once,
+// at a constant cost per connection; past that, the address seen longest ago
+// is forgotten, so a flood from more addresses than that is limited for the
+// most recent ones and costs a few MiB at most. On QUIC, addresses are validated
 // first (one extra round trip), so a spoofed address cannot use up another
 // address's allowance. It is off by default: many devices may share one NAT
 // address, so pick values for the largest fleet behind one address.
