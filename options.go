@@ -29,6 +29,13 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	// DefaultMaxHelloSize caps the size of a client's hello message.
 	DefaultMaxHelloSize = handshake.DefaultMaxMessageSize
+	// DefaultMaxHelloMetadataValues caps the metadata values in a client's
+	// hello: far more than a device's connect metadata needs, and few
+	// enough that a hello of tiny values costs little to keep.
+	DefaultMaxHelloMetadataValues = 256
+	// DefaultMaxHelloMetadataValueSize caps the bytes of one key or value of
+	// a client's hello metadata (a token or a certificate fits).
+	DefaultMaxHelloMetadataValueSize = 16 << 10
 	// DefaultMaxStreamsPerSession caps the streams one peer may have open at
 	// once on a session. Each stream carries one HTTP/2 connection of grpc-go
 	// (plus the control stream), so ordinary use needs only a few.
@@ -94,6 +101,8 @@ type serverOptions struct {
 	events           []func(PeerEvent)
 	handshakeTimeout time.Duration
 	maxHelloSize     int
+	maxMDValues      int
+	maxMDValueSize   int
 	maxClients       int
 	maxPending       int
 	ratePerSecond    float64
@@ -106,6 +115,8 @@ func defaultServerOptions() serverOptions {
 		common:           defaultCommon(),
 		handshakeTimeout: DefaultHandshakeTimeout,
 		maxHelloSize:     DefaultMaxHelloSize,
+		maxMDValues:      DefaultMaxHelloMetadataValues,
+		maxMDValueSize:   DefaultMaxHelloMetadataValueSize,
 		maxPending:       DefaultMaxPendingHandshakes,
 		reverseIdle:      DefaultReverseIdleTimeout,
 	}
@@ -115,15 +126,17 @@ func defaultServerOptions() serverOptions {
 // options hold are converted at this boundary.
 func (o *serverOptions) config() server.Config {
 	conf := server.Config{
-		Session:          o.sessionConfig(),
-		HandshakeTimeout: o.handshakeTimeout,
-		MaxHelloSize:     o.maxHelloSize,
-		MaxClients:       o.maxClients,
-		MaxPending:       o.maxPending,
-		RatePerSecond:    o.ratePerSecond,
-		RateBurst:        o.rateBurst,
-		ReverseIdle:      o.reverseIdle,
-		DialOptions:      o.grpcDialOptions,
+		Session:              o.sessionConfig(),
+		HandshakeTimeout:     o.handshakeTimeout,
+		MaxHelloSize:         o.maxHelloSize,
+		MaxMetadataValues:    o.maxMDValues,
+		MaxMetadataValueSize: o.maxMDValueSize,
+		MaxClients:           o.maxClients,
+		MaxPending:           o.maxPending,
+		RatePerSecond:        o.ratePerSecond,
+		RateBurst:            o.rateBurst,
+		ReverseIdle:          o.reverseIdle,
+		DialOptions:          o.grpcDialOptions,
 	}
 	if auth := o.auth; auth != nil {
 		conf.Authenticate = func(ctx context.Context, info server.AuthInfo) (string, error) {
@@ -231,6 +244,25 @@ func WithMaxHelloSize(n int) ServerOption {
 	return serverOptionFunc(func(o *serverOptions) {
 		if n > 0 {
 			o.maxHelloSize = n
+		}
+	})
+}
+
+// WithMaxHelloMetadata caps the metadata in a client's hello (what it passed
+// with WithMetadata): at most values values in all (a key without values
+// counts as one), none of them, nor any key, longer than valueSize bytes. A
+// client beyond either is refused with codes.ResourceExhausted before its
+// metadata is decoded or the Authenticator runs. The defaults are
+// DefaultMaxHelloMetadataValues and DefaultMaxHelloMetadataValueSize; a
+// value that is not positive keeps its default. The hello's size cap
+// (WithMaxHelloSize) applies as well.
+func WithMaxHelloMetadata(values, valueSize int) ServerOption {
+	return serverOptionFunc(func(o *serverOptions) {
+		if values > 0 {
+			o.maxMDValues = values
+		}
+		if valueSize > 0 {
+			o.maxMDValueSize = valueSize
 		}
 	})
 }

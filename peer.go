@@ -18,7 +18,10 @@ import (
 type Peer struct {
 	// ID is the client's ID, unique among the server's connected clients.
 	ID string
-	// Metadata is what the client sent with WithMetadata.
+	// Metadata is what the client sent with WithMetadata. It is the
+	// session's own, shared by every Peer that describes the session (a
+	// handler that asks for its caller on every call costs no copy): read
+	// it, do not modify it; Copy it to keep a changed version.
 	Metadata metadata.MD
 	// RemoteAddr is the network address of the other end. It is not an
 	// identity: NAT rebinding and connection migration change it.
@@ -40,7 +43,8 @@ type Authenticator func(ctx context.Context, info AuthInfo) (id string, err erro
 
 // AuthInfo is what an Authenticator knows of a connecting client.
 type AuthInfo struct {
-	// Metadata is what the client passed with WithMetadata.
+	// Metadata is what the client passed with WithMetadata. It becomes the
+	// session's Peer.Metadata once the client is admitted: do not modify it.
 	Metadata metadata.MD
 	// TLS holds the verified peer certificates when mTLS is used.
 	TLS tls.ConnectionState

@@ -29,6 +29,14 @@ type ServerConfig struct {
 	// MaxHelloSize caps the hello; a larger one is refused with
 	// codes.ResourceExhausted.
 	MaxHelloSize int
+	// MaxMetadataValues caps the metadata values a hello carries (a key
+	// without values counts as one), and MaxMetadataValueSize the bytes of
+	// any one key or value; a hello beyond either is refused with
+	// codes.ResourceExhausted. 0 sets no cap. Every value is a string and a
+	// slice entry once decoded, so a hello of many tiny values costs several
+	// times its size: the count cap bounds that.
+	MaxMetadataValues    int
+	MaxMetadataValueSize int
 }
 
 // Admit decides on a client whose hello was read and whose protocol version
@@ -76,6 +84,9 @@ func ServeHello(sess session.Session, conf ServerConfig, admit Admit) (net.Conn,
 		return nil, reject(sess, ctrl, err)
 	}
 
+	if err := checkMetadata(hello.GetMetadata(), conf); err != nil {
+		return nil, reject(sess, ctrl, err)
+	}
 	id, revoke, err := admit(ctx, MDFromProto(hello.GetMetadata()))
 	if err != nil {
 		return nil, reject(sess, ctrl, err)
@@ -89,6 +100,29 @@ func ServeHello(sess session.Session, conf ServerConfig, admit Admit) (net.Conn,
 	}
 	ctrl.SetDeadline(time.Time{})
 	return ctrl, nil
+}
+
+// checkMetadata refuses hello metadata beyond the caps, before any of it is
+// decoded into gRPC metadata.
+func checkMetadata(entries []*handshakepb.MetadataEntry, conf ServerConfig) error {
+	n := 0
+	for _, e := range entries {
+		n += max(len(e.GetValues()), 1)
+		if conf.MaxMetadataValues > 0 && n > conf.MaxMetadataValues {
+			return status.Errorf(codes.ResourceExhausted, "brpc: hello metadata has more than %d values", conf.MaxMetadataValues)
+		}
+		if size := conf.MaxMetadataValueSize; size > 0 {
+			if len(e.GetKey()) > size {
+				return status.Errorf(codes.ResourceExhausted, "brpc: hello metadata key of %d bytes (limit %d)", len(e.GetKey()), size)
+			}
+			for _, v := range e.GetValues() {
+				if len(v) > size {
+					return status.Errorf(codes.ResourceExhausted, "brpc: hello metadata value of %d bytes under %q (limit %d)", len(v), e.GetKey(), size)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // handshakeEnded describes a handshake the client never finished.

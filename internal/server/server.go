@@ -43,12 +43,16 @@ type Config struct {
 	Session          session.Settings
 	HandshakeTimeout time.Duration
 	MaxHelloSize     int
-	MaxClients       int // 0: no cap
-	MaxPending       int // handshakes in progress, per phase; 0: no cap
-	RatePerSecond    float64
-	RateBurst        int           // with RatePerSecond: per-address limit; 0: none
-	ReverseIdle      time.Duration // 0: keep reverse connections until disconnect
-	DialOptions      []grpc.DialOption
+	// MaxMetadataValues and MaxMetadataValueSize cap the hello's metadata
+	// (handshake.ServerConfig); 0: no cap.
+	MaxMetadataValues    int
+	MaxMetadataValueSize int
+	MaxClients           int // 0: no cap
+	MaxPending           int // handshakes in progress, per phase; 0: no cap
+	RatePerSecond        float64
+	RateBurst            int           // with RatePerSecond: per-address limit; 0: none
+	ReverseIdle          time.Duration // 0: keep reverse connections until disconnect
+	DialOptions          []grpc.DialOption
 
 	// Authenticate returns a connecting client's ID or the error that
 	// rejects it; nil admits every client under a random ID.

@@ -122,7 +122,12 @@ func (ss *Session) forget() {
 // gRPC status the client was refused with.
 func (ss *Session) handshake() error {
 	s := ss.srv
-	conf := handshake.ServerConfig{Timeout: s.conf.HandshakeTimeout, MaxHelloSize: s.conf.MaxHelloSize}
+	conf := handshake.ServerConfig{
+		Timeout:              s.conf.HandshakeTimeout,
+		MaxHelloSize:         s.conf.MaxHelloSize,
+		MaxMetadataValues:    s.conf.MaxMetadataValues,
+		MaxMetadataValueSize: s.conf.MaxMetadataValueSize,
+	}
 	ctrl, err := handshake.ServeHello(ss.sess, conf, ss.admit)
 	if err != nil {
 		return err
@@ -137,8 +142,10 @@ func (ss *Session) handshake() error {
 // replacing an older session under the same ID.
 func (ss *Session) admit(ctx context.Context, md metadata.MD) (string, func(), error) {
 	s := ss.srv
-	ss.helloMD = md.Copy()
-	id, err := s.authenticate(ctx, AuthInfo{Metadata: md.Copy(), TLS: ss.sess.TLS(), RemoteAddr: ss.sess.RemoteAddr()})
+	// One map serves the Authenticator, a rejection's event and the peer:
+	// a session keeps its metadata once.
+	ss.helloMD = md
+	id, err := s.authenticate(ctx, AuthInfo{Metadata: md, TLS: ss.sess.TLS(), RemoteAddr: ss.sess.RemoteAddr()})
 	if err != nil {
 		return "", nil, err
 	}
