@@ -42,12 +42,11 @@ func NewSessionInfo(p Peer, state tls.ConnectionState, owner any) *SessionInfo {
 	}
 }
 
-// Snapshot returns the peer with a copy of its metadata, which callers may
-// change.
+// Snapshot returns the peer. Its metadata is the session's own, shared
+// rather than copied: a handler that asks for its caller on every call
+// costs no copy of what may be kilobytes of metadata.
 func (i *SessionInfo) Snapshot() Peer {
-	p := i.Peer
-	p.Metadata = p.Metadata.Copy()
-	return p
+	return i.Peer
 }
 
 // SessionAddr is the net.Addr that streams of a session report for both of

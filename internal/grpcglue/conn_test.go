@@ -135,3 +135,19 @@ func testTLSState() (s tls.ConnectionState) {
 	s.ServerName = "brpc.test"
 	return s
 }
+
+// Asking for a session's peer copies nothing: handlers may ask on every call,
+// and a session's metadata may be kilobytes.
+func TestSnapshotSharesMetadata(t *testing.T) {
+	md := metadata.MD{}
+	for i := range 200 {
+		md.Append("k", string(rune('a'+i%26)))
+	}
+	info := &SessionInfo{Peer: Peer{ID: "x", Metadata: md}}
+	if n := testing.AllocsPerRun(100, func() { _ = info.Snapshot() }); n != 0 {
+		t.Fatalf("Snapshot allocates %.0f times per call, want none", n)
+	}
+	if got := info.Snapshot().Metadata; len(got["k"]) != 200 {
+		t.Fatalf("Snapshot's metadata has %d values, want 200", len(got["k"]))
+	}
+}
