@@ -1,4 +1,4 @@
-package brpc_test
+package integrationtests
 
 import (
 	"bufio"
@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/brpc-go/brpc"
+
+	"github.com/brpc-go/brpc/internal/testenv"
 )
 
 // Bounds for what one idle connected client costs the server. The
@@ -37,26 +39,26 @@ var maxIdleBytesPerPeer = map[string]int{"quic": 64 << 10, "tcp": 48 << 10}
 // measures what they cost this (server) process: goroutines and live heap
 // plus goroutine stacks.
 func TestIdleClientCost(t *testing.T) {
-	eachTransport(t, testIdleClientCost)
+	testenv.EachTransport(t, testIdleClientCost)
 }
 
 func testIdleClientCost(t *testing.T, tr string) {
-	e := newPlainEnvOn(t, tr)
+	e := testenv.NewPlainOn(t, tr)
 	// One client first, so that the listener's own goroutines are running
 	// before the baseline is taken.
-	first, err := e.dial(clientConfig{name: "first", noServe: true})
+	first, err := e.Dial(testenv.ClientConfig{Name: "first", NoServe: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	first.close()
-	waitFor(t, 5*time.Second, "the first client to leave", func() bool { return len(e.srv.Peers()) == 0 })
+	first.Shutdown()
+	testenv.WaitFor(t, 5*time.Second, "the first client to leave", func() bool { return len(e.Srv.Peers()) == 0 })
 	time.Sleep(100 * time.Millisecond)
 	g0, m0 := serverFootprint()
 
 	cmd := exec.Command(os.Args[0], "-test.run=^TestIdleClientsHelperProcess$", "-test.v")
 	cmd.Env = append(os.Environ(),
-		"BRPC_IDLE_TARGET="+e.target,
-		"BRPC_IDLE_CA="+string(e.ca.CertPEM()),
+		"BRPC_IDLE_TARGET="+e.Target,
+		"BRPC_IDLE_CA="+string(e.CA.CertPEM()),
 		"BRPC_IDLE_N="+strconv.Itoa(idleClients))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -94,7 +96,7 @@ func testIdleClientCost(t *testing.T, tr string) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("the client process did not connect its clients within 60s")
 	}
-	waitFor(t, 10*time.Second, "every client to be listed", func() bool { return len(e.srv.Peers()) == idleClients })
+	testenv.WaitFor(t, 10*time.Second, "every client to be listed", func() bool { return len(e.Srv.Peers()) == idleClients })
 	time.Sleep(200 * time.Millisecond) // let handshake goroutines finish
 
 	g1, m1 := serverFootprint()
@@ -112,7 +114,7 @@ func testIdleClientCost(t *testing.T, tr string) {
 	}
 
 	stdin.Close()
-	waitFor(t, 20*time.Second, "the clients to leave Peers()", func() bool { return len(e.srv.Peers()) == 0 })
+	testenv.WaitFor(t, 20*time.Second, "the clients to leave Peers()", func() bool { return len(e.Srv.Peers()) == 0 })
 }
 
 func serverFootprint() (goroutines int, bytes uint64) {

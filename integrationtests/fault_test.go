@@ -1,4 +1,4 @@
-package brpc_test
+package integrationtests
 
 import (
 	"bufio"
@@ -24,6 +24,8 @@ import (
 
 	"github.com/brpc-go/brpc"
 	"github.com/brpc-go/brpc/internal/testpb"
+
+	"github.com/brpc-go/brpc/internal/testenv"
 )
 
 // faultSeed returns the seed named by the environment variable env, or a new
@@ -58,20 +60,20 @@ func faultBytes(rng *rand.Rand, n int) []byte {
 // both directions at once.
 func TestFaultLossyUDP(t *testing.T) {
 	seed := faultSeed(t, "BRPC_FAULT_SEED")
-	cfg := lossConfig{Drop: 0.05, Reorder: 0.05, Duplicate: 0.05, MaxDelay: 5 * time.Millisecond}
-	e := newPlainEnv(t)
-	relay := newLossyRelay(t, e.addr, cfg, seed)
+	cfg := testenv.Faults{Drop: 0.05, Reorder: 0.05, Duplicate: 0.05, MaxDelay: 5 * time.Millisecond}
+	e := testenv.NewPlain(t)
+	relay := testenv.NewUDPRelay(t, e.Addr, cfg, seed)
 	t.Logf("relay: %v", cfg)
-	e.target = "quic://" + relay.Addr()
-	c := e.connect(clientConfig{name: "lossy"})
+	e.Target = "quic://" + relay.Addr()
+	c := e.Connect(testenv.ClientConfig{Name: "lossy"})
 
 	const maxPayload = 256 << 10
 	t.Run("calls", func(t *testing.T) {
-		for i, d := range directions(t, e, c, "lossy") {
+		for i, d := range testenv.Directions(t, e, c, "lossy") {
 			rng := rand.New(rand.NewPCG(seed, uint64(10+i)))
-			t.Run(d.name, func(t *testing.T) {
+			t.Run(d.Name, func(t *testing.T) {
 				t.Parallel() // both directions share the lossy path at once
-				ctx := testCtx(t)
+				ctx := testenv.Ctx(t)
 				sizes := []int{0, 1, 1200, 16 << 10, 64 << 10, maxPayload}
 				for range 4 {
 					sizes = append(sizes, 1+rng.IntN(maxPayload))
@@ -79,18 +81,18 @@ func TestFaultLossyUDP(t *testing.T) {
 				for i, n := range sizes {
 					p := faultBytes(rng, n)
 					msg := fmt.Sprint("u", i)
-					r, err := d.stub.Unary(ctx, &testpb.EchoRequest{Message: msg, Payload: p})
+					r, err := d.Stub.Unary(ctx, &testpb.EchoRequest{Message: msg, Payload: p})
 					if err != nil {
 						t.Fatalf("Unary with %d bytes: %v", n, err)
 					}
-					if r.GetMessage() != d.answerer+":"+msg || !bytes.Equal(r.GetPayload(), p) {
+					if r.GetMessage() != d.Answerer+":"+msg || !bytes.Equal(r.GetPayload(), p) {
 						t.Fatalf("Unary with %d bytes came back as %q with %d differing bytes", n, r.GetMessage(), len(r.GetPayload()))
 					}
 				}
 
 				// The bidi stream sends while it receives: the sender runs
 				// ahead, so both directions of the stream carry data at once.
-				bs, err := d.stub.BidiStream(ctx)
+				bs, err := d.Stub.BidiStream(ctx)
 				if err != nil {
 					t.Fatalf("BidiStream: %v", err)
 				}
@@ -117,7 +119,7 @@ func TestFaultLossyUDP(t *testing.T) {
 					if err != nil {
 						t.Fatalf("BidiStream.Recv %d: %v", i, err)
 					}
-					if r.GetIndex() != int32(i) || r.GetMessage() != fmt.Sprint(d.answerer, ":b", i) || !bytes.Equal(r.GetPayload(), p) {
+					if r.GetIndex() != int32(i) || r.GetMessage() != fmt.Sprint(d.Answerer, ":b", i) || !bytes.Equal(r.GetPayload(), p) {
 						t.Fatalf("bidi response %d: index %d, message %q, %d bytes (want %d, equal)", i, r.GetIndex(), r.GetMessage(), len(r.GetPayload()), len(p))
 					}
 				}
@@ -133,8 +135,8 @@ func TestFaultLossyUDP(t *testing.T) {
 	t.Logf("client to server: %v", &relay.Up)
 	t.Logf("server to client: %v", &relay.Down)
 	// The faults must have happened, or the test proved nothing.
-	for what, n := range map[string]*relayCounts{"client to server": &relay.Up, "server to client": &relay.Down} {
-		if n.dropped.Load() == 0 || n.delayed.Load() == 0 || n.duplicated.Load() == 0 {
+	for what, n := range map[string]*testenv.RelayCounts{"client to server": &relay.Up, "server to client": &relay.Down} {
+		if n.Dropped.Load() == 0 || n.Delayed.Load() == 0 || n.Duplicated.Load() == 0 {
 			t.Errorf("%s: %v; want some of each fault", what, n)
 		}
 	}
@@ -230,10 +232,10 @@ type faultChild struct {
 // and keeps two long server-streaming calls to the server going; it returns
 // once the child reports its ID, that is once both calls have their first
 // response. t.Cleanup kills the child if it still runs and reaps it.
-func startFaultChild(t *testing.T, e *env) *faultChild {
+func startFaultChild(t *testing.T, e *testenv.Env) *faultChild {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestFaultChildHelperProcess$", "-test.v")
-	cmd.Env = append(os.Environ(), faultChildTarget+"="+e.target, faultChildCA+"="+string(e.ca.CertPEM()))
+	cmd.Env = append(os.Environ(), faultChildTarget+"="+e.Target, faultChildCA+"="+string(e.CA.CertPEM()))
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -299,7 +301,7 @@ func TestFaultChildHelperProcess(t *testing.T) {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM([]byte(os.Getenv(faultChildCA)))
 	gs := grpc.NewServer()
-	testpb.RegisterEchoServer(gs, &echoService{name: "child"})
+	testpb.RegisterEchoServer(gs, &testenv.Echo{Name: "child"})
 	defer gs.Stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	cc, err := brpc.Dial(ctx, target, brpc.WithTLSConfig(&tls.Config{RootCAs: pool}), brpc.WithServer(gs),
@@ -346,20 +348,20 @@ func TestFaultChildHelperProcess(t *testing.T) {
 // reverse calls with codes.Unavailable, the handlers with their context
 // canceled and returned. The client must leave Peers().
 func TestFaultClientKilledMidStream(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		watch := newHandlerWatch("/brpc.test.v1.Echo/ServerStream")
-		e := newEnv(t, envConfig{
-			transport:  tr,
-			serverOpts: []brpc.ServerOption{brpc.WithKeepalive(faultKeepaliveInterval, faultKeepaliveTimeout)},
-			grpcOpts:   []grpc.ServerOption{grpc.ChainStreamInterceptor(watch.intercept)},
-			call:       func(*env) func(context.Context) (string, error) { return nil },
+		e := testenv.New(t, testenv.Config{
+			Transport:  tr,
+			ServerOpts: []brpc.ServerOption{brpc.WithKeepalive(faultKeepaliveInterval, faultKeepaliveTimeout)},
+			GRPCOpts:   []grpc.ServerOption{grpc.ChainStreamInterceptor(watch.intercept)},
+			Call:       func(*testenv.Env) func(context.Context) (string, error) { return nil },
 		})
 		child := startFaultChild(t, e)
 		// The child's forward calls: their handlers are running, since the
 		// child has had a response from each.
 		handlers := []*watchedHandler{watch.next(t), watch.next(t)}
 
-		rev, err := e.srv.Client(child.id)
+		rev, err := e.Srv.Client(child.id)
 		if err != nil {
 			t.Fatalf("Client(%q): %v", child.id, err)
 		}
@@ -423,8 +425,8 @@ func TestFaultClientKilledMidStream(t *testing.T) {
 			time.Sleep(200 * time.Millisecond)
 			return before > 0 && n.Load() == before
 		}
-		waitFor(t, 10*time.Second, "the reverse bidi sender to block on flow control", func() bool { return stuck(&sent) })
-		waitFor(t, 10*time.Second, "a forward handler to block on flow control", func() bool {
+		testenv.WaitFor(t, 10*time.Second, "the reverse bidi sender to block on flow control", func() bool { return stuck(&sent) })
+		testenv.WaitFor(t, 10*time.Second, "a forward handler to block on flow control", func() bool {
 			return stuck(&handlers[0].sends) || stuck(&handlers[1].sends)
 		})
 		for _, h := range handlers {
@@ -441,7 +443,7 @@ func TestFaultClientKilledMidStream(t *testing.T) {
 		for range 2 {
 			select {
 			case r := <-ends:
-				wantCode(t, r.err, codes.Unavailable, r.what+" to a killed client")
+				testenv.WantCode(t, r.err, codes.Unavailable, r.what+" to a killed client")
 				t.Logf("%s ended %v after the kill, after %d messages: %v", r.what, r.at.Sub(killed).Round(time.Millisecond), r.n, r.err)
 			case <-time.After(bound - time.Since(killed)):
 				t.Fatalf("reverse streams to the killed client still open %v after the kill", bound)
@@ -463,9 +465,9 @@ func TestFaultClientKilledMidStream(t *testing.T) {
 				t.Fatal("a forward handler did not return after its context ended")
 			}
 		}
-		waitFor(t, bound-time.Since(killed), "the killed client to leave Peers()", func() bool {
-			_, err := e.srv.Client(child.id)
-			return status.Code(err) == codes.NotFound && len(e.srv.Peers()) == 0
+		testenv.WaitFor(t, bound-time.Since(killed), "the killed client to leave Peers()", func() bool {
+			_, err := e.Srv.Client(child.id)
+			return status.Code(err) == codes.NotFound && len(e.Srv.Peers()) == 0
 		})
 		t.Logf("gone from Peers() %v after the kill", time.Since(killed).Round(time.Millisecond))
 	})
@@ -482,13 +484,13 @@ type echoReceiver interface {
 // of hanging, the clients reconnect by themselves and new streams work both
 // ways.
 func TestFaultServerRestartWhileStreaming(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		const n = 4
-		cfg := envConfig{transport: tr, serverOpts: []brpc.ServerOption{brpc.WithAuthenticator(byNameFromMetadata)}}
-		e := newEnv(t, cfg)
+		cfg := testenv.Config{Transport: tr, ServerOpts: []brpc.ServerOption{brpc.WithAuthenticator(byNameFromMetadata)}}
+		e := testenv.New(t, cfg)
 		r := restartOn(t, e, cfg)
 		clients := connectNamed(e, n, "streamer-")
-		waitFor(t, 10*time.Second, "all clients to connect", func() bool { return len(r.srv().Peers()) == n })
+		testenv.WaitFor(t, 10*time.Second, "all clients to connect", func() bool { return len(r.srv().Peers()) == n })
 
 		// Per client: a forward server stream, a forward bidi stream and a
 		// reverse server stream, each past its first message.
@@ -513,7 +515,7 @@ func TestFaultServerRestartWhileStreaming(t *testing.T) {
 		long := &testpb.EchoRequest{Message: "long", Count: 1 << 30, SleepMs: 10}
 		for i, c := range clients {
 			name := fmt.Sprint("streamer-", i)
-			fss, err := c.echo.ServerStream(ctx, long)
+			fss, err := c.Echo.ServerStream(ctx, long)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -522,7 +524,7 @@ func TestFaultServerRestartWhileStreaming(t *testing.T) {
 			}
 			drain(name+" forward server stream", func() error { _, err := fss.Recv(); return err })
 
-			bs, err := c.echo.BidiStream(ctx)
+			bs, err := c.Echo.BidiStream(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -565,7 +567,7 @@ func TestFaultServerRestartWhileStreaming(t *testing.T) {
 
 		restarted := time.Now()
 		r.start()
-		waitFor(t, 10*time.Second, "all clients to reconnect", func() bool { return len(r.srv().Peers()) == n })
+		testenv.WaitFor(t, 10*time.Second, "all clients to reconnect", func() bool { return len(r.srv().Peers()) == n })
 		t.Logf("%d clients back %v after the restart", n, time.Since(restarted).Round(time.Millisecond))
 
 		check := func(what string, st echoReceiver, want string, count int) {
@@ -582,16 +584,16 @@ func TestFaultServerRestartWhileStreaming(t *testing.T) {
 		}
 		for i, c := range clients {
 			name := fmt.Sprint("streamer-", i)
-			ctx := testCtx(t)
+			ctx := testenv.Ctx(t)
 			// The client may learn of its new session just after the server
 			// lists it: wait for ready.
-			fss, err := c.echo.ServerStream(ctx, &testpb.EchoRequest{Message: "again", Count: 5}, grpc.WaitForReady(true))
+			fss, err := c.Echo.ServerStream(ctx, &testpb.EchoRequest{Message: "again", Count: 5}, grpc.WaitForReady(true))
 			if err != nil {
 				t.Fatal(err)
 			}
 			check(name+" forward server stream after the restart", fss, "server:again", 5)
 
-			bs, err := c.echo.BidiStream(ctx, grpc.WaitForReady(true))
+			bs, err := c.Echo.BidiStream(ctx, grpc.WaitForReady(true))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -641,7 +643,7 @@ func skipKnownBug(t *testing.T, bug string) {
 // logging or metrics interceptors may, or the scheduler under load) makes
 // that window certain.
 func TestFaultReverseCallCutOffAfterItsDeadline(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		slowAfter := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 			err := invoker(ctx, method, req, reply, cc, opts...)
 			if err != nil {
@@ -649,17 +651,17 @@ func TestFaultReverseCallCutOffAfterItsDeadline(t *testing.T) {
 			}
 			return err
 		}
-		e := newEnv(t, envConfig{
-			transport:  tr,
-			serverOpts: []brpc.ServerOption{brpc.WithGRPCDialOptions(grpc.WithChainUnaryInterceptor(slowAfter))},
-			call:       func(*env) func(context.Context) (string, error) { return nil },
+		e := testenv.New(t, testenv.Config{
+			Transport:  tr,
+			ServerOpts: []brpc.ServerOption{brpc.WithGRPCDialOptions(grpc.WithChainUnaryInterceptor(slowAfter))},
+			Call:       func(*testenv.Env) func(context.Context) (string, error) { return nil },
 		})
-		c := e.connect(clientConfig{name: "alice"})
-		rev, err := e.srv.Client(c.ID())
+		c := e.Connect(testenv.ClientConfig{Name: "alice"})
+		rev, err := e.Srv.Client(c.ID())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := rev.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
+		if _, err := rev.Unary(testenv.Ctx(t), &testpb.EchoRequest{}); err != nil {
 			t.Fatalf("warm-up: %v", err)
 		}
 		done := make(chan error, 1)
@@ -670,7 +672,7 @@ func TestFaultReverseCallCutOffAfterItsDeadline(t *testing.T) {
 			done <- err
 		}()
 		time.Sleep(200 * time.Millisecond) // the call is in the client's handler
-		e.srv.Stop()
+		e.Srv.Stop()
 		select {
 		case err := <-done:
 			if c := status.Code(err); c != codes.Unavailable && c != codes.DeadlineExceeded {
@@ -693,30 +695,30 @@ func TestFaultReverseCallCutOffAfterItsDeadline(t *testing.T) {
 func TestFaultQUICDeadPeerDetectionOnASlowPath(t *testing.T) {
 	skipKnownBug(t, "on QUIC, dead-peer detection takes at least 3 PTO, beyond WithKeepalive's timeout on slow paths (documented on WithKeepalive)")
 	const timeout = time.Second
-	e := newEnv(t, envConfig{
-		serverOpts: []brpc.ServerOption{brpc.WithKeepalive(100*time.Millisecond, timeout)},
-		call:       func(*env) func(context.Context) (string, error) { return nil },
+	e := testenv.New(t, testenv.Config{
+		ServerOpts: []brpc.ServerOption{brpc.WithKeepalive(100*time.Millisecond, timeout)},
+		Call:       func(*testenv.Env) func(context.Context) (string, error) { return nil },
 	})
-	relay := newLossyRelay(t, e.addr, lossConfig{Latency: 500 * time.Millisecond}, 1)
-	e.target = "quic://" + relay.Addr()
-	c := e.connect(clientConfig{name: "far", opts: []brpc.DialOption{brpc.WithKeepalive(100*time.Millisecond, timeout)}})
-	rev, err := e.srv.Client(c.ID())
+	relay := testenv.NewUDPRelay(t, e.Addr, testenv.Faults{Latency: 500 * time.Millisecond}, 1)
+	e.Target = "quic://" + relay.Addr()
+	c := e.Connect(testenv.ClientConfig{Name: "far", Opts: []brpc.DialOption{brpc.WithKeepalive(100*time.Millisecond, timeout)}})
+	rev, err := e.Srv.Client(c.ID())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for range 5 { // RTT samples, so that the path's PTO settles
-		if _, err := rev.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
+		if _, err := rev.Unary(testenv.Ctx(t), &testpb.EchoRequest{}); err != nil {
 			t.Fatalf("reverse call: %v", err)
 		}
 	}
-	back := inflight(rev, 20*time.Second)
+	back := testenv.Inflight(rev, 20*time.Second)
 	time.Sleep(100 * time.Millisecond)
 	relay.Blackhole()
 	vanished := time.Now()
 	bound := timeout + time.Second // generous for a 1s timeout, short of 3 PTO
 	select {
 	case err := <-back:
-		wantCode(t, err, codes.Unavailable, "a reverse call to a vanished client")
+		testenv.WantCode(t, err, codes.Unavailable, "a reverse call to a vanished client")
 		if took := time.Since(vanished); took > bound {
 			t.Fatalf("the reverse call to the vanished client failed after %v; WithKeepalive's timeout is %v", took.Round(time.Millisecond), timeout)
 		}

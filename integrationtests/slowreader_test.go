@@ -1,4 +1,4 @@
-package brpc_test
+package integrationtests
 
 import (
 	"bytes"
@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/brpc-go/brpc/internal/testpb"
+
+	"github.com/brpc-go/brpc/internal/testenv"
 )
 
 // TestClientThatNeverReadsIsContained: a client asks for a large stream of
@@ -15,10 +17,10 @@ import (
 // handler rather than let the server buffer without bound, and other
 // clients must be served meanwhile.
 func TestClientThatNeverReadsIsContained(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
-		e := newPlainEnvOn(t, tr)
-		greedy := e.connect(clientConfig{name: "greedy"})
-		polite := e.connect(clientConfig{name: "polite"})
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
+		e := testenv.NewPlainOn(t, tr)
+		greedy := e.Connect(testenv.ClientConfig{Name: "greedy"})
+		polite := e.Connect(testenv.ClientConfig{Name: "polite"})
 
 		var before runtime.MemStats
 		runtime.GC()
@@ -28,14 +30,14 @@ func TestClientThatNeverReadsIsContained(t *testing.T) {
 		defer cancel()
 		payload := bytes.Repeat([]byte("x"), 256<<10)
 		// 400 responses of 256 KiB: 100 MiB that nobody reads.
-		if _, err := greedy.echo.ServerStream(ctx, &testpb.EchoRequest{Payload: payload, Count: 400}); err != nil {
+		if _, err := greedy.Echo.ServerStream(ctx, &testpb.EchoRequest{Payload: payload, Count: 400}); err != nil {
 			t.Fatalf("ServerStream: %v", err)
 		}
 		time.Sleep(1500 * time.Millisecond) // the server writes until flow control stops it
 
 		for i := 0; i < 20; i++ {
 			cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_, err := polite.echo.Unary(cctx, &testpb.EchoRequest{Message: "still there?"})
+			_, err := polite.Echo.Unary(cctx, &testpb.EchoRequest{Message: "still there?"})
 			ccancel()
 			if err != nil {
 				t.Fatalf("another client's call while one never reads: %v", err)
