@@ -11,9 +11,8 @@ import (
 
 	"github.com/brpc-go/brpc"
 	"github.com/brpc-go/brpc/internal/certs"
-	"github.com/brpc-go/brpc/internal/testpb"
-
 	"github.com/brpc-go/brpc/internal/testenv"
+	"github.com/brpc-go/brpc/internal/testpb"
 )
 
 func TestDialRejectsBadInput(t *testing.T) {

@@ -16,9 +16,8 @@ import (
 
 	"github.com/brpc-go/brpc"
 	"github.com/brpc-go/brpc/internal/certs"
-	"github.com/brpc-go/brpc/internal/testpb"
-
 	"github.com/brpc-go/brpc/internal/testenv"
+	"github.com/brpc-go/brpc/internal/testpb"
 )
 
 // byName admits clients under the "name" they send in their hello.

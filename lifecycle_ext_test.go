@@ -12,9 +12,8 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/brpc-go/brpc"
-	"github.com/brpc-go/brpc/internal/testpb"
-
 	"github.com/brpc-go/brpc/internal/testenv"
+	"github.com/brpc-go/brpc/internal/testpb"
 )
 
 func TestGracefulStopDrainsBothDirections(t *testing.T) {

@@ -15,7 +15,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc"
-
 	"github.com/brpc-go/brpc/internal/testenv"
 )
 

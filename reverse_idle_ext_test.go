@@ -12,9 +12,8 @@ import (
 	"google.golang.org/grpc/stats"
 
 	"github.com/brpc-go/brpc"
-	"github.com/brpc-go/brpc/internal/testpb"
-
 	"github.com/brpc-go/brpc/internal/testenv"
+	"github.com/brpc-go/brpc/internal/testpb"
 )
 
 // connCounter is a stats.Handler that counts the gRPC connections a

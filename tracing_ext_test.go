@@ -14,9 +14,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/brpc-go/brpc"
-	"github.com/brpc-go/brpc/internal/testpb"
-
 	"github.com/brpc-go/brpc/internal/testenv"
+	"github.com/brpc-go/brpc/internal/testpb"
 )
 
 // TestOneTraceSpansForwardAndReverseCalls: with the standard otelgrpc stats

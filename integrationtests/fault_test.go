@@ -1,7 +1,6 @@
 package integrationtests
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -11,9 +10,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,9 +20,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc"
-	"github.com/brpc-go/brpc/internal/testpb"
-
 	"github.com/brpc-go/brpc/internal/testenv"
+	"github.com/brpc-go/brpc/internal/testpb"
 )
 
 // faultSeed returns the seed named by the environment variable env, or a new
@@ -213,116 +209,39 @@ func (w *handlerWatch) next(t *testing.T) *watchedHandler {
 	}
 }
 
-// Environment of the child process of TestFaultClientKilledMidStream.
-const (
-	faultChildTarget = "BRPC_FAULT_CHILD_TARGET"
-	faultChildCA     = "BRPC_FAULT_CHILD_CA"
-	faultChildIDLine = "fault-child-id "
-)
-
-// faultChild is a brpc client running in a child process.
-type faultChild struct {
-	cmd    *exec.Cmd
-	id     string
-	stdin  io.Closer
-	output chan struct{} // closed when its stdout has been read to the end
-}
-
-// startFaultChild starts the child, which dials e, serves its echo service
-// and keeps two long server-streaming calls to the server going; it returns
-// once the child reports its ID, that is once both calls have their first
-// response. t.Cleanup kills the child if it still runs and reaps it.
-func startFaultChild(t *testing.T, e *testenv.Env) *faultChild {
-	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestFaultChildHelperProcess$", "-test.v")
-	cmd.Env = append(os.Environ(), faultChildTarget+"="+e.Target, faultChildCA+"="+string(e.CA.CertPEM()))
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ch := &faultChild{cmd: cmd, stdin: stdin, output: make(chan struct{})}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		stdin.Close()
-		<-ch.output
-		cmd.Wait()
-	})
-	ids := make(chan string, 1)
-	go func() {
-		defer close(ch.output)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if id, ok := strings.CutPrefix(sc.Text(), faultChildIDLine); ok {
-				ids <- id
-			}
-		}
-		close(ids)
-		io.Copy(io.Discard, stdout)
-	}()
-	select {
-	case id, ok := <-ids:
-		if !ok {
-			t.Fatal("the child process ended before reporting its ID")
-		}
-		ch.id = id
-	case <-time.After(30 * time.Second):
-		t.Fatal("the child process did not report its ID within 30s")
-	}
-	return ch
-}
-
-// kill sends SIGKILL: the child gets no chance to close anything.
-func (ch *faultChild) kill(t *testing.T) {
-	t.Helper()
-	if err := ch.cmd.Process.Kill(); err != nil {
-		t.Fatalf("killing the child: %v", err)
-	}
-}
-
-// TestFaultChildHelperProcess is the child process of
-// TestFaultClientKilledMidStream: a brpc client that serves its echo
-// service and keeps two server-streaming calls to the server going, one it
-// reads (flowing) and one it stopped reading (stalled: the server's handler
-// ends up blocked on flow control). It prints its ID once both have
-// answered and waits to be killed (or for its stdin to close).
-func TestFaultChildHelperProcess(t *testing.T) {
-	target := os.Getenv(faultChildTarget)
-	if target == "" {
-		t.Skip("runs only as the child process of TestFaultClientKilledMidStream")
-	}
+// streamingClientRole is the child role "streaming-client" of
+// TestFaultClientKilledMidStream: a brpc client of "target" (trusting the
+// PEM certificate "ca") that serves its echo service and keeps two
+// server-streaming calls to the server going, one it reads (flowing) and
+// one it stopped reading (stalled: the server's handler ends up blocked on
+// flow control). Its ready word is its ID, once both have answered; then
+// it waits to be killed.
+func streamingClientRole(c *testenv.ChildEnv) ([]string, error) {
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM([]byte(os.Getenv(faultChildCA)))
+	pool.AppendCertsFromPEM([]byte(c.Arg("ca")))
 	gs := grpc.NewServer()
 	testpb.RegisterEchoServer(gs, &testenv.Echo{Name: "child"})
-	defer gs.Stop()
+	c.Cleanup(gs.Stop)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	cc, err := brpc.Dial(ctx, target, brpc.WithTLSConfig(&tls.Config{RootCAs: pool}), brpc.WithServer(gs),
+	cc, err := brpc.Dial(ctx, c.Arg("target"), brpc.WithTLSConfig(&tls.Config{RootCAs: pool}), brpc.WithServer(gs),
 		brpc.WithKeepalive(faultKeepaliveInterval, faultKeepaliveTimeout))
 	cancel()
 	if err != nil {
-		t.Fatalf("Dial: %v", err)
+		return nil, fmt.Errorf("Dial: %w", err)
 	}
-	defer cc.Close()
+	c.Cleanup(func() { cc.Close() })
 	echo := testpb.NewEchoClient(cc)
 	flowing, err := echo.ServerStream(context.Background(), &testpb.EchoRequest{Message: "flowing", Count: 1 << 30, SleepMs: 10})
 	if err != nil {
-		t.Fatalf("ServerStream: %v", err)
+		return nil, fmt.Errorf("ServerStream: %w", err)
 	}
 	stalled, err := echo.ServerStream(context.Background(), &testpb.EchoRequest{Message: "stalled", Count: 1 << 30, Payload: make([]byte, 64<<10)})
 	if err != nil {
-		t.Fatalf("ServerStream: %v", err)
+		return nil, fmt.Errorf("ServerStream: %w", err)
 	}
 	for _, st := range []testpb.Echo_ServerStreamClient{flowing, stalled} {
 		if _, err := st.Recv(); err != nil {
-			t.Fatalf("first response of a long stream: %v", err)
+			return nil, fmt.Errorf("first response of a long stream: %w", err)
 		}
 	}
 	go func() {
@@ -332,8 +251,7 @@ func TestFaultChildHelperProcess(t *testing.T) {
 			}
 		}
 	}()
-	fmt.Println(faultChildIDLine + cc.ID())
-	io.Copy(io.Discard, os.Stdin)
+	return []string{cc.ID()}, nil
 }
 
 // TestFaultClientKilledMidStream kills (SIGKILL) a client process in the
@@ -356,14 +274,18 @@ func TestFaultClientKilledMidStream(t *testing.T) {
 			GRPCOpts:   []grpc.ServerOption{grpc.ChainStreamInterceptor(watch.intercept)},
 			Call:       func(*testenv.Env) func(context.Context) (string, error) { return nil },
 		})
-		child := startFaultChild(t, e)
+		// The child dials e, serves its echo service and keeps two long
+		// server-streaming calls to the server going; it is ready once both
+		// calls have their first response.
+		child := testenv.StartChild(t, "streaming-client", map[string]string{"target": e.Target, "ca": string(e.CA.CertPEM())})
+		childID := child.Ready[0]
 		// The child's forward calls: their handlers are running, since the
 		// child has had a response from each.
 		handlers := []*watchedHandler{watch.next(t), watch.next(t)}
 
-		rev, err := e.Srv.Client(child.id)
+		rev, err := e.Srv.Client(childID)
 		if err != nil {
-			t.Fatalf("Client(%q): %v", child.id, err)
+			t.Fatalf("Client(%q): %v", childID, err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
@@ -437,7 +359,7 @@ func TestFaultClientKilledMidStream(t *testing.T) {
 			}
 		}
 
-		child.kill(t)
+		child.Kill(t)
 		killed := time.Now()
 		bound := faultKeepaliveTimeout + faultSlack
 		for range 2 {
@@ -466,7 +388,7 @@ func TestFaultClientKilledMidStream(t *testing.T) {
 			}
 		}
 		testenv.WaitFor(t, bound-time.Since(killed), "the killed client to leave Peers()", func() bool {
-			_, err := e.Srv.Client(child.id)
+			_, err := e.Srv.Client(childID)
 			return status.Code(err) == codes.NotFound && len(e.Srv.Peers()) == 0
 		})
 		t.Logf("gone from Peers() %v after the kill", time.Since(killed).Round(time.Millisecond))

@@ -1,21 +1,8 @@
 package integrationtests
 
 import (
-	"bufio"
-	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"fmt"
-	"io"
-	"os"
-	"os/exec"
-	"runtime"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
-
-	"github.com/brpc-go/brpc"
 
 	"github.com/brpc-go/brpc/internal/testenv"
 )
@@ -52,56 +39,17 @@ func testIdleClientCost(t *testing.T, tr string) {
 	}
 	first.Shutdown()
 	testenv.WaitFor(t, 5*time.Second, "the first client to leave", func() bool { return len(e.Srv.Peers()) == 0 })
-	time.Sleep(100 * time.Millisecond)
-	g0, m0 := serverFootprint()
+	testenv.SettleGoroutines(t, 10*time.Second)
+	f0 := testenv.MeasureFootprint()
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestIdleClientsHelperProcess$", "-test.v")
-	cmd.Env = append(os.Environ(),
-		"BRPC_IDLE_TARGET="+e.Target,
-		"BRPC_IDLE_CA="+string(e.CA.CertPEM()),
-		"BRPC_IDLE_N="+strconv.Itoa(idleClients))
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		stdin.Close()
-		cmd.Wait()
-	}()
-	ready := make(chan error, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "ready") {
-				ready <- nil
-				io.Copy(io.Discard, stdout)
-				return
-			}
-		}
-		ready <- fmt.Errorf("the client process ended before it was ready: %v", sc.Err())
-	}()
-	select {
-	case err := <-ready:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("the client process did not connect its clients within 60s")
-	}
+	clients := testenv.StartClientsChild(t, e, idleClients)
 	testenv.WaitFor(t, 10*time.Second, "every client to be listed", func() bool { return len(e.Srv.Peers()) == idleClients })
-	time.Sleep(200 * time.Millisecond) // let handshake goroutines finish
+	// The handshakes' goroutines end after the clients are listed.
+	testenv.SettleGoroutines(t, 10*time.Second)
 
-	g1, m1 := serverFootprint()
-	perG := float64(g1-g0) / idleClients
-	perB := float64(m1-m0) / idleClients
+	f1 := testenv.MeasureFootprint()
+	perG := float64(f1.Goroutines-f0.Goroutines) / idleClients
+	perB := (float64(f1.HeapAlloc+f1.StackInuse) - float64(f0.HeapAlloc+f0.StackInuse)) / idleClients
 	t.Logf("per idle %s client on the server: %.2f goroutines, %.1f KiB (heap+stacks)", tr, perG, perB/1024)
 	maxG, maxB := maxIdleGoroutinesPerPeer, maxIdleBytesPerPeer[tr]
 	// A goroutine or two of the process may come and go between the two
@@ -113,44 +61,6 @@ func testIdleClientCost(t *testing.T, tr string) {
 		t.Errorf("an idle client costs %.1f KiB, want at most %d KiB", perB/1024, maxB>>10)
 	}
 
-	stdin.Close()
+	clients.Stop(t)
 	testenv.WaitFor(t, 20*time.Second, "the clients to leave Peers()", func() bool { return len(e.Srv.Peers()) == 0 })
-}
-
-func serverFootprint() (goroutines int, bytes uint64) {
-	var ms runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	return runtime.NumGoroutine(), ms.HeapAlloc + ms.StackInuse
-}
-
-// TestIdleClientsHelperProcess is the child process of TestIdleClientCost:
-// it connects the clients, reports "ready" and holds them until its stdin
-// closes.
-func TestIdleClientsHelperProcess(t *testing.T) {
-	target := os.Getenv("BRPC_IDLE_TARGET")
-	if target == "" {
-		t.Skip("runs only as the child process of TestIdleClientCost")
-	}
-	n, _ := strconv.Atoi(os.Getenv("BRPC_IDLE_N"))
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM([]byte(os.Getenv("BRPC_IDLE_CA")))
-	var conns []*brpc.ClientConn
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	for i := 0; i < n; i++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		c, err := brpc.Dial(ctx, target, brpc.WithTLSConfig(&tls.Config{RootCAs: pool}))
-		cancel()
-		if err != nil {
-			t.Fatalf("Dial %d: %v", i, err)
-		}
-		conns = append(conns, c)
-	}
-	fmt.Println("ready")
-	io.Copy(io.Discard, os.Stdin)
 }

@@ -16,9 +16,8 @@ import (
 	"github.com/brpc-go/brpc/internal/handshake"
 	"github.com/brpc-go/brpc/internal/handshake/handshakepb"
 	"github.com/brpc-go/brpc/internal/session"
-	"github.com/brpc-go/brpc/internal/testpb"
-
 	"github.com/brpc-go/brpc/internal/testenv"
+	"github.com/brpc-go/brpc/internal/testpb"
 )
 
 func TestMaxClients(t *testing.T) {

@@ -15,9 +15,8 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/brpc-go/brpc"
-	"github.com/brpc-go/brpc/internal/testpb"
-
 	"github.com/brpc-go/brpc/internal/testenv"
+	"github.com/brpc-go/brpc/internal/testpb"
 )
 
 // fastBackoff keeps reconnect tests short.
@@ -75,15 +74,11 @@ func (r *restartable) start() {
 	gs := grpc.NewServer()
 	testpb.RegisterEchoServer(gs, &testenv.Echo{Name: "server"})
 	srv := brpc.NewServer(gs, testpb.NewEchoClient, r.cfg.ServerOpts...)
-	listen := brpc.ListenQUIC
-	if r.cfg.Transport == "tcp" {
-		listen = brpc.ListenTCP
-	}
 	var lis brpc.Listener
 	// The old socket may take a moment to be released.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		lis, err = listen(r.addr, stls)
+		lis, err = testenv.Listen(r.cfg.Transport, r.addr, stls)
 		if err == nil || time.Now().After(deadline) {
 			break
 		}

@@ -7,9 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/brpc-go/brpc/internal/testpb"
-
 	"github.com/brpc-go/brpc/internal/testenv"
+	"github.com/brpc-go/brpc/internal/testpb"
 )
 
 // TestClientThatNeverReadsIsContained: a client asks for a large stream of

@@ -18,15 +18,13 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc"
-	"github.com/brpc-go/brpc/internal/testpb"
-
 	"github.com/brpc-go/brpc/internal/testenv"
+	"github.com/brpc-go/brpc/internal/testpb"
 )
 
 // Soak parameters. BRPC_SOAK sets the duration (a Go duration such as
@@ -430,29 +428,11 @@ func soakDuration(t *testing.T) time.Duration {
 	return d
 }
 
-func soakFootprint() (goroutines int, heap uint64) {
-	var ms runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	return runtime.NumGoroutine(), ms.HeapAlloc
-}
-
 // dial connects a client session named name that serves its echo
 // service.
-func (s *soak) dial(ctx context.Context, target, name string) (*testenv.Client, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	gs := grpc.NewServer()
-	testpb.RegisterEchoServer(gs, &testenv.Echo{Name: name})
-	cc, err := brpc.Dial(ctx, target, brpc.WithTLSConfig(s.e.CA.ClientTLS()), brpc.WithServer(gs),
-		brpc.WithMetadata(metadata.Pairs("name", name)),
-		brpc.WithKeepalive(soakKeepalive, soakKeepaliveTimeout), brpc.WithConnectBackoff(fastBackoff))
-	if err != nil {
-		gs.Stop()
-		return nil, err
-	}
-	return &testenv.Client{ClientConn: cc, GS: gs, Echo: testpb.NewEchoClient(cc)}, nil
+func (s *soak) dial(target, name string) (*testenv.Client, error) {
+	return s.e.Dial(testenv.ClientConfig{Target: target, Name: name, MD: metadata.Pairs("name", name),
+		Opts: []brpc.DialOption{brpc.WithKeepalive(soakKeepalive, soakKeepaliveTimeout), brpc.WithConnectBackoff(fastBackoff)}})
 }
 
 // TestSoak runs many clients over both transports that connect, call in
@@ -497,7 +477,7 @@ func TestSoak(t *testing.T) {
 	// Warm up: one client per transport, so that the listeners' and the
 	// server's own goroutines and pools exist before the baseline.
 	for _, tr := range testenv.Transports {
-		c, err := s.dial(context.Background(), s.targets[tr], "warm-"+tr)
+		c, err := s.dial(s.targets[tr], "warm-"+tr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -507,8 +487,9 @@ func TestSoak(t *testing.T) {
 		c.Shutdown()
 	}
 	testenv.WaitFor(t, 5*time.Second, "the warm-up clients to leave", func() bool { return len(e.Srv.Peers()) == 0 })
-	time.Sleep(200 * time.Millisecond)
-	g0, h0 := soakFootprint()
+	testenv.SettleGoroutines(t, 10*time.Second)
+	f0 := testenv.MeasureFootprint()
+	g0, h0 := f0.Goroutines, f0.HeapAlloc
 
 	start := time.Now()
 	ctx, stop := context.WithTimeout(context.Background(), dur)
@@ -587,7 +568,8 @@ func TestSoak(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	settled := time.Since(settle)
-	g1, h1 := soakFootprint()
+	f1 := testenv.MeasureFootprint()
+	g1, h1 := f1.Goroutines, f1.HeapAlloc
 	s.report(t, took, dur, seed, g0, g1, h0, h1, settled)
 }
 
@@ -706,7 +688,7 @@ func (s *soak) session(ctx context.Context, rng *rand.Rand, name string) {
 		// Not cut short when the soak ends: an abandoned QUIC handshake
 		// holds a few goroutines on the server until quic-go's handshake
 		// timeout, which would only lengthen the settle wait.
-		c, err = s.dial(context.Background(), target, name)
+		c, err = s.dial(target, name)
 	}
 	if err != nil {
 		s.dialMu.Lock()

@@ -52,7 +52,7 @@ func (c *ChildEnv) Cleanup(fn func()) { c.cleanups = append(c.cleanups, fn) }
 
 // RunChild returns at once in a test process. In a child started by
 // StartChild it plays the role named by the parent, out of roles and the
-// built-in ones (ServerRole as "server"), and exits the process. Call it
+// built-in ones (ServerRole as "server", ClientsRole as "clients"), and exits the process. Call it
 // first in TestMain.
 func RunChild(roles map[string]Role) {
 	name, ok := os.LookupEnv(childEnv)
@@ -60,8 +60,8 @@ func RunChild(roles map[string]Role) {
 		return
 	}
 	role := roles[name]
-	if role == nil && name == "server" {
-		role = ServerRole
+	if role == nil {
+		role = map[string]Role{"server": ServerRole, "clients": ClientsRole}[name]
 	}
 	if role == nil {
 		fmt.Printf("fail no role %q\n", name)

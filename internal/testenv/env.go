@@ -142,6 +142,7 @@ type ClientConfig struct {
 	Opts     []brpc.DialOption
 	NoServe  bool // no echo service of its own
 	TLS      *tls.Config
+	Target   string // what to dial instead of Env.Target
 }
 
 // Client is a connected brpc client serving its own echo service.
@@ -151,7 +152,7 @@ type Client struct {
 	Echo testpb.EchoClient
 }
 
-// Dial connects a client to e.Target.
+// Dial connects a client to e.Target (or cfg.Target).
 func (e *Env) Dial(cfg ClientConfig) (*Client, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -170,7 +171,11 @@ func (e *Env) Dial(cfg ClientConfig) (*Client, error) {
 		opts = append(opts, brpc.WithServer(gs))
 	}
 	opts = append(opts, cfg.Opts...)
-	cc, err := brpc.Dial(ctx, e.Target, opts...)
+	target := cfg.Target
+	if target == "" {
+		target = e.Target
+	}
+	cc, err := brpc.Dial(ctx, target, opts...)
 	if err != nil {
 		if gs != nil {
 			gs.Stop()
