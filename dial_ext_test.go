@@ -32,8 +32,8 @@ func TestDialRejectsBadInput(t *testing.T) {
 		{"no port", "quic://127.0.0.1", []brpc.DialOption{withTLS}, codes.InvalidArgument},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := brpc.Dial(testenv.Ctx(t), tc.Target, tc.opts...)
-			testenv.WantCode(t, err, tc.want, "Dial("+tc.Target+")")
+			_, err := brpc.Dial(testenv.Ctx(t), tc.target, tc.opts...)
+			testenv.WantCode(t, err, tc.want, "Dial("+tc.target+")")
 		})
 	}
 }

@@ -29,7 +29,9 @@ func TestGracefulStopDrainsBothDirections(t *testing.T) {
 		}
 		fwd := testenv.Inflight(c.Echo, 500*time.Millisecond)
 		back := testenv.Inflight(rev, 500*time.Millisecond)
-		time.Sleep(100 * time.Millisecond) // let both calls reach their handlers
+		testenv.WaitFor(t, 5*time.Second, "both calls to reach their handlers", func() bool {
+			return e.Echo.Sleeping() == 1 && c.Service.Sleeping() == 1
+		})
 
 		stopped := make(chan struct{})
 		go func() { e.Srv.GracefulStop(); close(stopped) }()
@@ -67,7 +69,9 @@ func TestStopEndsCallsWithUnavailable(t *testing.T) {
 		}
 		fwd := testenv.Inflight(c.Echo, 10*time.Second)
 		back := testenv.Inflight(rev, 10*time.Second)
-		time.Sleep(100 * time.Millisecond)
+		testenv.WaitFor(t, 5*time.Second, "both calls to reach their handlers", func() bool {
+			return e.Echo.Sleeping() == 1 && c.Service.Sleeping() == 1
+		})
 		start := time.Now()
 		e.Srv.Stop()
 		for what, ch := range map[string]<-chan error{"forward": fwd, "reverse": back} {
@@ -116,7 +120,8 @@ func TestVanishedClientIsDroppedWithinKeepaliveTimeout(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		gs := grpc.NewServer()
-		testpb.RegisterEchoServer(gs, &testenv.Echo{Name: "ghost"})
+		ghost := &testenv.Echo{Name: "ghost"}
+		testpb.RegisterEchoServer(gs, ghost)
 		defer gs.Stop()
 		cc, err := brpc.Dial(ctx, tr+"://"+relayAddr, brpc.WithTLSConfig(e.CA.ClientTLS()), brpc.WithServer(gs),
 			brpc.WithKeepalive(100*time.Millisecond, timeout))
@@ -140,7 +145,9 @@ func TestVanishedClientIsDroppedWithinKeepaliveTimeout(t *testing.T) {
 
 		back := testenv.Inflight(rev, 10*time.Second)
 		fwd := testenv.Inflight(testpb.NewEchoClient(cc), 10*time.Second)
-		time.Sleep(50 * time.Millisecond)
+		testenv.WaitFor(t, 5*time.Second, "both calls to reach their handlers", func() bool {
+			return e.Echo.Sleeping() == 1 && ghost.Sleeping() == 1
+		})
 		blackhole()
 		vanished := time.Now()
 
@@ -184,7 +191,7 @@ func TestDuplicateIDReplacesOlderSession(t *testing.T) {
 			t.Fatal(err)
 		}
 		pending := testenv.Inflight(oldStub, 10*time.Second)
-		time.Sleep(100 * time.Millisecond)
+		testenv.WaitFor(t, 5*time.Second, "the call to reach the old client's handler", func() bool { return old.Service.Sleeping() == 1 })
 
 		e.Connect(testenv.ClientConfig{Name: "new"})
 		select {

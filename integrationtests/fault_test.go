@@ -197,6 +197,14 @@ func (s *sendCountingStream) SendMsg(m any) error {
 	return err
 }
 
+// stuck reports whether the count n of messages sent is past zero and
+// stays put for 200ms: its sender is blocked on flow control.
+func stuck(n *atomic.Int64) bool {
+	before := n.Load()
+	time.Sleep(200 * time.Millisecond)
+	return before > 0 && n.Load() == before
+}
+
 // next waits for the next handler to start.
 func (w *handlerWatch) next(t *testing.T) *watchedHandler {
 	t.Helper()
@@ -341,12 +349,6 @@ func TestFaultClientKilledMidStream(t *testing.T) {
 				sent.Add(1)
 			}
 		}()
-		// stuck reports whether n stays put for a while.
-		stuck := func(n *atomic.Int64) bool {
-			before := n.Load()
-			time.Sleep(200 * time.Millisecond)
-			return before > 0 && n.Load() == before
-		}
 		testenv.WaitFor(t, 10*time.Second, "the reverse bidi sender to block on flow control", func() bool { return stuck(&sent) })
 		testenv.WaitFor(t, 10*time.Second, "a forward handler to block on flow control", func() bool {
 			return stuck(&handlers[0].sends) || stuck(&handlers[1].sends)
@@ -593,7 +595,7 @@ func TestFaultReverseCallCutOffAfterItsDeadline(t *testing.T) {
 			_, err := rev.Unary(ctx, &testpb.EchoRequest{SleepMs: 5000})
 			done <- err
 		}()
-		time.Sleep(200 * time.Millisecond) // the call is in the client's handler
+		testenv.WaitFor(t, 5*time.Second, "the call to reach the client's handler", func() bool { return c.Service.Sleeping() == 1 })
 		e.Srv.Stop()
 		select {
 		case err := <-done:
@@ -634,7 +636,7 @@ func TestFaultQUICDeadPeerDetectionOnASlowPath(t *testing.T) {
 		}
 	}
 	back := testenv.Inflight(rev, 20*time.Second)
-	time.Sleep(100 * time.Millisecond)
+	testenv.WaitFor(t, 5*time.Second, "the call to reach the client's handler", func() bool { return c.Service.Sleeping() == 1 })
 	relay.Blackhole()
 	vanished := time.Now()
 	bound := timeout + time.Second // generous for a 1s timeout, short of 3 PTO

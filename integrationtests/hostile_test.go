@@ -31,7 +31,6 @@ import (
 	"github.com/brpc-go/brpc/internal/handshake/handshakepb"
 	"github.com/brpc-go/brpc/internal/session"
 	"github.com/brpc-go/brpc/internal/testenv"
-	"github.com/brpc-go/brpc/internal/testpb"
 )
 
 const (
@@ -177,32 +176,6 @@ func wantNoPeers(t *testing.T, e *testenv.Env) {
 	}
 }
 
-// wantServes connects an ordinary client, makes a call that also calls it
-// back, and returns the client (closed by t.Cleanup).
-func wantServes(t *testing.T, e *testenv.Env, name string) *testenv.Client {
-	t.Helper()
-	c, err := e.Dial(testenv.ClientConfig{Name: name})
-	if err != nil {
-		t.Fatalf("an ordinary client cannot connect any more: %v", err)
-	}
-	t.Cleanup(c.Shutdown)
-	callOK(t, c, name)
-	return c
-}
-
-func callOK(t *testing.T, c *testenv.Client, name string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), hostileBound)
-	defer cancel()
-	r, err := c.Echo.Unary(ctx, &testpb.EchoRequest{Message: "hi"})
-	if err != nil {
-		t.Fatalf("Unary from %s: %v", name, err)
-	}
-	if want := "server:hi|" + name + ":back"; r.GetMessage() != want {
-		t.Fatalf("Unary from %s: got %q, want %q", name, r.GetMessage(), want)
-	}
-}
-
 // garbageDatagrams returns random datagrams: pure noise, and noise dressed
 // as QUIC packets (v1 Initial, Handshake and 0-RTT long headers, unknown and
 // zero versions, short headers) so that the server's parser gets past the
@@ -267,7 +240,7 @@ func dressAsQUIC(b []byte, kind int, r *rand.Rand) {
 
 func TestHostileGarbageDatagrams(t *testing.T) {
 	e := hostileEnv(t)
-	before := wantServes(t, e, "before")
+	before := e.WantServes(t, "before")
 
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("garbage seed %d", seed)
@@ -305,8 +278,8 @@ func TestHostileGarbageDatagrams(t *testing.T) {
 
 	// The client connected before keeps working, a new one connects, and
 	// the garbage has admitted nobody.
-	callOK(t, before, "before")
-	wantServes(t, e, "after")
+	testenv.CallOK(t, before, "before")
+	e.WantServes(t, "after")
 	if n := len(e.Srv.Peers()); n != 2 {
 		t.Fatalf("Peers() has %d clients, want the 2 real ones: %v", n, e.Srv.Peers())
 	}
@@ -319,7 +292,7 @@ func TestHostileSilentConnection(t *testing.T) {
 		wantNoPeers(t, e)
 		wantServerClose(t, conn, session.CodeHandshakeTimeout, hostileBound)
 		wantNoPeers(t, e)
-		wantServes(t, e, "alice")
+		e.WantServes(t, "alice")
 	})
 	t.Run("stream opened, nothing written", func(t *testing.T) {
 		e := hostileEnv(t)
@@ -327,7 +300,7 @@ func TestHostileSilentConnection(t *testing.T) {
 		openCtrl(t, conn)
 		wantServerClose(t, conn, session.CodeHandshakeTimeout, hostileBound)
 		wantNoPeers(t, e)
-		wantServes(t, e, "alice")
+		e.WantServes(t, "alice")
 	})
 }
 
@@ -351,7 +324,7 @@ func TestHostilePartialHello(t *testing.T) {
 			write(t, st, tc.send(hdr, body))
 			wantServerClose(t, conn, session.CodeHandshakeTimeout, hostileBound)
 			wantNoPeers(t, e)
-			wantServes(t, e, "alice")
+			e.WantServes(t, "alice")
 		})
 	}
 }
@@ -370,7 +343,7 @@ func TestHostileOversizedHelloFrame(t *testing.T) {
 			wantRejected(t, readWelcome(t, st), codes.ResourceExhausted)
 			conn.CloseWithError(0, "read the rejection")
 			wantNoPeers(t, e)
-			wantServes(t, e, "alice")
+			e.WantServes(t, "alice")
 		})
 	}
 }
@@ -395,7 +368,7 @@ func TestHostileOversizedHelloDial(t *testing.T) {
 		t.Fatalf("Dial with a small hello: %v", err)
 	}
 	defer c.Shutdown()
-	callOK(t, c, "small")
+	testenv.CallOK(t, c, "small")
 }
 
 // A hello above the limit is refused with codes.ResourceExhausted whatever
@@ -417,7 +390,7 @@ func TestHostileHugeHelloDial(t *testing.T) {
 			t.Logf("Dial returned after %v: %v", time.Since(start), err)
 			testenv.WantCode(t, err, codes.ResourceExhausted, "Dial with an oversized hello")
 			wantNoPeers(t, e)
-			wantServes(t, e, "alice")
+			e.WantServes(t, "alice")
 		})
 	}
 }
@@ -439,7 +412,7 @@ func TestHostileMalformedHello(t *testing.T) {
 			// The client does not go away by itself: the server ends the session.
 			wantServerClose(t, conn, session.CodeRejected, hostileBound)
 			wantNoPeers(t, e)
-			wantServes(t, e, "alice")
+			e.WantServes(t, "alice")
 		})
 	}
 }
@@ -463,7 +436,7 @@ func TestHostileUnsupportedVersion(t *testing.T) {
 			wantRejected(t, readWelcome(t, st), codes.FailedPrecondition)
 			wantServerClose(t, conn, session.CodeRejected, hostileBound)
 			wantNoPeers(t, e)
-			wantServes(t, e, "alice")
+			e.WantServes(t, "alice")
 		})
 	}
 }
@@ -495,7 +468,7 @@ func TestHostileWrongALPN(t *testing.T) {
 		t.Fatal("quic.DialAddr offering h3 succeeded")
 	}
 	wantNoPeers(t, e)
-	wantServes(t, e, "alice")
+	e.WantServes(t, "alice")
 }
 
 // hostileAuth admits clients whose metadata has no "mode"; the others get
@@ -542,7 +515,7 @@ func TestHostileAuthenticator(t *testing.T) {
 		t.Run(tc.mode, func(t *testing.T) {
 			var running atomic.Int32
 			e := hostileEnv(t, brpc.WithAuthenticator(hostileAuth(&running)))
-			before := wantServes(t, e, "before")
+			before := e.WantServes(t, "before")
 
 			start := time.Now()
 			c, err := e.Dial(testenv.ClientConfig{Name: "bad", MD: metadata.Pairs("mode", tc.mode)})
@@ -564,8 +537,8 @@ func TestHostileAuthenticator(t *testing.T) {
 			if n := len(e.Srv.Peers()); n != 1 {
 				t.Fatalf("Peers() = %v, want only the client connected before", e.Srv.Peers())
 			}
-			callOK(t, before, "before")
-			wantServes(t, e, "after")
+			testenv.CallOK(t, before, "before")
+			e.WantServes(t, "after")
 		})
 	}
 }
@@ -607,7 +580,7 @@ func TestHostileManyHalfOpen(t *testing.T) {
 		}
 	}
 
-	c := wantServes(t, e, "alice")
+	c := e.WantServes(t, "alice")
 	open := 0
 	for _, conn := range conns {
 		if conn.Context().Err() == nil {
@@ -622,7 +595,7 @@ func TestHostileManyHalfOpen(t *testing.T) {
 	if p := e.Srv.Peers(); len(p) != 1 || p[0].ID != c.ID() {
 		t.Fatalf("Peers() = %v, want only %q", p, c.ID())
 	}
-	callOK(t, c, "alice")
+	testenv.CallOK(t, c, "alice")
 }
 
 // A welcomed raw client that opens a stream and writes garbage where grpc-go
@@ -657,7 +630,7 @@ func TestHostileGarbageStreamAfterWelcome(t *testing.T) {
 	}
 	t.Logf("garbage stream ended with %v", err)
 
-	wantServes(t, e, "alice")
+	e.WantServes(t, "alice")
 	conn.CloseWithError(0, "bye")
 	testenv.WaitFor(t, hostileBound, "the raw client to leave Peers()", func() bool { return len(e.Srv.Peers()) == 1 })
 }
@@ -672,7 +645,7 @@ func TestHostileStopDuringHandshakes(t *testing.T) {
 		brpc.WithHandshakeTimeout(time.Minute), // nothing ends by itself during the test
 		brpc.WithAuthenticator(hostileAuth(&running)),
 	}})
-	good := wantServes(t, e, "alice")
+	good := e.WantServes(t, "alice")
 
 	var silent, partial, authing, lingering []*quic.Conn
 	for range 10 {

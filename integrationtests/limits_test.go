@@ -17,7 +17,6 @@ import (
 	"github.com/brpc-go/brpc/internal/handshake/handshakepb"
 	"github.com/brpc-go/brpc/internal/session"
 	"github.com/brpc-go/brpc/internal/testenv"
-	"github.com/brpc-go/brpc/internal/testpb"
 )
 
 func TestMaxClients(t *testing.T) {
@@ -159,15 +158,7 @@ func TestMaxPendingTLSHandshakesOnTCP(t *testing.T) {
 			t.Fatalf("a silent connection read %v, want io.EOF after the handshake timeout", err)
 		}
 	}
-	wantServesTCP(t, e)
-}
-
-func wantServesTCP(t *testing.T, e *testenv.Env) {
-	t.Helper()
-	c := e.Connect(testenv.ClientConfig{Name: "ok"})
-	if _, err := c.Echo.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "x"}); err != nil {
-		t.Fatalf("an ordinary client cannot call any more: %v", err)
-	}
+	e.WantServes(t, "ok")
 }
 
 func TestHandshakeRateLimitPerAddress(t *testing.T) {
@@ -188,7 +179,7 @@ func TestHandshakeRateLimitPerAddress(t *testing.T) {
 		}
 		t.Logf("refused: %v", err)
 		time.Sleep(600 * time.Millisecond) // a token comes back every 500 ms
-		wantServesTCP(t, e)
+		e.WantServes(t, "ok")
 	})
 }
 
@@ -230,12 +221,12 @@ func TestStreamFloodIsCapped(t *testing.T) {
 			t.Fatal("no stream was served at all")
 		}
 		// Others are served meanwhile.
-		wantServesTCP(t, e)
+		e.WantServes(t, "ok")
 	})
 }
 
 func TestTCPListenerRefusesWrongTLS(t *testing.T) {
-	e := testenv.NewPlainOn(t, "tcp")
+	e := testenv.New(t, testenv.Config{Transport: "tcp"})
 	for name, conf := range map[string]*tls.Config{
 		"wrong ALPN": {RootCAs: e.CA.Pool, ServerName: "localhost", NextProtos: []string{"h2"}},
 		"no ALPN":    {RootCAs: e.CA.Pool, ServerName: "localhost"},
@@ -261,7 +252,7 @@ func TestTCPListenerRefusesWrongTLS(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(2 * time.Second))
 	io.Copy(io.Discard, c)
 	c.Close()
-	wantServesTCP(t, e)
+	e.WantServes(t, "ok")
 }
 
 func TestOversizedAndMalformedHellosOnBothTransports(t *testing.T) {
@@ -287,6 +278,6 @@ func TestOversizedAndMalformedHellosOnBothTransports(t *testing.T) {
 		if codes.Code(w.GetStatus().GetCode()) != codes.InvalidArgument {
 			t.Fatalf("malformed hello answered with %v, want InvalidArgument", w.GetStatus())
 		}
-		wantServesTCP(t, e)
+		e.WantServes(t, "ok")
 	})
 }

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/brpc-go/brpc/internal/testenv"
 	"github.com/brpc-go/brpc/internal/testpb"
 )
@@ -17,7 +19,12 @@ import (
 // clients must be served meanwhile.
 func TestClientThatNeverReadsIsContained(t *testing.T) {
 	testenv.EachTransport(t, func(t *testing.T, tr string) {
-		e := testenv.NewPlainOn(t, tr)
+		watch := newHandlerWatch("/brpc.test.v1.Echo/ServerStream")
+		e := testenv.New(t, testenv.Config{
+			Transport: tr,
+			GRPCOpts:  []grpc.ServerOption{grpc.ChainStreamInterceptor(watch.intercept)},
+			Call:      func(*testenv.Env) func(context.Context) (string, error) { return nil },
+		})
 		greedy := e.Connect(testenv.ClientConfig{Name: "greedy"})
 		polite := e.Connect(testenv.ClientConfig{Name: "polite"})
 
@@ -32,7 +39,9 @@ func TestClientThatNeverReadsIsContained(t *testing.T) {
 		if _, err := greedy.Echo.ServerStream(ctx, &testpb.EchoRequest{Payload: payload, Count: 400}); err != nil {
 			t.Fatalf("ServerStream: %v", err)
 		}
-		time.Sleep(1500 * time.Millisecond) // the server writes until flow control stops it
+		h := watch.next(t)
+		testenv.WaitFor(t, 10*time.Second, "flow control to stop the server's handler", func() bool { return stuck(&h.sends) })
+		t.Logf("the handler sent %d responses before flow control stopped it", h.sends.Load())
 
 		for i := 0; i < 20; i++ {
 			cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Second)

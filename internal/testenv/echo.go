@@ -10,6 +10,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -29,10 +30,18 @@ type Echo struct {
 	testpb.UnimplementedEchoServer
 	Name string
 	Call func(ctx context.Context) (string, error)
+
+	sleeping atomic.Int64
 }
+
+// Sleeping is the number of handlers waiting out a request's SleepMs right
+// now: tests wait for it to know that a slow call has reached its handler.
+func (e *Echo) Sleeping() int64 { return e.sleeping.Load() }
 
 func (e *Echo) respond(ctx context.Context, r *testpb.EchoRequest, i int32) (*testpb.EchoResponse, error) {
 	if r.GetSleepMs() > 0 {
+		e.sleeping.Add(1)
+		defer e.sleeping.Add(-1)
 		select {
 		case <-time.After(time.Duration(r.GetSleepMs()) * time.Millisecond):
 		case <-ctx.Done():

@@ -23,7 +23,9 @@ type Env struct {
 	CA  *certs.CA
 	Srv *brpc.Server[testpb.EchoClient]
 	GS  *grpc.Server
-	Lis brpc.Listener
+	// Echo is the server's echo service.
+	Echo *Echo
+	Lis  brpc.Listener
 	// Addr is the listener's address.
 	Addr string
 	// Target is what clients dial: scheme://addr. Tests that put a relay
@@ -77,13 +79,13 @@ func New(t *testing.T, cfg Config) *Env {
 	}
 	e := &Env{t: t, CA: ca}
 	e.GS = grpc.NewServer(cfg.GRPCOpts...)
-	svc := &Echo{Name: "server"}
+	e.Echo = &Echo{Name: "server"}
 	if cfg.Call != nil {
-		svc.Call = cfg.Call(e)
+		e.Echo.Call = cfg.Call(e)
 	} else {
-		svc.Call = e.CallBack
+		e.Echo.Call = e.CallBack
 	}
-	testpb.RegisterEchoServer(e.GS, svc)
+	testpb.RegisterEchoServer(e.GS, e.Echo)
 	e.Srv = brpc.NewServer(e.GS, testpb.NewEchoClient, cfg.ServerOpts...)
 	if cfg.Transport == "" {
 		cfg.Transport = "quic"
@@ -150,6 +152,8 @@ type Client struct {
 	*brpc.ClientConn
 	GS   *grpc.Server
 	Echo testpb.EchoClient
+	// Service is the client's own echo service (nil with NoServe).
+	Service *Echo
 }
 
 // Dial connects a client to e.Target (or cfg.Target).
@@ -165,9 +169,11 @@ func (e *Env) Dial(cfg ClientConfig) (*Client, error) {
 		opts = append(opts, brpc.WithMetadata(cfg.MD))
 	}
 	var gs *grpc.Server
+	var svc *Echo
 	if !cfg.NoServe {
 		gs = grpc.NewServer(cfg.GRPCOpts...)
-		testpb.RegisterEchoServer(gs, &Echo{Name: cfg.Name})
+		svc = &Echo{Name: cfg.Name}
+		testpb.RegisterEchoServer(gs, svc)
 		opts = append(opts, brpc.WithServer(gs))
 	}
 	opts = append(opts, cfg.Opts...)
@@ -182,7 +188,7 @@ func (e *Env) Dial(cfg ClientConfig) (*Client, error) {
 		}
 		return nil, err
 	}
-	return &Client{ClientConn: cc, GS: gs, Echo: testpb.NewEchoClient(cc)}, nil
+	return &Client{ClientConn: cc, GS: gs, Echo: testpb.NewEchoClient(cc), Service: svc}, nil
 }
 
 // Connect dials and registers the client's shutdown with t.Cleanup.
@@ -201,6 +207,36 @@ func (c *Client) Shutdown() {
 	c.Close()
 	if c.GS != nil {
 		c.GS.Stop()
+	}
+}
+
+// WantServes connects an ordinary client named name and makes a call that
+// the server answers after calling the client back (a server built with
+// the default Call); it returns the client, closed by t.Cleanup.
+func (e *Env) WantServes(t testing.TB, name string) *Client {
+	t.Helper()
+	c, err := e.Dial(ClientConfig{Name: name})
+	if err != nil {
+		t.Fatalf("an ordinary client cannot connect any more: %v", err)
+	}
+	t.Cleanup(c.Shutdown)
+	CallOK(t, c, name)
+	return c
+}
+
+// CallOK makes a forward call from c, whose echo service is named name,
+// that the server answers after calling c back, and fails the test unless
+// both directions answer within 5s.
+func CallOK(t testing.TB, c *Client, name string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r, err := c.Echo.Unary(ctx, &testpb.EchoRequest{Message: "hi"})
+	if err != nil {
+		t.Fatalf("Unary from %s: %v", name, err)
+	}
+	if want := "server:hi|" + name + ":back"; r.GetMessage() != want {
+		t.Fatalf("Unary from %s: got %q, want %q", name, r.GetMessage(), want)
 	}
 }
 
