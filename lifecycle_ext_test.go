@@ -22,11 +22,7 @@ func TestGracefulStopDrainsBothDirections(t *testing.T) {
 		c := e.Connect(testenv.ClientConfig{Name: "alice"})
 		rev, _ := e.Srv.Client(c.ID())
 		// Warm both gRPC connections so both calls are in flight at once.
-		for _, stub := range []testpb.EchoClient{c.Echo, rev} {
-			if _, err := stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{}); err != nil {
-				t.Fatalf("warm-up: %v", err)
-			}
-		}
+		testenv.Warm(t, c.Echo, rev)
 		fwd := testenv.Inflight(c.Echo, 500*time.Millisecond)
 		back := testenv.Inflight(rev, 500*time.Millisecond)
 		testenv.WaitFor(t, 5*time.Second, "both calls to reach their handlers", func() bool {
@@ -62,11 +58,7 @@ func TestStopEndsCallsWithUnavailable(t *testing.T) {
 		e := testenv.NewPlainOn(t, tr)
 		c := e.Connect(testenv.ClientConfig{Name: "alice"})
 		rev, _ := e.Srv.Client(c.ID())
-		for _, stub := range []testpb.EchoClient{c.Echo, rev} {
-			if _, err := stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{}); err != nil {
-				t.Fatalf("warm-up: %v", err)
-			}
-		}
+		testenv.Warm(t, c.Echo, rev)
 		fwd := testenv.Inflight(c.Echo, 10*time.Second)
 		back := testenv.Inflight(rev, 10*time.Second)
 		testenv.WaitFor(t, 5*time.Second, "both calls to reach their handlers", func() bool {

@@ -410,11 +410,7 @@ type echoReceiver interface {
 func TestFaultServerRestartWhileStreaming(t *testing.T) {
 	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		const n = 4
-		cfg := testenv.Config{Transport: tr, ServerOpts: []brpc.ServerOption{brpc.WithAuthenticator(byNameFromMetadata)}}
-		e := testenv.New(t, cfg)
-		r := restartOn(t, e, cfg)
-		clients := connectNamed(e, n, "streamer-")
-		testenv.WaitFor(t, 10*time.Second, "all clients to connect", func() bool { return len(r.srv().Peers()) == n })
+		r, clients := restartNamed(t, tr, n, "streamer-")
 
 		// Per client: a forward server stream, a forward bidi stream and a
 		// reverse server stream, each past its first message.
@@ -585,9 +581,7 @@ func TestFaultReverseCallCutOffAfterItsDeadline(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := rev.Unary(testenv.Ctx(t), &testpb.EchoRequest{}); err != nil {
-			t.Fatalf("warm-up: %v", err)
-		}
+		testenv.Warm(t, rev)
 		done := make(chan error, 1)
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)

@@ -58,6 +58,19 @@ func connectNamed(e *testenv.Env, n int, prefix string) []*testenv.Client {
 	return clients
 }
 
+// restartNamed starts a restartable server on transport tr that names its
+// clients by their metadata, and connects n clients named prefix0,
+// prefix1, … to it.
+func restartNamed(t *testing.T, tr string, n int, prefix string) (*restartable, []*testenv.Client) {
+	t.Helper()
+	cfg := testenv.Config{Transport: tr, ServerOpts: []brpc.ServerOption{brpc.WithAuthenticator(byNameFromMetadata)}}
+	e := testenv.New(t, cfg)
+	r := restartOn(t, e, cfg)
+	clients := connectNamed(e, n, prefix)
+	testenv.WaitFor(t, 10*time.Second, "all clients to connect", func() bool { return len(r.srv().Peers()) == n })
+	return r, clients
+}
+
 // srv is the server running now.
 func (r *restartable) srv() *brpc.Server[testpb.EchoClient] {
 	r.mu.Lock()
@@ -113,11 +126,7 @@ func byNameFromMetadata(ctx context.Context, info brpc.AuthInfo) (string, error)
 func TestServerRestartWithManyClients(t *testing.T) {
 	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		const n = 50
-		cfg := testenv.Config{Transport: tr, ServerOpts: []brpc.ServerOption{brpc.WithAuthenticator(byNameFromMetadata)}}
-		e := testenv.New(t, cfg)
-		r := restartOn(t, e, cfg)
-		clients := connectNamed(e, n, "dev-")
-		testenv.WaitFor(t, 10*time.Second, "all clients to connect", func() bool { return len(r.srv().Peers()) == n })
+		r, clients := restartNamed(t, tr, n, "dev-")
 
 		// A forward call that waits for ready spans the restart.
 		waiting := make(chan error, 1)

@@ -262,6 +262,17 @@ func Directions(t *testing.T, e *Env, c *Client, name string) []Direction {
 	}
 }
 
+// Warm makes one call on each stub, so that the gRPC connections behind
+// them are up before the test's own calls.
+func Warm(t testing.TB, stubs ...testpb.EchoClient) {
+	t.Helper()
+	for _, stub := range stubs {
+		if _, err := stub.Unary(Ctx(t), &testpb.EchoRequest{}); err != nil {
+			t.Fatalf("warm-up: %v", err)
+		}
+	}
+}
+
 // Inflight starts a slow Unary on stub and returns where its error will go.
 func Inflight(stub testpb.EchoClient, sleep time.Duration) <-chan error {
 	done := make(chan error, 1)
