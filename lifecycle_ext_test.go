@@ -16,18 +16,30 @@ import (
 	"github.com/brpc-go/brpc/internal/testpb"
 )
 
+// callsBothWays connects a client "alice" to a plain env on tr and starts
+// a call of the given length in each direction; it returns once both are
+// in their handlers, with where their errors will go.
+func callsBothWays(t *testing.T, tr string, sleep time.Duration) (e *testenv.Env, c *testenv.Client, rev testpb.EchoClient, fwd, back <-chan error) {
+	t.Helper()
+	e = testenv.NewPlainOn(t, tr)
+	c = e.Connect(testenv.ClientConfig{Name: "alice"})
+	rev, err := e.Srv.Client(c.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Warm both gRPC connections so both calls are in flight at once.
+	testenv.Warm(t, c.Echo, rev)
+	fwd = testenv.Inflight(c.Echo, sleep)
+	back = testenv.Inflight(rev, sleep)
+	testenv.WaitFor(t, 5*time.Second, "both calls to reach their handlers", func() bool {
+		return e.Echo.Sleeping() == 1 && c.Service.Sleeping() == 1
+	})
+	return e, c, rev, fwd, back
+}
+
 func TestGracefulStopDrainsBothDirections(t *testing.T) {
 	testenv.EachTransport(t, func(t *testing.T, tr string) {
-		e := testenv.NewPlainOn(t, tr)
-		c := e.Connect(testenv.ClientConfig{Name: "alice"})
-		rev, _ := e.Srv.Client(c.ID())
-		// Warm both gRPC connections so both calls are in flight at once.
-		testenv.Warm(t, c.Echo, rev)
-		fwd := testenv.Inflight(c.Echo, 500*time.Millisecond)
-		back := testenv.Inflight(rev, 500*time.Millisecond)
-		testenv.WaitFor(t, 5*time.Second, "both calls to reach their handlers", func() bool {
-			return e.Echo.Sleeping() == 1 && c.Service.Sleeping() == 1
-		})
+		e, c, rev, fwd, back := callsBothWays(t, tr, 500*time.Millisecond)
 
 		stopped := make(chan struct{})
 		go func() { e.Srv.GracefulStop(); close(stopped) }()
@@ -55,15 +67,7 @@ func TestGracefulStopDrainsBothDirections(t *testing.T) {
 
 func TestStopEndsCallsWithUnavailable(t *testing.T) {
 	testenv.EachTransport(t, func(t *testing.T, tr string) {
-		e := testenv.NewPlainOn(t, tr)
-		c := e.Connect(testenv.ClientConfig{Name: "alice"})
-		rev, _ := e.Srv.Client(c.ID())
-		testenv.Warm(t, c.Echo, rev)
-		fwd := testenv.Inflight(c.Echo, 10*time.Second)
-		back := testenv.Inflight(rev, 10*time.Second)
-		testenv.WaitFor(t, 5*time.Second, "both calls to reach their handlers", func() bool {
-			return e.Echo.Sleeping() == 1 && c.Service.Sleeping() == 1
-		})
+		e, _, _, fwd, back := callsBothWays(t, tr, 10*time.Second)
 		start := time.Now()
 		e.Srv.Stop()
 		for what, ch := range map[string]<-chan error{"forward": fwd, "reverse": back} {
