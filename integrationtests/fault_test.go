@@ -644,3 +644,51 @@ func TestFaultQUICDeadPeerDetectionOnASlowPath(t *testing.T) {
 		t.Fatal("the reverse call to the vanished client did not end")
 	}
 }
+
+// TestFaultQUICClientMovesToANewPort moves a QUIC client to a new source
+// port mid-session, as a NAT rebinding does: calls in both directions keep
+// working on the same session, and the client is never disconnected.
+func TestFaultQUICClientMovesToANewPort(t *testing.T) {
+	disconnected := make(chan brpc.PeerEvent, 1)
+	e := testenv.New(t, testenv.Config{
+		ServerOpts: []brpc.ServerOption{brpc.WithPeerEvents(func(ev brpc.PeerEvent) {
+			if ev.Type == brpc.PeerDisconnected {
+				select {
+				case disconnected <- ev:
+				default:
+				}
+			}
+		})},
+		Call: func(*testenv.Env) func(context.Context) (string, error) { return nil },
+	})
+	relay := testenv.NewUDPRelay(t, e.Addr, testenv.Faults{}, 1)
+	e.Target = "quic://" + relay.Addr()
+	c := e.Connect(testenv.ClientConfig{Name: "mover"})
+	dirs := testenv.Directions(t, e, c, "mover")
+	call := func(when string) {
+		t.Helper()
+		for _, d := range dirs {
+			r, err := d.Stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: when})
+			if err != nil || r.GetMessage() != d.Answerer+":"+when {
+				t.Fatalf("%s call %s: %q, %v", d.Name, when, r.GetMessage(), err)
+			}
+		}
+	}
+	call("before")
+	before := relay.UpstreamAddr()
+	moved, err := relay.Rebind()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the client moved from %s to %s", before, moved)
+	call("after")
+	select {
+	case ev := <-disconnected:
+		t.Fatalf("the client was disconnected after moving: %+v", ev)
+	default:
+	}
+	if p := e.Srv.Peers(); len(p) != 1 || p[0].ID != c.ID() {
+		t.Fatalf("Peers() after the move = %v, want the one client %s", p, c.ID())
+	}
+	t.Logf("Peers() reports the client at %v", e.Srv.Peers()[0].RemoteAddr)
+}
