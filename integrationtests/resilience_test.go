@@ -25,14 +25,13 @@ var fastBackoff = backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1
 // restartable is a server that can be stopped and started again on the same
 // address, as a restarted process would.
 type restartable struct {
-	t      *testing.T
-	e      *testenv.Env // its ca, for certificates; its own server is stopped
-	cfg    testenv.Config
-	addr   string
-	served chan error
+	t    *testing.T
+	e    *testenv.Env // its ca, for certificates; its own server is stopped
+	cfg  testenv.Config
+	addr string
 
 	mu  sync.Mutex
-	cur *brpc.Server[testpb.EchoClient]
+	cur *testenv.Serving
 }
 
 // restartOn stops e's own server and runs a restartable one with cfg on its
@@ -75,7 +74,10 @@ func restartNamed(t *testing.T, tr string, n int, prefix string) (*restartable, 
 func (r *restartable) srv() *brpc.Server[testpb.EchoClient] {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.cur
+	if r.cur == nil {
+		return nil
+	}
+	return r.cur.Srv
 }
 
 func (r *restartable) start() {
@@ -84,14 +86,11 @@ func (r *restartable) start() {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	gs := grpc.NewServer()
-	testpb.RegisterEchoServer(gs, &testenv.Echo{Name: "server"})
-	srv := brpc.NewServer(gs, testpb.NewEchoClient, r.cfg.ServerOpts...)
-	var lis brpc.Listener
+	var cur *testenv.Serving
 	// The old socket may take a moment to be released.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		lis, err = testenv.Listen(r.cfg.Transport, r.addr, stls)
+		cur, err = testenv.StartServing(r.cfg.Transport, r.addr, stls, &testenv.Echo{Name: "server"}, nil, r.cfg.ServerOpts)
 		if err == nil || time.Now().After(deadline) {
 			break
 		}
@@ -100,22 +99,19 @@ func (r *restartable) start() {
 	if err != nil {
 		r.t.Fatalf("listening again on %s: %v", r.addr, err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
 	r.mu.Lock()
-	r.cur, r.served = srv, served
+	r.cur = cur
 	r.mu.Unlock()
 }
 
 // stop stops the running server, if any, and waits for its Serve.
 func (r *restartable) stop() {
 	r.mu.Lock()
-	srv, served := r.cur, r.served
-	r.cur, r.served = nil, nil
+	cur := r.cur
+	r.cur = nil
 	r.mu.Unlock()
-	if srv != nil {
-		srv.Stop()
-		<-served
+	if cur != nil {
+		cur.Stop()
 	}
 }
 

@@ -167,9 +167,10 @@ type Child struct {
 
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
-	lines  chan string // stdout lines; closed at its end
-	mu     sync.Mutex  // one command at a time
-	waited chan error  // the process's exit, once
+	lines  chan string   // stdout lines; closed at its end
+	mu     sync.Mutex    // one command at a time
+	waited chan error    // the process's exit, once
+	done   chan struct{} // closed by Stop: lines nobody will read are dropped
 	stop   sync.Once
 }
 
@@ -202,7 +203,7 @@ func StartChild(t testing.TB, role string, args map[string]string) *Child {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	c := &Child{cmd: cmd, stdin: stdin, lines: make(chan string, 16), waited: make(chan error, 1)}
+	c := &Child{cmd: cmd, stdin: stdin, lines: make(chan string, 16), waited: make(chan error, 1), done: make(chan struct{})}
 	read := make(chan struct{})
 	go func() {
 		defer close(read)
@@ -210,7 +211,10 @@ func StartChild(t testing.TB, role string, args map[string]string) *Child {
 		sc := bufio.NewScanner(stdout)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
-			c.lines <- sc.Text()
+			select {
+			case c.lines <- sc.Text():
+			case <-c.done:
+			}
 		}
 		io.Copy(io.Discard, stdout)
 	}()
@@ -294,6 +298,7 @@ func (c *Child) Kill(t testing.TB) {
 func (c *Child) Stop(t testing.TB) {
 	t.Helper()
 	c.stop.Do(func() {
+		close(c.done)
 		c.stdin.Close()
 		var err error
 		select {

@@ -63,6 +63,45 @@ func Listen(transport, addr string, tlsConf *tls.Config) (brpc.Listener, error) 
 	return brpc.ListenQUIC(addr, tlsConf)
 }
 
+// Serving is a brpc server with an echo service, serving one listener.
+type Serving struct {
+	Srv    *brpc.Server[testpb.EchoClient]
+	GS     *grpc.Server
+	Lis    brpc.Listener
+	served chan error
+}
+
+// StartServing serves echo with a brpc server built with serverOpts (and
+// a *grpc.Server built with grpcOpts) on a listener of transport ("quic"
+// when empty) at addr.
+func StartServing(transport, addr string, tlsConf *tls.Config, echo *Echo, grpcOpts []grpc.ServerOption, serverOpts []brpc.ServerOption) (*Serving, error) {
+	lis, err := Listen(transport, addr, tlsConf)
+	if err != nil {
+		return nil, err
+	}
+	s := &Serving{GS: grpc.NewServer(grpcOpts...), Lis: lis, served: make(chan error, 1)}
+	testpb.RegisterEchoServer(s.GS, echo)
+	s.Srv = brpc.NewServer(s.GS, testpb.NewEchoClient, serverOpts...)
+	go func() { s.served <- s.Srv.Serve(lis) }()
+	return s, nil
+}
+
+// Stop stops the server now and waits for Serve to return; it returns
+// Serve's error, which ErrServerStopped (stopped before Serve ran) is not.
+// Only the first call returns it.
+func (s *Serving) Stop() error {
+	s.Srv.Stop()
+	err, ok := <-s.served
+	if !ok {
+		return nil
+	}
+	close(s.served)
+	if err == brpc.ErrServerStopped {
+		return nil
+	}
+	return err
+}
+
 // New starts a server serving the echo service as "server".
 func New(t *testing.T, cfg Config) *Env {
 	t.Helper()
@@ -77,34 +116,27 @@ func New(t *testing.T, cfg Config) *Env {
 	if cfg.ServerTLS != nil {
 		cfg.ServerTLS(ca, stls)
 	}
-	e := &Env{t: t, CA: ca}
-	e.GS = grpc.NewServer(cfg.GRPCOpts...)
-	e.Echo = &Echo{Name: "server"}
+	e := &Env{t: t, CA: ca, Echo: &Echo{Name: "server"}}
 	if cfg.Call != nil {
 		e.Echo.Call = cfg.Call(e)
 	} else {
 		e.Echo.Call = e.CallBack
 	}
-	testpb.RegisterEchoServer(e.GS, e.Echo)
-	e.Srv = brpc.NewServer(e.GS, testpb.NewEchoClient, cfg.ServerOpts...)
 	if cfg.Transport == "" {
 		cfg.Transport = "quic"
 	}
 	if cfg.Addr == "" {
 		cfg.Addr = "127.0.0.1:0"
 	}
-	e.Lis, err = Listen(cfg.Transport, cfg.Addr, stls)
+	s, err := StartServing(cfg.Transport, cfg.Addr, stls, e.Echo, cfg.GRPCOpts, cfg.ServerOpts)
 	if err != nil {
 		t.Fatalf("listening on %s: %v", cfg.Transport, err)
 	}
+	e.Srv, e.GS, e.Lis = s.Srv, s.GS, s.Lis
 	e.Addr = e.Lis.Addr().String()
 	e.Target = cfg.Transport + "://" + e.Addr
-	served := make(chan error, 1)
-	go func() { served <- e.Srv.Serve(e.Lis) }()
 	t.Cleanup(func() {
-		e.Srv.Stop()
-		// ErrServerStopped: the test stopped the server before Serve ran.
-		if err := <-served; err != nil && err != brpc.ErrServerStopped {
+		if err := s.Stop(); err != nil {
 			t.Errorf("Serve returned %v after Stop, want nil", err)
 		}
 	})

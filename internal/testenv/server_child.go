@@ -10,9 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
-	"github.com/brpc-go/brpc"
 	"github.com/brpc-go/brpc/internal/certs"
 	"github.com/brpc-go/brpc/internal/testpb"
 )
@@ -36,19 +33,12 @@ func ServerRole(c *ChildEnv) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	gs := grpc.NewServer()
-	testpb.RegisterEchoServer(gs, &Echo{Name: "server"})
-	srv := brpc.NewServer(gs, testpb.NewEchoClient)
-	lis, err := Listen(transport, "127.0.0.1:0", stls)
+	s, err := StartServing(transport, "127.0.0.1:0", stls, &Echo{Name: "server"}, nil, nil)
 	if err != nil {
 		return nil, err
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
-	c.Cleanup(func() {
-		srv.Stop()
-		<-served
-	})
+	srv := s.Srv
+	c.Cleanup(func() { s.Stop() })
 	c.Handle("peers", func([]string) (string, error) { return fmt.Sprint(len(srv.Peers())), nil })
 	c.Handle("call", func(args []string) (string, error) {
 		if len(args) != 1 {
@@ -67,7 +57,7 @@ func ServerRole(c *ChildEnv) ([]string, error) {
 		return r.GetMessage(), nil
 	})
 	return []string{
-		"target=" + transport + "://" + lis.Addr().String(),
+		"target=" + transport + "://" + s.Lis.Addr().String(),
 		"ca=" + base64.StdEncoding.EncodeToString(ca.CertPEM()),
 	}, nil
 }
