@@ -129,6 +129,7 @@ func MeasureFootprint() Footprint {
 	return Footprint{Goroutines: runtime.NumGoroutine(), HeapAlloc: ms.HeapAlloc, HeapInuse: ms.HeapInuse, StackInuse: ms.StackInuse}
 }
 
+// String is the footprint as the child's "footprint" command reports it.
 func (f Footprint) String() string {
 	return fmt.Sprintf("goroutines=%d heapalloc=%d heapinuse=%d stackinuse=%d", f.Goroutines, f.HeapAlloc, f.HeapInuse, f.StackInuse)
 }

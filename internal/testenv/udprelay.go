@@ -27,6 +27,7 @@ type Faults struct {
 	Latency time.Duration
 }
 
+// String describes the faults for a test's log.
 func (f Faults) String() string {
 	return fmt.Sprintf("drop %.1f%%, reorder %.1f%% (up to %v), duplicate %.1f%%, latency %v",
 		100*f.Drop, 100*f.Reorder, f.maxDelay(), 100*f.Duplicate, f.Latency)
@@ -44,6 +45,7 @@ type RelayCounts struct {
 	Received, Dropped, Delayed, Duplicated atomic.Int64
 }
 
+// String sums the counts up for a test's log.
 func (c *RelayCounts) String() string {
 	return fmt.Sprintf("%d datagrams: %d dropped, %d delayed, %d duplicated",
 		c.Received.Load(), c.Dropped.Load(), c.Delayed.Load(), c.Duplicated.Load())
