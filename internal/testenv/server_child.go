@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/brpc-go/brpc"
 	"github.com/brpc-go/brpc/internal/certs"
 	"github.com/brpc-go/brpc/internal/testpb"
 )
@@ -21,6 +22,17 @@ import (
 // "footprint" it answers "peers" (the number of connected clients) and
 // "call ID" (a reverse Unary to that client; the answer's message).
 func ServerRole(c *ChildEnv) ([]string, error) {
+	return serve(c, nil)
+}
+
+// ServerRoleWith is ServerRole with a server built with opts, for a
+// package to register under a name of its own (RunChild's roles) and
+// start with StartServerChildAs.
+func ServerRoleWith(opts ...brpc.ServerOption) Role {
+	return func(c *ChildEnv) ([]string, error) { return serve(c, opts) }
+}
+
+func serve(c *ChildEnv, opts []brpc.ServerOption) ([]string, error) {
 	transport := c.Arg("transport")
 	if transport == "" {
 		transport = "quic"
@@ -33,7 +45,7 @@ func ServerRole(c *ChildEnv) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := StartServing(transport, "127.0.0.1:0", stls, &Echo{Name: "server"}, nil, nil)
+	s, err := StartServing(transport, "127.0.0.1:0", stls, &Echo{Name: "server"}, nil, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -75,7 +87,14 @@ type RemoteServer struct {
 // StartServerChild starts a ServerRole child on transport.
 func StartServerChild(t testing.TB, transport string) *RemoteServer {
 	t.Helper()
-	c := StartChild(t, "server", map[string]string{"transport": transport})
+	return StartServerChildAs(t, "server", transport)
+}
+
+// StartServerChildAs starts a child playing role, a ServerRole or a
+// ServerRoleWith registered under that name, on transport.
+func StartServerChildAs(t testing.TB, role, transport string) *RemoteServer {
+	t.Helper()
+	c := StartChild(t, role, map[string]string{"transport": transport})
 	s := &RemoteServer{Child: c, roots: x509.NewCertPool()}
 	for _, w := range c.Ready {
 		switch k, v, _ := strings.Cut(w, "="); k {

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 
 	"github.com/brpc-go/brpc"
 	"github.com/brpc-go/brpc/internal/testenv"
@@ -16,7 +17,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	testenv.RunChild(nil)
+	testenv.RunChild(map[string]testenv.Role{"server-one-client": testenv.ServerRoleWith(brpc.WithMaxClients(1))})
 	goleak.VerifyTestMain(m)
 }
 
@@ -160,4 +161,26 @@ func TestServerChild(t *testing.T) {
 		cc.Close()
 		s.Stop(t)
 	})
+}
+
+// TestServerChildWithOptions: a server child registered with options is
+// built with them: with WithMaxClients(1), a second client is refused.
+func TestServerChildWithOptions(t *testing.T) {
+	s := testenv.StartServerChildAs(t, "server-one-client", "quic")
+	dial := func() (*brpc.ClientConn, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		return brpc.Dial(ctx, s.Target, brpc.WithTLSConfig(s.ClientTLS()))
+	}
+	first, err := dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	second, err := dial()
+	if err == nil {
+		second.Close()
+		t.Fatal("a second client was admitted by a server with WithMaxClients(1)")
+	}
+	testenv.WantCode(t, err, codes.ResourceExhausted, "the second client's Dial")
 }
