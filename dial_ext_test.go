@@ -100,27 +100,11 @@ func TestServeAfterStop(t *testing.T) {
 }
 
 func TestOneServerServesQUICAndTCPOnOnePort(t *testing.T) {
-	e := testenv.NewPlain(t) // QUIC
-	stls, err := e.CA.ServerTLS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, port, _ := net.SplitHostPort(e.Addr)
-	tcp, err := brpc.ListenTCP("127.0.0.1:"+port, stls)
-	if err != nil {
-		t.Fatalf("ListenTCP on the QUIC listener's port: %v", err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- e.Srv.Serve(tcp) }()
-	t.Cleanup(func() {
-		e.Srv.Stop()
-		if err := <-served; err != nil && err != brpc.ErrServerStopped {
-			t.Errorf("Serve(tcp) = %v after Stop", err)
-		}
-	})
+	e := testenv.NewPlain(t)          // QUIC
+	tcpAddr := e.ServeAlso("tcp", "") // on the QUIC listener's port number
 
 	q := e.Connect(testenv.ClientConfig{Name: "over-quic"})
-	e.Target = "tcp://127.0.0.1:" + port
+	e.Target = "tcp://" + tcpAddr
 	tc := e.Connect(testenv.ClientConfig{Name: "over-tcp"})
 	byID := map[string]string{}
 	for _, p := range e.Srv.Peers() {

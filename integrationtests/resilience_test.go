@@ -330,17 +330,7 @@ func TestReconnectTriesTheLastWinningTransportFirst(t *testing.T) {
 	// relay that share a port number, so that a host:port target can use
 	// either and UDP can be blocked and unblocked at will.
 	quic := testenv.NewPlain(t)
-	stls, err := quic.CA.ServerTLS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tcpLis, err := brpc.ListenTCP("127.0.0.1:0", stls)
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- quic.Srv.Serve(tcpLis) }()
-	t.Cleanup(func() { quic.Srv.Stop(); <-served })
+	tcpAddr := quic.ServeAlso("tcp", "127.0.0.1:0")
 
 	var udp *testenv.UDPRelay
 	var tcp *testenv.TCPRelay
@@ -352,7 +342,7 @@ func TestReconnectTriesTheLastWinningTransportFirst(t *testing.T) {
 			return false
 		}
 		ln.Close()
-		udp, tcp = u, testenv.NewTCPRelayAt(t, "127.0.0.1:"+port, tcpLis.Addr().String())
+		udp, tcp = u, testenv.NewTCPRelayAt(t, "127.0.0.1:"+port, tcpAddr)
 		return true
 	})
 

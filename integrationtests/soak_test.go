@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"os"
 	"runtime"
 	"slices"
@@ -454,23 +453,7 @@ func TestSoak(t *testing.T) {
 		}),
 	}})
 	// The same server on TCP too, on the QUIC port's number.
-	stls, err := e.CA.ServerTLS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, port, _ := net.SplitHostPort(e.Addr)
-	tcpLis, err := brpc.ListenTCP("127.0.0.1:"+port, stls)
-	if err != nil {
-		t.Fatalf("ListenTCP: %v", err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- e.Srv.Serve(tcpLis) }()
-	t.Cleanup(func() {
-		e.Srv.Stop()
-		if err := <-served; err != nil && err != brpc.ErrServerStopped {
-			t.Errorf("Serve(tcp) = %v after Stop", err)
-		}
-	})
+	e.ServeAlso("tcp", "")
 	s := &soak{e: e, l: newSoakLedger(), dialErrs: map[codes.Code]int64{},
 		targets: map[string]string{"quic": "quic://" + e.Addr, "tcp": "tcp://" + e.Addr}}
 

@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"crypto/tls"
+	"net"
 	"testing"
 	"time"
 
@@ -141,6 +142,35 @@ func New(t *testing.T, cfg Config) *Env {
 		}
 	})
 	return e
+}
+
+// ServeAlso serves e's server on a second listener too, of transport at
+// addr (empty: the port number of e's own listener, on 127.0.0.1), and
+// returns its address; t.Cleanup stops the server and checks that Serve
+// ended well.
+func (e *Env) ServeAlso(transport, addr string) string {
+	e.t.Helper()
+	if addr == "" {
+		_, port, _ := net.SplitHostPort(e.Addr)
+		addr = "127.0.0.1:" + port
+	}
+	stls, err := e.CA.ServerTLS()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	lis, err := Listen(transport, addr, stls)
+	if err != nil {
+		e.t.Fatalf("listening on %s at %s too: %v", transport, addr, err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- e.Srv.Serve(lis) }()
+	e.t.Cleanup(func() {
+		e.Srv.Stop()
+		if err := <-served; err != nil && err != brpc.ErrServerStopped {
+			e.t.Errorf("Serve(%s) = %v after Stop", transport, err)
+		}
+	})
+	return lis.Addr().String()
 }
 
 // NewPlain is a QUIC Env whose server does not call back from Unary, so
