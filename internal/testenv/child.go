@@ -52,8 +52,8 @@ func (c *ChildEnv) Cleanup(fn func()) { c.cleanups = append(c.cleanups, fn) }
 
 // RunChild returns at once in a test process. In a child started by
 // StartChild it plays the role named by the parent, out of roles and the
-// built-in ones (ServerRole as "server", ClientsRole as "clients"), and exits the process. Call it
-// first in TestMain.
+// built-in ones (ServerRole as "server", ClientsRole as "clients"), and
+// exits the process. Call it first in TestMain.
 func RunChild(roles map[string]Role) {
 	name, ok := os.LookupEnv(childEnv)
 	if !ok {
