@@ -90,7 +90,11 @@ func newTCPSession(tc *tls.Conn, mux *yamux.Session, conf TCPConfig) *tcpSession
 	s := &tcpSession{mux: mux, tls: tc, limit: conf.MaxIncomingStreams, ctx: ctx, cancel: cancel}
 	if conf.IdleTimeout > 0 {
 		s.pingEvery = conf.keepaliveInterval()
+		// Under pingMu: the timer may fire, and keepalive read pingT,
+		// before the assignment would otherwise be seen.
+		s.pingMu.Lock()
 		s.pingT = time.AfterFunc(s.pingEvery, s.keepalive)
+		s.pingMu.Unlock()
 		// Both sides always accept streams, and accepting ends the context
 		// once the connection is gone; a ping on a closed session fails
 		// at once and is not rescheduled either.
