@@ -51,33 +51,10 @@ func hostileEnv(t *testing.T, opts ...brpc.ServerOption) *testenv.Env {
 	return testenv.New(t, testenv.Config{ServerOpts: append([]brpc.ServerOption{brpc.WithHandshakeTimeout(hostileHandshakeTimeout)}, opts...)})
 }
 
-// dialRaw opens a QUIC connection to e's server with quic-go itself, offering
-// alpn, from a UDP socket of its own on the loopback interface. The socket,
-// transport and connection are closed by t.Cleanup (which runs before the
-// env's, registered earlier). It is safe to call from any goroutine.
+// dialRaw opens a raw QUIC connection to e's server, offering alpn (see
+// dialRawTo). It is safe to call from any goroutine.
 func dialRaw(t *testing.T, e *testenv.Env, alpn string) (*quic.Conn, error) {
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		return nil, err
-	}
-	tr := &quic.Transport{Conn: udp}
-	t.Cleanup(func() {
-		tr.Close()
-		udp.Close()
-	})
-	raddr, err := net.ResolveUDPAddr("udp", e.Addr)
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), rawDialBound)
-	defer cancel()
-	tlsConf := &tls.Config{RootCAs: e.CA.Pool, NextProtos: []string{alpn}, ServerName: "localhost"}
-	conn, err := tr.Dial(ctx, raddr, tlsConf, &quic.Config{MaxIdleTimeout: 30 * time.Second})
-	if err != nil {
-		return nil, err
-	}
-	t.Cleanup(func() { conn.CloseWithError(0, "test over") })
-	return conn, nil
+	return dialRawTo(t, e.Endpoint(), alpn, nil)
 }
 
 func mustDialRaw(t *testing.T, e *testenv.Env) *quic.Conn {

@@ -16,6 +16,7 @@ import (
 // testenv's built-in ones.
 var childRoles = map[string]testenv.Role{
 	"streaming-client": streamingClientRole,
+	attackRole:         attackServerRole,
 }
 
 func TestMain(m *testing.M) {

@@ -129,6 +129,10 @@ func MeasureFootprint() Footprint {
 	return Footprint{Goroutines: runtime.NumGoroutine(), HeapAlloc: ms.HeapAlloc, HeapInuse: ms.HeapInuse, StackInuse: ms.StackInuse}
 }
 
+// Held is what the process holds in memory: live heap objects and
+// goroutine stacks.
+func (f Footprint) Held() uint64 { return f.HeapAlloc + f.StackInuse }
+
 // String is the footprint as the child's "footprint" command reports it.
 func (f Footprint) String() string {
 	return fmt.Sprintf("goroutines=%d heapalloc=%d heapinuse=%d stackinuse=%d", f.Goroutines, f.HeapAlloc, f.HeapInuse, f.StackInuse)

@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"testing"
 	"time"
@@ -33,6 +34,16 @@ type Env struct {
 	// in between point it at the relay.
 	Target string
 }
+
+// Endpoint is where a brpc server listens and the certificates that trust
+// it: what a raw attacker, speaking QUIC or TLS itself, needs to reach it.
+type Endpoint struct {
+	Addr  string // host:port
+	Roots *x509.CertPool
+}
+
+// Endpoint is e's server as a raw attacker reaches it (not through a relay).
+func (e *Env) Endpoint() Endpoint { return Endpoint{Addr: e.Addr, Roots: e.CA.Pool} }
 
 // Transports are the transports every conformance test runs on.
 var Transports = []string{"quic", "tcp"}

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/brpc-go/brpc"
 	"github.com/brpc-go/brpc/internal/certs"
 	"github.com/brpc-go/brpc/internal/testpb"
@@ -115,3 +117,39 @@ func StartServerChildAs(t testing.TB, role, transport string) *RemoteServer {
 
 // ClientTLS is a client configuration that trusts the child's server.
 func (s *RemoteServer) ClientTLS() *tls.Config { return &tls.Config{RootCAs: s.roots} }
+
+// Endpoint is the child's server as a raw attacker reaches it.
+func (s *RemoteServer) Endpoint() Endpoint {
+	_, addr, _ := strings.Cut(s.Target, "://")
+	return Endpoint{Addr: addr, Roots: s.roots}
+}
+
+// WantServes connects an ordinary client named name, serving its own echo
+// service, to the child's server; makes a forward call and has the child
+// call the client back; and fails the test unless both answer within 5s.
+// The client is closed when it returns.
+func (s *RemoteServer) WantServes(t testing.TB, name string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	gs := grpc.NewServer()
+	testpb.RegisterEchoServer(gs, &Echo{Name: name})
+	defer gs.Stop()
+	cc, err := brpc.Dial(ctx, s.Target, brpc.WithTLSConfig(s.ClientTLS()), brpc.WithServer(gs))
+	if err != nil {
+		t.Fatalf("an ordinary client cannot connect to the server child: %v", err)
+	}
+	defer cc.Close()
+	callCtx, callCancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer callCancel()
+	r, err := testpb.NewEchoClient(cc).Unary(callCtx, &testpb.EchoRequest{Message: "hi"})
+	if err != nil {
+		t.Fatalf("forward Unary from %s to the server child: %v", name, err)
+	}
+	if want := "server:hi"; r.GetMessage() != want {
+		t.Fatalf("forward Unary from %s: got %q, want %q", name, r.GetMessage(), want)
+	}
+	if got, want := s.Do(t, "call", cc.ID()), name+":from-child"; got != want {
+		t.Fatalf("reverse Unary from the server child to %s: got %q, want %q", name, got, want)
+	}
+}

@@ -1,0 +1,260 @@
+package integrationtests
+
+// Attacks on what a connection can make the server hold. The server runs in
+// a child process, so that its footprint (heap and goroutine stacks after
+// GC) leaves out the attackers' own memory; each test measures it before
+// and once the attack has fully landed, checks the cost per attacker
+// connection against its bound, and has an ordinary client connect and call
+// both ways while the attack holds.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/internal/testenv"
+)
+
+// Bounds on what one attacker connection may make the server hold (heap and
+// goroutine stacks after GC), whatever it sends. docs/security.md quotes
+// them.
+const (
+	// maxPendingQUICBytes bounds a QUIC connection that finished TLS but
+	// not brpc's handshake: the server's initial receive windows are sized
+	// so that even data sent in the costliest frames (smallFrame) stays
+	// under it.
+	maxPendingQUICBytes = 256 << 10
+	// maxPendingTCPBytes bounds a TCP session that finished TLS but not
+	// brpc's handshake. yamux's protocol gives every stream a 256 KiB
+	// window at its start, which no server setting lowers; the bound is
+	// four such windows.
+	maxPendingTCPBytes = 1 << 20
+)
+
+// A welcomed session that stuffs its control stream must cost no more than
+// an idle client does: maxIdleBytesPerPeer (idle_test.go).
+
+const (
+	// attackConns is how many connections each attack uses: enough that the
+	// cost of one stands out from the noise of the server's own heap.
+	attackConns = 20
+	// attackRole is the server child the attacks run against: brpc's
+	// defaults, except a handshake timeout long enough that no pending
+	// connection is cut off, and its memory freed, before the footprint is
+	// taken.
+	attackRole = "attack-server"
+)
+
+var attackServerRole = testenv.ServerRoleWith(brpc.WithHandshakeTimeout(time.Minute))
+
+// yamuxBacklog is how many streams a brpc TCP session lets wait to be
+// accepted (internal/session's acceptBacklog); yamux resets the others.
+const yamuxBacklog = 32
+
+// underAttack starts a server child playing role on transport, takes its
+// footprint once an ordinary client has come and gone, runs attack n times
+// at once (each returns once its connection's attack has fully landed),
+// takes the footprint again, checks that an ordinary client connects and
+// calls both ways, and returns what each attacker connection costs the
+// server.
+func underAttack(t *testing.T, role, transport string, n int, attack func(ep testenv.Endpoint)) float64 {
+	t.Helper()
+	srv := testenv.StartServerChildAs(t, role, transport)
+	// The first client starts the listener's own goroutines and buffers,
+	// so that the baseline holds them.
+	srv.WantServes(t, "before")
+	waitPeers(t, srv, 0)
+	f0 := srv.Footprint(t)
+
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() { attack(srv.Endpoint()) })
+	}
+	wg.Wait()
+	landed := time.Since(start)
+	f1 := srv.Footprint(t)
+	srv.WantServes(t, "during")
+
+	per := (float64(f1.Held()) - float64(f0.Held())) / float64(n)
+	t.Logf("%s: %d attacker connections landed in %v; the server holds %.1f KiB more per connection (%d -> %d goroutines, %.1f -> %.1f MiB)",
+		transport, n, landed.Round(time.Millisecond), per/1024, f0.Goroutines, f1.Goroutines, float64(f0.Held())/(1<<20), float64(f1.Held())/(1<<20))
+	return per
+}
+
+// waitPeers waits until the server child lists n clients.
+func waitPeers(t *testing.T, srv *testenv.RemoteServer, n int) {
+	t.Helper()
+	testenv.WaitFor(t, 10*time.Second, fmt.Sprintf("the server child to list %d clients", n), func() bool {
+		return srv.Do(t, "peers") == strconv.Itoa(n)
+	})
+}
+
+// endedBy describes how a raw QUIC attacker's connection stands: still
+// open, or closed by the server (with which code).
+func endedBy(conn *quic.Conn) string {
+	if conn.Context().Err() == nil {
+		return "open"
+	}
+	err := context.Cause(conn.Context())
+	var appErr *quic.ApplicationError
+	if errors.As(err, &appErr) && appErr.Remote {
+		return fmt.Sprintf("closed by the server with code %d", appErr.ErrorCode)
+	}
+	return fmt.Sprintf("ended: %v", err)
+}
+
+// outcomes counts how attacker connections ended, for the test's log.
+type outcomes struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (o *outcomes) add(s string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.n == nil {
+		o.n = map[string]int{}
+	}
+	o.n[s]++
+}
+
+func (o *outcomes) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return fmt.Sprint(o.n)
+}
+
+func wantAtMost(t *testing.T, per float64, bound int, what string) {
+	t.Helper()
+	if per > float64(bound) {
+		t.Errorf("%s makes the server hold %.1f KiB, want at most %d KiB", what, per/1024, bound>>10)
+	}
+}
+
+// A QUIC connection that finished TLS and never says hello opens every
+// stream it is allowed and fills all but the control stream with
+// smallFrame-sized STREAM frames.
+func TestAttackPendingQUICStreams(t *testing.T) {
+	var how outcomes
+	per := underAttack(t, attackRole, "quic", attackConns, func(ep testenv.Endpoint) {
+		watch := newFlowWatch()
+		conn, err := dialRawTo(t, ep, brpc.ALPN, watch)
+		if err != nil {
+			t.Errorf("raw QUIC dial: %v", err)
+			return
+		}
+		// The first stream is the one the server takes for the control
+		// stream; it stays silent. The others are all the server allows.
+		if _, err := conn.OpenStream(); err != nil {
+			t.Errorf("opening the control stream: %v", err)
+			return
+		}
+		var streams []*quic.Stream
+		for {
+			st, err := conn.OpenStream()
+			if err != nil {
+				break
+			}
+			streams = append(streams, st)
+		}
+		watch.fills(len(streams))
+		n := fillQUIC(conn, streams, watch, maxPendingQUICBytes)
+		how.add(fmt.Sprintf("%d streams, %s after %d KiB", len(streams), endedBy(conn), n>>10))
+	})
+	t.Logf("attacker connections: %v", &how)
+	wantAtMost(t, per, maxPendingQUICBytes, "a pending QUIC connection filling its streams")
+}
+
+// A TLS-over-TCP session with yamux that never says hello opens the control
+// stream, then fills the streams yamux lets wait to be accepted, a window
+// each.
+func TestAttackPendingTCPStreams(t *testing.T) {
+	var how outcomes
+	per := underAttack(t, attackRole, "tcp", attackConns, func(ep testenv.Endpoint) {
+		mux, err := rawYamux(t, ep)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if _, err := mux.OpenStream(); err != nil {
+			t.Errorf("opening the control stream: %v", err)
+			return
+		}
+		written := 0
+		for range yamuxBacklog {
+			st, err := mux.OpenStream()
+			if err != nil {
+				break
+			}
+			written += fillYamux(st, yamuxWindow)
+		}
+		open := landedYamux(mux)
+		how.add(fmt.Sprintf("%d KiB written, open %v", written>>10, open))
+	})
+	t.Logf("attacker sessions: %v", &how)
+	wantAtMost(t, per, maxPendingTCPBytes, "a pending TCP session filling its streams")
+}
+
+// A welcomed session (no Authenticator: anyone who reaches the port is
+// welcomed) writes on its control stream as much as the server lets it.
+func TestAttackWelcomedControlStream(t *testing.T) {
+	t.Run("quic", func(t *testing.T) {
+		var how outcomes
+		per := underAttack(t, attackRole, "quic", attackConns, func(ep testenv.Endpoint) {
+			watch := newFlowWatch()
+			conn, err := dialRawTo(t, ep, brpc.ALPN, watch)
+			if err != nil {
+				t.Errorf("raw QUIC dial: %v", err)
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), hostileBound)
+			defer cancel()
+			ctrl, err := conn.OpenStreamSync(ctx)
+			if err != nil {
+				t.Errorf("opening the control stream: %v", err)
+				return
+			}
+			if _, err := helloOn(ctrl); err != nil {
+				t.Error(err)
+				return
+			}
+			watch.fills(1)
+			n := fillQUIC(conn, []*quic.Stream{ctrl}, watch, 4*maxIdleBytesPerPeer["quic"])
+			how.add(fmt.Sprintf("%s after %d KiB", endedBy(conn), n>>10))
+		})
+		t.Logf("attacker connections: %v", &how)
+		wantAtMost(t, per, maxIdleBytesPerPeer["quic"], "a welcomed QUIC session stuffing its control stream")
+	})
+	t.Run("tcp", func(t *testing.T) {
+		var how outcomes
+		per := underAttack(t, attackRole, "tcp", attackConns, func(ep testenv.Endpoint) {
+			mux, err := rawYamux(t, ep)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ctrl, err := mux.OpenStream()
+			if err != nil {
+				t.Errorf("opening the control stream: %v", err)
+				return
+			}
+			if _, err := helloOn(ctrl); err != nil {
+				t.Error(err)
+				return
+			}
+			n := fillYamux(ctrl, 64<<20)
+			open := landedYamux(mux)
+			how.add(fmt.Sprintf("open %v after %d KiB", open, n>>10))
+		})
+		t.Logf("attacker sessions: %v", &how)
+		wantAtMost(t, per, maxIdleBytesPerPeer["tcp"], "a welcomed TCP session stuffing its control stream")
+	})
+}

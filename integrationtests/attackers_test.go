@@ -1,0 +1,311 @@
+package integrationtests
+
+// Raw attackers: peers that speak QUIC, or TLS and yamux, themselves, so that
+// they can do what brpc's own client never does (open streams before the
+// welcome, write on the control stream after it, replay packets), against a
+// server in this process (testenv.Env) or in a child (testenv.RemoteServer).
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/qlog"
+	"github.com/quic-go/quic-go/qlogwriter"
+
+	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/internal/handshake"
+	"github.com/brpc-go/brpc/internal/handshake/handshakepb"
+	"github.com/brpc-go/brpc/internal/testenv"
+)
+
+// attackerTLS is what a raw attacker offers: brpc's ALPN unless told
+// otherwise, and a certificate check against ep's roots.
+func attackerTLS(ep testenv.Endpoint, alpn string) *tls.Config {
+	return &tls.Config{RootCAs: ep.Roots, NextProtos: []string{alpn}, ServerName: "localhost"}
+}
+
+// dialRawTo opens a QUIC connection to ep with quic-go itself, offering
+// alpn, from a UDP socket of its own on the loopback interface; watch, when
+// not nil, follows the connection's flow. The socket, transport and
+// connection are closed by t.Cleanup. It is safe to call from any goroutine.
+func dialRawTo(t *testing.T, ep testenv.Endpoint, alpn string, watch *flowWatch) (*quic.Conn, error) {
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, err
+	}
+	tr := &quic.Transport{Conn: udp}
+	t.Cleanup(func() {
+		tr.Close()
+		udp.Close()
+	})
+	raddr, err := net.ResolveUDPAddr("udp", ep.Addr)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), rawDialBound)
+	defer cancel()
+	conf := &quic.Config{MaxIdleTimeout: 30 * time.Second}
+	if watch != nil {
+		conf.Tracer = func(context.Context, bool, quic.ConnectionID) qlogwriter.Trace { return watch }
+	}
+	conn, err := tr.Dial(ctx, raddr, attackerTLS(ep, alpn), conf)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { conn.CloseWithError(0, "test over") })
+	return conn, nil
+}
+
+// helloOn runs the client's side of brpc's handshake by hand on ctrl, the
+// first stream of a raw session; it is an error unless the server welcomes
+// the client.
+func helloOn(ctrl interface {
+	io.ReadWriter
+	SetDeadline(time.Time) error
+}) (*handshakepb.Welcome, error) {
+	ctrl.SetDeadline(time.Now().Add(10 * time.Second))
+	defer ctrl.SetDeadline(time.Time{})
+	if err := handshake.WriteMsg(ctrl, handshake.NewHello(nil)); err != nil {
+		return nil, fmt.Errorf("writing the hello: %w", err)
+	}
+	var w handshakepb.Welcome
+	if err := handshake.ReadMsg(ctrl, &w, 1<<16); err != nil {
+		return nil, fmt.Errorf("reading the welcome: %w", err)
+	}
+	if w.GetId() == "" {
+		return nil, fmt.Errorf("the server did not welcome the client: %v", &w)
+	}
+	return &w, nil
+}
+
+// flowWatch follows a raw QUIC attacker's sending from its own qlog events:
+// how many STREAM frames it has sent, whether flow control has stopped it
+// (it sent DATA_BLOCKED, or STREAM_DATA_BLOCKED on every stream it fills),
+// and whether every packet it sent has been acknowledged since, that is,
+// whether all it wrote has reached the server. It is a qlogwriter.Trace and
+// its Recorder.
+type flowWatch struct {
+	mu             sync.Mutex
+	streams        int  // how many streams the attacker fills
+	frames         int  // STREAM frames sent
+	done           bool // the attacker has written all it meant to
+	connBlocked    bool
+	streamsBlocked map[quic.StreamID]bool
+	inFlight       int           // bytes in flight; -1 after a blocked frame, until the next report
+	changed        chan struct{} // closed and replaced on every change
+}
+
+func newFlowWatch() *flowWatch {
+	return &flowWatch{streamsBlocked: map[quic.StreamID]bool{}, inFlight: -1, changed: make(chan struct{})}
+}
+
+// fills tells w how many streams the attacker fills, before it writes.
+func (w *flowWatch) fills(streams int) {
+	w.mu.Lock()
+	w.streams = streams
+	w.mu.Unlock()
+}
+
+func (w *flowWatch) AddProducer() qlogwriter.Recorder { return w }
+func (w *flowWatch) Close() error                     { return nil }
+
+func (w *flowWatch) RecordEvent(ev qlogwriter.Event) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch ev := ev.(type) {
+	case qlog.PacketSent:
+		for _, f := range ev.Frames {
+			switch f := f.Frame.(type) {
+			case *qlog.StreamFrame:
+				w.frames, w.inFlight = w.frames+1, -1
+			case *qlog.DataBlockedFrame:
+				w.connBlocked, w.inFlight = true, -1
+			case *qlog.StreamDataBlockedFrame:
+				w.streamsBlocked[f.StreamID], w.inFlight = true, -1
+			}
+		}
+	case qlog.MetricsUpdated:
+		w.inFlight = ev.BytesInFlight
+	default:
+		return
+	}
+	close(w.changed)
+	w.changed = make(chan struct{})
+}
+
+// writerDone tells w that the attacker writes no more.
+func (w *flowWatch) writerDone() {
+	w.mu.Lock()
+	w.done = true
+	w.mu.Unlock()
+}
+
+// flowState is a snapshot of a flowWatch.
+type flowState struct {
+	frames int
+	// stopped: flow control holds the attacker back on the connection or
+	// on every stream it fills.
+	stopped bool
+	// landed: stopped, or the attacker done, and all that was sent has
+	// been acknowledged.
+	landed  bool
+	blocked func(quic.StreamID) bool
+	changed <-chan struct{} // closed at the next change
+}
+
+func (w *flowWatch) state() flowState {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	stopped := w.connBlocked || w.streams > 0 && len(w.streamsBlocked) >= w.streams
+	blocked := make(map[quic.StreamID]bool, len(w.streamsBlocked))
+	for id := range w.streamsBlocked {
+		blocked[id] = true
+	}
+	return flowState{
+		frames:  w.frames,
+		stopped: stopped,
+		landed:  (stopped || w.done) && w.inFlight == 0,
+		blocked: func(id quic.StreamID) bool { return blocked[id] },
+		changed: w.changed,
+	}
+}
+
+// smallFrame is what a QUIC attacker sends in one STREAM frame: quic-go
+// keeps a received STREAM frame of 128 bytes or more in the buffer of the
+// whole packet it came in (1452 bytes), so one frame of exactly that size
+// per packet makes unread data cost the most.
+const smallFrame = 128
+
+// fillQUIC writes smallFrame bytes on each of streams in turn, waiting after
+// each write until it has been sent, so that every packet carries one small
+// STREAM frame, until flow control has stopped the attacker or it has
+// written max bytes, and all it wrote has reached the server (watch); or
+// until the server has ended the connection or every stream. It returns the
+// bytes written.
+//
+// max spares time where the server is known to fail: a server that lets
+// max bytes in such frames through holds at least max.
+func fillQUIC(conn *quic.Conn, streams []*quic.Stream, watch *flowWatch, max int) int {
+	chunk := make([]byte, smallFrame)
+	for i := range chunk {
+		chunk[i] = byte(i)
+	}
+	written := 0
+	for i := 0; len(streams) > 0 && conn.Context().Err() == nil; i++ {
+		s := watch.state()
+		if s.landed {
+			break
+		}
+		if written >= max {
+			watch.writerDone()
+			waitFlow(conn, s.changed)
+			continue
+		}
+		st := streams[i%len(streams)]
+		if s.stopped || s.blocked(st.StreamID()) {
+			// Nothing more gets through: wait for the acknowledgements.
+			waitFlow(conn, s.changed)
+			continue
+		}
+		// A write of a packet's worth or less returns at once unless the
+		// stream already holds that much unsent.
+		st.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		n, err := st.Write(chunk)
+		written += n
+		var ne net.Error
+		if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
+			// The server stopped or reset the stream, or closed the
+			// connection.
+			streams = slices.DeleteFunc(streams, func(x *quic.Stream) bool { return x == st })
+			continue
+		}
+		for n > 0 {
+			now := watch.state()
+			if now.frames > s.frames || now.stopped || now.blocked(st.StreamID()) {
+				break
+			}
+			if !waitFlow(conn, now.changed) {
+				break
+			}
+		}
+	}
+	return written
+}
+
+// waitFlow waits for changed, and reports false when conn ended first or
+// nothing changed for a second (then the caller looks again).
+func waitFlow(conn *quic.Conn, changed <-chan struct{}) bool {
+	select {
+	case <-changed:
+		return true
+	case <-conn.Context().Done():
+		return false
+	case <-time.After(time.Second):
+		return false
+	}
+}
+
+// rawYamux is a TLS connection to ep, with brpc's ALPN, carrying a yamux
+// client session, as brpc's TCP transport speaks it but without brpc's
+// handshake. t.Cleanup closes it. It is safe to call from any goroutine.
+func rawYamux(t *testing.T, ep testenv.Endpoint) (*yamux.Session, error) {
+	d := &tls.Dialer{Config: attackerTLS(ep, brpc.ALPN)}
+	ctx, cancel := context.WithTimeout(context.Background(), rawDialBound)
+	defer cancel()
+	c, err := d.DialContext(ctx, "tcp", ep.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("raw TLS dial: %w", err)
+	}
+	conf := yamux.DefaultConfig()
+	conf.EnableKeepAlive = false
+	conf.LogOutput = io.Discard
+	mux, err := yamux.Client(c, conf)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("yamux client: %w", err)
+	}
+	t.Cleanup(func() { mux.Close() })
+	return mux, nil
+}
+
+// yamuxWindow is the receive window yamux's protocol gives every stream at
+// its start.
+const yamuxWindow = 256 << 10
+
+// fillYamux writes on st until yamux's flow control stops it (a write that
+// gets nothing through within a second, with the server reading nothing)
+// or the server ends the stream or the session, or max bytes are written.
+// It returns the bytes written.
+func fillYamux(st *yamux.Stream, max int) int {
+	chunk := make([]byte, 32<<10)
+	written := 0
+	for written < max {
+		st.SetWriteDeadline(time.Now().Add(time.Second))
+		n, err := st.Write(chunk[:min(len(chunk), max-written)])
+		written += n
+		if err != nil && n == 0 {
+			break
+		}
+	}
+	st.SetWriteDeadline(time.Time{})
+	return written
+}
+
+// landedYamux returns once everything mux wrote before has reached the
+// server's yamux session: the server answers a ping in the order it reads
+// frames, after buffering the data that came before it. It reports whether
+// the session is still open.
+func landedYamux(mux *yamux.Session) bool {
+	_, err := mux.Ping()
+	return err == nil
+}
