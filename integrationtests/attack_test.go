@@ -258,3 +258,67 @@ func TestAttackWelcomedControlStream(t *testing.T) {
 		wantAtMost(t, per, maxIdleBytesPerPeer["tcp"], "a welcomed TCP session stuffing its control stream")
 	})
 }
+
+// An Initial flood: one real Initial packet, captured from a quic-go client,
+// replayed at floodRate datagrams a second for floodTime, from one socket
+// and from many (as spoofed sources would come), as it is and renamed (see
+// replayer). The server's goroutines and heap stay within what
+// floodHandshakes handshakes in progress cost, it answers a renamed flood
+// with Retry packets instead of TLS handshakes, and an ordinary client
+// connects within floodConnectBound meanwhile.
+func TestAttackReplayedInitials(t *testing.T) {
+	for _, tc := range []struct {
+		sources int
+		rename  bool
+	}{{1, false}, {16, false}, {1, true}, {16, true}} {
+		name := map[bool]string{false: "copies", true: "renamed"}[tc.rename]
+		t.Run(fmt.Sprintf("%s from %d sources", name, tc.sources), func(t *testing.T) {
+			srv := testenv.StartServerChild(t, "quic")
+			srv.WantServes(t, "before")
+			waitPeers(t, srv, 0)
+			f0 := srv.Footprint(t)
+			pkt := captureInitial(t, srv.Endpoint())
+			r := startReplay(t, srv.Endpoint().Addr, pkt, tc.sources, floodRate, tc.rename)
+			testenv.WaitFor(t, floodTime, "a third of the flood", func() bool { return r.sent.Load() >= floodRate*int64(floodTime/time.Second)/3 })
+			took := srv.WantServes(t, "during")
+			testenv.WaitFor(t, 2*floodTime, "the whole flood", func() bool { return r.sent.Load() >= floodRate*int64(floodTime/time.Second) })
+			f1 := srv.Footprint(t)
+			r.Stop()
+			t.Logf("%v; an ordinary client connected in %v; the server went from %d to %d goroutines, %.1f to %.1f MiB",
+				r, took.Round(time.Millisecond), f0.Goroutines, f1.Goroutines, float64(f0.Held())/(1<<20), float64(f1.Held())/(1<<20))
+			if took > floodConnectBound {
+				t.Errorf("an ordinary client took %v to connect during the flood, want at most %v", took, floodConnectBound)
+			}
+			if g := f1.Goroutines - f0.Goroutines; g > floodHandshakes*maxHandshakeGoroutines {
+				t.Errorf("the flood left the server with %d more goroutines, want at most %d (%d handshakes in progress)", g, floodHandshakes*maxHandshakeGoroutines, floodHandshakes)
+			}
+			if b := float64(f1.Held()) - float64(f0.Held()); b > floodHandshakes*maxHandshakeBytes {
+				t.Errorf("the flood made the server hold %.1f MiB more, want at most %.1f MiB (%d handshakes in progress)", b/(1<<20), float64(floodHandshakes*maxHandshakeBytes)/(1<<20), floodHandshakes)
+			}
+			if tc.rename && r.retries.Load() == 0 {
+				t.Errorf("the server answered a flood of new connections without a single Retry packet")
+			}
+		})
+	}
+}
+
+// The Initial flood and its bounds.
+const (
+	floodRate = 3000 // datagrams a second
+	floodTime = 3 * time.Second
+	// floodConnectBound is how long an ordinary client may take to connect
+	// during the flood: generous for a loopback handshake (about 10 ms),
+	// with the race detector on a loaded machine.
+	floodConnectBound = 2 * time.Second
+	// floodHandshakes is how many QUIC handshakes may be in progress on a
+	// listener before it validates new clients' addresses with a Retry
+	// (internal/session's retry threshold): beyond it an Initial costs the
+	// server a Retry packet and no connection state.
+	floodHandshakes = 256
+	// maxHandshakeGoroutines and maxHandshakeBytes bound what one QUIC
+	// handshake in progress holds on the server, heap and stacks after GC
+	// (measured: about 2.5 goroutines and 29 KiB each, with the race
+	// detector).
+	maxHandshakeGoroutines = 4
+	maxHandshakeBytes      = 64 << 10
+)

@@ -8,12 +8,14 @@ package integrationtests
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -308,4 +310,142 @@ func fillYamux(st *yamux.Stream, max int) int {
 func landedYamux(mux *yamux.Session) bool {
 	_, err := mux.Ping()
 	return err == nil
+}
+
+// captureInitial returns the first datagram a quic-go client offering
+// brpc's ALPN sends to a server at ep's address: its Initial packet, which
+// carries its ClientHello. The capture stands in for the server, so the
+// client never hears back.
+func captureInitial(t *testing.T, ep testenv.Endpoint) []byte {
+	t.Helper()
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	dialed := make(chan struct{})
+	go func() {
+		defer close(dialed)
+		if conn, err := quic.DialAddr(ctx, udp.LocalAddr().String(), attackerTLS(ep, brpc.ALPN), nil); err == nil {
+			conn.CloseWithError(0, "")
+		}
+	}()
+	defer func() {
+		cancel()
+		<-dialed
+	}()
+	buf := make([]byte, 64<<10)
+	udp.SetReadDeadline(time.Now().Add(rawDialBound))
+	n, _, err := udp.ReadFromUDP(buf)
+	if err != nil {
+		t.Fatalf("capturing a client's Initial packet: %v", err)
+	}
+	return buf[:n:n]
+}
+
+// isRetry reports whether b is a QUIC version 1 Retry packet.
+func isRetry(b []byte) bool {
+	return len(b) > 5 && b[0]&0xf0 == 0xf0 && binary.BigEndian.Uint32(b[1:5]) == 1
+}
+
+// replayer sends one datagram to a server again and again, from several
+// sockets of its own in turn, and counts what the server answers.
+// quic-go routes an Initial by its Destination Connection ID, whatever its
+// source: an exact copy reaches the connection the first one started, and
+// is dropped as a duplicate. A replayer that renames gives every copy a
+// connection ID of its own instead, as a flood of new connections would
+// have; the server cannot decrypt such a copy (Initial keys derive from
+// that ID), but only after it has set up a connection for it.
+type replayer struct {
+	socks   []*net.UDPConn
+	sent    atomic.Int64
+	retries atomic.Int64 // Retry packets received
+	others  atomic.Int64 // other datagrams received
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+// startReplay sends pkt to addr, rate datagrams a second in all, from
+// sources sockets in turn, until stopped, each copy with a Destination
+// Connection ID of its own when rename is set; t.Cleanup stops it.
+func startReplay(t *testing.T, addr string, pkt []byte, sources, rate int, rename bool) *replayer {
+	t.Helper()
+	raddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &replayer{stop: make(chan struct{})}
+	t.Cleanup(r.Stop)
+	for range sources {
+		u, err := net.DialUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}, raddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.socks = append(r.socks, u)
+		r.wg.Go(func() {
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := u.Read(buf)
+				if err != nil {
+					var ne net.Error
+					if errors.As(err, &ne) && !ne.Timeout() || errors.Is(err, net.ErrClosed) {
+						return
+					}
+					continue
+				}
+				if isRetry(buf[:n]) {
+					r.retries.Add(1)
+				} else {
+					r.others.Add(1)
+				}
+			}
+		})
+	}
+	r.wg.Go(func() {
+		// Datagrams go out in bursts every millisecond, so that the rate
+		// holds whatever the timer's resolution.
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		start := time.Now()
+		out := slices.Clone(pkt)
+		dcid := out[6 : 6+int(out[5])]
+		for i := 0; ; {
+			select {
+			case <-r.stop:
+				return
+			case now := <-tick.C:
+				due := int(now.Sub(start).Seconds() * float64(rate))
+				for ; i < due; i++ {
+					if rename {
+						binary.BigEndian.PutUint64(dcid, uint64(i)^0x9e3779b97f4a7c15)
+					}
+					r.socks[i%len(r.socks)].Write(out)
+					r.sent.Add(1)
+				}
+			}
+		}
+	})
+	return r
+}
+
+// Stop stops sending, closes the sockets and waits for the readers. It may
+// be called more than once.
+func (r *replayer) Stop() {
+	select {
+	case <-r.stop:
+		return
+	default:
+	}
+	close(r.stop)
+	for _, u := range r.socks {
+		u.Close()
+	}
+	r.wg.Wait()
+}
+
+// String sums the replay up for a test's log.
+func (r *replayer) String() string {
+	return fmt.Sprintf("%d datagrams sent from %d sockets; answers: %d Retry packets, %d other datagrams",
+		r.sent.Load(), len(r.socks), r.retries.Load(), r.others.Load())
 }

@@ -127,17 +127,19 @@ func (s *RemoteServer) Endpoint() Endpoint {
 // WantServes connects an ordinary client named name, serving its own echo
 // service, to the child's server; makes a forward call and has the child
 // call the client back; and fails the test unless both answer within 5s.
-// The client is closed when it returns.
-func (s *RemoteServer) WantServes(t testing.TB, name string) {
+// The client is closed when it returns. It returns how long Dial took.
+func (s *RemoteServer) WantServes(t testing.TB, name string) time.Duration {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	gs := grpc.NewServer()
 	testpb.RegisterEchoServer(gs, &Echo{Name: name})
 	defer gs.Stop()
+	start := time.Now()
 	cc, err := brpc.Dial(ctx, s.Target, brpc.WithTLSConfig(s.ClientTLS()), brpc.WithServer(gs))
+	took := time.Since(start)
 	if err != nil {
-		t.Fatalf("an ordinary client cannot connect to the server child: %v", err)
+		t.Fatalf("an ordinary client cannot connect to the server child (after %v): %v", took, err)
 	}
 	defer cc.Close()
 	callCtx, callCancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -152,4 +154,5 @@ func (s *RemoteServer) WantServes(t testing.TB, name string) {
 	if got, want := s.Do(t, "call", cc.ID()), name+":from-child"; got != want {
 		t.Fatalf("reverse Unary from the server child to %s: got %q, want %q", name, got, want)
 	}
+	return took
 }
