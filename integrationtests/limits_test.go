@@ -48,17 +48,22 @@ func TestMaxClients(t *testing.T) {
 // package, without a handshake.
 func rawSession(t *testing.T, e *testenv.Env, tr string) session.Session {
 	t.Helper()
+	return rawSessionTo(t, e.Endpoint(), tr)
+}
+
+// rawSessionTo opens a transport session to ep with brpc's session
+// package, without a handshake.
+func rawSessionTo(t *testing.T, ep testenv.Endpoint, tr string) session.Session {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	tlsConf := e.CA.ClientTLS()
-	tlsConf.NextProtos = []string{brpc.ALPN}
-	tlsConf.ServerName = "localhost"
+	tlsConf := attackerTLS(ep, brpc.ALPN)
 	var s session.Session
 	var err error
 	if tr == "tcp" {
-		s, err = session.DialTCP(ctx, e.Addr, tlsConf, session.TCPConfig{})
+		s, err = session.DialTCP(ctx, ep.Addr, tlsConf, session.TCPConfig{})
 	} else {
-		s, err = session.DialQUIC(ctx, e.Addr, tlsConf, session.QUICConfig{})
+		s, err = session.DialQUIC(ctx, ep.Addr, tlsConf, session.QUICConfig{})
 	}
 	if err != nil {
 		t.Fatalf("raw %s session: %v", tr, err)

@@ -77,6 +77,11 @@ func runChild(role Role) int {
 		return 2
 	}
 	c.Handle("footprint", func([]string) (string, error) { return MeasureFootprint().String(), nil })
+	c.Handle("allocated", func([]string) (string, error) {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return fmt.Sprintf("bytes=%d objects=%d", ms.TotalAlloc, ms.Mallocs), nil
+	})
 	defer func() {
 		for i := len(c.cleanups) - 1; i >= 0; i-- {
 			c.cleanups[i]()
@@ -287,6 +292,17 @@ func (c *Child) Footprint(t testing.TB) Footprint {
 		t.Fatalf("the child's footprint: %v", err)
 	}
 	return f
+}
+
+// Allocated asks the child how many bytes and heap objects it has
+// allocated since it started (freed ones included): the difference over a
+// run of calls is what the child allocated to serve them.
+func (c *Child) Allocated(t testing.TB) (bytes, objects uint64) {
+	t.Helper()
+	if _, err := fmt.Sscanf(c.Do(t, "allocated"), "bytes=%d objects=%d", &bytes, &objects); err != nil {
+		t.Fatalf("the child's allocations: %v", err)
+	}
+	return bytes, objects
 }
 
 // Kill sends SIGKILL: the child gets no chance to close anything.

@@ -21,20 +21,27 @@ import (
 // echo service (answering as "server", without calling back) on a loopback
 // port of the transport named by the argument "transport" (default QUIC).
 // Its ready words are target=TARGET and ca=BASE64-PEM. Besides
-// "footprint" it answers "peers" (the number of connected clients) and
-// "call ID" (a reverse Unary to that client; the answer's message).
+// "footprint" and "allocated" it answers "peers" (the number of connected
+// clients), "sleeping" (the echo handlers waiting out a request's SleepMs)
+// and "call ID" (a reverse Unary to that client; the answer's message).
 func ServerRole(c *ChildEnv) ([]string, error) {
-	return serve(c, nil)
+	return serve(c, nil, nil)
 }
 
 // ServerRoleWith is ServerRole with a server built with opts, for a
 // package to register under a name of its own (RunChild's roles) and
 // start with StartServerChildAs.
 func ServerRoleWith(opts ...brpc.ServerOption) Role {
-	return func(c *ChildEnv) ([]string, error) { return serve(c, opts) }
+	return func(c *ChildEnv) ([]string, error) { return serve(c, nil, opts) }
 }
 
-func serve(c *ChildEnv, opts []brpc.ServerOption) ([]string, error) {
+// ServerRoleWithGRPC is ServerRoleWith whose application *grpc.Server is
+// built with grpcOpts as well.
+func ServerRoleWithGRPC(grpcOpts []grpc.ServerOption, opts ...brpc.ServerOption) Role {
+	return func(c *ChildEnv) ([]string, error) { return serve(c, grpcOpts, opts) }
+}
+
+func serve(c *ChildEnv, grpcOpts []grpc.ServerOption, opts []brpc.ServerOption) ([]string, error) {
 	transport := c.Arg("transport")
 	if transport == "" {
 		transport = "quic"
@@ -47,13 +54,15 @@ func serve(c *ChildEnv, opts []brpc.ServerOption) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := StartServing(transport, "127.0.0.1:0", stls, &Echo{Name: "server"}, nil, opts)
+	echo := &Echo{Name: "server"}
+	s, err := StartServing(transport, "127.0.0.1:0", stls, echo, grpcOpts, opts)
 	if err != nil {
 		return nil, err
 	}
 	srv := s.Srv
 	c.Cleanup(func() { s.Stop() })
 	c.Handle("peers", func([]string) (string, error) { return fmt.Sprint(len(srv.Peers())), nil })
+	c.Handle("sleeping", func([]string) (string, error) { return fmt.Sprint(echo.Sleeping()), nil })
 	c.Handle("call", func(args []string) (string, error) {
 		if len(args) != 1 {
 			return "", fmt.Errorf("call takes a client ID")
