@@ -110,7 +110,7 @@ func setupGRPC(_ context.Context, ca *certs.CA, useTLS bool) (*fixture, error) {
 	if err != nil {
 		return nil, err
 	}
-	var sopts []grpc.ServerOption
+	sopts := grpcServerOptions()
 	copt := grpc.WithTransportCredentials(insecure.NewCredentials())
 	if useTLS {
 		stls, err := serverTLS(ca)
@@ -151,6 +151,24 @@ type brpcServer struct {
 	served chan struct{}
 }
 
+// grpcWindow and grpcConnWindow are the -grpc-window and -grpc-conn-window
+// flags: static HTTP/2 receive windows for every *grpc.Server of the
+// bench; 0 leaves grpc-go's default, windows sized by its BDP estimation.
+var grpcWindow, grpcConnWindow int
+
+// grpcServerOptions are the options every *grpc.Server of the bench is
+// built with, besides its credentials.
+func grpcServerOptions() []grpc.ServerOption {
+	var opts []grpc.ServerOption
+	if grpcWindow > 0 {
+		opts = append(opts, grpc.InitialWindowSize(int32(grpcWindow)))
+	}
+	if grpcConnWindow > 0 {
+		opts = append(opts, grpc.InitialConnWindowSize(int32(grpcConnWindow)))
+	}
+	return opts
+}
+
 // reverseIdle is the -reverse-idle flag: how long the bench's brpc servers
 // keep a client's reverse connection without calls.
 var reverseIdle = brpc.DefaultReverseIdleTimeout
@@ -168,7 +186,7 @@ func startBRPCServer(ca *certs.CA, transport string) (*brpcServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(grpcServerOptions()...)
 	testpb.RegisterEchoServer(gs, echoServer{})
 	b := &brpcServer{
 		srv:    brpc.NewServer(gs, testpb.NewEchoClient, brpc.WithReverseIdleTimeout(reverseIdle)),
@@ -207,7 +225,7 @@ func setupBRPC(ctx context.Context, ca *certs.CA, transport string, reverse bool
 	if err != nil {
 		return nil, err
 	}
-	cgs := grpc.NewServer()
+	cgs := grpc.NewServer(grpcServerOptions()...)
 	testpb.RegisterEchoServer(cgs, echoServer{})
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
