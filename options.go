@@ -37,9 +37,13 @@ const (
 	// a client's hello metadata (a token or a certificate fits).
 	DefaultMaxHelloMetadataValueSize = 16 << 10
 	// DefaultMaxStreamsPerSession caps the streams one peer may have open at
-	// once on a session. Each stream carries one HTTP/2 connection of grpc-go
-	// (plus the control stream), so ordinary use needs only a few.
-	DefaultMaxStreamsPerSession = 100
+	// once on a session: the control stream and 7 of grpc-go's HTTP/2
+	// connections. A peer uses one connection per direction, two while
+	// grpc-go redials as an old connection drains (a GOAWAY, a reverse
+	// connection released when idle and rebuilt); the rest is headroom.
+	// Each connection multiplies what the peer's calls can make the other
+	// side hold (see docs/security.md), so the cap is not higher.
+	DefaultMaxStreamsPerSession = 8
 	// DefaultMaxPendingHandshakes caps the clients in the middle of their
 	// handshake at once, per phase (TLS, then brpc's hello): high enough for
 	// a whole fleet reconnecting after a server restart.
@@ -304,8 +308,12 @@ func WithGRPCDialOptions(opts ...grpc.DialOption) Option {
 }
 
 // WithMaxStreamsPerSession caps how many streams the peer may have open on a
-// session at once. Each stream carries one of grpc-go's HTTP/2 connections,
-// not one call: calls are multiplexed within it. The default is
+// session at once, the control stream included. Each stream carries one of
+// grpc-go's HTTP/2 connections, not one call: calls are multiplexed within
+// it, up to the receiving *grpc.Server's grpc.MaxConcurrentStreams. A QUIC
+// peer at the cap waits to open another stream; over TCP a stream past the
+// cap is reset. Fewer than 3 streams leave no room for grpc-go to redial
+// while an old connection drains. The default is
 // DefaultMaxStreamsPerSession.
 func WithMaxStreamsPerSession(n int) Option {
 	return commonOption(func(o *common) {

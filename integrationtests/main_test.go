@@ -17,6 +17,7 @@ import (
 var childRoles = map[string]testenv.Role{
 	"streaming-client": streamingClientRole,
 	attackRole:         attackServerRole,
+	grpcFloodRole:      grpcFloodServerRole,
 }
 
 func TestMain(m *testing.M) {
