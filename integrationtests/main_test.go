@@ -18,6 +18,7 @@ var childRoles = map[string]testenv.Role{
 	"streaming-client": streamingClientRole,
 	attackRole:         attackServerRole,
 	grpcFloodRole:      grpcFloodServerRole,
+	raisedHelloRole:    raisedHelloServerRole,
 }
 
 func TestMain(m *testing.M) {

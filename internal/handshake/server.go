@@ -79,6 +79,11 @@ func ServeHello(sess session.Session, conf ServerConfig, admit Admit) (net.Conn,
 			return nil, handshakeEnded(ctx, "no hello")
 		}
 	}
+	// A stream buffer that grew to hold the hello (yamux keeps a drained
+	// buffer's capacity) would stay for the session's life.
+	if sh, ok := ctrl.(interface{ Shrink() }); ok {
+		sh.Shrink()
+	}
 	version, err := Negotiate(&hello)
 	if err != nil {
 		return nil, reject(sess, ctrl, err)
