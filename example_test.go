@@ -64,8 +64,14 @@ func (n *namer) GetName(context.Context, *greeterpb.NameRequest) (*greeterpb.Nam
 func Example() {
 	serverTLS, clientTLS := exampleTLS()
 
-	// Server: the application's own *grpc.Server, wrapped.
-	gs := grpc.NewServer()
+	// Server: the application's own *grpc.Server, wrapped, with the limits
+	// docs/security.md recommends on what one client's calls can make it
+	// hold.
+	gs := grpc.NewServer(
+		grpc.MaxConcurrentStreams(16),
+		grpc.InitialWindowSize(256<<10),
+		grpc.InitialConnWindowSize(4<<20),
+	)
 	g := &greeter{}
 	g.srv = brpc.NewServer(gs, greeterpb.NewNamerClient)
 	greeterpb.RegisterGreeterServer(gs, g)
@@ -100,7 +106,11 @@ func Example() {
 // background job or an admin API.
 func ExampleServer_Client() {
 	serverTLS, clientTLS := exampleTLS()
-	srv := brpc.NewServer(grpc.NewServer(), greeterpb.NewNamerClient)
+	srv := brpc.NewServer(grpc.NewServer(
+		grpc.MaxConcurrentStreams(16),
+		grpc.InitialWindowSize(256<<10),
+		grpc.InitialConnWindowSize(4<<20),
+	), greeterpb.NewNamerClient)
 	lis, err := brpc.ListenQUIC("127.0.0.1:0", serverTLS)
 	if err != nil {
 		log.Fatal(err)
@@ -156,7 +166,11 @@ func ExampleWithAuthenticator() {
 		}
 		return "", status.Error(codes.Unauthenticated, "unknown token")
 	}
-	srv := brpc.NewServer(grpc.NewServer(), greeterpb.NewNamerClient, brpc.WithAuthenticator(auth))
+	srv := brpc.NewServer(grpc.NewServer(
+		grpc.MaxConcurrentStreams(16),
+		grpc.InitialWindowSize(256<<10),
+		grpc.InitialConnWindowSize(4<<20),
+	), greeterpb.NewNamerClient, brpc.WithAuthenticator(auth))
 	lis, err := brpc.ListenQUIC("127.0.0.1:0", serverTLS)
 	if err != nil {
 		log.Fatal(err)

@@ -108,7 +108,14 @@ func demo(ctx context.Context, cfg demoConfig, w io.Writer) (err error) {
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(caPEM)
 
-	gs := grpc.NewServer()
+	// Limits on what one client's calls can make the server hold
+	// (docs/security.md): calls at once per HTTP/2 connection, and static
+	// receive windows instead of grpc-go's BDP-sized ones.
+	gs := grpc.NewServer(
+		grpc.MaxConcurrentStreams(16),
+		grpc.InitialWindowSize(256<<10),
+		grpc.InitialConnWindowSize(4<<20),
+	)
 	greeter := &demoGreeter{out: out}
 	greeterpb.RegisterGreeterServer(gs, greeter)
 	var opts []brpc.ServerOption

@@ -68,7 +68,14 @@ func echoServer(ctx context.Context, cfg echoServerConfig, stdout io.Writer) err
 	if err != nil {
 		return err
 	}
-	gs := grpc.NewServer()
+	// Limits on what one client's calls can make the server hold
+	// (docs/security.md): calls at once per HTTP/2 connection, and static
+	// receive windows instead of grpc-go's BDP-sized ones.
+	gs := grpc.NewServer(
+		grpc.MaxConcurrentStreams(16),
+		grpc.InitialWindowSize(256<<10),
+		grpc.InitialConnWindowSize(4<<20),
+	)
 	var mu sync.Mutex
 	srv := brpc.NewServer(gs, echopb.NewEchoClient, brpc.WithPeerEvents(func(ev brpc.PeerEvent) {
 		mu.Lock()

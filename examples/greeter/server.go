@@ -95,8 +95,15 @@ func RunServer(ctx context.Context, cfg ServerConfig, out io.Writer) error {
 	logger.Printf("wrote the CA certificate to %s (clients trust it with -ca)", cfg.CAOut)
 
 	// The application's own grpc.Server: brpc feeds it the calls clients
-	// make, with its interceptors and options intact.
-	gs := grpc.NewServer()
+	// make, with its interceptors and options intact. The limits are those
+	// docs/security.md recommends: calls at once per HTTP/2 connection, and
+	// static receive windows instead of grpc-go's BDP-sized ones, bound what
+	// one client's calls can make the server hold.
+	gs := grpc.NewServer(
+		grpc.MaxConcurrentStreams(16),
+		grpc.InitialWindowSize(256<<10),
+		grpc.InitialConnWindowSize(4<<20),
+	)
 	greeter := &greeterService{log: logger}
 	greeterpb.RegisterGreeterServer(gs, greeter)
 	// Every connected client gets a NamerClient stub built on its session.
