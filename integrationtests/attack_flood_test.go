@@ -60,8 +60,8 @@ func recommendedGRPCServerOptions() []grpc.ServerOption {
 // buffers that hold a frame's data in a larger pooled buffer). Measured:
 // 30-31 MiB on either transport (up to 43 MiB over TCP without the race
 // detector). With the former stream cap of 100 the same attack held 235 MiB
-// (QUIC) and 573 MiB (TCP); with grpc-go's default settings as well it
-// grew past 2.7 GiB.
+// (QUIC) and 573 MiB (TCP); with the cap of 8 and grpc-go's default
+// settings, 199 MiB and 2.7 GiB.
 const maxFloodedSessionBytes = 56 << 20
 
 // grpcFloodRole is the server child of the flood: brpc's defaults and the
