@@ -59,8 +59,8 @@ func recommendedGRPCServerOptions() []grpc.ServerOption {
 // that, for each call's own state (a handler goroutine, grpc-go's stream,
 // buffers that hold a frame's data in a larger pooled buffer). Measured:
 // 30-31 MiB on either transport (up to 43 MiB over TCP without the race
-// detector). With the former stream cap of 100 the same attack held 235 MiB
-// (QUIC) and 573 MiB (TCP); with the cap of 8 and grpc-go's default
+// detector). With the former stream cap of 100 the same attack held 424 MiB
+// (QUIC) and 433 MiB (TCP); with the cap of 8 and grpc-go's default
 // settings, 199 MiB and 2.7 GiB.
 const maxFloodedSessionBytes = 56 << 20
 
@@ -87,7 +87,7 @@ func TestAttackGRPCFlood(t *testing.T) {
 		s := rawSessionTo(t, srv.Endpoint(), tr)
 		welcomed(t, s)
 		flood := startGRPCFlood(t, s, 99, 50)
-		f1 := flood.landed(t, srv, f0, maxFloodedSessionBytes, 45*time.Second)
+		f1 := flood.landed(t, srv, f0, recommendedWindow, maxFloodedSessionBytes, 45*time.Second)
 		srv.WantServes(t, "during")
 
 		held := float64(f1.Held()) - float64(f0.Held())
@@ -178,17 +178,30 @@ func (f *grpcFlood) stop() {
 }
 
 // landed waits until every call the flood started has reached its handler
-// in the server child and the server's flow control has stopped the
-// flood: its writes have not moved while the child's heap held still
-// between two footprints. It returns the later footprint, or the first
-// that shows the server holding more than limit over base.
-func (f *grpcFlood) landed(t *testing.T, srv *testenv.RemoteServer, base testenv.Footprint, limit int, within time.Duration) testenv.Footprint {
+// in the server child, has written the window the server gave it (window
+// bytes, at least), and the server's flow control has stopped the flood:
+// its writes have not moved while the child's heap held still between two
+// footprints. It returns the later footprint, or the first that shows the
+// server holding more than limit over base.
+func (f *grpcFlood) landed(t *testing.T, srv *testenv.RemoteServer, base testenv.Footprint, window, limit int, within time.Duration) testenv.Footprint {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	testenv.WaitFor(t, within, "the flood's calls to reach their handlers", func() bool {
 		n, err := strconv.ParseInt(srv.Do(t, "sleeping"), 10, 64)
 		return err == nil && n > 0 && n >= f.started.Load()
 	})
+	for polls := 1; f.written.Load() < f.started.Load()*int64(window); polls++ {
+		// A server without the bound fails as soon as it shows.
+		if polls%50 == 0 {
+			if fp := srv.Footprint(t); fp.Held() > base.Held()+uint64(limit) {
+				return fp
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the flood's calls did not fill their windows within %v (%d bytes written)", within, f.written.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	written, fp := f.written.Load(), srv.Footprint(t)
 	for {
 		if fp.Held() > base.Held()+uint64(limit) {
