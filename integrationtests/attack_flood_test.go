@@ -61,7 +61,7 @@ func recommendedGRPCServerOptions() []grpc.ServerOption {
 // 30-31 MiB on either transport (up to 43 MiB over TCP without the race
 // detector). With the former stream cap of 100 the same attack held 424 MiB
 // (QUIC) and 433 MiB (TCP); with the cap of 8 and grpc-go's default
-// settings, 199 MiB and 2.7 GiB.
+// settings, more than 199 MiB and 2.7 GiB.
 const maxFloodedSessionBytes = 56 << 20
 
 // grpcFloodRole is the server child of the flood: brpc's defaults and the
