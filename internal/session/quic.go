@@ -53,6 +53,7 @@ func (c QUICConfig) Config() *quic.Config {
 // quicSession is a Session over one QUIC connection: streams are native.
 type quicSession struct {
 	conn *quic.Conn
+	end  endState
 }
 
 // NewQUIC wraps an established QUIC connection.
@@ -85,6 +86,17 @@ func (s *quicSession) AcceptStream(ctx context.Context) (net.Conn, error) {
 
 func (s *quicSession) Close(code CloseCode, reason string) error {
 	return s.conn.CloseWithError(quic.ApplicationErrorCode(code), reason)
+}
+
+func (s *quicSession) Ending() (Ending, bool) { return s.end.ending(s.conn.Context()) }
+
+func (s *quicSession) Announce(code CloseCode, reason string) {
+	s.end.decide(s.conn.Context(), Ending{Kind: EndClosed, Code: code, Reason: reason})
+}
+
+func (s *quicSession) PeerAnnounced(code CloseCode, reason string) error {
+	s.end.decide(s.conn.Context(), Ending{Kind: EndClosed, ByPeer: true, Code: code, Reason: reason})
+	return s.conn.CloseWithError(quic.ApplicationErrorCode(CodeNormal), "closing as the peer announced")
 }
 
 func (s *quicSession) Context() context.Context { return s.conn.Context() }
