@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -92,7 +91,6 @@ type clientSession struct {
 	ctrl      net.Conn
 	info      *sessionInfo // describes the server
 	goingAway atomic.Bool
-	closing   atomic.Pointer[handshakepb.Closing] // the server's last word
 }
 
 var _ grpc.ClientConnInterface = (*ClientConn)(nil)
@@ -238,10 +236,10 @@ func (c *ClientConn) serveSession(cs *clientSession) {
 		case n.GetGoAway() != nil:
 			cs.goingAway.Store(true)
 		case n.GetClosing() != nil:
-			// The server's last word: close the session from this side.
+			// The server's last word: close the session from this side,
+			// with the server's code as the session's ending.
 			cs.goingAway.Store(true)
-			cs.closing.Store(n.GetClosing())
-			cs.sess.Close(session.CodeNormal, "server closed the session: "+n.GetClosing().GetReason())
+			cs.sess.PeerAnnounced(session.CloseCode(n.GetClosing().GetCode()), n.GetClosing().GetReason())
 		}
 	}
 	// The control stream lives as long as the session: past it, the
@@ -254,12 +252,8 @@ func (c *ClientConn) serveSession(cs *clientSession) {
 // sessionEnded decides what the end of cs means: nil to reconnect, or the
 // error the ClientConn stops with.
 func (c *ClientConn) sessionEnded(cs *clientSession) error {
-	code, reason, ok := session.PeerCloseCode(context.Cause(cs.sess.Context()))
-	if cl := cs.closing.Load(); cl != nil {
-		code, reason, ok = session.CloseCode(cl.GetCode()), cl.GetReason(), true
-	}
-	if ok && code == session.CodeReplaced {
-		return status.Errorf(codes.Unavailable, "brpc: another connection took this client's ID %q: %s", cs.id, reason)
+	if e, _ := cs.sess.Ending(); e.Kind == session.EndClosed && e.ByPeer && e.Code == session.CodeReplaced {
+		return status.Errorf(codes.Unavailable, "brpc: another connection took this client's ID %q: %s", cs.id, e.Reason)
 	}
 	return nil
 }
@@ -412,31 +406,10 @@ func dialError(ctx context.Context, what string, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	if code, reason, ok := session.PeerCloseCode(err); ok {
-		c := closeCodeToGRPC(code)
-		if code == session.CodeRejected {
-			// A rejection's reason is "<grpc code> <message>".
-			num, msg, _ := strings.Cut(reason, " ")
-			if n, err := strconv.ParseUint(num, 10, 32); err == nil && n != 0 && n <= 16 {
-				c, reason = codes.Code(n), msg
-			}
-		}
-		return status.Errorf(c, "brpc: %s: server closed the session: %s", what, reason)
+	if e, ok := session.EndingOf(err); ok && e.Kind == session.EndClosed && e.ByPeer {
+		return status.Errorf(e.Code.GRPCCode(), "brpc: %s: server closed the session: %s", what, e.Reason)
 	}
 	return status.Errorf(codes.Unavailable, "brpc: %s: %v", what, err)
-}
-
-func closeCodeToGRPC(code session.CloseCode) codes.Code {
-	switch code {
-	case session.CodeRejected:
-		return codes.PermissionDenied
-	case session.CodeProtocol:
-		return codes.Internal
-	case session.CodeHandshakeTimeout:
-		return codes.DeadlineExceeded
-	default:
-		return codes.Unavailable
-	}
 }
 
 // handshake sends the hello and waits for the welcome.

@@ -6,12 +6,8 @@ import (
 	"net"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"google.golang.org/grpc/status"
 )
-
-// yamuxKeepaliveTimeout is how the TCP transport reports a silent peer.
-var yamuxKeepaliveTimeout = yamux.ErrKeepAliveTimeout
 
 // logPeerEvent logs a server's peer event, if there is a logger.
 func logPeerEvent(l *slog.Logger, ev PeerEvent) {

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"slices"
 	"sync"
@@ -136,7 +135,7 @@ func (s *Server[C]) Serve(lis Listener) error {
 			return fmt.Errorf("brpc: accept: %w", err)
 		}
 		if !s.pending.enter() {
-			sess.Close(session.CodeRejected, fmt.Sprintf("%d brpc: too many handshakes in progress", codes.ResourceExhausted))
+			sess.Close(session.RefusedCode(codes.ResourceExhausted), "brpc: too many handshakes in progress")
 			continue
 		}
 		s.mu.Lock()
@@ -272,7 +271,7 @@ func (s *Server[C]) Stop() {
 	s.gs.Stop()
 	s.streams.Close()
 	for _, ss := range sessions {
-		ss.close(DisconnectServerStopped, session.CodeShutdown, "server stopped", errShuttingDown)
+		ss.close(session.CodeShutdown, "server stopped", errShuttingDown)
 	}
 	for _, l := range listeners {
 		l.Close()
@@ -307,9 +306,7 @@ type serverSession[C any] struct {
 	ctrlMu sync.Mutex
 	ctrl   net.Conn
 
-	endReason atomic.Pointer[string] // set when the server ends the session
-	endKind   atomic.Pointer[DisconnectKind]
-	helloMD   metadata.MD // what the hello carried, once read
+	helloMD metadata.MD // what the hello carried, once read
 }
 
 // lazy returns the session's reverse-call connection, which exists once the
@@ -460,7 +457,7 @@ func (ss *serverSession[C]) handshake() error {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			old.closeTold(DisconnectReplaced, session.CodeReplaced, "replaced by a newer session of the same client",
+			old.closeTold(session.CodeReplaced, "replaced by a newer session of the same client",
 				status.Errorf(codes.Unavailable, "brpc: client %q reconnected; this session was replaced", id))
 		}()
 	}
@@ -529,8 +526,8 @@ func (ss *serverSession[C]) reject(ctrl net.Conn, err error) error {
 		t.Stop()
 	}
 	st := status.Convert(err)
-	// The close reason repeats the code, for a client that misses the welcome.
-	ss.sess.Close(session.CodeRejected, fmt.Sprintf("%d %s", st.Code(), st.Message()))
+	// The close code repeats the gRPC code, for a client that misses the welcome.
+	ss.sess.Close(session.RefusedCode(st.Code()), st.Message())
 	return err
 }
 
@@ -569,9 +566,7 @@ func (ss *serverSession[C]) notify(n *handshakepb.Notice) {
 }
 
 // close ends the session now; its reverse calls fail with callErr.
-func (ss *serverSession[C]) close(kind DisconnectKind, code session.CloseCode, reason string, callErr error) {
-	ss.endKind.CompareAndSwap(nil, &kind)
-	ss.endReason.CompareAndSwap(nil, &reason)
+func (ss *serverSession[C]) close(code session.CloseCode, reason string, callErr error) {
 	ss.lazy().close(callErr)
 	ss.sess.Close(code, reason)
 }
@@ -581,9 +576,8 @@ func (ss *serverSession[C]) close(kind DisconnectKind, code session.CloseCode, r
 // client closes the session when it reads the notice; the server closes it
 // itself after rejectLinger (closing first could reset the connection
 // before the notice is read).
-func (ss *serverSession[C]) closeTold(kind DisconnectKind, code session.CloseCode, reason string, callErr error) {
-	ss.endKind.CompareAndSwap(nil, &kind)
-	ss.endReason.CompareAndSwap(nil, &reason)
+func (ss *serverSession[C]) closeTold(code session.CloseCode, reason string, callErr error) {
+	ss.sess.Announce(code, reason)
 	ss.lazy().close(callErr)
 	ss.notify(&handshakepb.Notice{Kind: &handshakepb.Notice_Closing{Closing: &handshakepb.Closing{Code: uint32(code), Reason: reason}}})
 	t := time.NewTimer(rejectLinger)
@@ -595,32 +589,30 @@ func (ss *serverSession[C]) closeTold(kind DisconnectKind, code session.CloseCod
 	ss.sess.Close(code, reason)
 }
 
-// disconnectReason says why a welcomed session ended.
+// disconnectReason says why a welcomed session ended, from the session
+// layer's account of it.
 func (ss *serverSession[C]) disconnectReason() (DisconnectKind, string, error) {
-	cause := context.Cause(ss.sess.Context())
-	if r := ss.endReason.Load(); r != nil {
-		return *ss.endKind.Load(), *r, cause
-	}
-	if code, reason, ok := session.PeerCloseCode(cause); ok {
-		if code == session.CodeNormal {
-			return DisconnectClientClosed, "client closed the connection", cause
-		}
-		return DisconnectClientClosed, fmt.Sprintf("client closed the connection (code %d): %s", code, reason), cause
-	}
-	if errors.Is(cause, io.EOF) {
-		return DisconnectClientClosed, "client closed the connection", cause
-	}
-	var ne net.Error
-	if errors.As(cause, &ne) && ne.Timeout() {
-		return DisconnectKeepaliveTimeout, "client silent past the keepalive timeout", cause
-	}
-	if errors.Is(cause, yamuxKeepaliveTimeout) {
-		return DisconnectKeepaliveTimeout, "client silent past the keepalive timeout", cause
-	}
-	if cause == nil {
+	e, ok := ss.sess.Ending()
+	if !ok {
 		return DisconnectConnectionLost, "connection ended", nil
 	}
-	return DisconnectConnectionLost, "connection ended: " + cause.Error(), cause
+	switch {
+	case e.Kind == session.EndClosed && !e.ByPeer:
+		switch e.Code {
+		case session.CodeShutdown:
+			return DisconnectServerStopped, e.Reason, e.Err
+		case session.CodeReplaced:
+			return DisconnectReplaced, e.Reason, e.Err
+		}
+		return DisconnectConnectionLost, fmt.Sprintf("server closed the connection (%v): %s", e.Code, e.Reason), e.Err
+	case e.Kind == session.EndClosed && e.Code == session.CodeNormal:
+		return DisconnectClientClosed, "client closed the connection", e.Err
+	case e.Kind == session.EndClosed:
+		return DisconnectClientClosed, fmt.Sprintf("client closed the connection (code %d): %s", e.Code, e.Reason), e.Err
+	case e.Kind == session.EndKeepaliveTimeout:
+		return DisconnectKeepaliveTimeout, "client silent past the keepalive timeout", e.Err
+	}
+	return DisconnectConnectionLost, "connection ended: " + e.Reason, e.Err
 }
 
 // emit hands ev to the event callbacks and the logger.
