@@ -256,6 +256,9 @@ func (s *tcpSession) OpenStream(ctx context.Context) (net.Conn, error) {
 	if err := s.ctx.Err(); err != nil {
 		return nil, context.Cause(s.ctx)
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	select {
 	case s.opening <- struct{}{}:
 	case <-ctx.Done():
@@ -375,7 +378,11 @@ type tcpStream struct {
 }
 
 func (s *tcpStream) Read(p []byte) (int, error) {
-	if passed(&s.readDeadline) && !s.closed.Load() {
+	if s.closed.Load() {
+		// yamux's Close is a half-close: what arrived would still be read.
+		return 0, net.ErrClosed
+	}
+	if passed(&s.readDeadline) {
 		return 0, os.ErrDeadlineExceeded
 	}
 	n, err := s.Stream.Read(p)
