@@ -108,11 +108,11 @@ func (s *quicSession) Transport() string        { return TransportQUIC }
 func (s *quicSession) String() string           { return fmt.Sprintf("quic %v", s.conn.RemoteAddr()) }
 
 // PeerCloseCode reports the close code the peer sent when it ended the
-// session, if it ended it on purpose with a brpc code.
+// session, if err says it did: the peer's close as EndingOf reports it,
+// on a transport that carries close codes (QUIC).
 func PeerCloseCode(err error) (CloseCode, string, bool) {
-	var appErr *quic.ApplicationError
-	if errors.As(err, &appErr) && appErr.Remote {
-		return CloseCode(appErr.ErrorCode), appErr.ErrorMessage, true
+	if e, ok := EndingOf(err); ok && e.Kind == EndClosed && e.ByPeer {
+		return e.Code, e.Reason, true
 	}
 	return 0, "", false
 }
