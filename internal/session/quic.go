@@ -53,6 +53,7 @@ func (c QUICConfig) Config() *quic.Config {
 // quicSession is a Session over one QUIC connection: streams are native.
 type quicSession struct {
 	conn *quic.Conn
+	end  endState
 }
 
 // NewQUIC wraps an established QUIC connection.
@@ -87,6 +88,17 @@ func (s *quicSession) Close(code CloseCode, reason string) error {
 	return s.conn.CloseWithError(quic.ApplicationErrorCode(code), reason)
 }
 
+func (s *quicSession) Ending() (Ending, bool) { return s.end.ending(s.conn.Context()) }
+
+func (s *quicSession) Announce(code CloseCode, reason string) {
+	s.end.decide(s.conn.Context(), Ending{Kind: EndClosed, Code: code, Reason: reason})
+}
+
+func (s *quicSession) PeerAnnounced(code CloseCode, reason string) error {
+	s.end.decide(s.conn.Context(), Ending{Kind: EndClosed, ByPeer: true, Code: code, Reason: reason})
+	return s.conn.CloseWithError(quic.ApplicationErrorCode(CodeNormal), "closing as the peer announced")
+}
+
 func (s *quicSession) Context() context.Context { return s.conn.Context() }
 func (s *quicSession) Closed() <-chan struct{}  { return s.conn.Context().Done() }
 func (s *quicSession) LocalAddr() net.Addr      { return s.conn.LocalAddr() }
@@ -96,11 +108,11 @@ func (s *quicSession) Transport() string        { return TransportQUIC }
 func (s *quicSession) String() string           { return fmt.Sprintf("quic %v", s.conn.RemoteAddr()) }
 
 // PeerCloseCode reports the close code the peer sent when it ended the
-// session, if it ended it on purpose with a brpc code.
+// session, if err says it did: the peer's close as EndingOf reports it,
+// on a transport that carries close codes (QUIC).
 func PeerCloseCode(err error) (CloseCode, string, bool) {
-	var appErr *quic.ApplicationError
-	if errors.As(err, &appErr) && appErr.Remote {
-		return CloseCode(appErr.ErrorCode), appErr.ErrorMessage, true
+	if e, ok := EndingOf(err); ok && e.Kind == EndClosed && e.ByPeer {
+		return e.Code, e.Reason, true
 	}
 	return 0, "", false
 }

@@ -30,10 +30,15 @@ const (
 )
 
 // CloseCode is the application error code sent to the peer when a session is
-// closed on purpose. It tells the other side why.
+// closed on purpose. It tells the other side why. QUIC carries it in its
+// CONNECTION_CLOSE frame; TCP carries none, so a close whose code matters is
+// announced on the control stream first (a Closing notice), by either
+// transport: the closing side calls Announce and writes the notice, the side
+// that reads it calls PeerAnnounced, and both then report the same Ending.
 type CloseCode uint64
 
-// Close codes. They are part of the wire protocol: never renumber them.
+// Close codes. They are part of the wire protocol: add, never renumber.
+// RefusedCode gives one more per gRPC code, from 0x101.
 const (
 	// CodeNormal is a plain close by either side (ClientConn.Close, Server.Stop).
 	CodeNormal CloseCode = 0
@@ -41,7 +46,8 @@ const (
 	CodeShutdown CloseCode = 1
 	// CodeReplaced is sent to a client whose ID was taken by a newer session.
 	CodeReplaced CloseCode = 2
-	// CodeRejected ends a session whose handshake the server refused.
+	// CodeRejected ends a session whose handshake the server refused,
+	// without saying with which gRPC code (see RefusedCode).
 	CodeRejected CloseCode = 3
 	// CodeProtocol ends a session that broke the brpc protocol.
 	CodeProtocol CloseCode = 4
@@ -61,12 +67,23 @@ type Session interface {
 	// Close ends the session and every stream on it, telling the peer why.
 	Close(code CloseCode, reason string) error
 	// Context is done once the session has ended, for any reason. Its
-	// cause says why. (On TCP it ends when an accept on the session fails,
-	// which brpc always has a goroutine waiting in.)
+	// cause says why; Ending says it without transport errors.
 	Context() context.Context
 	// Closed is closed as soon as the connection has ended, whether or not
 	// anyone is accepting streams.
 	Closed() <-chan struct{}
+	// Ending reports how the session ended, once its Context is done; ok
+	// is false while the session is live.
+	Ending() (e Ending, ok bool)
+	// Announce records that this side ends the session with code and
+	// reason, before it tells the peer so on the control stream and closes
+	// the session: from then on Ending reports this close, whatever ends
+	// the connection meanwhile. It does nothing on a session that is over.
+	Announce(code CloseCode, reason string)
+	// PeerAnnounced closes the session because the peer said on the
+	// control stream that it ends it with code and reason: Ending then
+	// reports the peer's close with that code, on TCP too.
+	PeerAnnounced(code CloseCode, reason string) error
 	// LocalAddr and RemoteAddr are the network addresses of the two ends.
 	LocalAddr() net.Addr
 	RemoteAddr() net.Addr
