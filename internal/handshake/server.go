@@ -3,7 +3,6 @@ package handshake
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"time"
 
@@ -153,12 +152,12 @@ func reject(sess session.Session, ctrl net.Conn, err error) error {
 	return err
 }
 
-// Refuse closes sess as rejected with err's gRPC status, without a welcome
-// (or after one). The close reason carries the status, for a client that
-// gets no welcome: DialError reads it back.
+// Refuse closes sess as refused with err's gRPC status, without a welcome
+// (or after one). The close code carries the status's code (RefusedCode)
+// and the reason its message, for a client that gets no welcome.
 func Refuse(sess session.Session, err error) {
 	st := status.Convert(err)
-	sess.Close(session.CodeRejected, fmt.Sprintf("%d %s", st.Code(), st.Message()))
+	sess.Close(RefusedCode(st.Code()), st.Message())
 }
 
 // NewGoAway builds the notice that tells a client the server is going away.

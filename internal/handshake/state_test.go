@@ -151,6 +151,15 @@ func TestRefusalWithoutWelcomeIsDecodedByDialError(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("SendHello to a server that refused the session: %v, want codes.ResourceExhausted", err)
 	}
+	// The close code carries the status's code; the reason is the message
+	// as it was, with no code encoded in it.
+	if want := "brpc: handshake: server closed the session: brpc: too many handshakes in progress"; status.Convert(err).Message() != want {
+		t.Errorf("SendHello's error message = %q, want %q", status.Convert(err).Message(), want)
+	}
+	e, _ := server.Ending()
+	if e.Code != RefusedCode(codes.ResourceExhausted) || e.Reason != "brpc: too many handshakes in progress" {
+		t.Errorf("the refused session's Ending = %v, want RefusedCode(ResourceExhausted) with the bare message", e)
+	}
 }
 
 func TestDialErrorMapsCloseCodes(t *testing.T) {

@@ -17,7 +17,6 @@ import (
 	"github.com/hashicorp/yamux"
 	"github.com/quic-go/quic-go"
 	"go.uber.org/goleak"
-	"google.golang.org/grpc/codes"
 
 	"github.com/brpc-go/brpc/internal/certs"
 )
@@ -846,7 +845,7 @@ func awaitEnd(t *testing.T, what string, s Session) Ending {
 // the Ending both sides report. Only QUIC carries a plain Close's code to
 // the peer; an announced close is reported alike on both transports.
 func TestCloseEnding(t *testing.T) {
-	closeCodes := []CloseCode{CodeNormal, CodeShutdown, CodeReplaced, CodeRejected, CodeProtocol, CodeHandshakeTimeout, RefusedCode(codes.ResourceExhausted), 4242}
+	closeCodes := []CloseCode{CodeNormal, CodeShutdown, CodeReplaced, CodeRejected, CodeProtocol, CodeHandshakeTimeout, CodeRefused + 8, 4242}
 	forEachTransport(t, func(t *testing.T, tr transport) {
 		ln := listen(t, tr, Settings{})
 		for _, code := range closeCodes {
@@ -919,7 +918,7 @@ func TestEndingOf(t *testing.T) {
 		{"other", errors.New("x"), false, Ending{}},
 		{"a stream reset", &quic.StreamError{ErrorCode: 1, Remote: true}, false, Ending{}},
 		{"peer's close", fmt.Errorf("read: %w", &quic.ApplicationError{Remote: true, ErrorCode: 0x108, ErrorMessage: "full"}), true,
-			Ending{Kind: EndClosed, ByPeer: true, Code: RefusedCode(codes.ResourceExhausted), Reason: "full"}},
+			Ending{Kind: EndClosed, ByPeer: true, Code: CodeRefused + 8, Reason: "full"}},
 		{"own QUIC close", &quic.ApplicationError{ErrorCode: 1, ErrorMessage: "bye"}, true, Ending{Kind: EndClosed, Code: CodeShutdown, Reason: "bye"}},
 		{"own TCP close", fmt.Errorf("x: %w", &localCloseError{code: CodeReplaced, reason: "newer"}), true, Ending{Kind: EndClosed, Code: CodeReplaced, Reason: "newer"}},
 		{"QUIC idle timeout", &quic.IdleTimeoutError{}, true, Ending{Kind: EndKeepaliveTimeout}},
@@ -938,62 +937,6 @@ func TestEndingOf(t *testing.T) {
 				t.Errorf("EndingOf(%v).Err is nil: the transport's error is lost", tt.err)
 			}
 		})
-	}
-}
-
-// TestRefusedCodes checks that every gRPC code a handshake can be refused
-// with has a close code of its own that maps back to it.
-func TestRefusedCodes(t *testing.T) {
-	seen := map[CloseCode]codes.Code{}
-	for c := codes.Canceled; c <= codes.Unauthenticated; c++ {
-		cc := RefusedCode(c)
-		if prev, dup := seen[cc]; dup {
-			t.Fatalf("RefusedCode(%v) = RefusedCode(%v) = %d", c, prev, cc)
-		}
-		seen[cc] = c
-		if cc <= CodeHandshakeTimeout {
-			t.Errorf("RefusedCode(%v) = %d collides with a fixed close code", c, cc)
-		}
-		if got, ok := cc.Refusal(); !ok || got != c {
-			t.Errorf("RefusedCode(%v).Refusal() = %v, %v", c, got, ok)
-		}
-		if got := cc.GRPCCode(); got != c {
-			t.Errorf("RefusedCode(%v).GRPCCode() = %v", c, got)
-		}
-	}
-	if got := RefusedCode(codes.ResourceExhausted); got != 0x108 {
-		t.Errorf("RefusedCode(ResourceExhausted) = %#x, want 0x108: close codes are wire protocol", uint64(got))
-	}
-	for _, tt := range []struct {
-		code CloseCode
-		want codes.Code
-	}{
-		{CodeNormal, codes.Unavailable},
-		{CodeShutdown, codes.Unavailable},
-		{CodeReplaced, codes.Unavailable},
-		{CodeRejected, codes.PermissionDenied},
-		{CodeProtocol, codes.Internal},
-		{CodeHandshakeTimeout, codes.DeadlineExceeded},
-		{RefusedCode(codes.OK), codes.PermissionDenied},
-		{RefusedCode(codes.Code(99)), codes.PermissionDenied},
-		{0x100, codes.Unavailable},
-		{0x111, codes.Unavailable},
-		{4242, codes.Unavailable},
-	} {
-		if got := tt.code.GRPCCode(); got != tt.want {
-			t.Errorf("CloseCode(%d).GRPCCode() = %v, want %v", tt.code, got, tt.want)
-		}
-		if _, ok := tt.code.Refusal(); ok && tt.code < 0x101 {
-			t.Errorf("CloseCode(%d).Refusal() reports a refusal", tt.code)
-		}
-	}
-}
-
-func TestPeerCloseCodeOtherErrors(t *testing.T) {
-	for _, err := range []error{nil, io.EOF, context.Canceled, errors.New("x")} {
-		if c, r, ok := PeerCloseCode(err); ok || c != 0 || r != "" {
-			t.Errorf("PeerCloseCode(%v) = (%d, %q, %v), want (0, \"\", false)", err, c, r, ok)
-		}
 	}
 }
 

@@ -9,7 +9,6 @@ import (
 
 	"github.com/hashicorp/yamux"
 	"github.com/quic-go/quic-go"
-	"google.golang.org/grpc/codes"
 )
 
 // EndKind classifies how a session ended.
@@ -140,52 +139,6 @@ func (s *endState) ending(ctx context.Context) (Ending, bool) {
 	return endingOfCause(context.Cause(ctx)), true
 }
 
-// codeRefusedBase + c is the close code of a handshake refused with gRPC
-// code c.
-const codeRefusedBase CloseCode = 0x100
-
-// RefusedCode is the close code that ends a session whose handshake the
-// server refused with gRPC code c. A client that never read the welcome
-// (the server refused before reading the hello, or closed first) still
-// learns the code from the close, without parsing the reason. Each gRPC
-// code has its own close code, 0x101 to 0x110; an OK or unknown c gives
-// CodeRejected.
-func RefusedCode(c codes.Code) CloseCode {
-	if c == codes.OK || c > codes.Unauthenticated {
-		return CodeRejected
-	}
-	return codeRefusedBase + CloseCode(c)
-}
-
-// Refusal reports the gRPC code of a close code made by RefusedCode.
-func (c CloseCode) Refusal() (codes.Code, bool) {
-	if c > codeRefusedBase && c <= codeRefusedBase+CloseCode(codes.Unauthenticated) {
-		return codes.Code(c - codeRefusedBase), true
-	}
-	return codes.OK, false
-}
-
-// GRPCCode is the gRPC code a dial or call cut off by a close with code c
-// reports: the refusal's own code, PermissionDenied for a bare
-// CodeRejected, Internal for a protocol error, DeadlineExceeded for a
-// handshake timeout, and Unavailable for the rest (a close, a shutdown, a
-// replaced session, codes this version does not know).
-func (c CloseCode) GRPCCode() codes.Code {
-	if gc, ok := c.Refusal(); ok {
-		return gc
-	}
-	switch c {
-	case CodeRejected:
-		return codes.PermissionDenied
-	case CodeProtocol:
-		return codes.Internal
-	case CodeHandshakeTimeout:
-		return codes.DeadlineExceeded
-	default:
-		return codes.Unavailable
-	}
-}
-
 func (c CloseCode) String() string {
 	switch c {
 	case CodeNormal:
@@ -201,8 +154,8 @@ func (c CloseCode) String() string {
 	case CodeHandshakeTimeout:
 		return "handshake timeout"
 	}
-	if gc, ok := c.Refusal(); ok {
-		return "refused: " + gc.String()
+	if c > CodeRefused && c <= CodeRefused+16 {
+		return fmt.Sprintf("refused with gRPC code %d", uint64(c-CodeRefused))
 	}
 	return fmt.Sprintf("code %d", uint64(c))
 }

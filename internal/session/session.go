@@ -38,7 +38,6 @@ const (
 type CloseCode uint64
 
 // Close codes. They are part of the wire protocol: add, never renumber.
-// RefusedCode gives one more per gRPC code, from 0x101.
 const (
 	// CodeNormal is a plain close by either side (ClientConn.Close, Server.Stop).
 	CodeNormal CloseCode = 0
@@ -47,12 +46,18 @@ const (
 	// CodeReplaced is sent to a client whose ID was taken by a newer session.
 	CodeReplaced CloseCode = 2
 	// CodeRejected ends a session whose handshake the server refused,
-	// without saying with which gRPC code (see RefusedCode).
+	// without saying with which gRPC code (see CodeRefused).
 	CodeRejected CloseCode = 3
 	// CodeProtocol ends a session that broke the brpc protocol.
 	CodeProtocol CloseCode = 4
 	// CodeHandshakeTimeout ends a session that did not finish its handshake in time.
 	CodeHandshakeTimeout CloseCode = 5
+	// CodeRefused + c, for each gRPC code c from 1 to 16 (0x101 to 0x110),
+	// ends a session whose handshake the server refused with code c, so
+	// that a client that never read the refusal still learns its code.
+	// What a close code means as a gRPC status is the handshake's
+	// business (internal/handshake); this layer only carries the number.
+	CodeRefused CloseCode = 0x100
 )
 
 // Session is one connection that carries many independent byte streams. Each
