@@ -281,7 +281,7 @@ func (s *Server) Stop() {
 	s.gs.Stop()
 	s.streams.Close()
 	for _, ss := range sessions {
-		ss.close(ServerStopped, session.CodeShutdown, "server stopped", errShuttingDown)
+		ss.close(session.CodeShutdown, "server stopped", errShuttingDown)
 	}
 	for _, l := range listeners {
 		l.Close()

@@ -32,9 +32,7 @@ type Session struct {
 	ctrlMu sync.Mutex
 	ctrl   net.Conn
 
-	endReason atomic.Pointer[string] // set when the server ends the session
-	endKind   atomic.Pointer[DisconnectKind]
-	helloMD   metadata.MD // what the hello carried, once read
+	helloMD metadata.MD // what the hello carried, once read
 }
 
 // ID is the client's ID.
@@ -99,10 +97,11 @@ func (ss *Session) serve() {
 		s.streams.Push(ctx, grpcglue.NewStreamConn(c, ss.info))
 	}
 	// Accepting fails as the connection closes; let the transport finish
-	// recording why before the disconnect is reported.
+	// recording why (the session's Ending) before the disconnect is
+	// reported.
 	t := time.NewTimer(time.Second)
 	select {
-	case <-ss.sess.Closed():
+	case <-ss.sess.Context().Done():
 	case <-t.C:
 	}
 	t.Stop()
@@ -180,7 +179,7 @@ func (ss *Session) admit(ctx context.Context, md metadata.MD) (string, func(), e
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			old.closeTold(Replaced, session.CodeReplaced, "replaced by a newer session of the same client",
+			old.closeTold(session.CodeReplaced, "replaced by a newer session of the same client",
 				status.Errorf(codes.Unavailable, "brpc: client %q reconnected; this session was replaced", id))
 		}()
 	}
@@ -222,9 +221,7 @@ func (ss *Session) notify(n *handshakepb.Notice) {
 }
 
 // close ends the session now; its reverse calls fail with callErr.
-func (ss *Session) close(kind DisconnectKind, code session.CloseCode, reason string, callErr error) {
-	ss.endKind.CompareAndSwap(nil, &kind)
-	ss.endReason.CompareAndSwap(nil, &reason)
+func (ss *Session) close(code session.CloseCode, reason string, callErr error) {
 	ss.lazy().Close(callErr)
 	ss.sess.Close(code, reason)
 }
@@ -234,9 +231,10 @@ func (ss *Session) close(kind DisconnectKind, code session.CloseCode, reason str
 // client closes the session when it reads the notice; the server closes it
 // itself after handshake.Linger (closing first could reset the connection
 // before the notice is read).
-func (ss *Session) closeTold(kind DisconnectKind, code session.CloseCode, reason string, callErr error) {
-	ss.endKind.CompareAndSwap(nil, &kind)
-	ss.endReason.CompareAndSwap(nil, &reason)
+func (ss *Session) closeTold(code session.CloseCode, reason string, callErr error) {
+	// From here on the session's Ending is this close, whichever side
+	// then ends the connection.
+	ss.sess.Announce(code, reason)
 	ss.lazy().Close(callErr)
 	ss.notify(handshake.NewClosing(code, reason))
 	t := time.NewTimer(handshake.Linger)

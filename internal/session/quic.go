@@ -107,16 +107,6 @@ func (s *quicSession) TLS() tls.ConnectionState { return s.conn.ConnectionState(
 func (s *quicSession) Transport() string        { return TransportQUIC }
 func (s *quicSession) String() string           { return fmt.Sprintf("quic %v", s.conn.RemoteAddr()) }
 
-// PeerCloseCode reports the close code the peer sent when it ended the
-// session, if err says it did: the peer's close as EndingOf reports it,
-// on a transport that carries close codes (QUIC).
-func PeerCloseCode(err error) (CloseCode, string, bool) {
-	if e, ok := EndingOf(err); ok && e.Kind == EndClosed && e.ByPeer {
-		return e.Code, e.Reason, true
-	}
-	return 0, "", false
-}
-
 // quicStream adapts a *quic.Stream to net.Conn.
 //
 // quic-go's Stream.Close only closes the send side and must not run
