@@ -11,6 +11,7 @@ import (
 
 	"github.com/brpc-go/brpc"
 	"github.com/brpc-go/brpc/internal/certs"
+	"github.com/brpc-go/brpc/internal/testenv"
 	"github.com/brpc-go/brpc/internal/testpb"
 )
 
@@ -31,8 +32,8 @@ func TestDialRejectsBadInput(t *testing.T) {
 		{"no port", "quic://127.0.0.1", []brpc.DialOption{withTLS}, codes.InvalidArgument},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := brpc.Dial(testCtx(t), tc.target, tc.opts...)
-			wantCode(t, err, tc.want, "Dial("+tc.target+")")
+			_, err := brpc.Dial(testenv.Ctx(t), tc.target, tc.opts...)
+			testenv.WantCode(t, err, tc.want, "Dial("+tc.target+")")
 		})
 	}
 }
@@ -52,21 +53,21 @@ func TestDialWhereNothingAnswersEndsWithCtx(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	_, err = brpc.Dial(ctx, "quic://"+pc.LocalAddr().String(), brpc.WithTLSConfig(ca.ClientTLS()))
-	wantCode(t, err, codes.DeadlineExceeded, "Dial to a silent address")
+	testenv.WantCode(t, err, codes.DeadlineExceeded, "Dial to a silent address")
 	if took := time.Since(start); took > 3*time.Second {
 		t.Fatalf("Dial with a 300ms deadline took %v", took)
 	}
 }
 
 func TestDialWrongServerCertificate(t *testing.T) {
-	e := newPlainEnv(t)
+	e := testenv.NewPlain(t)
 	other, err := certs.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = e.dial(clientConfig{name: "x", tls: other.ClientTLS()})
-	wantCode(t, err, codes.Unavailable, "Dial trusting another CA")
-	if n := len(e.srv.Peers()); n != 0 {
+	_, err = e.Dial(testenv.ClientConfig{Name: "x", TLS: other.ClientTLS()})
+	testenv.WantCode(t, err, codes.Unavailable, "Dial trusting another CA")
+	if n := len(e.Srv.Peers()); n != 0 {
 		t.Fatalf("%d peers after a failed TLS handshake", n)
 	}
 }
@@ -85,58 +86,42 @@ func TestListenNeedsACertificate(t *testing.T) {
 }
 
 func TestServeAfterStop(t *testing.T) {
-	e := newPlainEnv(t)
-	e.srv.Stop()
+	e := testenv.NewPlain(t)
+	e.Srv.Stop()
 	ca, _ := certs.NewCA()
 	stls, _ := ca.ServerTLS()
 	lis, err := brpc.ListenQUIC("127.0.0.1:0", stls)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.srv.Serve(lis); err != brpc.ErrServerStopped {
+	if err := e.Srv.Serve(lis); err != brpc.ErrServerStopped {
 		t.Fatalf("Serve after Stop = %v, want ErrServerStopped", err)
 	}
 }
 
 func TestOneServerServesQUICAndTCPOnOnePort(t *testing.T) {
-	e := newPlainEnv(t) // QUIC
-	stls, err := e.ca.ServerTLS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, port, _ := net.SplitHostPort(e.addr)
-	tcp, err := brpc.ListenTCP("127.0.0.1:"+port, stls)
-	if err != nil {
-		t.Fatalf("ListenTCP on the QUIC listener's port: %v", err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- e.srv.Serve(tcp) }()
-	t.Cleanup(func() {
-		e.srv.Stop()
-		if err := <-served; err != nil && err != brpc.ErrServerStopped {
-			t.Errorf("Serve(tcp) = %v after Stop", err)
-		}
-	})
+	e := testenv.NewPlain(t)          // QUIC
+	tcpAddr := e.ServeAlso("tcp", "") // on the QUIC listener's port number
 
-	q := e.connect(clientConfig{name: "over-quic"})
-	e.target = "tcp://127.0.0.1:" + port
-	tc := e.connect(clientConfig{name: "over-tcp"})
+	q := e.Connect(testenv.ClientConfig{Name: "over-quic"})
+	e.Target = "tcp://" + tcpAddr
+	tc := e.Connect(testenv.ClientConfig{Name: "over-tcp"})
 	byID := map[string]string{}
-	for _, p := range e.srv.Peers() {
+	for _, p := range e.Srv.Peers() {
 		byID[p.ID] = p.Transport
 	}
 	if byID[q.ID()] != "quic" || byID[tc.ID()] != "tcp" || len(byID) != 2 {
 		t.Fatalf("Peers() transports = %v, want %s over quic and %s over tcp", byID, q.ID(), tc.ID())
 	}
-	for _, c := range []*client{q, tc} {
-		stub, err := e.srv.Client(c.ID())
+	for _, c := range []*testenv.Client{q, tc} {
+		stub, err := e.Srv.Client(c.ID())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := stub.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
+		if _, err := stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{}); err != nil {
 			t.Fatalf("reverse call to %s: %v", c.ID(), err)
 		}
-		if _, err := c.echo.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
+		if _, err := c.Echo.Unary(testenv.Ctx(t), &testpb.EchoRequest{}); err != nil {
 			t.Fatalf("forward call from %s: %v", c.ID(), err)
 		}
 	}

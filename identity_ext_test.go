@@ -16,6 +16,7 @@ import (
 
 	"github.com/brpc-go/brpc"
 	"github.com/brpc-go/brpc/internal/certs"
+	"github.com/brpc-go/brpc/internal/testenv"
 	"github.com/brpc-go/brpc/internal/testpb"
 )
 
@@ -32,10 +33,10 @@ func byName(ctx context.Context, info brpc.AuthInfo) (string, error) {
 }
 
 func TestIdentityComesFromTheConnection(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
-		e := newEnv(t, envConfig{transport: tr, serverOpts: []brpc.ServerOption{brpc.WithAuthenticator(byName)}})
-		alice := e.connect(clientConfig{name: "alice", md: metadata.Pairs("name", "alice")})
-		bob := e.connect(clientConfig{name: "bob", md: metadata.Pairs("name", "bob")})
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
+		e := testenv.New(t, testenv.Config{Transport: tr, ServerOpts: []brpc.ServerOption{brpc.WithAuthenticator(byName)}})
+		alice := e.Connect(testenv.ClientConfig{Name: "alice", MD: metadata.Pairs("name", "alice")})
+		bob := e.Connect(testenv.ClientConfig{Name: "bob", MD: metadata.Pairs("name", "bob")})
 		if alice.ID() != "alice" || bob.ID() != "bob" {
 			t.Fatalf("IDs %q and %q, want alice and bob", alice.ID(), bob.ID())
 		}
@@ -46,9 +47,9 @@ func TestIdentityComesFromTheConnection(t *testing.T) {
 			"brpc-id", "alice", "brpc-client-id", "alice", "x-brpc-peer", "alice",
 			"authorization", "Bearer alice", ":authority", "alice", "user-agent", "alice",
 		)
-		ctx := metadata.NewOutgoingContext(testCtx(t), spoof)
+		ctx := metadata.NewOutgoingContext(testenv.Ctx(t), spoof)
 		for i := 0; i < 5; i++ {
-			r, err := bob.echo.Unary(ctx, &testpb.EchoRequest{Message: "who"})
+			r, err := bob.Echo.Unary(ctx, &testpb.EchoRequest{Message: "who"})
 			if err != nil {
 				t.Fatalf("Unary: %v", err)
 			}
@@ -60,7 +61,7 @@ func TestIdentityComesFromTheConnection(t *testing.T) {
 			}
 		}
 		// Streams carry the same identity.
-		st, err := bob.echo.BidiStream(ctx)
+		st, err := bob.Echo.BidiStream(ctx)
 		if err != nil {
 			t.Fatalf("BidiStream: %v", err)
 		}
@@ -74,7 +75,7 @@ func TestIdentityComesFromTheConnection(t *testing.T) {
 }
 
 func TestAuthenticatorSeesMetadataAndRejects(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		var mu sync.Mutex
 		var seen []brpc.AuthInfo
 		auth := func(ctx context.Context, info brpc.AuthInfo) (string, error) {
@@ -83,9 +84,9 @@ func TestAuthenticatorSeesMetadataAndRejects(t *testing.T) {
 			mu.Unlock()
 			return byName(ctx, info)
 		}
-		e := newEnv(t, envConfig{transport: tr, serverOpts: []brpc.ServerOption{brpc.WithAuthenticator(auth)}})
+		e := testenv.New(t, testenv.Config{Transport: tr, ServerOpts: []brpc.ServerOption{brpc.WithAuthenticator(auth)}})
 
-		c := e.connect(clientConfig{name: "carol", md: metadata.Pairs("name", "carol", "zone", "eu-west", "token-bin", "\xff\x00\xfe")})
+		c := e.Connect(testenv.ClientConfig{Name: "carol", MD: metadata.Pairs("name", "carol", "zone", "eu-west", "token-bin", "\xff\x00\xfe")})
 		mu.Lock()
 		info := seen[0]
 		mu.Unlock()
@@ -101,7 +102,7 @@ func TestAuthenticatorSeesMetadataAndRejects(t *testing.T) {
 		if info.TLS.Version != tls.VersionTLS13 || info.TLS.NegotiatedProtocol != brpc.ALPN {
 			t.Errorf("authenticator saw TLS version %x, ALPN %q; want TLS 1.3 and %q", info.TLS.Version, info.TLS.NegotiatedProtocol, brpc.ALPN)
 		}
-		peers := e.srv.Peers()
+		peers := e.Srv.Peers()
 		if len(peers) != 1 || peers[0].ID != "carol" || peers[0].Transport != tr || peers[0].Metadata.Get("zone")[0] != "eu-west" {
 			t.Fatalf("Peers() = %+v, want carol over quic with her metadata", peers)
 		}
@@ -118,58 +119,58 @@ func TestAuthenticatorSeesMetadataAndRejects(t *testing.T) {
 			{"no metadata", nil, codes.Unauthenticated},
 			{"forbidden", metadata.Pairs("name", "mallory"), codes.PermissionDenied},
 		} {
-			_, err := e.dial(clientConfig{name: tc.name, md: tc.md})
-			wantCode(t, err, tc.want, "Dial "+tc.name)
+			_, err := e.Dial(testenv.ClientConfig{Name: tc.name, MD: tc.md})
+			testenv.WantCode(t, err, tc.want, "Dial "+tc.name)
 		}
-		if n := len(e.srv.Peers()); n != 1 {
+		if n := len(e.Srv.Peers()); n != 1 {
 			t.Fatalf("after rejections, %d peers are listed, want 1", n)
 		}
 	})
 }
 
 func TestMutualTLSReachesTheAuthenticator(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		auth := func(ctx context.Context, info brpc.AuthInfo) (string, error) {
 			if len(info.TLS.VerifiedChains) == 0 {
 				return "", status.Error(codes.Unauthenticated, "no verified client certificate")
 			}
 			return "cn:" + info.TLS.VerifiedChains[0][0].Subject.CommonName, nil
 		}
-		e := newEnv(t, envConfig{
-			transport:  tr,
-			serverOpts: []brpc.ServerOption{brpc.WithAuthenticator(auth)},
-			serverTLS: func(ca *certs.CA, c *tls.Config) {
+		e := testenv.New(t, testenv.Config{
+			Transport:  tr,
+			ServerOpts: []brpc.ServerOption{brpc.WithAuthenticator(auth)},
+			ServerTLS: func(ca *certs.CA, c *tls.Config) {
 				c.ClientAuth = tls.VerifyClientCertIfGiven
 				c.ClientCAs = ca.Pool
 			},
 		})
-		cert, err := e.ca.Client("device-42")
+		cert, err := e.CA.Client("device-42")
 		if err != nil {
 			t.Fatal(err)
 		}
-		withCert := e.ca.ClientTLS()
+		withCert := e.CA.ClientTLS()
 		withCert.Certificates = []tls.Certificate{cert}
-		c := e.connect(clientConfig{name: "device", tls: withCert})
+		c := e.Connect(testenv.ClientConfig{Name: "device", TLS: withCert})
 		if c.ID() != "cn:device-42" {
 			t.Fatalf("ID = %q, want the certificate's name cn:device-42", c.ID())
 		}
-		r, err := c.echo.Unary(testCtx(t), &testpb.EchoRequest{Message: "m"})
+		r, err := c.Echo.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "m"})
 		if err != nil || r.GetPeerId() != "cn:device-42" {
 			t.Fatalf("Unary: caller %q, err %v", r.GetPeerId(), err)
 		}
-		_, err = e.dial(clientConfig{name: "anonymous"})
-		wantCode(t, err, codes.Unauthenticated, "Dial without a client certificate")
+		_, err = e.Dial(testenv.ClientConfig{Name: "anonymous"})
+		testenv.WantCode(t, err, codes.Unauthenticated, "Dial without a client certificate")
 	})
 }
 
 func TestClientLookups(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
-		e := newPlainEnvOn(t, tr)
-		var clients []*client
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
+		e := testenv.NewPlainOn(t, tr)
+		var clients []*testenv.Client
 		for i := 0; i < 4; i++ {
-			clients = append(clients, e.connect(clientConfig{name: fmt.Sprint("c", i)}))
+			clients = append(clients, e.Connect(testenv.ClientConfig{Name: fmt.Sprint("c", i)}))
 		}
-		peers := e.srv.Peers()
+		peers := e.Srv.Peers()
 		var got, want []string
 		for _, p := range peers {
 			got = append(got, p.ID)
@@ -182,26 +183,26 @@ func TestClientLookups(t *testing.T) {
 			t.Fatalf("Peers() IDs = %v, want %v", got, want)
 		}
 		for i, c := range clients {
-			stub, err := e.srv.Client(c.ID())
+			stub, err := e.Srv.Client(c.ID())
 			if err != nil {
 				t.Fatalf("Client(%q): %v", c.ID(), err)
 			}
-			r, err := stub.Unary(testCtx(t), &testpb.EchoRequest{Message: "x"})
+			r, err := stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "x"})
 			if err != nil || r.GetMessage() != fmt.Sprint("c", i, ":x") {
 				t.Fatalf("Client(%q).Unary = %q, %v; want c%d:x", c.ID(), r.GetMessage(), err, i)
 			}
 		}
-		_, err := e.srv.Client("nobody")
-		wantCode(t, err, codes.NotFound, "Client of an unknown ID")
-		_, err = e.srv.ClientFromContext(context.Background())
-		wantCode(t, err, codes.FailedPrecondition, "ClientFromContext outside a call")
+		_, err := e.Srv.Client("nobody")
+		testenv.WantCode(t, err, codes.NotFound, "Client of an unknown ID")
+		_, err = e.Srv.ClientFromContext(context.Background())
+		testenv.WantCode(t, err, codes.FailedPrecondition, "ClientFromContext outside a call")
 		if _, ok := brpc.PeerFromContext(context.Background()); ok {
 			t.Fatal("PeerFromContext reported a peer outside a call")
 		}
 
-		clients[0].close()
-		waitFor(t, 5*time.Second, "a closed client to leave Peers()", func() bool { return len(e.srv.Peers()) == 3 })
-		_, err = e.srv.Client(clients[0].ID())
-		wantCode(t, err, codes.NotFound, "Client of a closed client")
+		clients[0].Shutdown()
+		testenv.WaitFor(t, 5*time.Second, "a closed client to leave Peers()", func() bool { return len(e.Srv.Peers()) == 3 })
+		_, err = e.Srv.Client(clients[0].ID())
+		testenv.WantCode(t, err, codes.NotFound, "Client of a closed client")
 	})
 }

@@ -12,38 +12,37 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/internal/testenv"
 	"github.com/brpc-go/brpc/internal/testpb"
 )
 
-// inflight starts a slow Unary on stub and returns where its error will go.
-func inflight(stub testpb.EchoClient, sleep time.Duration) <-chan error {
-	done := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		_, err := stub.Unary(ctx, &testpb.EchoRequest{Message: "slow", SleepMs: int32(sleep / time.Millisecond)})
-		done <- err
-	}()
-	return done
+// callsBothWays connects a client "alice" to a plain env on tr and starts
+// a call of the given length in each direction; it returns once both are
+// in their handlers, with where their errors will go.
+func callsBothWays(t *testing.T, tr string, sleep time.Duration) (e *testenv.Env, c *testenv.Client, rev testpb.EchoClient, fwd, back <-chan error) {
+	t.Helper()
+	e = testenv.NewPlainOn(t, tr)
+	c = e.Connect(testenv.ClientConfig{Name: "alice"})
+	rev, err := e.Srv.Client(c.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Warm both gRPC connections so both calls are in flight at once.
+	testenv.Warm(t, c.Echo, rev)
+	fwd = testenv.Inflight(c.Echo, sleep)
+	back = testenv.Inflight(rev, sleep)
+	testenv.WaitFor(t, 5*time.Second, "both calls to reach their handlers", func() bool {
+		return e.Echo.Sleeping() == 1 && c.Service.Sleeping() == 1
+	})
+	return e, c, rev, fwd, back
 }
 
 func TestGracefulStopDrainsBothDirections(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
-		e := newPlainEnvOn(t, tr)
-		c := e.connect(clientConfig{name: "alice"})
-		rev, _ := e.srv.Client(c.ID())
-		// Warm both gRPC connections so both calls are in flight at once.
-		for _, stub := range []testpb.EchoClient{c.echo, rev} {
-			if _, err := stub.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
-				t.Fatalf("warm-up: %v", err)
-			}
-		}
-		fwd := inflight(c.echo, 500*time.Millisecond)
-		back := inflight(rev, 500*time.Millisecond)
-		time.Sleep(100 * time.Millisecond) // let both calls reach their handlers
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
+		e, c, rev, fwd, back := callsBothWays(t, tr, 500*time.Millisecond)
 
 		stopped := make(chan struct{})
-		go func() { e.srv.GracefulStop(); close(stopped) }()
+		go func() { e.Srv.GracefulStop(); close(stopped) }()
 
 		if err := <-fwd; err != nil {
 			t.Errorf("forward call in flight during GracefulStop: %v, want success", err)
@@ -56,35 +55,25 @@ func TestGracefulStopDrainsBothDirections(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("GracefulStop did not return after the calls drained")
 		}
-		_, err := rev.Unary(testCtx(t), &testpb.EchoRequest{})
-		wantCode(t, err, codes.Unavailable, "reverse call after GracefulStop")
-		_, err = c.echo.Unary(testCtx(t), &testpb.EchoRequest{})
-		wantCode(t, err, codes.Unavailable, "forward call after GracefulStop")
-		if n := len(e.srv.Peers()); n != 0 {
+		_, err := rev.Unary(testenv.Ctx(t), &testpb.EchoRequest{})
+		testenv.WantCode(t, err, codes.Unavailable, "reverse call after GracefulStop")
+		_, err = c.Echo.Unary(testenv.Ctx(t), &testpb.EchoRequest{})
+		testenv.WantCode(t, err, codes.Unavailable, "forward call after GracefulStop")
+		if n := len(e.Srv.Peers()); n != 0 {
 			t.Fatalf("%d peers listed after GracefulStop", n)
 		}
 	})
 }
 
 func TestStopEndsCallsWithUnavailable(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
-		e := newPlainEnvOn(t, tr)
-		c := e.connect(clientConfig{name: "alice"})
-		rev, _ := e.srv.Client(c.ID())
-		for _, stub := range []testpb.EchoClient{c.echo, rev} {
-			if _, err := stub.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
-				t.Fatalf("warm-up: %v", err)
-			}
-		}
-		fwd := inflight(c.echo, 10*time.Second)
-		back := inflight(rev, 10*time.Second)
-		time.Sleep(100 * time.Millisecond)
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
+		e, _, _, fwd, back := callsBothWays(t, tr, 10*time.Second)
 		start := time.Now()
-		e.srv.Stop()
+		e.Srv.Stop()
 		for what, ch := range map[string]<-chan error{"forward": fwd, "reverse": back} {
 			select {
 			case err := <-ch:
-				wantCode(t, err, codes.Unavailable, what+" call in flight during Stop")
+				testenv.WantCode(t, err, codes.Unavailable, what+" call in flight during Stop")
 			case <-time.After(5 * time.Second):
 				t.Fatalf("%s call still hanging 5s after Stop", what)
 			}
@@ -96,12 +85,12 @@ func TestStopEndsCallsWithUnavailable(t *testing.T) {
 }
 
 func TestVanishedClientIsDroppedWithinKeepaliveTimeout(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		const timeout = 600 * time.Millisecond
 		gone := make(chan brpc.PeerEvent, 1)
-		e := newEnv(t, envConfig{
-			transport: tr,
-			serverOpts: []brpc.ServerOption{
+		e := testenv.New(t, testenv.Config{
+			Transport: tr,
+			ServerOpts: []brpc.ServerOption{
 				brpc.WithKeepalive(100*time.Millisecond, timeout),
 				brpc.WithPeerEvents(func(ev brpc.PeerEvent) {
 					if ev.Type == brpc.PeerDisconnected {
@@ -112,46 +101,49 @@ func TestVanishedClientIsDroppedWithinKeepaliveTimeout(t *testing.T) {
 					}
 				}),
 			},
-			call: func(*env) func(context.Context) (string, error) { return nil },
+			Call: func(*testenv.Env) func(context.Context) (string, error) { return nil },
 		})
 		// The client reaches the server through a relay that can go silent.
 		var relayAddr string
 		var blackhole func()
 		if tr == "tcp" {
-			r := newTCPRelay(t, e.addr)
+			r := testenv.NewTCPRelay(t, e.Addr)
 			relayAddr, blackhole = r.Addr(), r.Blackhole
 		} else {
-			r := newUDPRelay(t, e.addr)
+			r := testenv.NewUDPRelay(t, e.Addr, testenv.Faults{}, 0)
 			relayAddr, blackhole = r.Addr(), r.Blackhole
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		gs := grpc.NewServer()
-		testpb.RegisterEchoServer(gs, &echoService{name: "ghost"})
+		ghost := &testenv.Echo{Name: "ghost"}
+		testpb.RegisterEchoServer(gs, ghost)
 		defer gs.Stop()
-		cc, err := brpc.Dial(ctx, tr+"://"+relayAddr, brpc.WithTLSConfig(e.ca.ClientTLS()), brpc.WithServer(gs),
+		cc, err := brpc.Dial(ctx, tr+"://"+relayAddr, brpc.WithTLSConfig(e.CA.ClientTLS()), brpc.WithServer(gs),
 			brpc.WithKeepalive(100*time.Millisecond, timeout))
 		if err != nil {
 			t.Fatalf("Dial through the relay: %v", err)
 		}
 		defer cc.Close()
-		rev, err := e.srv.Client(cc.ID())
+		rev, err := e.Srv.Client(cc.ID())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := rev.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
+		if _, err := rev.Unary(testenv.Ctx(t), &testpb.EchoRequest{}); err != nil {
 			t.Fatalf("reverse call before vanishing: %v", err)
 		}
 		// Let the session stay idle past several keepalive intervals: it must
 		// survive quiet periods while the network works.
 		time.Sleep(3 * timeout)
-		if len(e.srv.Peers()) != 1 {
+		if len(e.Srv.Peers()) != 1 {
 			t.Fatal("an idle but healthy client was dropped")
 		}
 
-		back := inflight(rev, 10*time.Second)
-		fwd := inflight(testpb.NewEchoClient(cc), 10*time.Second)
-		time.Sleep(50 * time.Millisecond)
+		back := testenv.Inflight(rev, 10*time.Second)
+		fwd := testenv.Inflight(testpb.NewEchoClient(cc), 10*time.Second)
+		testenv.WaitFor(t, 5*time.Second, "both calls to reach their handlers", func() bool {
+			return e.Echo.Sleeping() == 1 && ghost.Sleeping() == 1
+		})
 		blackhole()
 		vanished := time.Now()
 
@@ -159,12 +151,12 @@ func TestVanishedClientIsDroppedWithinKeepaliveTimeout(t *testing.T) {
 		for what, ch := range map[string]<-chan error{"reverse": back, "forward": fwd} {
 			select {
 			case err := <-ch:
-				wantCode(t, err, codes.Unavailable, what+" call to a vanished peer")
+				testenv.WantCode(t, err, codes.Unavailable, what+" call to a vanished peer")
 			case <-time.After(bound):
 				t.Fatalf("%s call still hanging %v after the peer vanished", what, bound)
 			}
 		}
-		waitFor(t, bound, "the vanished client to leave Peers()", func() bool { return len(e.srv.Peers()) == 0 })
+		testenv.WaitFor(t, bound, "the vanished client to leave Peers()", func() bool { return len(e.Srv.Peers()) == 0 })
 		t.Logf("vanished peer detected after %v (timeout %v)", time.Since(vanished).Round(time.Millisecond), timeout)
 		select {
 		case ev := <-gone:
@@ -174,45 +166,45 @@ func TestVanishedClientIsDroppedWithinKeepaliveTimeout(t *testing.T) {
 		case <-time.After(bound):
 			t.Fatal("no disconnect event for the vanished client")
 		}
-		_, err = e.srv.Client(cc.ID())
-		wantCode(t, err, codes.NotFound, "Client of a vanished client")
-		_, err = rev.Unary(testCtx(t), &testpb.EchoRequest{})
-		wantCode(t, err, codes.Unavailable, "a kept stub of a vanished client")
+		_, err = e.Srv.Client(cc.ID())
+		testenv.WantCode(t, err, codes.NotFound, "Client of a vanished client")
+		_, err = rev.Unary(testenv.Ctx(t), &testpb.EchoRequest{})
+		testenv.WantCode(t, err, codes.Unavailable, "a kept stub of a vanished client")
 	})
 }
 
 func TestDuplicateIDReplacesOlderSession(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		same := func(ctx context.Context, info brpc.AuthInfo) (string, error) { return "device-1", nil }
-		e := newEnv(t, envConfig{
-			transport:  tr,
-			serverOpts: []brpc.ServerOption{brpc.WithAuthenticator(same)},
-			call:       func(*env) func(context.Context) (string, error) { return nil },
+		e := testenv.New(t, testenv.Config{
+			Transport:  tr,
+			ServerOpts: []brpc.ServerOption{brpc.WithAuthenticator(same)},
+			Call:       func(*testenv.Env) func(context.Context) (string, error) { return nil },
 		})
-		old := e.connect(clientConfig{name: "old"})
-		oldStub, _ := e.srv.Client("device-1")
-		if _, err := oldStub.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
+		old := e.Connect(testenv.ClientConfig{Name: "old"})
+		oldStub, _ := e.Srv.Client("device-1")
+		if _, err := oldStub.Unary(testenv.Ctx(t), &testpb.EchoRequest{}); err != nil {
 			t.Fatal(err)
 		}
-		pending := inflight(oldStub, 10*time.Second)
-		time.Sleep(100 * time.Millisecond)
+		pending := testenv.Inflight(oldStub, 10*time.Second)
+		testenv.WaitFor(t, 5*time.Second, "the call to reach the old client's handler", func() bool { return old.Service.Sleeping() == 1 })
 
-		e.connect(clientConfig{name: "new"})
+		e.Connect(testenv.ClientConfig{Name: "new"})
 		select {
 		case err := <-pending:
-			wantCode(t, err, codes.Unavailable, "pending call of the replaced session")
+			testenv.WantCode(t, err, codes.Unavailable, "pending call of the replaced session")
 		case <-time.After(5 * time.Second):
 			t.Fatal("the replaced session's pending call did not end")
 		}
-		stub, err := e.srv.Client("device-1")
+		stub, err := e.Srv.Client("device-1")
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := stub.Unary(testCtx(t), &testpb.EchoRequest{Message: "who"})
+		r, err := stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "who"})
 		if err != nil || r.GetMessage() != "new:who" {
 			t.Fatalf("Client(device-1) reached %q (%v), want the newer session", r.GetMessage(), err)
 		}
-		if peers := e.srv.Peers(); len(peers) != 1 {
+		if peers := e.Srv.Peers(); len(peers) != 1 {
 			t.Fatalf("Peers() = %+v, want one entry", peers)
 		}
 		_ = old
@@ -220,7 +212,7 @@ func TestDuplicateIDReplacesOlderSession(t *testing.T) {
 }
 
 func TestGRPCDialOptionsReachBrpcConnections(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		var serverSide, clientSide atomic.Int32
 		var mu sync.Mutex
 		var peerIDs []string
@@ -239,16 +231,16 @@ func TestGRPCDialOptionsReachBrpcConnections(t *testing.T) {
 			}
 			return handler(ctx, req)
 		}
-		e := newEnv(t, envConfig{
-			transport:  tr,
-			serverOpts: []brpc.ServerOption{brpc.WithGRPCDialOptions(grpc.WithChainUnaryInterceptor(count(&serverSide)))},
-			grpcOpts:   []grpc.ServerOption{grpc.ChainUnaryInterceptor(seePeer)},
+		e := testenv.New(t, testenv.Config{
+			Transport:  tr,
+			ServerOpts: []brpc.ServerOption{brpc.WithGRPCDialOptions(grpc.WithChainUnaryInterceptor(count(&serverSide)))},
+			GRPCOpts:   []grpc.ServerOption{grpc.ChainUnaryInterceptor(seePeer)},
 		})
-		c := e.connect(clientConfig{name: "alice", opts: []brpc.DialOption{
+		c := e.Connect(testenv.ClientConfig{Name: "alice", Opts: []brpc.DialOption{
 			brpc.WithGRPCDialOptions(grpc.WithChainUnaryInterceptor(count(&clientSide))),
 		}})
 		var header metadata.MD
-		if _, err := c.echo.Unary(testCtx(t), &testpb.EchoRequest{}, grpc.Header(&header)); err != nil {
+		if _, err := c.Echo.Unary(testenv.Ctx(t), &testpb.EchoRequest{}, grpc.Header(&header)); err != nil {
 			t.Fatal(err)
 		}
 		if clientSide.Load() != 1 || serverSide.Load() != 1 {

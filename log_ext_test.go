@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/internal/testenv"
 )
 
 // logBuffer collects JSON log records.
@@ -56,7 +57,7 @@ func (b *logBuffer) find(t *testing.T, msg string) map[string]any {
 }
 
 func TestLoggerRecordsConnectionEvents(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		var srvLog, cliLog logBuffer
 		deny := func(_ context.Context, info brpc.AuthInfo) (string, error) {
 			if info.Metadata.Get("name")[0] == "bad" {
@@ -66,7 +67,7 @@ func TestLoggerRecordsConnectionEvents(t *testing.T) {
 		}
 		var rejected sync.WaitGroup
 		rejected.Add(1)
-		e := newEnv(t, envConfig{transport: tr, serverOpts: []brpc.ServerOption{
+		e := testenv.New(t, testenv.Config{Transport: tr, ServerOpts: []brpc.ServerOption{
 			brpc.WithAuthenticator(deny),
 			brpc.WithLogger(slog.New(slog.NewJSONHandler(&srvLog, nil))),
 			brpc.WithPeerEvents(func(ev brpc.PeerEvent) {
@@ -75,13 +76,13 @@ func TestLoggerRecordsConnectionEvents(t *testing.T) {
 				}
 			}),
 		}})
-		c := e.connect(clientConfig{name: "good", md: metadata.Pairs("name", "good"),
-			opts: []brpc.DialOption{brpc.WithLogger(slog.New(slog.NewJSONHandler(&cliLog, nil)))}})
-		_, err := e.dial(clientConfig{name: "bad", md: metadata.Pairs("name", "bad")})
-		wantCode(t, err, codes.PermissionDenied, "the refused client")
+		c := e.Connect(testenv.ClientConfig{Name: "good", MD: metadata.Pairs("name", "good"),
+			Opts: []brpc.DialOption{brpc.WithLogger(slog.New(slog.NewJSONHandler(&cliLog, nil)))}})
+		_, err := e.Dial(testenv.ClientConfig{Name: "bad", MD: metadata.Pairs("name", "bad")})
+		testenv.WantCode(t, err, codes.PermissionDenied, "the refused client")
 		rejected.Wait()
-		c.close()
-		waitFor(t, 5*time.Second, "the disconnect to be logged", func() bool {
+		c.Shutdown()
+		testenv.WaitFor(t, 5*time.Second, "the disconnect to be logged", func() bool {
 			return srvLog.find(t, "brpc: client disconnected") != nil
 		})
 

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/stats"
 
 	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/internal/testenv"
 	"github.com/brpc-go/brpc/internal/testpb"
 )
 
@@ -41,13 +42,13 @@ func (c *connCounter) HandleConn(_ context.Context, s stats.ConnStats) {
 // WithReverseIdleTimeout, is rebuilt by the next call, and is kept while a
 // streaming call is open.
 func TestReverseConnectionReleasedWhenIdle(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		const idle = 200 * time.Millisecond
-		e := newEnv(t, envConfig{transport: tr, serverOpts: []brpc.ServerOption{brpc.WithReverseIdleTimeout(idle)}})
+		e := testenv.New(t, testenv.Config{Transport: tr, ServerOpts: []brpc.ServerOption{brpc.WithReverseIdleTimeout(idle)}})
 		var cnt connCounter
-		c := e.connect(clientConfig{name: "device", grpcOpts: []grpc.ServerOption{grpc.StatsHandler(&cnt)}})
-		ctx := testCtx(t)
-		stub, err := e.srv.Client(c.ID())
+		c := e.Connect(testenv.ClientConfig{Name: "device", GRPCOpts: []grpc.ServerOption{grpc.StatsHandler(&cnt)}})
+		ctx := testenv.Ctx(t)
+		stub, err := e.Srv.Client(c.ID())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -62,7 +63,7 @@ func TestReverseConnectionReleasedWhenIdle(t *testing.T) {
 		if got := cnt.begun.Load(); got != 1 {
 			t.Fatalf("after the first reverse call the client saw %d connections begin, want 1", got)
 		}
-		waitFor(t, 5*time.Second, "the idle reverse connection to be closed", func() bool { return cnt.ended.Load() == 1 })
+		testenv.WaitFor(t, 5*time.Second, "the idle reverse connection to be closed", func() bool { return cnt.ended.Load() == 1 })
 
 		call("second")
 		if got := cnt.begun.Load(); got != 2 {
@@ -97,10 +98,10 @@ func TestReverseConnectionReleasedWhenIdle(t *testing.T) {
 		if _, err := st.Recv(); !errors.Is(err, io.EOF) {
 			t.Fatalf("end of the held stream: got %v, want io.EOF", err)
 		}
-		waitFor(t, 5*time.Second, "the reverse connection to be closed after the stream ended", func() bool { return cnt.ended.Load() == cnt.begun.Load() })
+		testenv.WaitFor(t, 5*time.Second, "the reverse connection to be closed after the stream ended", func() bool { return cnt.ended.Load() == cnt.begun.Load() })
 
 		// The forward direction is not affected.
-		if _, err := c.echo.Unary(ctx, &testpb.EchoRequest{Message: "forward"}); err != nil {
+		if _, err := c.Echo.Unary(ctx, &testpb.EchoRequest{Message: "forward"}); err != nil {
 			t.Fatalf("forward call after the releases: %v", err)
 		}
 	})
@@ -109,11 +110,11 @@ func TestReverseConnectionReleasedWhenIdle(t *testing.T) {
 // TestReverseIdleTimeoutZeroKeepsTheConnection checks that
 // WithReverseIdleTimeout(0) keeps a client's reverse connection open.
 func TestReverseIdleTimeoutZeroKeepsTheConnection(t *testing.T) {
-	e := newEnv(t, envConfig{serverOpts: []brpc.ServerOption{brpc.WithReverseIdleTimeout(0)}})
+	e := testenv.New(t, testenv.Config{ServerOpts: []brpc.ServerOption{brpc.WithReverseIdleTimeout(0)}})
 	var cnt connCounter
-	c := e.connect(clientConfig{name: "device", grpcOpts: []grpc.ServerOption{grpc.StatsHandler(&cnt)}})
-	ctx := testCtx(t)
-	stub, err := e.srv.Client(c.ID())
+	c := e.Connect(testenv.ClientConfig{Name: "device", GRPCOpts: []grpc.ServerOption{grpc.StatsHandler(&cnt)}})
+	ctx := testenv.Ctx(t)
+	stub, err := e.Srv.Client(c.ID())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,77 +14,46 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/brpc-go/brpc/internal/testenv"
 	"github.com/brpc-go/brpc/internal/testpb"
 )
-
-// direction is one way calls can go over a brpc session.
-type direction struct {
-	name     string
-	stub     testpb.EchoClient
-	answerer string // the echo service's name on the answering side
-	wantPeer string // the brpc ID the answering handler sees for its caller
-}
-
-// directions returns forward (client -> server) and reverse (server ->
-// client, reached by ID) for client c, whose echo service is named name.
-func directions(t *testing.T, e *env, c *client, name string) []direction {
-	t.Helper()
-	rev, err := e.srv.Client(c.ID())
-	if err != nil {
-		t.Fatalf("Client(%q): %v", c.ID(), err)
-	}
-	return []direction{
-		{name: "forward", stub: c.echo, answerer: "server", wantPeer: c.ID()},
-		{name: "reverse", stub: rev, answerer: name, wantPeer: ""},
-	}
-}
-
-// newPlainEnv is an env whose server does not call back from Unary, so that
-// the answer of every RPC kind is the same shape in both directions.
-func newPlainEnv(t *testing.T) *env {
-	return newPlainEnvOn(t, "quic")
-}
-
-func newPlainEnvOn(t *testing.T, transport string) *env {
-	return newEnv(t, envConfig{transport: transport, call: func(*env) func(context.Context) (string, error) { return nil }})
-}
 
 // eachDirection runs fn as a subtest for each transport and, within it, for
 // each direction (forward, then reverse) of one client, "alice", of a fresh
 // plain env.
-func eachDirection(t *testing.T, fn func(t *testing.T, d direction)) {
-	eachTransport(t, func(t *testing.T, tr string) {
-		e := newPlainEnvOn(t, tr)
-		c := e.connect(clientConfig{name: "alice"})
-		for _, d := range directions(t, e, c, "alice") {
-			t.Run(d.name, func(t *testing.T) { fn(t, d) })
+func eachDirection(t *testing.T, fn func(t *testing.T, d testenv.Direction)) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
+		e := testenv.NewPlainOn(t, tr)
+		c := e.Connect(testenv.ClientConfig{Name: "alice"})
+		for _, d := range testenv.Directions(t, e, c, "alice") {
+			t.Run(d.Name, func(t *testing.T) { fn(t, d) })
 		}
 	})
 }
 
 func TestAllRPCKindsBothDirections(t *testing.T) {
-	eachDirection(t, func(t *testing.T, d direction) {
-		ctx := testCtx(t)
+	eachDirection(t, func(t *testing.T, d testenv.Direction) {
+		ctx := testenv.Ctx(t)
 		check := func(kind string, r *testpb.EchoResponse, msg string, index int32) {
 			t.Helper()
-			if want := d.answerer + ":" + msg; r.GetMessage() != want {
+			if want := d.Answerer + ":" + msg; r.GetMessage() != want {
 				t.Errorf("%s: message %q, want %q", kind, r.GetMessage(), want)
 			}
-			if r.GetPeerId() != d.wantPeer {
-				t.Errorf("%s: handler saw caller %q, want %q", kind, r.GetPeerId(), d.wantPeer)
+			if r.GetPeerId() != d.WantPeer {
+				t.Errorf("%s: handler saw caller %q, want %q", kind, r.GetPeerId(), d.WantPeer)
 			}
 			if r.GetIndex() != index {
 				t.Errorf("%s: index %d, want %d", kind, r.GetIndex(), index)
 			}
 		}
 
-		r, err := d.stub.Unary(ctx, &testpb.EchoRequest{Message: "unary"})
+		r, err := d.Stub.Unary(ctx, &testpb.EchoRequest{Message: "unary"})
 		if err != nil {
 			t.Fatalf("Unary: %v", err)
 		}
 		check("unary", r, "unary", 0)
 
-		ss, err := d.stub.ServerStream(ctx, &testpb.EchoRequest{Message: "ss", Count: 5})
+		ss, err := d.Stub.ServerStream(ctx, &testpb.EchoRequest{Message: "ss", Count: 5})
 		if err != nil {
 			t.Fatalf("ServerStream: %v", err)
 		}
@@ -102,7 +71,7 @@ func TestAllRPCKindsBothDirections(t *testing.T) {
 			check("server stream", r, "ss", i)
 		}
 
-		cs, err := d.stub.ClientStream(ctx)
+		cs, err := d.Stub.ClientStream(ctx)
 		if err != nil {
 			t.Fatalf("ClientStream: %v", err)
 		}
@@ -117,7 +86,7 @@ func TestAllRPCKindsBothDirections(t *testing.T) {
 		}
 		check("client stream", r, "cs6", 7)
 
-		bs, err := d.stub.BidiStream(ctx)
+		bs, err := d.Stub.BidiStream(ctx)
 		if err != nil {
 			t.Fatalf("BidiStream: %v", err)
 		}
@@ -142,26 +111,26 @@ func TestAllRPCKindsBothDirections(t *testing.T) {
 }
 
 func TestDeadlinesBothDirections(t *testing.T) {
-	eachDirection(t, func(t *testing.T, d direction) {
+	eachDirection(t, func(t *testing.T, d testenv.Direction) {
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
 		start := time.Now()
-		_, err := d.stub.Unary(ctx, &testpb.EchoRequest{Message: "slow", SleepMs: 5000})
-		wantCode(t, err, codes.DeadlineExceeded, "Unary past its deadline")
+		_, err := d.Stub.Unary(ctx, &testpb.EchoRequest{Message: "slow", SleepMs: 5000})
+		testenv.WantCode(t, err, codes.DeadlineExceeded, "Unary past its deadline")
 		if took := time.Since(start); took > 3*time.Second {
 			t.Fatalf("a call with a 100ms deadline took %v", took)
 		}
 		// The session is still fine afterwards.
-		if _, err := d.stub.Unary(testCtx(t), &testpb.EchoRequest{Message: "ok"}); err != nil {
+		if _, err := d.Stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "ok"}); err != nil {
 			t.Fatalf("Unary after a deadline: %v", err)
 		}
 	})
 }
 
 func TestCancellationBothDirections(t *testing.T) {
-	eachDirection(t, func(t *testing.T, d direction) {
+	eachDirection(t, func(t *testing.T, d testenv.Direction) {
 		ctx, cancel := context.WithCancel(context.Background())
-		st, err := d.stub.ServerStream(ctx, &testpb.EchoRequest{Message: "slow", Count: 1000, SleepMs: 50})
+		st, err := d.Stub.ServerStream(ctx, &testpb.EchoRequest{Message: "slow", Count: 1000, SleepMs: 50})
 		if err != nil {
 			t.Fatalf("ServerStream: %v", err)
 		}
@@ -175,15 +144,15 @@ func TestCancellationBothDirections(t *testing.T) {
 				break
 			}
 		}
-		wantCode(t, err, codes.Canceled, "Recv after cancel")
+		testenv.WantCode(t, err, codes.Canceled, "Recv after cancel")
 	})
 }
 
 func TestMetadataBothDirections(t *testing.T) {
-	eachDirection(t, func(t *testing.T, d direction) {
-		ctx := metadata.AppendToOutgoingContext(testCtx(t), "x-echo-color", "blue", "x-echo-bin-bin", "\x00\x01")
+	eachDirection(t, func(t *testing.T, d testenv.Direction) {
+		ctx := metadata.AppendToOutgoingContext(testenv.Ctx(t), "x-echo-color", "blue", "x-echo-bin-bin", "\x00\x01")
 		var header, trailer metadata.MD
-		if _, err := d.stub.Unary(ctx, &testpb.EchoRequest{Message: "md"}, grpc.Header(&header), grpc.Trailer(&trailer)); err != nil {
+		if _, err := d.Stub.Unary(ctx, &testpb.EchoRequest{Message: "md"}, grpc.Header(&header), grpc.Trailer(&trailer)); err != nil {
 			t.Fatalf("Unary: %v", err)
 		}
 		for what, md := range map[string]metadata.MD{"header": header, "trailer": trailer} {
@@ -191,7 +160,7 @@ func TestMetadataBothDirections(t *testing.T) {
 			wantMD(t, "unary "+what, md, "x-echo-bin-bin", "\x00\x01")
 		}
 
-		bs, err := d.stub.BidiStream(ctx)
+		bs, err := d.Stub.BidiStream(ctx)
 		if err != nil {
 			t.Fatalf("BidiStream: %v", err)
 		}
@@ -217,19 +186,19 @@ func wantMD(t *testing.T, what string, md metadata.MD, key, want string) {
 }
 
 func TestStatusDetailsBothDirections(t *testing.T) {
-	eachDirection(t, func(t *testing.T, d direction) {
-		_, err := d.stub.Unary(testCtx(t), &testpb.EchoRequest{FailCode: int32(codes.FailedPrecondition)})
-		wantCode(t, err, codes.FailedPrecondition, "Unary asked to fail")
+	eachDirection(t, func(t *testing.T, d testenv.Direction) {
+		_, err := d.Stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{FailCode: int32(codes.FailedPrecondition)})
+		testenv.WantCode(t, err, codes.FailedPrecondition, "Unary asked to fail")
 		st := status.Convert(err)
-		if want := d.answerer + ": failing as asked"; st.Message() != want {
+		if want := d.Answerer + ": failing as asked"; st.Message() != want {
 			t.Errorf("message %q, want %q", st.Message(), want)
 		}
 		details := st.Details()
 		if len(details) != 1 {
 			t.Fatalf("got %d details, want 1", len(details))
 		}
-		if r, ok := details[0].(*testpb.EchoResponse); !ok || r.GetMessage() != d.answerer+":detail" {
-			t.Fatalf("detail = %v, want EchoResponse %q", details[0], d.answerer+":detail")
+		if r, ok := details[0].(*testpb.EchoResponse); !ok || r.GetMessage() != d.Answerer+":detail" {
+			t.Fatalf("detail = %v, want EchoResponse %q", details[0], d.Answerer+":detail")
 		}
 	})
 }
@@ -237,8 +206,8 @@ func TestStatusDetailsBothDirections(t *testing.T) {
 func TestLargeMessagesBothDirections(t *testing.T) {
 	// grpc-go's default receive limit is 4 MiB per message.
 	big := bytes.Repeat([]byte("brpc"), (4<<20-1024)/4)
-	eachDirection(t, func(t *testing.T, d direction) {
-		r, err := d.stub.Unary(testCtx(t), &testpb.EchoRequest{Message: "big", Payload: big})
+	eachDirection(t, func(t *testing.T, d testenv.Direction) {
+		r, err := d.Stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "big", Payload: big})
 		if err != nil {
 			t.Fatalf("Unary with %d bytes: %v", len(big), err)
 		}
@@ -246,9 +215,9 @@ func TestLargeMessagesBothDirections(t *testing.T) {
 			t.Fatalf("payload came back with %d bytes, differing", len(r.GetPayload()))
 		}
 		tooBig := append(big[:len(big):len(big)], make([]byte, 8<<10)...)
-		_, err = d.stub.Unary(testCtx(t), &testpb.EchoRequest{Payload: tooBig})
-		wantCode(t, err, codes.ResourceExhausted, "Unary above the 4 MiB limit")
-		if _, err := d.stub.Unary(testCtx(t), &testpb.EchoRequest{Message: "after"}); err != nil {
+		_, err = d.Stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Payload: tooBig})
+		testenv.WantCode(t, err, codes.ResourceExhausted, "Unary above the 4 MiB limit")
+		if _, err := d.Stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "after"}); err != nil {
 			t.Fatalf("Unary after an oversized one: %v", err)
 		}
 	})

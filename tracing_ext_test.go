@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/internal/testenv"
 	"github.com/brpc-go/brpc/internal/testpb"
 )
 
@@ -23,7 +24,7 @@ import (
 // handler makes to the caller belong to one trace; the peer ID can be put on
 // spans from PeerFromContext.
 func TestOneTraceSpansForwardAndReverseCalls(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		exporter := tracetest.NewInMemoryExporter()
 		tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exporter))
 		defer tp.Shutdown(context.Background())
@@ -36,17 +37,17 @@ func TestOneTraceSpansForwardAndReverseCalls(t *testing.T) {
 			}
 			return h(ctx, req)
 		}
-		e := newEnv(t, envConfig{
-			transport:  tr,
-			grpcOpts:   []grpc.ServerOption{grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...)), grpc.ChainUnaryInterceptor(tagPeer)},
-			serverOpts: []brpc.ServerOption{brpc.WithGRPCDialOptions(grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelOpts...)))},
+		e := testenv.New(t, testenv.Config{
+			Transport:  tr,
+			GRPCOpts:   []grpc.ServerOption{grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...)), grpc.ChainUnaryInterceptor(tagPeer)},
+			ServerOpts: []brpc.ServerOption{brpc.WithGRPCDialOptions(grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelOpts...)))},
 		})
-		c := e.connect(clientConfig{
-			name:     "traced",
-			grpcOpts: []grpc.ServerOption{grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...))},
-			opts:     []brpc.DialOption{brpc.WithGRPCDialOptions(grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelOpts...)))},
+		c := e.Connect(testenv.ClientConfig{
+			Name:     "traced",
+			GRPCOpts: []grpc.ServerOption{grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...))},
+			Opts:     []brpc.DialOption{brpc.WithGRPCDialOptions(grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelOpts...)))},
 		})
-		if _, err := c.echo.Unary(testCtx(t), &testpb.EchoRequest{Message: "trace me"}); err != nil {
+		if _, err := c.Echo.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "trace me"}); err != nil {
 			t.Fatal(err)
 		}
 
@@ -61,7 +62,7 @@ func TestOneTraceSpansForwardAndReverseCalls(t *testing.T) {
 			}
 			return n
 		}
-		waitFor(t, 5*time.Second, "four spans", func() bool { return unarySpans() >= 4 })
+		testenv.WaitFor(t, 5*time.Second, "four spans", func() bool { return unarySpans() >= 4 })
 		spans := exporter.GetSpans()
 		kinds := map[trace.SpanKind]int{}
 		var traceID trace.TraceID

@@ -95,7 +95,11 @@ func newTCPSession(tc *tls.Conn, mux *yamux.Session, watch *connWatch, conf TCPC
 	watch.notify(func(err error) { cancel(fmt.Errorf("session: tcp connection ended: %w", err)) })
 	if conf.IdleTimeout > 0 {
 		s.pingEvery = conf.keepaliveInterval()
+		// Under pingMu: the timer may fire, and keepalive read pingT,
+		// before the assignment would otherwise be seen.
+		s.pingMu.Lock()
 		s.pingT = time.AfterFunc(s.pingEvery, s.keepalive)
+		s.pingMu.Unlock()
 		// The context ends with the connection; a ping on a closed
 		// session fails at once and is not rescheduled either.
 		context.AfterFunc(ctx, s.stopKeepalive)

@@ -1,4 +1,4 @@
-package brpc_test
+package integrationtests
 
 // Hostile and broken peers: garbage datagrams, QUIC clients that stall or
 // break the brpc handshake, wrong ALPN, misbehaving authenticators and a
@@ -30,7 +30,7 @@ import (
 	"github.com/brpc-go/brpc/internal/handshake"
 	"github.com/brpc-go/brpc/internal/handshake/handshakepb"
 	"github.com/brpc-go/brpc/internal/session"
-	"github.com/brpc-go/brpc/internal/testpb"
+	"github.com/brpc-go/brpc/internal/testenv"
 )
 
 const (
@@ -46,16 +46,16 @@ const (
 )
 
 // hostileEnv is a server whose handshake timeout is short, plus opts.
-func hostileEnv(t *testing.T, opts ...brpc.ServerOption) *env {
+func hostileEnv(t *testing.T, opts ...brpc.ServerOption) *testenv.Env {
 	t.Helper()
-	return newEnv(t, envConfig{serverOpts: append([]brpc.ServerOption{brpc.WithHandshakeTimeout(hostileHandshakeTimeout)}, opts...)})
+	return testenv.New(t, testenv.Config{ServerOpts: append([]brpc.ServerOption{brpc.WithHandshakeTimeout(hostileHandshakeTimeout)}, opts...)})
 }
 
 // dialRaw opens a QUIC connection to e's server with quic-go itself, offering
 // alpn, from a UDP socket of its own on the loopback interface. The socket,
 // transport and connection are closed by t.Cleanup (which runs before the
 // env's, registered earlier). It is safe to call from any goroutine.
-func dialRaw(t *testing.T, e *env, alpn string) (*quic.Conn, error) {
+func dialRaw(t *testing.T, e *testenv.Env, alpn string) (*quic.Conn, error) {
 	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		return nil, err
@@ -65,13 +65,13 @@ func dialRaw(t *testing.T, e *env, alpn string) (*quic.Conn, error) {
 		tr.Close()
 		udp.Close()
 	})
-	raddr, err := net.ResolveUDPAddr("udp", e.addr)
+	raddr, err := net.ResolveUDPAddr("udp", e.Addr)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), rawDialBound)
 	defer cancel()
-	tlsConf := &tls.Config{RootCAs: e.ca.Pool, NextProtos: []string{alpn}, ServerName: "localhost"}
+	tlsConf := &tls.Config{RootCAs: e.CA.Pool, NextProtos: []string{alpn}, ServerName: "localhost"}
 	conn, err := tr.Dial(ctx, raddr, tlsConf, &quic.Config{MaxIdleTimeout: 30 * time.Second})
 	if err != nil {
 		return nil, err
@@ -80,7 +80,7 @@ func dialRaw(t *testing.T, e *env, alpn string) (*quic.Conn, error) {
 	return conn, nil
 }
 
-func mustDialRaw(t *testing.T, e *env) *quic.Conn {
+func mustDialRaw(t *testing.T, e *testenv.Env) *quic.Conn {
 	t.Helper()
 	conn, err := dialRaw(t, e, brpc.ALPN)
 	if err != nil {
@@ -169,36 +169,10 @@ func wantServerClose(t *testing.T, conn *quic.Conn, code session.CloseCode, with
 	}
 }
 
-func wantNoPeers(t *testing.T, e *env) {
+func wantNoPeers(t *testing.T, e *testenv.Env) {
 	t.Helper()
-	if p := e.srv.Peers(); len(p) != 0 {
+	if p := e.Srv.Peers(); len(p) != 0 {
 		t.Fatalf("Peers() = %v, want none", p)
-	}
-}
-
-// wantServes connects an ordinary client, makes a call that also calls it
-// back, and returns the client (closed by t.Cleanup).
-func wantServes(t *testing.T, e *env, name string) *client {
-	t.Helper()
-	c, err := e.dial(clientConfig{name: name})
-	if err != nil {
-		t.Fatalf("an ordinary client cannot connect any more: %v", err)
-	}
-	t.Cleanup(c.close)
-	callOK(t, c, name)
-	return c
-}
-
-func callOK(t *testing.T, c *client, name string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), hostileBound)
-	defer cancel()
-	r, err := c.echo.Unary(ctx, &testpb.EchoRequest{Message: "hi"})
-	if err != nil {
-		t.Fatalf("Unary from %s: %v", name, err)
-	}
-	if want := "server:hi|" + name + ":back"; r.GetMessage() != want {
-		t.Fatalf("Unary from %s: got %q, want %q", name, r.GetMessage(), want)
 	}
 }
 
@@ -266,14 +240,14 @@ func dressAsQUIC(b []byte, kind int, r *rand.Rand) {
 
 func TestHostileGarbageDatagrams(t *testing.T) {
 	e := hostileEnv(t)
-	before := wantServes(t, e, "before")
+	before := e.WantServes(t, "before")
 
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("garbage seed %d", seed)
 	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	dgrams := garbageDatagrams(r)
 
-	raddr, err := net.ResolveUDPAddr("udp", e.addr)
+	raddr, err := net.ResolveUDPAddr("udp", e.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,10 +278,10 @@ func TestHostileGarbageDatagrams(t *testing.T) {
 
 	// The client connected before keeps working, a new one connects, and
 	// the garbage has admitted nobody.
-	callOK(t, before, "before")
-	wantServes(t, e, "after")
-	if n := len(e.srv.Peers()); n != 2 {
-		t.Fatalf("Peers() has %d clients, want the 2 real ones: %v", n, e.srv.Peers())
+	testenv.CallOK(t, before, "before")
+	e.WantServes(t, "after")
+	if n := len(e.Srv.Peers()); n != 2 {
+		t.Fatalf("Peers() has %d clients, want the 2 real ones: %v", n, e.Srv.Peers())
 	}
 }
 
@@ -318,7 +292,7 @@ func TestHostileSilentConnection(t *testing.T) {
 		wantNoPeers(t, e)
 		wantServerClose(t, conn, session.CodeHandshakeTimeout, hostileBound)
 		wantNoPeers(t, e)
-		wantServes(t, e, "alice")
+		e.WantServes(t, "alice")
 	})
 	t.Run("stream opened, nothing written", func(t *testing.T) {
 		e := hostileEnv(t)
@@ -326,7 +300,7 @@ func TestHostileSilentConnection(t *testing.T) {
 		openCtrl(t, conn)
 		wantServerClose(t, conn, session.CodeHandshakeTimeout, hostileBound)
 		wantNoPeers(t, e)
-		wantServes(t, e, "alice")
+		e.WantServes(t, "alice")
 	})
 }
 
@@ -350,7 +324,7 @@ func TestHostilePartialHello(t *testing.T) {
 			write(t, st, tc.send(hdr, body))
 			wantServerClose(t, conn, session.CodeHandshakeTimeout, hostileBound)
 			wantNoPeers(t, e)
-			wantServes(t, e, "alice")
+			e.WantServes(t, "alice")
 		})
 	}
 }
@@ -369,7 +343,7 @@ func TestHostileOversizedHelloFrame(t *testing.T) {
 			wantRejected(t, readWelcome(t, st), codes.ResourceExhausted)
 			conn.CloseWithError(0, "read the rejection")
 			wantNoPeers(t, e)
-			wantServes(t, e, "alice")
+			e.WantServes(t, "alice")
 		})
 	}
 }
@@ -378,23 +352,23 @@ func TestHostileOversizedHelloDial(t *testing.T) {
 	e := hostileEnv(t, brpc.WithMaxHelloSize(1024))
 	md := metadata.Pairs("blob", strings.Repeat("x", 2048))
 	start := time.Now()
-	c, err := e.dial(clientConfig{name: "big", md: md})
+	c, err := e.Dial(testenv.ClientConfig{Name: "big", MD: md})
 	if err == nil {
-		c.close()
+		c.Shutdown()
 		t.Fatalf("Dial with a %d-byte hello succeeded against a 1024-byte limit", proto.Size(handshake.NewHello(md)))
 	}
-	wantCode(t, err, codes.ResourceExhausted, "Dial with an oversized hello")
+	testenv.WantCode(t, err, codes.ResourceExhausted, "Dial with an oversized hello")
 	if d := time.Since(start); d > hostileBound {
 		t.Fatalf("the rejection took %v", d)
 	}
 	wantNoPeers(t, e)
 	// A hello within the limit is still welcome.
-	c, err = e.dial(clientConfig{name: "small", md: metadata.Pairs("blob", strings.Repeat("x", 100))})
+	c, err = e.Dial(testenv.ClientConfig{Name: "small", MD: metadata.Pairs("blob", strings.Repeat("x", 100))})
 	if err != nil {
 		t.Fatalf("Dial with a small hello: %v", err)
 	}
-	defer c.close()
-	callOK(t, c, "small")
+	defer c.Shutdown()
+	testenv.CallOK(t, c, "small")
 }
 
 // A hello above the limit is refused with codes.ResourceExhausted whatever
@@ -408,15 +382,15 @@ func TestHostileHugeHelloDial(t *testing.T) {
 			e := hostileEnv(t)
 			md := metadata.Pairs("blob", strings.Repeat("x", size))
 			start := time.Now()
-			c, err := e.dial(clientConfig{name: "huge", md: md})
+			c, err := e.Dial(testenv.ClientConfig{Name: "huge", MD: md})
 			if err == nil {
-				c.close()
+				c.Shutdown()
 				t.Fatalf("Dial with a %d KiB hello succeeded against the %d-byte default limit", size>>10, brpc.DefaultMaxHelloSize)
 			}
 			t.Logf("Dial returned after %v: %v", time.Since(start), err)
-			wantCode(t, err, codes.ResourceExhausted, "Dial with an oversized hello")
+			testenv.WantCode(t, err, codes.ResourceExhausted, "Dial with an oversized hello")
 			wantNoPeers(t, e)
-			wantServes(t, e, "alice")
+			e.WantServes(t, "alice")
 		})
 	}
 }
@@ -439,7 +413,7 @@ func TestHostileMalformedHello(t *testing.T) {
 			// session, with the refusal's code in the close code too.
 			wantServerClose(t, conn, handshake.RefusedCode(codes.InvalidArgument), hostileBound)
 			wantNoPeers(t, e)
-			wantServes(t, e, "alice")
+			e.WantServes(t, "alice")
 		})
 	}
 }
@@ -463,7 +437,7 @@ func TestHostileUnsupportedVersion(t *testing.T) {
 			wantRejected(t, readWelcome(t, st), codes.FailedPrecondition)
 			wantServerClose(t, conn, handshake.RefusedCode(codes.FailedPrecondition), hostileBound)
 			wantNoPeers(t, e)
-			wantServes(t, e, "alice")
+			e.WantServes(t, "alice")
 		})
 	}
 }
@@ -489,13 +463,13 @@ func TestHostileWrongALPN(t *testing.T) {
 	// quic.DialAddr, with its own single-use transport, fails the same way.
 	ctx, cancel := context.WithTimeout(context.Background(), hostileBound)
 	defer cancel()
-	conn, err := quic.DialAddr(ctx, e.addr, &tls.Config{RootCAs: e.ca.Pool, NextProtos: []string{"h3"}, ServerName: "localhost"}, nil)
+	conn, err := quic.DialAddr(ctx, e.Addr, &tls.Config{RootCAs: e.CA.Pool, NextProtos: []string{"h3"}, ServerName: "localhost"}, nil)
 	if err == nil {
 		conn.CloseWithError(0, "")
 		t.Fatal("quic.DialAddr offering h3 succeeded")
 	}
 	wantNoPeers(t, e)
-	wantServes(t, e, "alice")
+	e.WantServes(t, "alice")
 }
 
 // hostileAuth admits clients whose metadata has no "mode"; the others get
@@ -542,30 +516,30 @@ func TestHostileAuthenticator(t *testing.T) {
 		t.Run(tc.mode, func(t *testing.T) {
 			var running atomic.Int32
 			e := hostileEnv(t, brpc.WithAuthenticator(hostileAuth(&running)))
-			before := wantServes(t, e, "before")
+			before := e.WantServes(t, "before")
 
 			start := time.Now()
-			c, err := e.dial(clientConfig{name: "bad", md: metadata.Pairs("mode", tc.mode)})
+			c, err := e.Dial(testenv.ClientConfig{Name: "bad", MD: metadata.Pairs("mode", tc.mode)})
 			if err == nil {
-				c.close()
+				c.Shutdown()
 				t.Fatalf("Dial with mode %q was admitted as %q", tc.mode, c.ID())
 			}
 			if d := time.Since(start); d > hostileBound {
 				t.Fatalf("Dial with mode %q took %v to fail", tc.mode, d)
 			}
 			if tc.want != codes.OK {
-				wantCode(t, err, tc.want, "Dial with mode "+tc.mode)
+				testenv.WantCode(t, err, tc.want, "Dial with mode "+tc.mode)
 			} else if status.Code(err) == codes.OK || status.Code(err) == codes.Unknown {
 				t.Fatalf("Dial with mode %q: %v, want a gRPC status error", tc.mode, err)
 			}
 			t.Logf("mode %s: %v", tc.mode, err)
-			waitFor(t, hostileBound, "the authenticator calls to return", func() bool { return running.Load() == 0 })
+			testenv.WaitFor(t, hostileBound, "the authenticator calls to return", func() bool { return running.Load() == 0 })
 
-			if n := len(e.srv.Peers()); n != 1 {
-				t.Fatalf("Peers() = %v, want only the client connected before", e.srv.Peers())
+			if n := len(e.Srv.Peers()); n != 1 {
+				t.Fatalf("Peers() = %v, want only the client connected before", e.Srv.Peers())
 			}
-			callOK(t, before, "before")
-			wantServes(t, e, "after")
+			testenv.CallOK(t, before, "before")
+			e.WantServes(t, "after")
 		})
 	}
 }
@@ -574,7 +548,7 @@ func TestHostileManyHalfOpen(t *testing.T) {
 	// A longer handshake timeout than elsewhere, so that the ordinary client
 	// really connects while the half-open ones are still waiting.
 	const timeout = time.Second
-	e := newEnv(t, envConfig{serverOpts: []brpc.ServerOption{brpc.WithHandshakeTimeout(timeout)}})
+	e := testenv.New(t, testenv.Config{ServerOpts: []brpc.ServerOption{brpc.WithHandshakeTimeout(timeout)}})
 	const n = 50
 	conns := make([]*quic.Conn, n)
 	errs := make([]error, n)
@@ -607,7 +581,7 @@ func TestHostileManyHalfOpen(t *testing.T) {
 		}
 	}
 
-	c := wantServes(t, e, "alice")
+	c := e.WantServes(t, "alice")
 	open := 0
 	for _, conn := range conns {
 		if conn.Context().Err() == nil {
@@ -619,10 +593,10 @@ func TestHostileManyHalfOpen(t *testing.T) {
 	for _, conn := range conns {
 		wantServerClose(t, conn, session.CodeHandshakeTimeout, hostileBound)
 	}
-	if p := e.srv.Peers(); len(p) != 1 || p[0].ID != c.ID() {
+	if p := e.Srv.Peers(); len(p) != 1 || p[0].ID != c.ID() {
 		t.Fatalf("Peers() = %v, want only %q", p, c.ID())
 	}
-	callOK(t, c, "alice")
+	testenv.CallOK(t, c, "alice")
 }
 
 // A welcomed raw client that opens a stream and writes garbage where grpc-go
@@ -637,7 +611,7 @@ func TestHostileGarbageStreamAfterWelcome(t *testing.T) {
 	if w.GetStatus() != nil || w.GetId() == "" {
 		t.Fatalf("a proper hello was not welcomed: %v", w)
 	}
-	waitFor(t, hostileBound, "the raw client to be registered", func() bool { return len(e.srv.Peers()) == 1 })
+	testenv.WaitFor(t, hostileBound, "the raw client to be registered", func() bool { return len(e.Srv.Peers()) == 1 })
 
 	st := openCtrl(t, conn)
 	garbage := make([]byte, 300)
@@ -657,9 +631,9 @@ func TestHostileGarbageStreamAfterWelcome(t *testing.T) {
 	}
 	t.Logf("garbage stream ended with %v", err)
 
-	wantServes(t, e, "alice")
+	e.WantServes(t, "alice")
 	conn.CloseWithError(0, "bye")
-	waitFor(t, hostileBound, "the raw client to leave Peers()", func() bool { return len(e.srv.Peers()) == 1 })
+	testenv.WaitFor(t, hostileBound, "the raw client to leave Peers()", func() bool { return len(e.Srv.Peers()) == 1 })
 }
 
 // Stop ends every session whatever state its handshake is in: connections
@@ -668,11 +642,11 @@ func TestHostileGarbageStreamAfterWelcome(t *testing.T) {
 // every one of those clients sees the connection closed by the server.
 func TestHostileStopDuringHandshakes(t *testing.T) {
 	var running atomic.Int32
-	e := newEnv(t, envConfig{serverOpts: []brpc.ServerOption{
+	e := testenv.New(t, testenv.Config{ServerOpts: []brpc.ServerOption{
 		brpc.WithHandshakeTimeout(time.Minute), // nothing ends by itself during the test
 		brpc.WithAuthenticator(hostileAuth(&running)),
 	}})
-	good := wantServes(t, e, "alice")
+	good := e.WantServes(t, "alice")
 
 	var silent, partial, authing, lingering []*quic.Conn
 	for range 10 {
@@ -696,13 +670,13 @@ func TestHostileStopDuringHandshakes(t *testing.T) {
 		wantRejected(t, readWelcome(t, st), codes.InvalidArgument)
 		lingering = append(lingering, conn)
 	}
-	waitFor(t, hostileBound, "3 authenticator calls in progress", func() bool { return running.Load() == 3 })
-	if p := e.srv.Peers(); len(p) != 1 || p[0].ID != good.ID() {
+	testenv.WaitFor(t, hostileBound, "3 authenticator calls in progress", func() bool { return running.Load() == 3 })
+	if p := e.Srv.Peers(); len(p) != 1 || p[0].ID != good.ID() {
 		t.Fatalf("Peers() = %v, want only %q", p, good.ID())
 	}
 
 	start := time.Now()
-	e.srv.Stop()
+	e.Srv.Stop()
 	if d := time.Since(start); d > hostileBound {
 		t.Fatalf("Stop took %v with handshakes pending", d)
 	}
@@ -728,7 +702,7 @@ func TestHostileStopDuringHandshakes(t *testing.T) {
 			t.Fatalf("half-open connection %d ended with %v (%T), want a close from the server", i, err, err)
 		}
 	}
-	if p := e.srv.Peers(); len(p) != 0 {
+	if p := e.Srv.Peers(); len(p) != 0 {
 		t.Fatalf("Peers() = %v after Stop", p)
 	}
 }

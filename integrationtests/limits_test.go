@@ -1,4 +1,4 @@
-package brpc_test
+package integrationtests
 
 import (
 	"context"
@@ -16,47 +16,49 @@ import (
 	"github.com/brpc-go/brpc/internal/handshake"
 	"github.com/brpc-go/brpc/internal/handshake/handshakepb"
 	"github.com/brpc-go/brpc/internal/session"
-	"github.com/brpc-go/brpc/internal/testpb"
+	"github.com/brpc-go/brpc/internal/testenv"
 )
 
 func TestMaxClients(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
-		e := newEnv(t, envConfig{transport: tr, serverOpts: []brpc.ServerOption{
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
+		e := testenv.New(t, testenv.Config{Transport: tr, ServerOpts: []brpc.ServerOption{
 			brpc.WithAuthenticator(byNameFromMetadata), brpc.WithMaxClients(2),
 		}})
-		named := func(n string) clientConfig { return clientConfig{name: n, md: metadata.Pairs("name", n)} }
-		a := e.connect(named("a"))
-		e.connect(named("b"))
-		_, err := e.dial(named("c"))
-		wantCode(t, err, codes.ResourceExhausted, "a third client with WithMaxClients(2)")
+		named := func(n string) testenv.ClientConfig {
+			return testenv.ClientConfig{Name: n, MD: metadata.Pairs("name", n)}
+		}
+		a := e.Connect(named("a"))
+		e.Connect(named("b"))
+		_, err := e.Dial(named("c"))
+		testenv.WantCode(t, err, codes.ResourceExhausted, "a third client with WithMaxClients(2)")
 
 		// A client taking over its own ID is not a new client.
-		a2 := e.connect(named("a"))
-		if len(e.srv.Peers()) != 2 {
-			t.Fatalf("Peers() = %v after a reconnect under the same ID", e.srv.Peers())
+		a2 := e.Connect(named("a"))
+		if len(e.Srv.Peers()) != 2 {
+			t.Fatalf("Peers() = %v after a reconnect under the same ID", e.Srv.Peers())
 		}
-		a2.close()
-		a.close()
-		waitFor(t, 5*time.Second, "a to leave", func() bool { return len(e.srv.Peers()) == 1 })
-		e.connect(named("c"))
+		a2.Shutdown()
+		a.Shutdown()
+		testenv.WaitFor(t, 5*time.Second, "a to leave", func() bool { return len(e.Srv.Peers()) == 1 })
+		e.Connect(named("c"))
 	})
 }
 
 // rawSession opens a transport session to e's server with brpc's session
 // package, without a handshake.
-func rawSession(t *testing.T, e *env, tr string) session.Session {
+func rawSession(t *testing.T, e *testenv.Env, tr string) session.Session {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	tlsConf := e.ca.ClientTLS()
+	tlsConf := e.CA.ClientTLS()
 	tlsConf.NextProtos = []string{brpc.ALPN}
 	tlsConf.ServerName = "localhost"
 	var s session.Session
 	var err error
 	if tr == "tcp" {
-		s, err = session.DialTCP(ctx, e.addr, tlsConf, session.TCPConfig{})
+		s, err = session.DialTCP(ctx, e.Addr, tlsConf, session.TCPConfig{})
 	} else {
-		s, err = session.DialQUIC(ctx, e.addr, tlsConf, session.QUICConfig{})
+		s, err = session.DialQUIC(ctx, e.Addr, tlsConf, session.QUICConfig{})
 	}
 	if err != nil {
 		t.Fatalf("raw %s session: %v", tr, err)
@@ -84,9 +86,9 @@ func welcomed(t *testing.T, s session.Session) {
 }
 
 func TestMaxPendingHandshakes(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		const max = 5
-		e := newEnv(t, envConfig{transport: tr, serverOpts: []brpc.ServerOption{
+		e := testenv.New(t, testenv.Config{Transport: tr, ServerOpts: []brpc.ServerOption{
 			brpc.WithMaxPendingHandshakes(max), brpc.WithHandshakeTimeout(1500 * time.Millisecond),
 		}})
 		// max sessions that never say hello fill the brpc phase.
@@ -96,7 +98,7 @@ func TestMaxPendingHandshakes(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 		// Anyone else is turned away at once while they hang on.
 		start := time.Now()
-		_, err := e.dial(clientConfig{name: "late"})
+		_, err := e.Dial(testenv.ClientConfig{Name: "late"})
 		// QUIC carries the reason in its close code; over TCP the refusal
 		// comes before brpc can say why, so the client sees Unavailable and
 		// retries later, as it should.
@@ -104,17 +106,17 @@ func TestMaxPendingHandshakes(t *testing.T) {
 		if tr == "tcp" {
 			want = codes.Unavailable
 		}
-		wantCode(t, err, want, "Dial while the pending handshakes are at their cap")
+		testenv.WantCode(t, err, want, "Dial while the pending handshakes are at their cap")
 		if took := time.Since(start); took > time.Second {
 			t.Fatalf("the refusal took %v", took)
 		}
 		// Once the silent ones are cut off, clients are admitted again.
-		waitFor(t, 10*time.Second, "an ordinary client to be admitted again", func() bool {
-			c, err := e.dial(clientConfig{name: "later"})
+		testenv.WaitFor(t, 10*time.Second, "an ordinary client to be admitted again", func() bool {
+			c, err := e.Dial(testenv.ClientConfig{Name: "later"})
 			if err != nil {
 				return false
 			}
-			c.close()
+			c.Shutdown()
 			return true
 		})
 	})
@@ -122,13 +124,13 @@ func TestMaxPendingHandshakes(t *testing.T) {
 
 func TestMaxPendingTLSHandshakesOnTCP(t *testing.T) {
 	const max = 5
-	e := newEnv(t, envConfig{transport: "tcp", serverOpts: []brpc.ServerOption{
+	e := testenv.New(t, testenv.Config{Transport: "tcp", ServerOpts: []brpc.ServerOption{
 		brpc.WithMaxPendingHandshakes(max), brpc.WithHandshakeTimeout(1500 * time.Millisecond),
 	}})
 	// TCP connections that never send a TLS ClientHello (slowloris).
 	var idle []net.Conn
 	for i := 0; i < max; i++ {
-		c, err := net.Dial("tcp", e.addr)
+		c, err := net.Dial("tcp", e.Addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -140,7 +142,7 @@ func TestMaxPendingTLSHandshakesOnTCP(t *testing.T) {
 		}
 	})
 	time.Sleep(100 * time.Millisecond)
-	extra, err := net.Dial("tcp", e.addr)
+	extra, err := net.Dial("tcp", e.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,43 +158,35 @@ func TestMaxPendingTLSHandshakesOnTCP(t *testing.T) {
 			t.Fatalf("a silent connection read %v, want io.EOF after the handshake timeout", err)
 		}
 	}
-	wantServesTCP(t, e)
-}
-
-func wantServesTCP(t *testing.T, e *env) {
-	t.Helper()
-	c := e.connect(clientConfig{name: "ok"})
-	if _, err := c.echo.Unary(testCtx(t), &testpb.EchoRequest{Message: "x"}); err != nil {
-		t.Fatalf("an ordinary client cannot call any more: %v", err)
-	}
+	e.WantServes(t, "ok")
 }
 
 func TestHandshakeRateLimitPerAddress(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
-		e := newEnv(t, envConfig{transport: tr, serverOpts: []brpc.ServerOption{brpc.WithHandshakeRateLimit(2, 3)}})
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
+		e := testenv.New(t, testenv.Config{Transport: tr, ServerOpts: []brpc.ServerOption{brpc.WithHandshakeRateLimit(2, 3)}})
 		for i := 0; i < 3; i++ {
-			c, err := e.dial(clientConfig{name: fmt.Sprint("c", i)})
+			c, err := e.Dial(testenv.ClientConfig{Name: fmt.Sprint("c", i)})
 			if err != nil {
 				t.Fatalf("connection %d within the burst: %v", i, err)
 			}
-			c.close()
+			c.Shutdown()
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		_, err := brpc.Dial(ctx, e.target, brpc.WithTLSConfig(e.ca.ClientTLS()))
+		_, err := brpc.Dial(ctx, e.Target, brpc.WithTLSConfig(e.CA.ClientTLS()))
 		if err == nil {
 			t.Fatal("a fourth connection at once was admitted past the burst of 3")
 		}
 		t.Logf("refused: %v", err)
 		time.Sleep(600 * time.Millisecond) // a token comes back every 500 ms
-		wantServesTCP(t, e)
+		e.WantServes(t, "ok")
 	})
 }
 
 func TestStreamFloodIsCapped(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		const max = 10
-		e := newEnv(t, envConfig{transport: tr, serverOpts: []brpc.ServerOption{brpc.WithMaxStreamsPerSession(max)}})
+		e := testenv.New(t, testenv.Config{Transport: tr, ServerOpts: []brpc.ServerOption{brpc.WithMaxStreamsPerSession(max)}})
 		s := rawSession(t, e, tr)
 		welcomed(t, s)
 		// Open streams far past the cap, each starting an HTTP/2 connection
@@ -227,18 +221,18 @@ func TestStreamFloodIsCapped(t *testing.T) {
 			t.Fatal("no stream was served at all")
 		}
 		// Others are served meanwhile.
-		wantServesTCP(t, e)
+		e.WantServes(t, "ok")
 	})
 }
 
 func TestTCPListenerRefusesWrongTLS(t *testing.T) {
-	e := newPlainEnvOn(t, "tcp")
+	e := testenv.New(t, testenv.Config{Transport: "tcp"})
 	for name, conf := range map[string]*tls.Config{
-		"wrong ALPN": {RootCAs: e.ca.Pool, ServerName: "localhost", NextProtos: []string{"h2"}},
-		"no ALPN":    {RootCAs: e.ca.Pool, ServerName: "localhost"},
-		"TLS 1.2":    {RootCAs: e.ca.Pool, ServerName: "localhost", NextProtos: []string{brpc.ALPN}, MaxVersion: tls.VersionTLS12},
+		"wrong ALPN": {RootCAs: e.CA.Pool, ServerName: "localhost", NextProtos: []string{"h2"}},
+		"no ALPN":    {RootCAs: e.CA.Pool, ServerName: "localhost"},
+		"TLS 1.2":    {RootCAs: e.CA.Pool, ServerName: "localhost", NextProtos: []string{brpc.ALPN}, MaxVersion: tls.VersionTLS12},
 	} {
-		c, err := tls.Dial("tcp", e.addr, conf)
+		c, err := tls.Dial("tcp", e.Addr, conf)
 		if err == nil {
 			c.SetReadDeadline(time.Now().Add(2 * time.Second))
 			_, err = c.Read(make([]byte, 1))
@@ -250,7 +244,7 @@ func TestTCPListenerRefusesWrongTLS(t *testing.T) {
 		t.Logf("%s: %v", name, err)
 	}
 	// Garbage instead of a ClientHello.
-	c, err := net.Dial("tcp", e.addr)
+	c, err := net.Dial("tcp", e.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,15 +252,15 @@ func TestTCPListenerRefusesWrongTLS(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(2 * time.Second))
 	io.Copy(io.Discard, c)
 	c.Close()
-	wantServesTCP(t, e)
+	e.WantServes(t, "ok")
 }
 
 func TestOversizedAndMalformedHellosOnBothTransports(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
-		e := newEnv(t, envConfig{transport: tr, serverOpts: []brpc.ServerOption{brpc.WithMaxHelloSize(1024)}})
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
+		e := testenv.New(t, testenv.Config{Transport: tr, ServerOpts: []brpc.ServerOption{brpc.WithMaxHelloSize(1024)}})
 		big := metadata.Pairs("blob", string(make([]byte, 4096)))
-		_, err := e.dial(clientConfig{name: "big", md: big})
-		wantCode(t, err, codes.ResourceExhausted, "a hello above WithMaxHelloSize")
+		_, err := e.Dial(testenv.ClientConfig{Name: "big", MD: big})
+		testenv.WantCode(t, err, codes.ResourceExhausted, "a hello above WithMaxHelloSize")
 
 		s := rawSession(t, e, tr)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -284,6 +278,6 @@ func TestOversizedAndMalformedHellosOnBothTransports(t *testing.T) {
 		if codes.Code(w.GetStatus().GetCode()) != codes.InvalidArgument {
 			t.Fatalf("malformed hello answered with %v, want InvalidArgument", w.GetStatus())
 		}
-		wantServesTCP(t, e)
+		e.WantServes(t, "ok")
 	})
 }

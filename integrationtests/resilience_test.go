@@ -1,4 +1,4 @@
-package brpc_test
+package integrationtests
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/internal/testenv"
 	"github.com/brpc-go/brpc/internal/testpb"
 )
 
@@ -24,22 +25,21 @@ var fastBackoff = backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1
 // restartable is a server that can be stopped and started again on the same
 // address, as a restarted process would.
 type restartable struct {
-	t      *testing.T
-	e      *env // its ca, for certificates; its own server is stopped
-	cfg    envConfig
-	addr   string
-	served chan error
+	t    *testing.T
+	e    *testenv.Env // its ca, for certificates; its own server is stopped
+	cfg  testenv.Config
+	addr string
 
 	mu  sync.Mutex
-	cur *brpc.Server[testpb.EchoClient]
+	cur *testenv.Serving
 }
 
 // restartOn stops e's own server and runs a restartable one with cfg on its
 // address instead, stopped by t.Cleanup.
-func restartOn(t *testing.T, e *env, cfg envConfig) *restartable {
+func restartOn(t *testing.T, e *testenv.Env, cfg testenv.Config) *restartable {
 	t.Helper()
-	e.srv.Stop()
-	r := &restartable{t: t, e: e, cfg: cfg, addr: e.addr}
+	e.Srv.Stop()
+	r := &restartable{t: t, e: e, cfg: cfg, addr: e.Addr}
 	r.start()
 	t.Cleanup(r.stop)
 	return r
@@ -47,41 +47,50 @@ func restartOn(t *testing.T, e *env, cfg envConfig) *restartable {
 
 // connectNamed connects n clients named prefix0, prefix1, … (the name also
 // in their metadata, for byNameFromMetadata) that reconnect quickly.
-func connectNamed(e *env, n int, prefix string) []*client {
-	var clients []*client
+func connectNamed(e *testenv.Env, n int, prefix string) []*testenv.Client {
+	var clients []*testenv.Client
 	for i := range n {
 		name := fmt.Sprint(prefix, i)
-		clients = append(clients, e.connect(clientConfig{name: name, md: metadata.Pairs("name", name),
-			opts: []brpc.DialOption{brpc.WithConnectBackoff(fastBackoff)}}))
+		clients = append(clients, e.Connect(testenv.ClientConfig{Name: name, MD: metadata.Pairs("name", name),
+			Opts: []brpc.DialOption{brpc.WithConnectBackoff(fastBackoff)}}))
 	}
 	return clients
+}
+
+// restartNamed starts a restartable server on transport tr that names its
+// clients by their metadata, and connects n clients named prefix0,
+// prefix1, … to it.
+func restartNamed(t *testing.T, tr string, n int, prefix string) (*restartable, []*testenv.Client) {
+	t.Helper()
+	cfg := testenv.Config{Transport: tr, ServerOpts: []brpc.ServerOption{brpc.WithAuthenticator(byNameFromMetadata)}}
+	e := testenv.New(t, cfg)
+	r := restartOn(t, e, cfg)
+	clients := connectNamed(e, n, prefix)
+	testenv.WaitFor(t, 10*time.Second, "all clients to connect", func() bool { return len(r.srv().Peers()) == n })
+	return r, clients
 }
 
 // srv is the server running now.
 func (r *restartable) srv() *brpc.Server[testpb.EchoClient] {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.cur
+	if r.cur == nil {
+		return nil
+	}
+	return r.cur.Srv
 }
 
 func (r *restartable) start() {
 	r.t.Helper()
-	stls, err := r.e.ca.ServerTLS()
+	stls, err := r.e.CA.ServerTLS()
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	gs := grpc.NewServer()
-	testpb.RegisterEchoServer(gs, &echoService{name: "server"})
-	srv := brpc.NewServer(gs, testpb.NewEchoClient, r.cfg.serverOpts...)
-	listen := brpc.ListenQUIC
-	if r.cfg.transport == "tcp" {
-		listen = brpc.ListenTCP
-	}
-	var lis brpc.Listener
+	var cur *testenv.Serving
 	// The old socket may take a moment to be released.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		lis, err = listen(r.addr, stls)
+		cur, err = testenv.StartServing(r.cfg.Transport, r.addr, stls, &testenv.Echo{Name: "server"}, nil, r.cfg.ServerOpts)
 		if err == nil || time.Now().After(deadline) {
 			break
 		}
@@ -90,22 +99,19 @@ func (r *restartable) start() {
 	if err != nil {
 		r.t.Fatalf("listening again on %s: %v", r.addr, err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
 	r.mu.Lock()
-	r.cur, r.served = srv, served
+	r.cur = cur
 	r.mu.Unlock()
 }
 
 // stop stops the running server, if any, and waits for its Serve.
 func (r *restartable) stop() {
 	r.mu.Lock()
-	srv, served := r.cur, r.served
-	r.cur, r.served = nil, nil
+	cur := r.cur
+	r.cur = nil
 	r.mu.Unlock()
-	if srv != nil {
-		srv.Stop()
-		<-served
+	if cur != nil {
+		cur.Stop()
 	}
 }
 
@@ -114,38 +120,34 @@ func byNameFromMetadata(ctx context.Context, info brpc.AuthInfo) (string, error)
 }
 
 func TestServerRestartWithManyClients(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		const n = 50
-		cfg := envConfig{transport: tr, serverOpts: []brpc.ServerOption{brpc.WithAuthenticator(byNameFromMetadata)}}
-		e := newEnv(t, cfg)
-		r := restartOn(t, e, cfg)
-		clients := connectNamed(e, n, "dev-")
-		waitFor(t, 10*time.Second, "all clients to connect", func() bool { return len(r.srv().Peers()) == n })
+		r, clients := restartNamed(t, tr, n, "dev-")
 
 		// A forward call that waits for ready spans the restart.
 		waiting := make(chan error, 1)
 		r.stop()
 		for _, c := range clients[:5] {
-			waitFor(t, 5*time.Second, "a client to notice the server went away", func() bool { return c.GetState() != connectivity.Ready })
+			testenv.WaitFor(t, 5*time.Second, "a client to notice the server went away", func() bool { return c.GetState() != connectivity.Ready })
 		}
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			_, err := clients[0].echo.Unary(ctx, &testpb.EchoRequest{Message: "across"}, grpc.WaitForReady(true))
+			_, err := clients[0].Echo.Unary(ctx, &testpb.EchoRequest{Message: "across"}, grpc.WaitForReady(true))
 			waiting <- err
 		}()
 		// Without wait-for-ready, a call while disconnected fails fast.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err := clients[1].echo.Unary(ctx, &testpb.EchoRequest{})
+		_, err := clients[1].Echo.Unary(ctx, &testpb.EchoRequest{})
 		cancel()
-		wantCode(t, err, codes.Unavailable, "a fail-fast call while the server is down")
+		testenv.WantCode(t, err, codes.Unavailable, "a fail-fast call while the server is down")
 
 		time.Sleep(300 * time.Millisecond) // clients back off while the server is down
 		restarted := time.Now()
 		r.start()
 		// Backoff is at most MaxDelay (400ms) plus jitter: every client is
 		// back within a few of those, even under the race detector.
-		waitFor(t, 10*time.Second, "all clients to reconnect", func() bool { return len(r.srv().Peers()) == n })
+		testenv.WaitFor(t, 10*time.Second, "all clients to reconnect", func() bool { return len(r.srv().Peers()) == n })
 		t.Logf("%d clients back %v after the restart", n, time.Since(restarted).Round(time.Millisecond))
 
 		for i, c := range clients {
@@ -157,7 +159,7 @@ func TestServerRestartWithManyClients(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Client(%q) after the restart: %v", want, err)
 			}
-			resp, err := stub.Unary(testCtx(t), &testpb.EchoRequest{Message: "again"})
+			resp, err := stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "again"})
 			if err != nil || resp.GetMessage() != want+":again" {
 				t.Fatalf("reverse call to %s after the restart: %q, %v", want, resp.GetMessage(), err)
 			}
@@ -181,7 +183,7 @@ func TestServerRestartWithManyClients(t *testing.T) {
 func TestFallbackToTCPWhenUDPIsBlocked(t *testing.T) {
 	for _, udp := range []string{"dropping", "absent"} {
 		t.Run(udp, func(t *testing.T) {
-			var e *env
+			var e *testenv.Env
 			if udp == "dropping" {
 				// A UDP socket that swallows every datagram, as a firewall
 				// that drops UDP would, and the TCP listener on its port
@@ -192,8 +194,8 @@ func TestFallbackToTCPWhenUDPIsBlocked(t *testing.T) {
 				}
 				defer blackhole.Close()
 				_, port, _ := net.SplitHostPort(blackhole.LocalAddr().String())
-				e = newEnv(t, envConfig{transport: "tcp", addr: "127.0.0.1:" + port,
-					call: func(*env) func(context.Context) (string, error) { return nil }})
+				e = testenv.New(t, testenv.Config{Transport: "tcp", Addr: "127.0.0.1:" + port,
+					Call: func(*testenv.Env) func(context.Context) (string, error) { return nil }})
 				go func() {
 					buf := make([]byte, 2048)
 					for {
@@ -203,15 +205,15 @@ func TestFallbackToTCPWhenUDPIsBlocked(t *testing.T) {
 					}
 				}()
 			} else {
-				e = newPlainEnvOn(t, "tcp")
+				e = testenv.NewPlainOn(t, "tcp")
 			}
 
 			const delay = 200 * time.Millisecond
 			start := time.Now()
-			e.target = e.addr // bare host:port: QUIC first, then TCP
-			c := e.connect(clientConfig{name: "behind-firewall", opts: []brpc.DialOption{brpc.WithFallbackDelay(delay)}})
+			e.Target = e.Addr // bare host:port: QUIC first, then TCP
+			c := e.Connect(testenv.ClientConfig{Name: "behind-firewall", Opts: []brpc.DialOption{brpc.WithFallbackDelay(delay)}})
 			took := time.Since(start)
-			peers := e.srv.Peers()
+			peers := e.Srv.Peers()
 			if len(peers) != 1 || peers[0].Transport != "tcp" {
 				t.Fatalf("Peers() = %+v, want one client over tcp", peers)
 			}
@@ -219,7 +221,7 @@ func TestFallbackToTCPWhenUDPIsBlocked(t *testing.T) {
 				t.Fatalf("connecting took %v with a %v fallback delay", took, delay)
 			}
 			t.Logf("connected over tcp after %v (fallback delay %v)", took.Round(time.Millisecond), delay)
-			if _, err := c.echo.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
+			if _, err := c.Echo.Unary(testenv.Ctx(t), &testpb.EchoRequest{}); err != nil {
 				t.Fatalf("call over the fallback transport: %v", err)
 			}
 		})
@@ -227,58 +229,58 @@ func TestFallbackToTCPWhenUDPIsBlocked(t *testing.T) {
 }
 
 func TestBareTargetPrefersQUIC(t *testing.T) {
-	e := newPlainEnv(t) // QUIC
-	e.target = e.addr
-	e.connect(clientConfig{name: "x"})
-	if peers := e.srv.Peers(); len(peers) != 1 || peers[0].Transport != "quic" {
+	e := testenv.NewPlain(t) // QUIC
+	e.Target = e.Addr
+	e.Connect(testenv.ClientConfig{Name: "x"})
+	if peers := e.Srv.Peers(); len(peers) != 1 || peers[0].Transport != "quic" {
 		t.Fatalf("Peers() = %+v, want one client over quic", peers)
 	}
 }
 
 func TestReplacedClientStopsInsteadOfFightingBack(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		same := func(context.Context, brpc.AuthInfo) (string, error) { return "device-1", nil }
-		e := newEnv(t, envConfig{transport: tr, serverOpts: []brpc.ServerOption{brpc.WithAuthenticator(same)}})
+		e := testenv.New(t, testenv.Config{Transport: tr, ServerOpts: []brpc.ServerOption{brpc.WithAuthenticator(same)}})
 		opts := []brpc.DialOption{brpc.WithConnectBackoff(fastBackoff)}
-		old := e.connect(clientConfig{name: "old", opts: opts})
-		e.connect(clientConfig{name: "new", opts: opts})
-		waitFor(t, 5*time.Second, "the replaced client to stop", func() bool { return old.GetState() == connectivity.Shutdown })
+		old := e.Connect(testenv.ClientConfig{Name: "old", Opts: opts})
+		e.Connect(testenv.ClientConfig{Name: "new", Opts: opts})
+		testenv.WaitFor(t, 5*time.Second, "the replaced client to stop", func() bool { return old.GetState() == connectivity.Shutdown })
 		// It stays stopped: the newer client keeps the ID.
 		time.Sleep(500 * time.Millisecond)
-		stub, err := e.srv.Client("device-1")
+		stub, err := e.Srv.Client("device-1")
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := stub.Unary(testCtx(t), &testpb.EchoRequest{Message: "who"})
+		r, err := stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "who"})
 		if err != nil || r.GetMessage() != "new:who" {
 			t.Fatalf("Client(device-1) reached %q (%v), want the newer client", r.GetMessage(), err)
 		}
-		_, err = old.echo.Unary(testCtx(t), &testpb.EchoRequest{})
-		wantCode(t, err, codes.Unavailable, "a call on the replaced client")
+		_, err = old.Echo.Unary(testenv.Ctx(t), &testpb.EchoRequest{})
+		testenv.WantCode(t, err, codes.Unavailable, "a call on the replaced client")
 	})
 }
 
 func TestClientStateFollowsTheSession(t *testing.T) {
 	// Over TCP a connection attempt to a stopped server fails at once; over
 	// QUIC it waits for the handshake timeout. The states are the same.
-	e := newPlainEnvOn(t, "tcp")
-	r := restartOn(t, e, envConfig{transport: "tcp"})
-	c, err := e.dial(clientConfig{name: "s", opts: []brpc.DialOption{brpc.WithConnectBackoff(fastBackoff)}})
+	e := testenv.NewPlainOn(t, "tcp")
+	r := restartOn(t, e, testenv.Config{Transport: "tcp"})
+	c, err := e.Dial(testenv.ClientConfig{Name: "s", Opts: []brpc.DialOption{brpc.WithConnectBackoff(fastBackoff)}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st := c.GetState(); st != connectivity.Ready {
 		t.Fatalf("state after Dial = %v, want Ready", st)
 	}
-	ctx := testCtx(t)
+	ctx := testenv.Ctx(t)
 	r.stop()
 	if !c.WaitForStateChange(ctx, connectivity.Ready) {
 		t.Fatal("no state change after the server stopped")
 	}
-	waitFor(t, 5*time.Second, "TransientFailure while the server is down", func() bool { return c.GetState() == connectivity.TransientFailure })
+	testenv.WaitFor(t, 5*time.Second, "TransientFailure while the server is down", func() bool { return c.GetState() == connectivity.TransientFailure })
 	r.start()
-	waitFor(t, 10*time.Second, "Ready after the server is back", func() bool { return c.GetState() == connectivity.Ready })
-	c.close()
+	testenv.WaitFor(t, 10*time.Second, "Ready after the server is back", func() bool { return c.GetState() == connectivity.Ready })
+	c.Shutdown()
 	if st := c.GetState(); st != connectivity.Shutdown {
 		t.Fatalf("state after Close = %v, want Shutdown", st)
 	}
@@ -290,7 +292,7 @@ func TestClientStateFollowsTheSession(t *testing.T) {
 }
 
 func TestPeerEvents(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		var mu sync.Mutex
 		var events []brpc.PeerEvent
 		record := func(ev brpc.PeerEvent) {
@@ -303,13 +305,13 @@ func TestPeerEvents(t *testing.T) {
 			defer mu.Unlock()
 			return len(events)
 		}
-		e := newEnv(t, envConfig{transport: tr, serverOpts: []brpc.ServerOption{
+		e := testenv.New(t, testenv.Config{Transport: tr, ServerOpts: []brpc.ServerOption{
 			brpc.WithPeerEvents(record), brpc.WithKeepalive(100*time.Millisecond, 600*time.Millisecond),
 		}})
-		c := e.connect(clientConfig{name: "a", md: metadata.Pairs("k", "v")})
-		waitFor(t, 5*time.Second, "a connect event", func() bool { return count() == 1 })
-		c.close()
-		waitFor(t, 5*time.Second, "a disconnect event", func() bool { return count() == 2 })
+		c := e.Connect(testenv.ClientConfig{Name: "a", MD: metadata.Pairs("k", "v")})
+		testenv.WaitFor(t, 5*time.Second, "a connect event", func() bool { return count() == 1 })
+		c.Shutdown()
+		testenv.WaitFor(t, 5*time.Second, "a disconnect event", func() bool { return count() == 2 })
 		mu.Lock()
 		got := append([]brpc.PeerEvent(nil), events...)
 		mu.Unlock()
@@ -327,40 +329,30 @@ func TestReconnectTriesTheLastWinningTransportFirst(t *testing.T) {
 	// One server with both transports, reached through a UDP relay and a TCP
 	// relay that share a port number, so that a host:port target can use
 	// either and UDP can be blocked and unblocked at will.
-	quic := newPlainEnv(t)
-	stls, err := quic.ca.ServerTLS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tcpLis, err := brpc.ListenTCP("127.0.0.1:0", stls)
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- quic.srv.Serve(tcpLis) }()
-	t.Cleanup(func() { quic.srv.Stop(); <-served })
+	quic := testenv.NewPlain(t)
+	tcpAddr := quic.ServeAlso("tcp", "127.0.0.1:0")
 
-	var udp *udpRelay
-	var tcp *tcpRelay
-	waitFor(t, 5*time.Second, "a port number free for both relays", func() bool {
-		u := newUDPRelay(t, quic.addr)
+	var udp *testenv.UDPRelay
+	var tcp *testenv.TCPRelay
+	testenv.WaitFor(t, 5*time.Second, "a port number free for both relays", func() bool {
+		u := testenv.NewUDPRelay(t, quic.Addr, testenv.Faults{}, 0)
 		_, port, _ := net.SplitHostPort(u.Addr())
 		ln, err := net.Listen("tcp", "127.0.0.1:"+port)
 		if err != nil {
 			return false
 		}
 		ln.Close()
-		udp, tcp = u, newTCPRelayAt(t, "127.0.0.1:"+port, tcpLis.Addr().String())
+		udp, tcp = u, testenv.NewTCPRelayAt(t, "127.0.0.1:"+port, tcpAddr)
 		return true
 	})
 
 	// UDP blocked: the client falls back to TCP.
 	udp.Blackhole()
-	quic.target = udp.Addr()
-	c := quic.connect(clientConfig{name: "x", opts: []brpc.DialOption{
+	quic.Target = udp.Addr()
+	c := quic.Connect(testenv.ClientConfig{Name: "x", Opts: []brpc.DialOption{
 		brpc.WithFallbackDelay(300 * time.Millisecond), brpc.WithConnectBackoff(fastBackoff),
 	}})
-	if p := quic.srv.Peers(); len(p) != 1 || p[0].Transport != "tcp" {
+	if p := quic.Srv.Peers(); len(p) != 1 || p[0].Transport != "tcp" {
 		t.Fatalf("Peers() = %+v, want the client over tcp", p)
 	}
 
@@ -371,8 +363,8 @@ func TestReconnectTriesTheLastWinningTransportFirst(t *testing.T) {
 	udp.Restore()
 	tcp.Cut()
 	var now brpc.Peer
-	waitFor(t, 10*time.Second, "the client to reconnect", func() bool {
-		for _, p := range quic.srv.Peers() {
+	testenv.WaitFor(t, 10*time.Second, "the client to reconnect", func() bool {
+		for _, p := range quic.Srv.Peers() {
 			if id := c.ID(); p.ID == id && id != first {
 				now = p
 				return true
@@ -383,7 +375,7 @@ func TestReconnectTriesTheLastWinningTransportFirst(t *testing.T) {
 	if now.Transport != "tcp" {
 		t.Fatalf("the client reconnected over %s, want tcp, the transport that won last time", now.Transport)
 	}
-	if _, err := c.echo.Unary(testCtx(t), &testpb.EchoRequest{}, grpc.WaitForReady(true)); err != nil {
+	if _, err := c.Echo.Unary(testenv.Ctx(t), &testpb.EchoRequest{}, grpc.WaitForReady(true)); err != nil {
 		t.Fatalf("call after reconnecting: %v", err)
 	}
 }

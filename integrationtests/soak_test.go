@@ -1,4 +1,4 @@
-package brpc_test
+package integrationtests
 
 import (
 	"bytes"
@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"os"
 	"runtime"
 	"slices"
@@ -18,12 +17,12 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/internal/testenv"
 	"github.com/brpc-go/brpc/internal/testpb"
 )
 
@@ -404,7 +403,7 @@ func soakCall(l *soakLedger, rng *rand.Rand, kind soakKind, site soakSite) {
 
 // soak is the state the soak's goroutines share.
 type soak struct {
-	e       *env
+	e       *testenv.Env
 	l       *soakLedger
 	targets map[string]string // transport -> the server's target
 
@@ -428,29 +427,11 @@ func soakDuration(t *testing.T) time.Duration {
 	return d
 }
 
-func soakFootprint() (goroutines int, heap uint64) {
-	var ms runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	return runtime.NumGoroutine(), ms.HeapAlloc
-}
-
 // dial connects a client session named name that serves its echo
 // service.
-func (s *soak) dial(ctx context.Context, target, name string) (*client, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	gs := grpc.NewServer()
-	testpb.RegisterEchoServer(gs, &echoService{name: name})
-	cc, err := brpc.Dial(ctx, target, brpc.WithTLSConfig(s.e.ca.ClientTLS()), brpc.WithServer(gs),
-		brpc.WithMetadata(metadata.Pairs("name", name)),
-		brpc.WithKeepalive(soakKeepalive, soakKeepaliveTimeout), brpc.WithConnectBackoff(fastBackoff))
-	if err != nil {
-		gs.Stop()
-		return nil, err
-	}
-	return &client{ClientConn: cc, gs: gs, echo: testpb.NewEchoClient(cc)}, nil
+func (s *soak) dial(target, name string) (*testenv.Client, error) {
+	return s.e.Dial(testenv.ClientConfig{Target: target, Name: name, MD: metadata.Pairs("name", name),
+		Opts: []brpc.DialOption{brpc.WithKeepalive(soakKeepalive, soakKeepaliveTimeout), brpc.WithConnectBackoff(fastBackoff)}})
 }
 
 // TestSoak runs many clients over both transports that connect, call in
@@ -461,7 +442,7 @@ func (s *soak) dial(ctx context.Context, target, name string) (*client, error) {
 func TestSoak(t *testing.T) {
 	dur := soakDuration(t)
 	seed := faultSeed(t, "BRPC_SOAK_SEED")
-	e := newEnv(t, envConfig{transport: "quic", serverOpts: []brpc.ServerOption{
+	e := testenv.New(t, testenv.Config{Transport: "quic", ServerOpts: []brpc.ServerOption{
 		brpc.WithKeepalive(soakKeepalive, soakKeepaliveTimeout),
 		// Reverse connections are released between calls all the time,
 		// so that building and closing them races with calls.
@@ -472,41 +453,26 @@ func TestSoak(t *testing.T) {
 		}),
 	}})
 	// The same server on TCP too, on the QUIC port's number.
-	stls, err := e.ca.ServerTLS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, port, _ := net.SplitHostPort(e.addr)
-	tcpLis, err := brpc.ListenTCP("127.0.0.1:"+port, stls)
-	if err != nil {
-		t.Fatalf("ListenTCP: %v", err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- e.srv.Serve(tcpLis) }()
-	t.Cleanup(func() {
-		e.srv.Stop()
-		if err := <-served; err != nil && err != brpc.ErrServerStopped {
-			t.Errorf("Serve(tcp) = %v after Stop", err)
-		}
-	})
+	e.ServeAlso("tcp", "")
 	s := &soak{e: e, l: newSoakLedger(), dialErrs: map[codes.Code]int64{},
-		targets: map[string]string{"quic": "quic://" + e.addr, "tcp": "tcp://" + e.addr}}
+		targets: map[string]string{"quic": "quic://" + e.Addr, "tcp": "tcp://" + e.Addr}}
 
 	// Warm up: one client per transport, so that the listeners' and the
 	// server's own goroutines and pools exist before the baseline.
-	for _, tr := range transports {
-		c, err := s.dial(context.Background(), s.targets[tr], "warm-"+tr)
+	for _, tr := range testenv.Transports {
+		c, err := s.dial(s.targets[tr], "warm-"+tr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.echo.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
+		if _, err := c.Echo.Unary(testenv.Ctx(t), &testpb.EchoRequest{}); err != nil {
 			t.Fatal(err)
 		}
-		c.close()
+		c.Shutdown()
 	}
-	waitFor(t, 5*time.Second, "the warm-up clients to leave", func() bool { return len(e.srv.Peers()) == 0 })
-	time.Sleep(200 * time.Millisecond)
-	g0, h0 := soakFootprint()
+	testenv.WaitFor(t, 5*time.Second, "the warm-up clients to leave", func() bool { return len(e.Srv.Peers()) == 0 })
+	testenv.SettleGoroutines(t, 10*time.Second)
+	f0 := testenv.MeasureFootprint()
+	g0, h0 := f0.Goroutines, f0.HeapAlloc
 
 	start := time.Now()
 	ctx, stop := context.WithTimeout(context.Background(), dur)
@@ -548,13 +514,13 @@ func TestSoak(t *testing.T) {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(seed, uint64(1000+i)))
 			for ctx.Err() == nil {
-				peers := e.srv.Peers()
+				peers := e.Srv.Peers()
 				if len(peers) == 0 {
 					time.Sleep(5 * time.Millisecond)
 					continue
 				}
 				p := peers[rng.IntN(len(peers))]
-				stub, err := e.srv.Client(p.ID)
+				stub, err := e.Srv.Client(p.ID)
 				if err != nil {
 					continue // gone meanwhile: no call issued
 				}
@@ -576,7 +542,7 @@ func TestSoak(t *testing.T) {
 
 	// Every client is closed: the server must forget them all, and the
 	// process must come back to where it started.
-	waitFor(t, soakKeepaliveTimeout+soakSlack, "every client to leave Peers()", func() bool { return len(e.srv.Peers()) == 0 })
+	testenv.WaitFor(t, soakKeepaliveTimeout+soakSlack, "every client to leave Peers()", func() bool { return len(e.Srv.Peers()) == 0 })
 	// Goroutines of closed sessions may take a moment to return: wait
 	// until the count is back at the start (give or take two), for at most
 	// 10s, then hold it to the bound.
@@ -585,7 +551,8 @@ func TestSoak(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	settled := time.Since(settle)
-	g1, h1 := soakFootprint()
+	f1 := testenv.MeasureFootprint()
+	g1, h1 := f1.Goroutines, f1.HeapAlloc
 	s.report(t, took, dur, seed, g0, g1, h0, h1, settled)
 }
 
@@ -675,7 +642,7 @@ func (s *soak) report(t *testing.T, took, dur time.Duration, seed uint64, g0, g1
 // through a relay it may cut or silence), runs 1-3 forward callers for a
 // random time and disconnects in a random way.
 func (s *soak) session(ctx context.Context, rng *rand.Rand, name string) {
-	tr := transports[rng.IntN(len(transports))]
+	tr := testenv.Transports[rng.IntN(len(testenv.Transports))]
 	target := s.targets[tr]
 	// A quarter of the sessions go through a relay, so that they can vanish
 	// or be cut: a UDP one that also drops, delays and duplicates 1% of
@@ -686,25 +653,25 @@ func (s *soak) session(ctx context.Context, rng *rand.Rand, name string) {
 	if rng.IntN(4) == 0 {
 		via = "through a relay"
 		if tr == "quic" {
-			var r *lossyRelay
-			if r, err = startLossyRelay(s.e.addr, lossConfig{Drop: 0.01, Reorder: 0.01, Duplicate: 0.01}, rng.Uint64()); err == nil {
+			var r *testenv.UDPRelay
+			if r, err = testenv.StartUDPRelay(s.e.Addr, testenv.Faults{Drop: 0.01, Reorder: 0.01, Duplicate: 0.01}, rng.Uint64()); err == nil {
 				defer r.Close()
 				target, vanish = "quic://"+r.Addr(), r.Blackhole
 			}
 		} else {
-			var r *tcpRelay
-			if r, err = startTCPRelay("127.0.0.1:0", s.e.addr); err == nil {
+			var r *testenv.TCPRelay
+			if r, err = testenv.StartTCPRelay("127.0.0.1:0", s.e.Addr); err == nil {
 				defer r.Close()
 				target, vanish, cut = "tcp://"+r.Addr(), r.Blackhole, r.Cut
 			}
 		}
 	}
-	var c *client
+	var c *testenv.Client
 	if err == nil {
 		// Not cut short when the soak ends: an abandoned QUIC handshake
 		// holds a few goroutines on the server until quic-go's handshake
 		// timeout, which would only lengthen the settle wait.
-		c, err = s.dial(context.Background(), target, name)
+		c, err = s.dial(target, name)
 	}
 	if err != nil {
 		s.dialMu.Lock()
@@ -719,7 +686,7 @@ func (s *soak) session(ctx context.Context, rng *rand.Rand, name string) {
 	life, endLife := context.WithTimeout(ctx, time.Duration(50+rng.IntN(1450))*time.Millisecond)
 	defer endLife()
 	var callers sync.WaitGroup
-	site := soakSite{dir: "forward", session: name, tr: tr, stub: c.echo, closing: new(atomic.Bool)}
+	site := soakSite{dir: "forward", session: name, tr: tr, stub: c.Echo, closing: new(atomic.Bool)}
 	for i := range 1 + rng.IntN(3) {
 		crng := rand.New(rand.NewPCG(rng.Uint64(), uint64(i)))
 		callers.Add(1)
@@ -742,26 +709,26 @@ func (s *soak) session(ctx context.Context, rng *rand.Rand, name string) {
 		vanish()
 		callers.Wait()
 		s.l.note(name, "calls done")
-		c.close()
+		c.Shutdown()
 	case mode < 4 && cut != nil:
 		s.cuts.Add(1)
 		s.l.note(name, "cut")
 		cut()
 		callers.Wait()
 		s.l.note(name, "calls done")
-		c.close()
+		c.Shutdown()
 	case mode < 6:
 		s.cleanCloses.Add(1)
 		s.l.note(name, "calls stop")
 		callers.Wait()
 		s.l.note(name, "calls done")
-		c.close()
+		c.Shutdown()
 	default:
 		// Close with calls in flight: they end with Canceled.
 		s.closes.Add(1)
 		s.l.note(name, "closing with calls in flight")
 		site.closing.Store(true)
-		c.close()
+		c.Shutdown()
 		callers.Wait()
 	}
 }

@@ -1,4 +1,4 @@
-package brpc_test
+package integrationtests
 
 import (
 	"bytes"
@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
+	"github.com/brpc-go/brpc/internal/testenv"
 	"github.com/brpc-go/brpc/internal/testpb"
 )
 
@@ -15,10 +18,15 @@ import (
 // handler rather than let the server buffer without bound, and other
 // clients must be served meanwhile.
 func TestClientThatNeverReadsIsContained(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
-		e := newPlainEnvOn(t, tr)
-		greedy := e.connect(clientConfig{name: "greedy"})
-		polite := e.connect(clientConfig{name: "polite"})
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
+		watch := newHandlerWatch("/brpc.test.v1.Echo/ServerStream")
+		e := testenv.New(t, testenv.Config{
+			Transport: tr,
+			GRPCOpts:  []grpc.ServerOption{grpc.ChainStreamInterceptor(watch.intercept)},
+			Call:      func(*testenv.Env) func(context.Context) (string, error) { return nil },
+		})
+		greedy := e.Connect(testenv.ClientConfig{Name: "greedy"})
+		polite := e.Connect(testenv.ClientConfig{Name: "polite"})
 
 		var before runtime.MemStats
 		runtime.GC()
@@ -28,14 +36,16 @@ func TestClientThatNeverReadsIsContained(t *testing.T) {
 		defer cancel()
 		payload := bytes.Repeat([]byte("x"), 256<<10)
 		// 400 responses of 256 KiB: 100 MiB that nobody reads.
-		if _, err := greedy.echo.ServerStream(ctx, &testpb.EchoRequest{Payload: payload, Count: 400}); err != nil {
+		if _, err := greedy.Echo.ServerStream(ctx, &testpb.EchoRequest{Payload: payload, Count: 400}); err != nil {
 			t.Fatalf("ServerStream: %v", err)
 		}
-		time.Sleep(1500 * time.Millisecond) // the server writes until flow control stops it
+		h := watch.next(t)
+		testenv.WaitFor(t, 10*time.Second, "flow control to stop the server's handler", func() bool { return stuck(&h.sends) })
+		t.Logf("the handler sent %d responses before flow control stopped it", h.sends.Load())
 
 		for i := 0; i < 20; i++ {
 			cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_, err := polite.echo.Unary(cctx, &testpb.EchoRequest{Message: "still there?"})
+			_, err := polite.Echo.Unary(cctx, &testpb.EchoRequest{Message: "still there?"})
 			ccancel()
 			if err != nil {
 				t.Fatalf("another client's call while one never reads: %v", err)

@@ -1,7 +1,6 @@
-package brpc_test
+package integrationtests
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -11,9 +10,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/internal/testenv"
 	"github.com/brpc-go/brpc/internal/testpb"
 )
 
@@ -58,20 +56,20 @@ func faultBytes(rng *rand.Rand, n int) []byte {
 // both directions at once.
 func TestFaultLossyUDP(t *testing.T) {
 	seed := faultSeed(t, "BRPC_FAULT_SEED")
-	cfg := lossConfig{Drop: 0.05, Reorder: 0.05, Duplicate: 0.05, MaxDelay: 5 * time.Millisecond}
-	e := newPlainEnv(t)
-	relay := newLossyRelay(t, e.addr, cfg, seed)
+	cfg := testenv.Faults{Drop: 0.05, Reorder: 0.05, Duplicate: 0.05, MaxDelay: 5 * time.Millisecond}
+	e := testenv.NewPlain(t)
+	relay := testenv.NewUDPRelay(t, e.Addr, cfg, seed)
 	t.Logf("relay: %v", cfg)
-	e.target = "quic://" + relay.Addr()
-	c := e.connect(clientConfig{name: "lossy"})
+	e.Target = "quic://" + relay.Addr()
+	c := e.Connect(testenv.ClientConfig{Name: "lossy"})
 
 	const maxPayload = 256 << 10
 	t.Run("calls", func(t *testing.T) {
-		for i, d := range directions(t, e, c, "lossy") {
+		for i, d := range testenv.Directions(t, e, c, "lossy") {
 			rng := rand.New(rand.NewPCG(seed, uint64(10+i)))
-			t.Run(d.name, func(t *testing.T) {
+			t.Run(d.Name, func(t *testing.T) {
 				t.Parallel() // both directions share the lossy path at once
-				ctx := testCtx(t)
+				ctx := testenv.Ctx(t)
 				sizes := []int{0, 1, 1200, 16 << 10, 64 << 10, maxPayload}
 				for range 4 {
 					sizes = append(sizes, 1+rng.IntN(maxPayload))
@@ -79,18 +77,18 @@ func TestFaultLossyUDP(t *testing.T) {
 				for i, n := range sizes {
 					p := faultBytes(rng, n)
 					msg := fmt.Sprint("u", i)
-					r, err := d.stub.Unary(ctx, &testpb.EchoRequest{Message: msg, Payload: p})
+					r, err := d.Stub.Unary(ctx, &testpb.EchoRequest{Message: msg, Payload: p})
 					if err != nil {
 						t.Fatalf("Unary with %d bytes: %v", n, err)
 					}
-					if r.GetMessage() != d.answerer+":"+msg || !bytes.Equal(r.GetPayload(), p) {
+					if r.GetMessage() != d.Answerer+":"+msg || !bytes.Equal(r.GetPayload(), p) {
 						t.Fatalf("Unary with %d bytes came back as %q with %d differing bytes", n, r.GetMessage(), len(r.GetPayload()))
 					}
 				}
 
 				// The bidi stream sends while it receives: the sender runs
 				// ahead, so both directions of the stream carry data at once.
-				bs, err := d.stub.BidiStream(ctx)
+				bs, err := d.Stub.BidiStream(ctx)
 				if err != nil {
 					t.Fatalf("BidiStream: %v", err)
 				}
@@ -117,7 +115,7 @@ func TestFaultLossyUDP(t *testing.T) {
 					if err != nil {
 						t.Fatalf("BidiStream.Recv %d: %v", i, err)
 					}
-					if r.GetIndex() != int32(i) || r.GetMessage() != fmt.Sprint(d.answerer, ":b", i) || !bytes.Equal(r.GetPayload(), p) {
+					if r.GetIndex() != int32(i) || r.GetMessage() != fmt.Sprint(d.Answerer, ":b", i) || !bytes.Equal(r.GetPayload(), p) {
 						t.Fatalf("bidi response %d: index %d, message %q, %d bytes (want %d, equal)", i, r.GetIndex(), r.GetMessage(), len(r.GetPayload()), len(p))
 					}
 				}
@@ -133,8 +131,8 @@ func TestFaultLossyUDP(t *testing.T) {
 	t.Logf("client to server: %v", &relay.Up)
 	t.Logf("server to client: %v", &relay.Down)
 	// The faults must have happened, or the test proved nothing.
-	for what, n := range map[string]*relayCounts{"client to server": &relay.Up, "server to client": &relay.Down} {
-		if n.dropped.Load() == 0 || n.delayed.Load() == 0 || n.duplicated.Load() == 0 {
+	for what, n := range map[string]*testenv.RelayCounts{"client to server": &relay.Up, "server to client": &relay.Down} {
+		if n.Dropped.Load() == 0 || n.Delayed.Load() == 0 || n.Duplicated.Load() == 0 {
 			t.Errorf("%s: %v; want some of each fault", what, n)
 		}
 	}
@@ -199,6 +197,14 @@ func (s *sendCountingStream) SendMsg(m any) error {
 	return err
 }
 
+// stuck reports whether the count n of messages sent is past zero and
+// stays put for 200ms: its sender is blocked on flow control.
+func stuck(n *atomic.Int64) bool {
+	before := n.Load()
+	time.Sleep(200 * time.Millisecond)
+	return before > 0 && n.Load() == before
+}
+
 // next waits for the next handler to start.
 func (w *handlerWatch) next(t *testing.T) *watchedHandler {
 	t.Helper()
@@ -211,116 +217,39 @@ func (w *handlerWatch) next(t *testing.T) *watchedHandler {
 	}
 }
 
-// Environment of the child process of TestFaultClientKilledMidStream.
-const (
-	faultChildTarget = "BRPC_FAULT_CHILD_TARGET"
-	faultChildCA     = "BRPC_FAULT_CHILD_CA"
-	faultChildIDLine = "fault-child-id "
-)
-
-// faultChild is a brpc client running in a child process.
-type faultChild struct {
-	cmd    *exec.Cmd
-	id     string
-	stdin  io.Closer
-	output chan struct{} // closed when its stdout has been read to the end
-}
-
-// startFaultChild starts the child, which dials e, serves its echo service
-// and keeps two long server-streaming calls to the server going; it returns
-// once the child reports its ID, that is once both calls have their first
-// response. t.Cleanup kills the child if it still runs and reaps it.
-func startFaultChild(t *testing.T, e *env) *faultChild {
-	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestFaultChildHelperProcess$", "-test.v")
-	cmd.Env = append(os.Environ(), faultChildTarget+"="+e.target, faultChildCA+"="+string(e.ca.CertPEM()))
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ch := &faultChild{cmd: cmd, stdin: stdin, output: make(chan struct{})}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		stdin.Close()
-		<-ch.output
-		cmd.Wait()
-	})
-	ids := make(chan string, 1)
-	go func() {
-		defer close(ch.output)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if id, ok := strings.CutPrefix(sc.Text(), faultChildIDLine); ok {
-				ids <- id
-			}
-		}
-		close(ids)
-		io.Copy(io.Discard, stdout)
-	}()
-	select {
-	case id, ok := <-ids:
-		if !ok {
-			t.Fatal("the child process ended before reporting its ID")
-		}
-		ch.id = id
-	case <-time.After(30 * time.Second):
-		t.Fatal("the child process did not report its ID within 30s")
-	}
-	return ch
-}
-
-// kill sends SIGKILL: the child gets no chance to close anything.
-func (ch *faultChild) kill(t *testing.T) {
-	t.Helper()
-	if err := ch.cmd.Process.Kill(); err != nil {
-		t.Fatalf("killing the child: %v", err)
-	}
-}
-
-// TestFaultChildHelperProcess is the child process of
-// TestFaultClientKilledMidStream: a brpc client that serves its echo
-// service and keeps two server-streaming calls to the server going, one it
-// reads (flowing) and one it stopped reading (stalled: the server's handler
-// ends up blocked on flow control). It prints its ID once both have
-// answered and waits to be killed (or for its stdin to close).
-func TestFaultChildHelperProcess(t *testing.T) {
-	target := os.Getenv(faultChildTarget)
-	if target == "" {
-		t.Skip("runs only as the child process of TestFaultClientKilledMidStream")
-	}
+// streamingClientRole is the child role "streaming-client" of
+// TestFaultClientKilledMidStream: a brpc client of "target" (trusting the
+// PEM certificate "ca") that serves its echo service and keeps two
+// server-streaming calls to the server going, one it reads (flowing) and
+// one it stopped reading (stalled: the server's handler ends up blocked on
+// flow control). Its ready word is its ID, once both have answered; then
+// it waits to be killed.
+func streamingClientRole(c *testenv.ChildEnv) ([]string, error) {
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM([]byte(os.Getenv(faultChildCA)))
+	pool.AppendCertsFromPEM([]byte(c.Arg("ca")))
 	gs := grpc.NewServer()
-	testpb.RegisterEchoServer(gs, &echoService{name: "child"})
-	defer gs.Stop()
+	testpb.RegisterEchoServer(gs, &testenv.Echo{Name: "child"})
+	c.Cleanup(gs.Stop)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	cc, err := brpc.Dial(ctx, target, brpc.WithTLSConfig(&tls.Config{RootCAs: pool}), brpc.WithServer(gs),
+	cc, err := brpc.Dial(ctx, c.Arg("target"), brpc.WithTLSConfig(&tls.Config{RootCAs: pool}), brpc.WithServer(gs),
 		brpc.WithKeepalive(faultKeepaliveInterval, faultKeepaliveTimeout))
 	cancel()
 	if err != nil {
-		t.Fatalf("Dial: %v", err)
+		return nil, fmt.Errorf("Dial: %w", err)
 	}
-	defer cc.Close()
+	c.Cleanup(func() { cc.Close() })
 	echo := testpb.NewEchoClient(cc)
 	flowing, err := echo.ServerStream(context.Background(), &testpb.EchoRequest{Message: "flowing", Count: 1 << 30, SleepMs: 10})
 	if err != nil {
-		t.Fatalf("ServerStream: %v", err)
+		return nil, fmt.Errorf("ServerStream: %w", err)
 	}
 	stalled, err := echo.ServerStream(context.Background(), &testpb.EchoRequest{Message: "stalled", Count: 1 << 30, Payload: make([]byte, 64<<10)})
 	if err != nil {
-		t.Fatalf("ServerStream: %v", err)
+		return nil, fmt.Errorf("ServerStream: %w", err)
 	}
 	for _, st := range []testpb.Echo_ServerStreamClient{flowing, stalled} {
 		if _, err := st.Recv(); err != nil {
-			t.Fatalf("first response of a long stream: %v", err)
+			return nil, fmt.Errorf("first response of a long stream: %w", err)
 		}
 	}
 	go func() {
@@ -330,8 +259,7 @@ func TestFaultChildHelperProcess(t *testing.T) {
 			}
 		}
 	}()
-	fmt.Println(faultChildIDLine + cc.ID())
-	io.Copy(io.Discard, os.Stdin)
+	return []string{cc.ID()}, nil
 }
 
 // TestFaultClientKilledMidStream kills (SIGKILL) a client process in the
@@ -346,22 +274,26 @@ func TestFaultChildHelperProcess(t *testing.T) {
 // reverse calls with codes.Unavailable, the handlers with their context
 // canceled and returned. The client must leave Peers().
 func TestFaultClientKilledMidStream(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		watch := newHandlerWatch("/brpc.test.v1.Echo/ServerStream")
-		e := newEnv(t, envConfig{
-			transport:  tr,
-			serverOpts: []brpc.ServerOption{brpc.WithKeepalive(faultKeepaliveInterval, faultKeepaliveTimeout)},
-			grpcOpts:   []grpc.ServerOption{grpc.ChainStreamInterceptor(watch.intercept)},
-			call:       func(*env) func(context.Context) (string, error) { return nil },
+		e := testenv.New(t, testenv.Config{
+			Transport:  tr,
+			ServerOpts: []brpc.ServerOption{brpc.WithKeepalive(faultKeepaliveInterval, faultKeepaliveTimeout)},
+			GRPCOpts:   []grpc.ServerOption{grpc.ChainStreamInterceptor(watch.intercept)},
+			Call:       func(*testenv.Env) func(context.Context) (string, error) { return nil },
 		})
-		child := startFaultChild(t, e)
+		// The child dials e, serves its echo service and keeps two long
+		// server-streaming calls to the server going; it is ready once both
+		// calls have their first response.
+		child := testenv.StartChild(t, "streaming-client", map[string]string{"target": e.Target, "ca": string(e.CA.CertPEM())})
+		childID := child.Ready[0]
 		// The child's forward calls: their handlers are running, since the
 		// child has had a response from each.
 		handlers := []*watchedHandler{watch.next(t), watch.next(t)}
 
-		rev, err := e.srv.Client(child.id)
+		rev, err := e.Srv.Client(childID)
 		if err != nil {
-			t.Fatalf("Client(%q): %v", child.id, err)
+			t.Fatalf("Client(%q): %v", childID, err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
@@ -417,14 +349,8 @@ func TestFaultClientKilledMidStream(t *testing.T) {
 				sent.Add(1)
 			}
 		}()
-		// stuck reports whether n stays put for a while.
-		stuck := func(n *atomic.Int64) bool {
-			before := n.Load()
-			time.Sleep(200 * time.Millisecond)
-			return before > 0 && n.Load() == before
-		}
-		waitFor(t, 10*time.Second, "the reverse bidi sender to block on flow control", func() bool { return stuck(&sent) })
-		waitFor(t, 10*time.Second, "a forward handler to block on flow control", func() bool {
+		testenv.WaitFor(t, 10*time.Second, "the reverse bidi sender to block on flow control", func() bool { return stuck(&sent) })
+		testenv.WaitFor(t, 10*time.Second, "a forward handler to block on flow control", func() bool {
 			return stuck(&handlers[0].sends) || stuck(&handlers[1].sends)
 		})
 		for _, h := range handlers {
@@ -435,13 +361,13 @@ func TestFaultClientKilledMidStream(t *testing.T) {
 			}
 		}
 
-		child.kill(t)
+		child.Kill(t)
 		killed := time.Now()
 		bound := faultKeepaliveTimeout + faultSlack
 		for range 2 {
 			select {
 			case r := <-ends:
-				wantCode(t, r.err, codes.Unavailable, r.what+" to a killed client")
+				testenv.WantCode(t, r.err, codes.Unavailable, r.what+" to a killed client")
 				t.Logf("%s ended %v after the kill, after %d messages: %v", r.what, r.at.Sub(killed).Round(time.Millisecond), r.n, r.err)
 			case <-time.After(bound - time.Since(killed)):
 				t.Fatalf("reverse streams to the killed client still open %v after the kill", bound)
@@ -463,9 +389,9 @@ func TestFaultClientKilledMidStream(t *testing.T) {
 				t.Fatal("a forward handler did not return after its context ended")
 			}
 		}
-		waitFor(t, bound-time.Since(killed), "the killed client to leave Peers()", func() bool {
-			_, err := e.srv.Client(child.id)
-			return status.Code(err) == codes.NotFound && len(e.srv.Peers()) == 0
+		testenv.WaitFor(t, bound-time.Since(killed), "the killed client to leave Peers()", func() bool {
+			_, err := e.Srv.Client(childID)
+			return status.Code(err) == codes.NotFound && len(e.Srv.Peers()) == 0
 		})
 		t.Logf("gone from Peers() %v after the kill", time.Since(killed).Round(time.Millisecond))
 	})
@@ -482,13 +408,9 @@ type echoReceiver interface {
 // of hanging, the clients reconnect by themselves and new streams work both
 // ways.
 func TestFaultServerRestartWhileStreaming(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		const n = 4
-		cfg := envConfig{transport: tr, serverOpts: []brpc.ServerOption{brpc.WithAuthenticator(byNameFromMetadata)}}
-		e := newEnv(t, cfg)
-		r := restartOn(t, e, cfg)
-		clients := connectNamed(e, n, "streamer-")
-		waitFor(t, 10*time.Second, "all clients to connect", func() bool { return len(r.srv().Peers()) == n })
+		r, clients := restartNamed(t, tr, n, "streamer-")
 
 		// Per client: a forward server stream, a forward bidi stream and a
 		// reverse server stream, each past its first message.
@@ -513,7 +435,7 @@ func TestFaultServerRestartWhileStreaming(t *testing.T) {
 		long := &testpb.EchoRequest{Message: "long", Count: 1 << 30, SleepMs: 10}
 		for i, c := range clients {
 			name := fmt.Sprint("streamer-", i)
-			fss, err := c.echo.ServerStream(ctx, long)
+			fss, err := c.Echo.ServerStream(ctx, long)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -522,7 +444,7 @@ func TestFaultServerRestartWhileStreaming(t *testing.T) {
 			}
 			drain(name+" forward server stream", func() error { _, err := fss.Recv(); return err })
 
-			bs, err := c.echo.BidiStream(ctx)
+			bs, err := c.Echo.BidiStream(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -565,7 +487,7 @@ func TestFaultServerRestartWhileStreaming(t *testing.T) {
 
 		restarted := time.Now()
 		r.start()
-		waitFor(t, 10*time.Second, "all clients to reconnect", func() bool { return len(r.srv().Peers()) == n })
+		testenv.WaitFor(t, 10*time.Second, "all clients to reconnect", func() bool { return len(r.srv().Peers()) == n })
 		t.Logf("%d clients back %v after the restart", n, time.Since(restarted).Round(time.Millisecond))
 
 		check := func(what string, st echoReceiver, want string, count int) {
@@ -582,16 +504,16 @@ func TestFaultServerRestartWhileStreaming(t *testing.T) {
 		}
 		for i, c := range clients {
 			name := fmt.Sprint("streamer-", i)
-			ctx := testCtx(t)
+			ctx := testenv.Ctx(t)
 			// The client may learn of its new session just after the server
 			// lists it: wait for ready.
-			fss, err := c.echo.ServerStream(ctx, &testpb.EchoRequest{Message: "again", Count: 5}, grpc.WaitForReady(true))
+			fss, err := c.Echo.ServerStream(ctx, &testpb.EchoRequest{Message: "again", Count: 5}, grpc.WaitForReady(true))
 			if err != nil {
 				t.Fatal(err)
 			}
 			check(name+" forward server stream after the restart", fss, "server:again", 5)
 
-			bs, err := c.echo.BidiStream(ctx, grpc.WaitForReady(true))
+			bs, err := c.Echo.BidiStream(ctx, grpc.WaitForReady(true))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -641,7 +563,7 @@ func skipKnownBug(t *testing.T, bug string) {
 // logging or metrics interceptors may, or the scheduler under load) makes
 // that window certain.
 func TestFaultReverseCallCutOffAfterItsDeadline(t *testing.T) {
-	eachTransport(t, func(t *testing.T, tr string) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
 		slowAfter := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 			err := invoker(ctx, method, req, reply, cc, opts...)
 			if err != nil {
@@ -649,19 +571,17 @@ func TestFaultReverseCallCutOffAfterItsDeadline(t *testing.T) {
 			}
 			return err
 		}
-		e := newEnv(t, envConfig{
-			transport:  tr,
-			serverOpts: []brpc.ServerOption{brpc.WithGRPCDialOptions(grpc.WithChainUnaryInterceptor(slowAfter))},
-			call:       func(*env) func(context.Context) (string, error) { return nil },
+		e := testenv.New(t, testenv.Config{
+			Transport:  tr,
+			ServerOpts: []brpc.ServerOption{brpc.WithGRPCDialOptions(grpc.WithChainUnaryInterceptor(slowAfter))},
+			Call:       func(*testenv.Env) func(context.Context) (string, error) { return nil },
 		})
-		c := e.connect(clientConfig{name: "alice"})
-		rev, err := e.srv.Client(c.ID())
+		c := e.Connect(testenv.ClientConfig{Name: "alice"})
+		rev, err := e.Srv.Client(c.ID())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := rev.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
-			t.Fatalf("warm-up: %v", err)
-		}
+		testenv.Warm(t, rev)
 		done := make(chan error, 1)
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
@@ -669,8 +589,8 @@ func TestFaultReverseCallCutOffAfterItsDeadline(t *testing.T) {
 			_, err := rev.Unary(ctx, &testpb.EchoRequest{SleepMs: 5000})
 			done <- err
 		}()
-		time.Sleep(200 * time.Millisecond) // the call is in the client's handler
-		e.srv.Stop()
+		testenv.WaitFor(t, 5*time.Second, "the call to reach the client's handler", func() bool { return c.Service.Sleeping() == 1 })
+		e.Srv.Stop()
 		select {
 		case err := <-done:
 			if c := status.Code(err); c != codes.Unavailable && c != codes.DeadlineExceeded {
@@ -693,34 +613,82 @@ func TestFaultReverseCallCutOffAfterItsDeadline(t *testing.T) {
 func TestFaultQUICDeadPeerDetectionOnASlowPath(t *testing.T) {
 	skipKnownBug(t, "on QUIC, dead-peer detection takes at least 3 PTO, beyond WithKeepalive's timeout on slow paths (documented on WithKeepalive)")
 	const timeout = time.Second
-	e := newEnv(t, envConfig{
-		serverOpts: []brpc.ServerOption{brpc.WithKeepalive(100*time.Millisecond, timeout)},
-		call:       func(*env) func(context.Context) (string, error) { return nil },
+	e := testenv.New(t, testenv.Config{
+		ServerOpts: []brpc.ServerOption{brpc.WithKeepalive(100*time.Millisecond, timeout)},
+		Call:       func(*testenv.Env) func(context.Context) (string, error) { return nil },
 	})
-	relay := newLossyRelay(t, e.addr, lossConfig{Latency: 500 * time.Millisecond}, 1)
-	e.target = "quic://" + relay.Addr()
-	c := e.connect(clientConfig{name: "far", opts: []brpc.DialOption{brpc.WithKeepalive(100*time.Millisecond, timeout)}})
-	rev, err := e.srv.Client(c.ID())
+	relay := testenv.NewUDPRelay(t, e.Addr, testenv.Faults{Latency: 500 * time.Millisecond}, 1)
+	e.Target = "quic://" + relay.Addr()
+	c := e.Connect(testenv.ClientConfig{Name: "far", Opts: []brpc.DialOption{brpc.WithKeepalive(100*time.Millisecond, timeout)}})
+	rev, err := e.Srv.Client(c.ID())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for range 5 { // RTT samples, so that the path's PTO settles
-		if _, err := rev.Unary(testCtx(t), &testpb.EchoRequest{}); err != nil {
+		if _, err := rev.Unary(testenv.Ctx(t), &testpb.EchoRequest{}); err != nil {
 			t.Fatalf("reverse call: %v", err)
 		}
 	}
-	back := inflight(rev, 20*time.Second)
-	time.Sleep(100 * time.Millisecond)
+	back := testenv.Inflight(rev, 20*time.Second)
+	testenv.WaitFor(t, 5*time.Second, "the call to reach the client's handler", func() bool { return c.Service.Sleeping() == 1 })
 	relay.Blackhole()
 	vanished := time.Now()
 	bound := timeout + time.Second // generous for a 1s timeout, short of 3 PTO
 	select {
 	case err := <-back:
-		wantCode(t, err, codes.Unavailable, "a reverse call to a vanished client")
+		testenv.WantCode(t, err, codes.Unavailable, "a reverse call to a vanished client")
 		if took := time.Since(vanished); took > bound {
 			t.Fatalf("the reverse call to the vanished client failed after %v; WithKeepalive's timeout is %v", took.Round(time.Millisecond), timeout)
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("the reverse call to the vanished client did not end")
 	}
+}
+
+// TestFaultQUICClientMovesToANewPort moves a QUIC client to a new source
+// port mid-session, as a NAT rebinding does: calls in both directions keep
+// working on the same session, and the client is never disconnected.
+func TestFaultQUICClientMovesToANewPort(t *testing.T) {
+	disconnected := make(chan brpc.PeerEvent, 1)
+	e := testenv.New(t, testenv.Config{
+		ServerOpts: []brpc.ServerOption{brpc.WithPeerEvents(func(ev brpc.PeerEvent) {
+			if ev.Type == brpc.PeerDisconnected {
+				select {
+				case disconnected <- ev:
+				default:
+				}
+			}
+		})},
+		Call: func(*testenv.Env) func(context.Context) (string, error) { return nil },
+	})
+	relay := testenv.NewUDPRelay(t, e.Addr, testenv.Faults{}, 1)
+	e.Target = "quic://" + relay.Addr()
+	c := e.Connect(testenv.ClientConfig{Name: "mover"})
+	dirs := testenv.Directions(t, e, c, "mover")
+	call := func(when string) {
+		t.Helper()
+		for _, d := range dirs {
+			r, err := d.Stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: when})
+			if err != nil || r.GetMessage() != d.Answerer+":"+when {
+				t.Fatalf("%s call %s: %q, %v", d.Name, when, r.GetMessage(), err)
+			}
+		}
+	}
+	call("before")
+	before := relay.UpstreamAddr()
+	moved, err := relay.Rebind()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the client moved from %s to %s", before, moved)
+	call("after")
+	select {
+	case ev := <-disconnected:
+		t.Fatalf("the client was disconnected after moving: %+v", ev)
+	default:
+	}
+	if p := e.Srv.Peers(); len(p) != 1 || p[0].ID != c.ID() {
+		t.Fatalf("Peers() after the move = %v, want the one client %s", p, c.ID())
+	}
+	t.Logf("Peers() reports the client at %v", e.Srv.Peers()[0].RemoteAddr)
 }

@@ -1,0 +1,154 @@
+package testenv
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TCPRelay forwards TCP connections to a server. When one side of a
+// relayed connection ends, the relay closes the other. Blackhole makes it go
+// silent without closing anything: both sides keep an open socket to the
+// relay, nothing arrives any more, and neither hears of the other's end
+// either. Cut closes every connection relayed so far. Close also closes
+// connections still being set up when it runs, so that it returns at once:
+// a connection accepted while closing is closed, not left to the server's
+// handshake timeout.
+type TCPRelay struct {
+	ln       net.Listener
+	server   string
+	dropping atomic.Bool
+
+	mu     sync.Mutex
+	closed bool
+	conns  map[net.Conn]struct{}
+	wg     sync.WaitGroup
+}
+
+// NewTCPRelay starts a relay on an ephemeral loopback port; t.Cleanup
+// closes it.
+func NewTCPRelay(t testing.TB, server string) *TCPRelay {
+	return NewTCPRelayAt(t, "127.0.0.1:0", server)
+}
+
+// NewTCPRelayAt starts a relay listening on addr; t.Cleanup closes it.
+func NewTCPRelayAt(t testing.TB, addr, server string) *TCPRelay {
+	t.Helper()
+	r, err := StartTCPRelay(addr, server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	return r
+}
+
+// StartTCPRelay starts a relay listening on addr; the caller must Close it.
+func StartTCPRelay(addr, server string) (*TCPRelay, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	r := &TCPRelay{ln: ln, server: server, conns: map[net.Conn]struct{}{}}
+	r.wg.Add(1)
+	go r.accept()
+	return r, nil
+}
+
+// track registers c, or closes it and reports false once the relay is
+// closed.
+func (r *TCPRelay) track(c net.Conn) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		c.Close()
+		return false
+	}
+	r.conns[c] = struct{}{}
+	return true
+}
+
+func (r *TCPRelay) forget(c net.Conn) {
+	r.mu.Lock()
+	delete(r.conns, c)
+	r.mu.Unlock()
+	c.Close()
+}
+
+func (r *TCPRelay) accept() {
+	defer r.wg.Done()
+	for {
+		front, err := r.ln.Accept()
+		if err != nil {
+			return
+		}
+		if !r.track(front) {
+			return
+		}
+		back, err := net.DialTimeout("tcp", r.server, 5*time.Second)
+		if err != nil {
+			r.forget(front)
+			continue
+		}
+		if !r.track(back) {
+			r.forget(front)
+			return
+		}
+		r.wg.Add(2)
+		go r.pump(front, back)
+		go r.pump(back, front)
+	}
+}
+
+// pump copies from one side to the other. When from ends, so does to,
+// unless the relay has gone silent: a vanished peer's end is not passed on.
+func (r *TCPRelay) pump(from, to net.Conn) {
+	defer r.wg.Done()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := from.Read(buf)
+		if err != nil {
+			break
+		}
+		if !r.dropping.Load() {
+			if _, err := to.Write(buf[:n]); err != nil {
+				break
+			}
+		}
+	}
+	r.forget(from)
+	if !r.dropping.Load() {
+		r.forget(to)
+	}
+}
+
+// Addr is where clients should dial.
+func (r *TCPRelay) Addr() string { return r.ln.Addr().String() }
+
+// Blackhole drops every byte from now on, keeping the connections open.
+func (r *TCPRelay) Blackhole() { r.dropping.Store(true) }
+
+// Cut closes the connections relayed so far; new ones are still accepted.
+func (r *TCPRelay) Cut() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for c := range r.conns {
+		c.Close()
+	}
+}
+
+// Close stops the relay, closes every connection and waits for its
+// goroutines. It may be called more than once.
+func (r *TCPRelay) Close() {
+	r.mu.Lock()
+	if !r.closed {
+		r.closed = true
+		r.ln.Close()
+		for c := range r.conns {
+			c.Close()
+		}
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+}
