@@ -300,13 +300,6 @@ func (c *Conn) log(level slog.Level, msg string, cs *clientSession, attrs ...slo
 	l.LogAttrs(context.Background(), level, msg, append(base, attrs...)...)
 }
 
-func errString(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
-}
-
 func addrString(a net.Addr) string {
 	if a == nil {
 		return ""

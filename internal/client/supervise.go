@@ -29,7 +29,8 @@ func (c *Conn) supervise(cs *clientSession) {
 			return
 		}
 		err := c.sessionEnded(cs)
-		c.log(slog.LevelInfo, "brpc: session ended", cs, slog.String("cause", errString(context.Cause(cs.sess.Context()))))
+		e, _ := cs.sess.Ending()
+		c.log(slog.LevelInfo, "brpc: session ended", cs, slog.String("cause", e.String()))
 		if err != nil {
 			c.log(slog.LevelWarn, "brpc: not reconnecting", cs, slog.String("reason", err.Error()))
 			c.stop(err)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/brpc-go/brpc/internal/certs"
 	"github.com/brpc-go/brpc/internal/session"
@@ -57,11 +58,11 @@ func TestConcurrentClosesAgreeOnKindAndReason(t *testing.T) {
 				wg.Add(2)
 				go func() {
 					defer wg.Done()
-					ss.closeTold(session.CodeReplaced, replacedReason, errors.New("replaced"))
+					ss.closeTold(session.CodeReplaced, replacedReason, errors.New("replaced"), time.Now().Add(bound))
 				}()
 				go func() {
 					defer wg.Done()
-					ss.close(session.CodeShutdown, "server stopped", errShuttingDown)
+					ss.closeTold(session.CodeShutdown, "server stopped", errShuttingDown, time.Now().Add(bound))
 				}()
 				wg.Wait()
 				<-server.Context().Done()

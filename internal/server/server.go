@@ -260,8 +260,15 @@ func (s *Server) GracefulStop() {
 	s.Stop()
 }
 
+// stopLinger bounds how long Stop waits, for all sessions together, for
+// clients told of the shutdown to close their sessions themselves.
+const stopLinger = 500 * time.Millisecond
+
 // Stop closes everything now: listeners, sessions and the *grpc.Server.
-// Calls in flight in either direction end with codes.Unavailable.
+// Calls in flight in either direction end with codes.Unavailable. Each
+// client is sent a Closing notice with session.CodeShutdown first, all at
+// once, and Stop closes the sessions the clients have not closed within
+// stopLinger.
 func (s *Server) Stop() {
 	s.mu.Lock()
 	if s.state == stateStopped {
@@ -280,9 +287,19 @@ func (s *Server) Stop() {
 
 	s.gs.Stop()
 	s.streams.Close()
+	// Every client is told why at once (TCP carries no close code), and
+	// the whole gets stopLinger to close from the clients' side: a client
+	// that stopped reading holds Stop up to that, not each one in turn.
+	deadline := time.Now().Add(stopLinger)
+	var told sync.WaitGroup
 	for _, ss := range sessions {
-		ss.close(session.CodeShutdown, "server stopped", errShuttingDown)
+		told.Add(1)
+		go func() {
+			defer told.Done()
+			ss.closeTold(session.CodeShutdown, "server stopped", errShuttingDown, deadline)
+		}()
 	}
+	told.Wait()
 	for _, l := range listeners {
 		l.Close()
 	}
