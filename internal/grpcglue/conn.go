@@ -33,11 +33,8 @@ type SessionInfo struct {
 // NewSessionInfo describes a session whose TLS handshake ended in state.
 func NewSessionInfo(p Peer, state tls.ConnectionState, owner any) *SessionInfo {
 	return &SessionInfo{
-		Peer: p,
-		TLS: credentials.TLSInfo{
-			State:          state,
-			CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
-		},
+		Peer:  p,
+		TLS:   tlsInfoOf(state),
 		Owner: owner,
 	}
 }
