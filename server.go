@@ -24,7 +24,10 @@ type Server[C any] struct {
 // builds, for every connected client, a typed stub C with newClient —
 // normally a protoc-generated NewXxxClient.
 //
-// gs must not have transport credentials: brpc's sessions are TLS already.
+// Build gs with grpc.Creds(TransportCredentials()) for its handlers and
+// interceptors to see each client's TLS state as peer.AuthInfo, or with no
+// transport credentials; other credentials (grpc-go's TLS) cannot serve
+// brpc's sessions, which are TLS already.
 // The Server owns gs from now on: GracefulStop and Stop stop it too.
 func NewServer[C any](gs *grpc.Server, newClient func(grpc.ClientConnInterface) C, opts ...ServerOption) *Server[C] {
 	o := defaultServerOptions()
