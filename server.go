@@ -29,6 +29,13 @@ type Server[C any] struct {
 // transport credentials; other credentials (grpc-go's TLS) cannot serve
 // brpc's sessions, which are TLS already.
 // The Server owns gs from now on: GracefulStop and Stop stop it too.
+//
+// Without WithAuthenticator, anyone who reaches the server's port and
+// speaks brpc's protocol is admitted as a client, under a random ID, and may
+// call gs's services: give an Authenticator (or require client certificates
+// in the listener's tls.Config) to a server that is reachable by strangers.
+// WithMaxClients then bounds admitted clients; docs/security.md gives what
+// each connection, admitted or not, can make the server hold.
 func NewServer[C any](gs *grpc.Server, newClient func(grpc.ClientConnInterface) C, opts ...ServerOption) *Server[C] {
 	o := defaultServerOptions()
 	for _, opt := range opts {
