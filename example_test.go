@@ -65,7 +65,7 @@ func Example() {
 	serverTLS, clientTLS := exampleTLS()
 
 	// Server: the application's own *grpc.Server, wrapped.
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(grpc.Creds(brpc.TransportCredentials()))
 	g := &greeter{}
 	g.srv = brpc.NewServer(gs, greeterpb.NewNamerClient)
 	greeterpb.RegisterGreeterServer(gs, g)
@@ -77,7 +77,7 @@ func Example() {
 	defer g.srv.Stop()
 
 	// Client: its own *grpc.Server holds the services the server may call.
-	cgs := grpc.NewServer()
+	cgs := grpc.NewServer(grpc.Creds(brpc.TransportCredentials()))
 	greeterpb.RegisterNamerServer(cgs, &namer{name: "gopher"})
 	defer cgs.Stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -100,7 +100,7 @@ func Example() {
 // background job or an admin API.
 func ExampleServer_Client() {
 	serverTLS, clientTLS := exampleTLS()
-	srv := brpc.NewServer(grpc.NewServer(), greeterpb.NewNamerClient)
+	srv := brpc.NewServer(grpc.NewServer(grpc.Creds(brpc.TransportCredentials())), greeterpb.NewNamerClient)
 	lis, err := brpc.ListenQUIC("127.0.0.1:0", serverTLS)
 	if err != nil {
 		log.Fatal(err)
@@ -111,7 +111,7 @@ func ExampleServer_Client() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, name := range []string{"ada", "grace"} {
-		cgs := grpc.NewServer()
+		cgs := grpc.NewServer(grpc.Creds(brpc.TransportCredentials()))
 		greeterpb.RegisterNamerServer(cgs, &namer{name: name})
 		defer cgs.Stop()
 		cc, err := brpc.Dial(ctx, "quic://"+lis.Addr().String(), brpc.WithTLSConfig(clientTLS), brpc.WithServer(cgs))
@@ -156,7 +156,7 @@ func ExampleWithAuthenticator() {
 		}
 		return "", status.Error(codes.Unauthenticated, "unknown token")
 	}
-	srv := brpc.NewServer(grpc.NewServer(), greeterpb.NewNamerClient, brpc.WithAuthenticator(auth))
+	srv := brpc.NewServer(grpc.NewServer(grpc.Creds(brpc.TransportCredentials())), greeterpb.NewNamerClient, brpc.WithAuthenticator(auth))
 	lis, err := brpc.ListenQUIC("127.0.0.1:0", serverTLS)
 	if err != nil {
 		log.Fatal(err)

@@ -324,9 +324,11 @@ func WithTLSConfig(c *tls.Config) DialOption {
 }
 
 // WithServer gives the client's own services, which the server can call. The
-// server is fed the streams the brpc server opens; it must not have transport
-// credentials of its own (the session is already TLS). Without it, the
-// server's calls to this client fail with codes.Unimplemented.
+// server is fed the streams the brpc server opens. Build it with
+// grpc.Creds(TransportCredentials()) for its handlers to see the server's TLS
+// state as peer.AuthInfo, or with no transport credentials; other credentials
+// (grpc-go's TLS) cannot serve the session, which is TLS already. Without it,
+// the server's calls to this client fail with codes.Unimplemented.
 func WithServer(gs *grpc.Server) DialOption {
 	return dialOptionFunc(func(o *dialOptions) { o.server = gs })
 }

@@ -108,7 +108,7 @@ func demo(ctx context.Context, cfg demoConfig, w io.Writer) (err error) {
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(caPEM)
 
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(grpc.Creds(brpc.TransportCredentials()))
 	greeter := &demoGreeter{out: out}
 	greeterpb.RegisterGreeterServer(gs, greeter)
 	var opts []brpc.ServerOption
@@ -247,7 +247,7 @@ func demo(ctx context.Context, cfg demoConfig, w io.Writer) (err error) {
 
 // connect dials the server as name, serving a Namer that answers name.
 func connect(ctx context.Context, addr string, roots *x509.CertPool, name string) (*demoClient, error) {
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(grpc.Creds(brpc.TransportCredentials()))
 	greeterpb.RegisterNamerServer(gs, &namer{name: name})
 	cc, err := brpc.Dial(ctx, "quic://"+addr,
 		brpc.WithTLSConfig(&tls.Config{RootCAs: roots}),

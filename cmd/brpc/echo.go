@@ -68,7 +68,7 @@ func echoServer(ctx context.Context, cfg echoServerConfig, stdout io.Writer) err
 	if err != nil {
 		return err
 	}
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(grpc.Creds(brpc.TransportCredentials()))
 	var mu sync.Mutex
 	srv := brpc.NewServer(gs, echopb.NewEchoClient, brpc.WithPeerEvents(func(ev brpc.PeerEvent) {
 		mu.Lock()
@@ -212,7 +212,7 @@ func echoClient(ctx context.Context, cfg echoClientConfig, stdout io.Writer) err
 		}
 		tlsConf.RootCAs = pool
 	}
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(grpc.Creds(brpc.TransportCredentials()))
 	echopb.RegisterEchoServer(gs, echoService{})
 	defer gs.Stop()
 

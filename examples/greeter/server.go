@@ -95,8 +95,10 @@ func RunServer(ctx context.Context, cfg ServerConfig, out io.Writer) error {
 	logger.Printf("wrote the CA certificate to %s (clients trust it with -ca)", cfg.CAOut)
 
 	// The application's own grpc.Server: brpc feeds it the calls clients
-	// make, with its interceptors and options intact.
-	gs := grpc.NewServer()
+	// make, with its interceptors and options intact. brpc's credentials let
+	// its handlers see each caller's address and TLS state in
+	// peer.FromContext, as grpc-go over TLS would show them.
+	gs := grpc.NewServer(grpc.Creds(brpc.TransportCredentials()))
 	greeter := &greeterService{log: logger}
 	greeterpb.RegisterGreeterServer(gs, greeter)
 	// Every connected client gets a NamerClient stub built on its session.

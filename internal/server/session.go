@@ -152,10 +152,9 @@ func (ss *Session) admit(ctx context.Context, md metadata.MD) (string, func(), e
 	ss.info = grpcglue.NewSessionInfo(grpcglue.Peer{
 		ID:          id,
 		Metadata:    md,
-		RemoteAddr:  ss.sess.RemoteAddr(),
 		Transport:   ss.sess.Transport(),
 		ConnectedAt: time.Now(),
-	}, ss.sess.TLS(), ss)
+	}, ss.sess, ss)
 	conn := grpcglue.NewLazyConn(ss.dialGRPC, s.conf.ReverseIdle)
 	if s.conf.NewStub != nil {
 		ss.stub = s.conf.NewStub(conn)
