@@ -166,11 +166,13 @@ func (s *Server[C]) tcpConfig() session.TCPConfig {
 	// The TLS handshake of a TCP session is the listener's; QUIC's is bounded
 	// by quic-go's handshake idle timeout.
 	conf.HandshakeTimeout = s.opts.handshakeTimeout
-	return session.TCPConfig{Settings: conf, MaxPendingHandshakes: s.opts.maxPending}
+	return session.TCPConfig{Settings: conf, MaxPendingHandshakes: s.opts.maxPending, MaxControlBytes: s.opts.maxHelloSize + 4}
 }
 
 func (s *Server[C]) quicConfig() session.QUICConfig {
-	return session.QUICConfig{Settings: s.sessionConfig(), VerifyAddresses: s.limiter != nil}
+	conf := s.sessionConfig()
+	conf.HandshakeTimeout = s.opts.handshakeTimeout
+	return session.QUICConfig{Settings: conf, VerifyAddresses: s.limiter != nil, MaxPendingHandshakes: s.opts.maxPending}
 }
 
 // admit is the listeners' admission check, nil when there is none.
@@ -465,6 +467,7 @@ func (ss *serverSession[C]) handshake() error {
 		}()
 	}
 
+	ss.sess.Admitted()
 	if err := handshake.WriteMsg(ctrl, handshake.Accept(version, id)); err != nil {
 		s.peers.Remove(id, ss)
 		ss.sess.Close(session.CodeProtocol, "welcome not delivered")

@@ -34,6 +34,11 @@ type TCPConfig struct {
 	// MaxPendingHandshakes, on a listener, caps the TLS handshakes in
 	// progress at once; connections beyond it are closed at once.
 	MaxPendingHandshakes int
+	// MaxControlBytes, on a listener, caps what the peer may send on the
+	// control stream before its session is admitted: the hello, with its
+	// length prefix, and at least yamux's initial stream window (256 KiB).
+	// More fails the session with CodeProtocol.
+	MaxControlBytes int
 }
 
 // maxStreamWindow is the largest receive window of one stream: enough for
@@ -83,6 +88,8 @@ type tcpSession struct {
 	pingEvery time.Duration // 0: no keepalive
 	pingMu    sync.Mutex
 	pingT     *time.Timer // nil once the session ended
+
+	insp *frameInspector // a listener's session: what the peer may send; nil when dialed
 }
 
 func newTCPSession(tc *tls.Conn, mux *yamux.Session, conf TCPConfig) *tcpSession {
@@ -369,11 +376,15 @@ func (l *TCPListener) establish(raw net.Conn, tlsConf *tls.Config, conf TCPConfi
 		return nil, errors.New("session: the client did not negotiate the application protocol")
 	}
 	raw.SetDeadline(time.Time{})
-	mux, err := yamux.Server(&frameJoiner{ReadWriteCloser: tc, batch: rb}, conf.yamux())
+	insp := newFrameInspector(tc, conf.MaxControlBytes)
+	mux, err := yamux.Server(&frameJoiner{ReadWriteCloser: insp, batch: rb}, conf.yamux())
 	if err != nil {
 		return nil, err
 	}
-	return newTCPSession(tc, mux, conf), nil
+	s := newTCPSession(tc, mux, conf)
+	s.insp = insp
+	insp.setFail(func(err error) { s.cancel(err) })
+	return s, nil
 }
 
 // Accept returns the next session whose TLS handshake completed.

@@ -1,0 +1,168 @@
+package session
+
+import (
+	"encoding/binary"
+	"io"
+	"sync"
+	"sync/atomic"
+)
+
+// yamux frame types and flags beyond those of framejoin.go (hashicorp/yamux
+// spec.md).
+const (
+	yamuxTypeWindowUpdate = 1
+	yamuxFlagSYN          = 1
+)
+
+// yamuxInitialWindow is the receive window yamux's protocol gives every new
+// stream: what a peer may send on a stream before the other side reads it.
+const yamuxInitialWindow = 256 << 10
+
+// frameInspector sits on the read side of a listener's TCP session, between
+// TLS and yamux, and follows the yamux frames the peer sends, so that what
+// brpc's protocol forbids never reaches yamux's buffers:
+//   - before the session is admitted, the peer may open one stream (the
+//     control stream, the first it opens); the SYN of a second one fails the
+//     connection, since yamux would keep up to 256 KiB for it that nobody
+//     reads;
+//   - before admission, the control stream may carry at most limit bytes
+//     (the hello, or yamux's initial window if larger); yamux opens its
+//     window to MaxStreamWindowSize as soon as
+//     the server reads, which would let the peer park megabytes there while
+//     the server authenticates it;
+//   - after admission, the control stream carries nothing from the peer
+//     (in protocol v1 the client sends nothing after its hello) and data
+//     there fails the connection: nothing reads it, so yamux would keep it
+//     for the session's life.
+//
+// Failing the connection means Read returns an error, which ends yamux's
+// receive loop and the session; fail, once set, records the session's cause
+// (CodeProtocol). Only yamux's receive loop reads, so the parsing state needs
+// no lock; admitted is set from the handshake's goroutine.
+type frameInspector struct {
+	io.ReadWriteCloser
+	limit    int64 // control stream bytes allowed before admission
+	admitted atomic.Bool
+
+	hdr     [yamuxHeaderSize]byte
+	hdrLen  int    // bytes of hdr filled
+	body    uint32 // data bytes left in the current frame
+	ctrlID  uint32 // 0: no stream opened yet
+	ctrlLen int64  // data bytes the control stream carried before admission
+	err     error
+
+	failMu  sync.Mutex
+	fail    func(error) // nil until the session exists
+	failErr error       // a violation seen before fail was set
+}
+
+// newFrameInspector allows the control stream limit bytes before
+// admission, and never less than yamux's initial window: a peer may send
+// that much before the server reads at all, and the server must be able to
+// read a hello's length prefix and refuse it with a status when it is too
+// large.
+func newFrameInspector(rwc io.ReadWriteCloser, limit int) *frameInspector {
+	return &frameInspector{ReadWriteCloser: rwc, limit: int64(max(limit, yamuxInitialWindow))}
+}
+
+func (fi *frameInspector) Read(p []byte) (int, error) {
+	if fi.err != nil {
+		return 0, fi.err
+	}
+	n, err := fi.ReadWriteCloser.Read(p)
+	if verr := fi.inspect(p[:n]); verr != nil {
+		fi.err = verr
+		fi.report(verr)
+		return 0, verr
+	}
+	return n, err
+}
+
+// inspect follows the frames in b, the next bytes of the stream.
+func (fi *frameInspector) inspect(b []byte) error {
+	for len(b) > 0 {
+		if fi.body > 0 {
+			k := min(uint32(len(b)), fi.body)
+			fi.body -= k
+			b = b[k:]
+			continue
+		}
+		k := copy(fi.hdr[fi.hdrLen:], b)
+		fi.hdrLen += k
+		b = b[k:]
+		if fi.hdrLen < yamuxHeaderSize {
+			return nil
+		}
+		fi.hdrLen = 0
+		if err := fi.frame(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// frame checks the frame whose header was just read.
+func (fi *frameInspector) frame() error {
+	typ := fi.hdr[1]
+	if typ != yamuxTypeData && typ != yamuxTypeWindowUpdate {
+		return nil // ping, go away: no body, no stream
+	}
+	flags := binary.BigEndian.Uint16(fi.hdr[2:4])
+	id := binary.BigEndian.Uint32(fi.hdr[4:8])
+	length := binary.BigEndian.Uint32(fi.hdr[8:12])
+	admitted := fi.admitted.Load()
+	if flags&yamuxFlagSYN != 0 {
+		switch {
+		case fi.ctrlID == 0:
+			fi.ctrlID = id
+		case !admitted && id != fi.ctrlID:
+			return &localCloseError{code: CodeProtocol, reason: "a stream was opened before the welcome"}
+		}
+	}
+	if typ != yamuxTypeData {
+		return nil // a window update's length is a window delta
+	}
+	fi.body = length
+	if id != fi.ctrlID || length == 0 {
+		return nil
+	}
+	if admitted {
+		return &localCloseError{code: CodeProtocol, reason: "data on the control stream after the welcome"}
+	}
+	fi.ctrlLen += int64(length)
+	if fi.ctrlLen > fi.limit {
+		return &localCloseError{code: CodeProtocol, reason: "the hello overran its size limit"}
+	}
+	return nil
+}
+
+// setFail gives the inspector the function that records why the session
+// ended; a violation seen before is reported at once.
+func (fi *frameInspector) setFail(fail func(error)) {
+	fi.failMu.Lock()
+	fi.fail = fail
+	err := fi.failErr
+	fi.failMu.Unlock()
+	if err != nil {
+		fail(err)
+	}
+}
+
+func (fi *frameInspector) report(err error) {
+	fi.failMu.Lock()
+	fail := fi.fail
+	if fail == nil {
+		fi.failErr = err
+	}
+	fi.failMu.Unlock()
+	if fail != nil {
+		fail(err)
+	}
+}
+
+// Admitted: see Session. A dialed session has no inspector.
+func (s *tcpSession) Admitted() {
+	if s.insp != nil {
+		s.insp.admitted.Store(true)
+	}
+}
