@@ -27,9 +27,9 @@ const yamuxInitialWindow = 256 << 10
 //     reads;
 //   - before admission, the control stream may carry at most limit bytes
 //     (the hello, or yamux's initial window if larger); yamux opens its
-//     window to MaxStreamWindowSize as soon as
-//     the server reads, which would let the peer park megabytes there while
-//     the server authenticates it;
+//     window to MaxStreamWindowSize as soon as the server reads, which
+//     would let the peer park megabytes there while the server
+//     authenticates it;
 //   - after admission, the control stream carries nothing from the peer
 //     (in protocol v1 the client sends nothing after its hello) and data
 //     there fails the connection: nothing reads it, so yamux would keep it
