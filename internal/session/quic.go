@@ -27,8 +27,8 @@ import (
 // server hold in unread data is about 13 x InitialConnectionReceiveWindow,
 // whatever it sends; see docs/security.md for the measured figure.
 const (
-	initialStreamReceiveWindow     = 16 << 10
-	initialConnectionReceiveWindow = 16 << 10
+	initialStreamReceiveWindow     = 12 << 10
+	initialConnectionReceiveWindow = 12 << 10
 	maxStreamReceiveWindow         = 16 << 20
 	maxConnectionReceiveWindow     = 32 << 20
 )
