@@ -3,6 +3,8 @@ package session
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -469,4 +471,41 @@ func TestQUICMaxPendingHandshakes(t *testing.T) {
 	if n := ln.handshaking.Load(); n != 0 {
 		t.Fatalf("%d handshakes in progress after Accept, want 0", n)
 	}
+}
+
+func TestTCPPingFloodFromPeerThatDoesNotRead(t *testing.T) {
+	ln := listenTCP(t, TCPConfig{})
+	conf := clientTLS(t)
+	conf.ServerName = "localhost"
+	tc, err := tls.Dial("tcp", ln.Addr().String(), conf)
+	if err != nil {
+		t.Fatalf("tls.Dial: %v", err)
+	}
+	defer tc.Close()
+	s := acceptOne(t, ln.Accept)
+
+	// Raw yamux ping requests (version 0, type 2, flag SYN), and no reads:
+	// the answers pile up until the server stops taking more.
+	pings := make([]byte, 12*1024)
+	for i := 0; i < len(pings); i += 12 {
+		pings[i+1], pings[i+3] = 2, 1
+		binary.BigEndian.PutUint32(pings[i+8:], uint32(i))
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tc.SetWriteDeadline(time.Now().Add(10 * bound))
+		for {
+			if _, err := tc.Write(pings); err != nil {
+				return
+			}
+		}
+	}()
+	defer func() { tc.Close(); <-done }()
+	select {
+	case <-s.Context().Done():
+	case <-time.After(10 * bound):
+		t.Fatalf("the session is still up after %v of pings", 10*bound)
+	}
+	wantEnded(t, s, CodeProtocol)
 }

@@ -11,8 +11,17 @@ import (
 // spec.md).
 const (
 	yamuxTypeWindowUpdate = 1
+	yamuxTypePing         = 2
 	yamuxFlagSYN          = 1
+	yamuxFlagACK          = 2
 )
+
+// maxUnansweredPings is how many of the peer's pings may wait for their
+// answer at once. yamux answers each ping from a goroutine of its own that
+// holds a timer for up to the write timeout when the peer does not read, so
+// a ping flood from a peer that never reads would cost the server hundreds
+// of bytes per 12-byte ping; brpc's own peers ping one at a time.
+const maxUnansweredPings = 64
 
 // yamuxInitialWindow is the receive window yamux's protocol gives every new
 // stream: what a peer may send on a stream before the other side reads it.
@@ -33,7 +42,9 @@ const yamuxInitialWindow = 256 << 10
 //   - after admission, the control stream carries nothing from the peer
 //     (in protocol v1 the client sends nothing after its hello) and data
 //     there fails the connection: nothing reads it, so yamux would keep it
-//     for the session's life.
+//     for the session's life;
+//   - at any time, at most maxUnansweredPings of the peer's pings may wait
+//     for yamux's answer, which the inspector sees go out on its write side.
 //
 // Failing the connection means Read returns an error, which ends yamux's
 // receive loop and the session; fail, once set, records the session's cause
@@ -44,12 +55,13 @@ type frameInspector struct {
 	limit    int64 // control stream bytes allowed before admission
 	admitted atomic.Bool
 
-	hdr     [yamuxHeaderSize]byte
-	hdrLen  int    // bytes of hdr filled
-	body    uint32 // data bytes left in the current frame
+	in      frameScanner
 	ctrlID  uint32 // 0: no stream opened yet
 	ctrlLen int64  // data bytes the control stream carried before admission
 	err     error
+
+	pings atomic.Int64 // the peer's pings not answered yet
+	out   frameScanner // what yamux writes; only its send loop writes
 
 	failMu  sync.Mutex
 	fail    func(error) // nil until the session exists
@@ -78,38 +90,71 @@ func (fi *frameInspector) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// inspect follows the frames in b, the next bytes of the stream.
-func (fi *frameInspector) inspect(b []byte) error {
+// Write counts the answers to the peer's pings as yamux sends them.
+func (fi *frameInspector) Write(p []byte) (int, error) {
+	fi.out.scan(p, func(hdr []byte) error {
+		if hdr[1] == yamuxTypePing && binary.BigEndian.Uint16(hdr[2:4])&yamuxFlagACK != 0 {
+			fi.pings.Add(-1)
+		}
+		return nil
+	})
+	return fi.ReadWriteCloser.Write(p)
+}
+
+// frameScanner follows the frames of one direction of a yamux session.
+type frameScanner struct {
+	hdr    [yamuxHeaderSize]byte
+	hdrLen int    // bytes of hdr filled
+	body   uint32 // data bytes left in the current frame
+}
+
+// scan follows the frames in b, the next bytes of the stream, and calls
+// frame with the header of each.
+func (fs *frameScanner) scan(b []byte, frame func(hdr []byte) error) error {
 	for len(b) > 0 {
-		if fi.body > 0 {
-			k := min(uint32(len(b)), fi.body)
-			fi.body -= k
+		if fs.body > 0 {
+			k := min(uint32(len(b)), fs.body)
+			fs.body -= k
 			b = b[k:]
 			continue
 		}
-		k := copy(fi.hdr[fi.hdrLen:], b)
-		fi.hdrLen += k
+		k := copy(fs.hdr[fs.hdrLen:], b)
+		fs.hdrLen += k
 		b = b[k:]
-		if fi.hdrLen < yamuxHeaderSize {
+		if fs.hdrLen < yamuxHeaderSize {
 			return nil
 		}
-		fi.hdrLen = 0
-		if err := fi.frame(); err != nil {
+		fs.hdrLen = 0
+		if fs.hdr[1] == yamuxTypeData {
+			fs.body = binary.BigEndian.Uint32(fs.hdr[8:12])
+		}
+		if err := frame(fs.hdr[:]); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// frame checks the frame whose header was just read.
-func (fi *frameInspector) frame() error {
-	typ := fi.hdr[1]
-	if typ != yamuxTypeData && typ != yamuxTypeWindowUpdate {
-		return nil // ping, go away: no body, no stream
+// inspect follows the frames in b, the next bytes the peer sent.
+func (fi *frameInspector) inspect(b []byte) error {
+	return fi.in.scan(b, fi.frame)
+}
+
+// frame checks a frame the peer sent.
+func (fi *frameInspector) frame(hdr []byte) error {
+	typ := hdr[1]
+	flags := binary.BigEndian.Uint16(hdr[2:4])
+	if typ == yamuxTypePing && flags&yamuxFlagSYN != 0 {
+		if fi.pings.Add(1) > maxUnansweredPings {
+			return &localCloseError{code: CodeProtocol, reason: "too many pings waiting for their answer"}
+		}
+		return nil
 	}
-	flags := binary.BigEndian.Uint16(fi.hdr[2:4])
-	id := binary.BigEndian.Uint32(fi.hdr[4:8])
-	length := binary.BigEndian.Uint32(fi.hdr[8:12])
+	if typ != yamuxTypeData && typ != yamuxTypeWindowUpdate {
+		return nil // ping answer, go away: no body, no stream
+	}
+	id := binary.BigEndian.Uint32(hdr[4:8])
+	length := binary.BigEndian.Uint32(hdr[8:12])
 	admitted := fi.admitted.Load()
 	if flags&yamuxFlagSYN != 0 {
 		switch {
@@ -122,7 +167,6 @@ func (fi *frameInspector) frame() error {
 	if typ != yamuxTypeData {
 		return nil // a window update's length is a window delta
 	}
-	fi.body = length
 	if id != fi.ctrlID || length == 0 {
 		return nil
 	}
