@@ -21,7 +21,7 @@ const (
 // holds a timer for up to the write timeout when the peer does not read, so
 // a ping flood from a peer that never reads would cost the server hundreds
 // of bytes per 12-byte ping; brpc's own peers ping one at a time.
-const maxUnansweredPings = 64
+const maxUnansweredPings = 16
 
 // yamuxInitialWindow is the receive window yamux's protocol gives every new
 // stream: what a peer may send on a stream before the other side reads it.
