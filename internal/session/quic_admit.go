@@ -154,9 +154,11 @@ func (g *streamGuard) accept(ctx context.Context) (net.Conn, error) {
 // open streams, the connection window may grow, and the control stream's
 // receive side is cancelled. In protocol v1 the client sends nothing after
 // its hello; once cancelled, quic-go drops what arrives on it instead of
-// buffering it (receiveStream.handleStreamFrameImpl returns before queueing
-// when cancelledLocally), so no goroutine needs to read it. Writing on it
-// (notices) goes on as before.
+// buffering it (in v0.65, (*ReceiveStream).handleStreamFrameImpl returns
+// before queueing once cancelledLocally) and tells the peer to stop
+// sending, so no goroutine needs to read it. What arrived before stays
+// queued, at most the connection window the session was held to. Writing
+// on it (notices) goes on as before.
 func (s *quicSession) Admitted() {
 	g := s.guard
 	if g == nil || !g.admitted.CompareAndSwap(false, true) {
