@@ -90,6 +90,10 @@ func ServeHello(sess session.Session, conf ServerConfig, admit Admit) (net.Conn,
 	if err != nil {
 		return nil, reject(sess, ctrl, err)
 	}
+	// Before the welcome: a client may open streams as soon as it has
+	// read it, and until Admitted the session layer treats a second
+	// stream as a protocol error.
+	sess.Admitted()
 	if err := WriteMsg(ctrl, Accept(version, id)); err != nil {
 		if revoke != nil {
 			revoke()
