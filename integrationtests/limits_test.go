@@ -341,3 +341,46 @@ func TestStreamBeforeWelcomeIsRejected(t *testing.T) {
 		e.WantServes(t, "ok")
 	})
 }
+
+// A welcomed TCP client that sends on its control stream, which carries
+// nothing from the client after its hello, is disconnected, and the
+// PeerDisconnected event says so.
+func TestTCPDataOnControlStreamAfterWelcomeDisconnects(t *testing.T) {
+	disconnected := make(chan brpc.PeerEvent, 1)
+	e := testenv.New(t, testenv.Config{Transport: "tcp", ServerOpts: []brpc.ServerOption{
+		brpc.WithPeerEvents(func(ev brpc.PeerEvent) {
+			if ev.Type == brpc.PeerDisconnected {
+				select {
+				case disconnected <- ev:
+				default:
+				}
+			}
+		}),
+	}})
+	s := rawSession(t, e, "tcp")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ctrl, err := s.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctrl.Close()
+	if err := handshake.WriteMsg(ctrl, handshake.NewHello(nil)); err != nil {
+		t.Fatal(err)
+	}
+	var w handshakepb.Welcome
+	if err := handshake.ReadMsg(ctrl, &w, 1<<16); err != nil || w.GetId() == "" {
+		t.Fatalf("welcome: %v %v", &w, err)
+	}
+	_, _ = ctrl.Write([]byte("more after the welcome"))
+	var ev brpc.PeerEvent
+	select {
+	case ev = <-disconnected:
+	case <-ctx.Done():
+		t.Fatal("no PeerDisconnected event for data on the control stream after the welcome")
+	}
+	if ev.Peer.ID != w.GetId() || ev.Kind != brpc.DisconnectConnectionLost || !strings.Contains(ev.Reason, "data on the control stream after the welcome") {
+		t.Fatalf("PeerDisconnected %+v; want %s lost, the reason naming the data", ev, w.GetId())
+	}
+	t.Logf("disconnected: %s", ev.Reason)
+}
