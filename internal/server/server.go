@@ -178,11 +178,19 @@ func (s *Server) tcpConfig() session.TCPConfig {
 	// The TLS handshake of a TCP session is the listener's; QUIC's is bounded
 	// by quic-go's handshake idle timeout.
 	conf.HandshakeTimeout = s.conf.HandshakeTimeout
-	return session.TCPConfig{Settings: conf, MaxPendingHandshakes: s.conf.MaxPending}
+	// The control stream carries the hello and its 4-byte length prefix
+	// before the welcome; the session layer ends a session whose client
+	// sends more there (and never allows less than yamux's initial window).
+	return session.TCPConfig{Settings: conf, MaxPendingHandshakes: s.conf.MaxPending, MaxControlBytes: s.conf.MaxHelloSize + 4}
 }
 
 func (s *Server) quicConfig() session.QUICConfig {
-	return session.QUICConfig{Settings: s.sessionConfig(), VerifyAddresses: s.limiter != nil}
+	conf := s.sessionConfig()
+	// quic-go's handshake idle timeout: a client silent that long in its
+	// TLS handshake is dropped, and no TLS handshake lasts more than twice
+	// that.
+	conf.HandshakeTimeout = s.conf.HandshakeTimeout
+	return session.QUICConfig{Settings: conf, VerifyAddresses: s.limiter != nil, MaxPendingHandshakes: s.conf.MaxPending}
 }
 
 // admit is the listeners' admission check, nil when there is none.

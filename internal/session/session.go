@@ -96,4 +96,15 @@ type Session interface {
 	TLS() tls.ConnectionState
 	// Transport names the transport: TransportQUIC or TransportTCP.
 	Transport() string
+	// Admitted tells a listener's session that the peer passed the
+	// handshake; the server calls it just before it writes the welcome.
+	// Until then the peer may open one stream, the control stream, and a
+	// second one ends the session with CodeProtocol, so that an
+	// unauthenticated peer cannot park data on streams nobody reads. From
+	// then on the peer may open streams, and the control stream carries
+	// nothing more from it (in protocol v1 the client sends nothing after
+	// its hello): QUIC drops what arrives on it, TCP ends the session with
+	// CodeProtocol. The control stream still carries the server's notices.
+	// Dialed sessions ignore it.
+	Admitted()
 }

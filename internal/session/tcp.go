@@ -35,6 +35,11 @@ type TCPConfig struct {
 	// MaxPendingHandshakes, on a listener, caps the TLS handshakes in
 	// progress at once; connections beyond it are closed at once.
 	MaxPendingHandshakes int
+	// MaxControlBytes, on a listener, caps what the peer may send on the
+	// control stream before its session is admitted: the hello, with its
+	// length prefix, and at least yamux's initial stream window (256 KiB).
+	// More fails the session with CodeProtocol.
+	MaxControlBytes int
 }
 
 // maxStreamWindow is the largest receive window of one stream: enough for
@@ -87,6 +92,8 @@ type tcpSession struct {
 	pingEvery time.Duration // 0: no keepalive
 	pingMu    sync.Mutex
 	pingT     *time.Timer // nil once the session ended
+
+	insp *frameInspector // a listener's session: what the peer may send; nil when dialed
 }
 
 func newTCPSession(tc *tls.Conn, mux *yamux.Session, watch *connWatch, conf TCPConfig) *tcpSession {
@@ -143,7 +150,7 @@ func DialTCP(ctx context.Context, addr string, tlsConf *tls.Config, conf TCPConf
 	if err != nil {
 		return nil, err
 	}
-	tc, muxConn := tlsLayers(raw, tlsConf, true)
+	tc, muxConn, _ := tlsLayers(raw, tlsConf, true, 0)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, err
@@ -162,14 +169,21 @@ func DialTCP(ctx context.Context, addr string, tlsConf *tls.Config, conf TCPConf
 // recordBatcher (a frame's records in one system call), raw; both sides
 // build the stack here, so that both get the joining and the batching. On
 // top, a connWatch tells the session when yamux closes the connection.
-func tlsLayers(raw net.Conn, tlsConf *tls.Config, client bool) (tc *tls.Conn, muxConn *connWatch) {
+//
+// A listener's side also gets insp, a frameInspector right on TLS that
+// follows what the peer sends (controlLimit: see TCPConfig.MaxControlBytes);
+// a dialed side gets nil. It sits under the connWatch, so that yamux, which
+// stops reading at a violation's error and closes the connection, still
+// closes through the watcher.
+func tlsLayers(raw net.Conn, tlsConf *tls.Config, client bool, controlLimit int) (tc *tls.Conn, muxConn *connWatch, insp *frameInspector) {
 	rb := &recordBatcher{Conn: raw}
 	if client {
 		tc = tls.Client(rb, tlsConf)
-	} else {
-		tc = tls.Server(rb, tlsConf)
+		return tc, &connWatch{ReadWriteCloser: &frameJoiner{ReadWriteCloser: tc, batch: rb}}, nil
 	}
-	return tc, &connWatch{ReadWriteCloser: &frameJoiner{ReadWriteCloser: tc, batch: rb}}
+	tc = tls.Server(rb, tlsConf)
+	insp = newFrameInspector(tc, controlLimit)
+	return tc, &connWatch{ReadWriteCloser: &frameJoiner{ReadWriteCloser: insp, batch: rb}}, insp
 }
 
 // errYamuxEnded is the cause of a session that yamux ended without an I/O
@@ -586,7 +600,7 @@ func (l *TCPListener) establish(raw net.Conn, tlsConf *tls.Config, conf TCPConfi
 		timeout = 10 * time.Second
 	}
 	raw.SetDeadline(time.Now().Add(timeout))
-	tc, muxConn := tlsLayers(raw, tlsConf, false)
+	tc, muxConn, insp := tlsLayers(raw, tlsConf, false, conf.MaxControlBytes)
 	if err := tc.Handshake(); err != nil {
 		return nil, err
 	}
@@ -600,7 +614,10 @@ func (l *TCPListener) establish(raw net.Conn, tlsConf *tls.Config, conf TCPConfi
 	if err != nil {
 		return nil, err
 	}
-	return newTCPSession(tc, mux, muxConn, conf), nil
+	s := newTCPSession(tc, mux, muxConn, conf)
+	s.insp = insp
+	insp.setFail(func(err error) { s.cancel(err) })
+	return s, nil
 }
 
 // Accept returns the next session whose TLS handshake completed.

@@ -177,7 +177,7 @@ func TestTCPWriteStackGuard(t *testing.T) {
 			accepted <- result{nil, err}
 			return
 		}
-		tc, muxConn := tlsLayers(raw, serverTLS(t), false)
+		tc, muxConn, insp := tlsLayers(raw, serverTLS(t), false, 0)
 		if err := tc.Handshake(); err != nil {
 			raw.Close()
 			accepted <- result{nil, err}
@@ -189,7 +189,10 @@ func TestTCPWriteStackGuard(t *testing.T) {
 			accepted <- result{nil, err}
 			return
 		}
-		accepted <- result{newTCPSession(tc, mux, muxConn, conf), nil}
+		s := newTCPSession(tc, mux, muxConn, conf)
+		s.insp = insp
+		s.Admitted() // no brpc handshake here
+		accepted <- result{s, nil}
 	}()
 
 	raw, err := net.Dial("tcp", ln.Addr().String())
@@ -197,7 +200,7 @@ func TestTCPWriteStackGuard(t *testing.T) {
 		t.Fatalf("Dial: %v", err)
 	}
 	rec := &socketRecorder{Conn: raw}
-	tc, muxConn := tlsLayers(rec, clientTLS(t), true)
+	tc, muxConn, _ := tlsLayers(rec, clientTLS(t), true, 0)
 	if err := tc.Handshake(); err != nil {
 		raw.Close()
 		t.Fatalf("client Handshake: %v", err)
