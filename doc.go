@@ -26,6 +26,18 @@
 // ClientFromContext and PeerFromContext answer from the connection, never from
 // anything the client sends with a call.
 //
+// # What grpc-go code sees
+//
+// Build each *grpc.Server given to NewServer or WithServer with
+// grpc.Creds(TransportCredentials()). Its handlers and interceptors then see
+// the other end as grpc-go over TLS would: peer.FromContext gives its network
+// address (host:port, where its packets come from now) and a
+// credentials.TLSInfo with the session's TLS state, the verified certificate
+// chain under mTLS. Interceptors, google.golang.org/grpc/authz policies and
+// logging written for grpc-go work unchanged. A server built without these
+// credentials serves the same calls, with a nil AuthInfo; PeerFromContext
+// works either way.
+//
 // # Errors
 //
 // Errors at the public boundary are gRPC status errors: codes.Unavailable for

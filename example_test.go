@@ -68,6 +68,7 @@ func Example() {
 	// docs/security.md recommends on what one client's calls can make it
 	// hold.
 	gs := grpc.NewServer(
+		grpc.Creds(brpc.TransportCredentials()),
 		grpc.MaxConcurrentStreams(16),
 		grpc.InitialWindowSize(256<<10),
 		grpc.InitialConnWindowSize(4<<20),
@@ -83,7 +84,7 @@ func Example() {
 	defer g.srv.Stop()
 
 	// Client: its own *grpc.Server holds the services the server may call.
-	cgs := grpc.NewServer()
+	cgs := grpc.NewServer(grpc.Creds(brpc.TransportCredentials()))
 	greeterpb.RegisterNamerServer(cgs, &namer{name: "gopher"})
 	defer cgs.Stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -107,6 +108,7 @@ func Example() {
 func ExampleServer_Client() {
 	serverTLS, clientTLS := exampleTLS()
 	srv := brpc.NewServer(grpc.NewServer(
+		grpc.Creds(brpc.TransportCredentials()),
 		grpc.MaxConcurrentStreams(16),
 		grpc.InitialWindowSize(256<<10),
 		grpc.InitialConnWindowSize(4<<20),
@@ -121,7 +123,7 @@ func ExampleServer_Client() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, name := range []string{"ada", "grace"} {
-		cgs := grpc.NewServer()
+		cgs := grpc.NewServer(grpc.Creds(brpc.TransportCredentials()))
 		greeterpb.RegisterNamerServer(cgs, &namer{name: name})
 		defer cgs.Stop()
 		cc, err := brpc.Dial(ctx, "quic://"+lis.Addr().String(), brpc.WithTLSConfig(clientTLS), brpc.WithServer(cgs))
@@ -167,6 +169,7 @@ func ExampleWithAuthenticator() {
 		return "", status.Error(codes.Unauthenticated, "unknown token")
 	}
 	srv := brpc.NewServer(grpc.NewServer(
+		grpc.Creds(brpc.TransportCredentials()),
 		grpc.MaxConcurrentStreams(16),
 		grpc.InitialWindowSize(256<<10),
 		grpc.InitialConnWindowSize(4<<20),

@@ -232,7 +232,10 @@ func WithReverseIdleTimeout(d time.Duration) ServerOption {
 
 // WithHandshakeTimeout bounds how long a client may take, once its connection
 // is up, to send its hello and be welcomed. A client that says nothing is
-// cut off after d. The default is DefaultHandshakeTimeout.
+// cut off after d. It bounds the TLS handshake before too: on TCP the whole
+// of it, on QUIC as quic-go's handshake idle timeout (a client silent for d
+// is dropped, and no TLS handshake lasts more than 2d). The default is
+// DefaultHandshakeTimeout.
 func WithHandshakeTimeout(d time.Duration) ServerOption {
 	return serverOptionFunc(func(o *serverOptions) {
 		if d > 0 {
@@ -332,9 +335,11 @@ func WithTLSConfig(c *tls.Config) DialOption {
 }
 
 // WithServer gives the client's own services, which the server can call. The
-// server is fed the streams the brpc server opens; it must not have transport
-// credentials of its own (the session is already TLS). Without it, the
-// server's calls to this client fail with codes.Unimplemented.
+// server is fed the streams the brpc server opens. Build it with
+// grpc.Creds(TransportCredentials()) for its handlers to see the server's TLS
+// state as peer.AuthInfo, or with no transport credentials; other credentials
+// (grpc-go's TLS) cannot serve the session, which is TLS already. Without it,
+// the server's calls to this client fail with codes.Unimplemented.
 func WithServer(gs *grpc.Server) DialOption {
 	return dialOptionFunc(func(o *dialOptions) { o.server = gs })
 }
@@ -400,8 +405,13 @@ func WithMaxClients(n int) ServerOption {
 // WithMaxPendingHandshakes caps the clients in the middle of their handshake
 // at once, in each phase (the TLS handshake, then brpc's hello and
 // authentication). Connections beyond it are closed at once, so clients
-// that open connections and say nothing cannot exhaust the server. The
-// default is DefaultMaxPendingHandshakes; 0 sets no cap.
+// that open connections and say nothing cannot exhaust the server. On QUIC
+// the TLS phase counts from the client's first Initial packet, and attempts
+// beyond the cap are refused before any cryptographic work; once 256
+// handshakes are in progress (or half of n, if lower), new QUIC clients
+// must first answer a Retry, so that a flood of Initial packets, spoofed or
+// replayed, costs the server a Retry packet each rather than a TLS
+// handshake. The default is DefaultMaxPendingHandshakes; 0 sets no cap.
 func WithMaxPendingHandshakes(n int) ServerOption {
 	return serverOptionFunc(func(o *serverOptions) {
 		if n >= 0 {

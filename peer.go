@@ -23,8 +23,9 @@ type Peer struct {
 	// handler that asks for its caller on every call costs no copy): read
 	// it, do not modify it; Copy it to keep a changed version.
 	Metadata metadata.MD
-	// RemoteAddr is the network address of the other end. It is not an
-	// identity: NAT rebinding and connection migration change it.
+	// RemoteAddr is the network address the other end's packets come from
+	// now: when a QUIC connection migrates (NAT rebinding), it follows. It is
+	// not an identity.
 	RemoteAddr net.Addr
 	// Transport is "quic" or "tcp".
 	Transport string

@@ -24,8 +24,18 @@ type Server[C any] struct {
 // builds, for every connected client, a typed stub C with newClient —
 // normally a protoc-generated NewXxxClient.
 //
-// gs must not have transport credentials: brpc's sessions are TLS already.
+// Build gs with grpc.Creds(TransportCredentials()) for its handlers and
+// interceptors to see each client's TLS state as peer.AuthInfo, or with no
+// transport credentials; other credentials (grpc-go's TLS) cannot serve
+// brpc's sessions, which are TLS already.
 // The Server owns gs from now on: GracefulStop and Stop stop it too.
+//
+// Without WithAuthenticator, anyone who reaches the server's port and
+// speaks brpc's protocol is admitted as a client, under a random ID, and may
+// call gs's services: give an Authenticator (or require client certificates
+// in the listener's tls.Config) to a server that is reachable by strangers.
+// WithMaxClients then bounds admitted clients; docs/security.md gives what
+// each connection, admitted or not, can make the server hold.
 func NewServer[C any](gs *grpc.Server, newClient func(grpc.ClientConnInterface) C, opts ...ServerOption) *Server[C] {
 	o := defaultServerOptions()
 	for _, opt := range opts {

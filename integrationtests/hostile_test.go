@@ -386,8 +386,9 @@ func TestHostileMalformedHello(t *testing.T) {
 			st := openCtrl(t, conn)
 			write(t, st, append(binary.BigEndian.AppendUint32(nil, uint32(len(body))), body...))
 			wantRejected(t, readWelcome(t, st), codes.InvalidArgument)
-			// The client does not go away by itself: the server ends the session.
-			wantServerClose(t, conn, session.CodeRejected, hostileBound)
+			// The client does not go away by itself: the server ends the
+			// session, with the refusal's code in the close code too.
+			wantServerClose(t, conn, handshake.RefusedCode(codes.InvalidArgument), hostileBound)
 			wantNoPeers(t, e)
 			e.WantServes(t, "alice")
 		})
@@ -411,7 +412,7 @@ func TestHostileUnsupportedVersion(t *testing.T) {
 			hdr, body := frame(t, tc.hello)
 			write(t, st, append(hdr, body...))
 			wantRejected(t, readWelcome(t, st), codes.FailedPrecondition)
-			wantServerClose(t, conn, session.CodeRejected, hostileBound)
+			wantServerClose(t, conn, handshake.RefusedCode(codes.FailedPrecondition), hostileBound)
 			wantNoPeers(t, e)
 			e.WantServes(t, "alice")
 		})

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc"
 	"github.com/brpc-go/brpc/internal/handshake"
@@ -281,4 +283,111 @@ func TestOversizedAndMalformedHellosOnBothTransports(t *testing.T) {
 		}
 		e.WantServes(t, "ok")
 	})
+}
+
+// A client that opens a stream before its welcome is refused: the server's
+// session layer closes the session with "protocol error", the PeerRejected
+// event says what the client did, with the status the client makes of the
+// close, and other clients are served meanwhile.
+func TestStreamBeforeWelcomeIsRejected(t *testing.T) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
+		rejected := make(chan brpc.PeerEvent, 1)
+		e := testenv.New(t, testenv.Config{Transport: tr, ServerOpts: []brpc.ServerOption{
+			brpc.WithPeerEvents(func(ev brpc.PeerEvent) {
+				if ev.Type == brpc.PeerRejected {
+					select {
+					case rejected <- ev:
+					default:
+					}
+				}
+			}),
+		}})
+		s := rawSession(t, e, tr)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		ctrl, err := s.OpenStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ctrl.Close()
+		// The start of a hello: its length prefix.
+		if _, err := ctrl.Write([]byte{0, 0, 0, 64}); err != nil {
+			t.Fatal(err)
+		}
+		// The server may end the session before the open returns.
+		if early, err := s.OpenStream(ctx); err == nil {
+			defer early.Close()
+			_, _ = early.Write([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"))
+		}
+		var ev brpc.PeerEvent
+		select {
+		case ev = <-rejected:
+		case <-ctx.Done():
+			t.Fatal("no PeerRejected event for a stream opened before the welcome")
+		}
+		if !strings.Contains(ev.Reason, "a stream was opened before the welcome") || status.Code(ev.Err) != codes.Internal {
+			t.Fatalf("PeerRejected reason %q, err %v; want the early stream named, codes.Internal", ev.Reason, ev.Err)
+		}
+		t.Logf("rejected: %s", ev.Reason)
+		select {
+		case <-s.Context().Done():
+		case <-ctx.Done():
+			t.Fatal("the client's session is still up")
+		}
+		if tr == "quic" {
+			if end, ok := s.Ending(); !ok || !end.ByPeer || end.Code != session.CodeProtocol {
+				t.Fatalf("client's Ending %v, want closed by the server with CodeProtocol", end)
+			}
+		}
+		e.WantServes(t, "ok")
+	})
+}
+
+// A welcomed TCP client that sends on its control stream, which carries
+// nothing from the client after its hello, is disconnected, and the
+// PeerDisconnected event says so.
+func TestTCPDataOnControlStreamAfterWelcomeDisconnects(t *testing.T) {
+	// The session ends as a disconnection, or, when the client's data
+	// arrives before the server has seen its welcome go out (a loaded
+	// machine), as a rejection: either way for the data, and reported so.
+	disconnected := make(chan brpc.PeerEvent, 1)
+	e := testenv.New(t, testenv.Config{Transport: "tcp", ServerOpts: []brpc.ServerOption{
+		brpc.WithPeerEvents(func(ev brpc.PeerEvent) {
+			if ev.Type == brpc.PeerDisconnected || ev.Type == brpc.PeerRejected {
+				select {
+				case disconnected <- ev:
+				default:
+				}
+			}
+		}),
+	}})
+	s := rawSession(t, e, "tcp")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ctrl, err := s.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctrl.Close()
+	if err := handshake.WriteMsg(ctrl, handshake.NewHello(nil)); err != nil {
+		t.Fatal(err)
+	}
+	var w handshakepb.Welcome
+	if err := handshake.ReadMsg(ctrl, &w, 1<<16); err != nil || w.GetId() == "" {
+		t.Fatalf("welcome: %v %v", &w, err)
+	}
+	_, _ = ctrl.Write([]byte("more after the welcome"))
+	var ev brpc.PeerEvent
+	select {
+	case ev = <-disconnected:
+	case <-ctx.Done():
+		t.Fatal("no PeerDisconnected event for data on the control stream after the welcome")
+	}
+	if !strings.Contains(ev.Reason, "data on the control stream after the welcome") {
+		t.Fatalf("%v event %+v: the reason does not name the data on the control stream", ev.Type, ev)
+	}
+	if ev.Type == brpc.PeerDisconnected && (ev.Peer.ID != w.GetId() || ev.Kind != brpc.DisconnectConnectionLost) {
+		t.Fatalf("PeerDisconnected %+v; want %s lost", ev, w.GetId())
+	}
+	t.Logf("disconnected: %s", ev.Reason)
 }

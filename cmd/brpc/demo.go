@@ -112,6 +112,7 @@ func demo(ctx context.Context, cfg demoConfig, w io.Writer) (err error) {
 	// (docs/security.md): calls at once per HTTP/2 connection, and static
 	// receive windows instead of grpc-go's BDP-sized ones.
 	gs := grpc.NewServer(
+		grpc.Creds(brpc.TransportCredentials()),
 		grpc.MaxConcurrentStreams(16),
 		grpc.InitialWindowSize(256<<10),
 		grpc.InitialConnWindowSize(4<<20),
@@ -254,7 +255,7 @@ func demo(ctx context.Context, cfg demoConfig, w io.Writer) (err error) {
 
 // connect dials the server as name, serving a Namer that answers name.
 func connect(ctx context.Context, addr string, roots *x509.CertPool, name string) (*demoClient, error) {
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(grpc.Creds(brpc.TransportCredentials()))
 	greeterpb.RegisterNamerServer(gs, &namer{name: name})
 	cc, err := brpc.Dial(ctx, "quic://"+addr,
 		brpc.WithTLSConfig(&tls.Config{RootCAs: roots}),

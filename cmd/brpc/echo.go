@@ -72,6 +72,7 @@ func echoServer(ctx context.Context, cfg echoServerConfig, stdout io.Writer) err
 	// (docs/security.md): calls at once per HTTP/2 connection, and static
 	// receive windows instead of grpc-go's BDP-sized ones.
 	gs := grpc.NewServer(
+		grpc.Creds(brpc.TransportCredentials()),
 		grpc.MaxConcurrentStreams(16),
 		grpc.InitialWindowSize(256<<10),
 		grpc.InitialConnWindowSize(4<<20),
@@ -219,7 +220,7 @@ func echoClient(ctx context.Context, cfg echoClientConfig, stdout io.Writer) err
 		}
 		tlsConf.RootCAs = pool
 	}
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(grpc.Creds(brpc.TransportCredentials()))
 	echopb.RegisterEchoServer(gs, echoService{})
 	defer gs.Stop()
 

@@ -92,7 +92,7 @@ func TestEchoServerAnswersAReverseProbeOutOfBoundsWithInvalidArgument(t *testing
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(grpc.Creds(brpc.TransportCredentials()))
 	calledBack := make(chan struct{}, 1)
 	echopb.RegisterEchoServer(gs, countingEcho{called: calledBack})
 	defer gs.Stop()

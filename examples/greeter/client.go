@@ -44,8 +44,9 @@ func RunClient(ctx context.Context, cfg ClientConfig, out io.Writer) error {
 	}
 
 	// The client's own services, which the server calls over the same
-	// connection. The client keeps ownership of this grpc.Server.
-	gs := grpc.NewServer()
+	// connection. The client keeps ownership of this grpc.Server; brpc's
+	// credentials show its handlers the server's address and TLS state.
+	gs := grpc.NewServer(grpc.Creds(brpc.TransportCredentials()))
 	greeterpb.RegisterNamerServer(gs, &namerService{name: cfg.Name, log: logger})
 	defer gs.Stop()
 

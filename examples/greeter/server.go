@@ -95,11 +95,14 @@ func RunServer(ctx context.Context, cfg ServerConfig, out io.Writer) error {
 	logger.Printf("wrote the CA certificate to %s (clients trust it with -ca)", cfg.CAOut)
 
 	// The application's own grpc.Server: brpc feeds it the calls clients
-	// make, with its interceptors and options intact. The limits are those
-	// docs/security.md recommends: calls at once per HTTP/2 connection, and
-	// static receive windows instead of grpc-go's BDP-sized ones, bound what
-	// one client's calls can make the server hold.
+	// make, with its interceptors and options intact. brpc's credentials let
+	// its handlers see each caller's address and TLS state in
+	// peer.FromContext, as grpc-go over TLS would show them. The limits are
+	// those docs/security.md recommends: calls at once per HTTP/2
+	// connection, and static receive windows instead of grpc-go's BDP-sized
+	// ones, bound what one client's calls can make the server hold.
 	gs := grpc.NewServer(
+		grpc.Creds(brpc.TransportCredentials()),
 		grpc.MaxConcurrentStreams(16),
 		grpc.InitialWindowSize(256<<10),
 		grpc.InitialConnWindowSize(4<<20),

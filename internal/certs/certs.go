@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"time"
 )
 
@@ -76,6 +77,16 @@ func (ca *CA) Server(names ...string) (tls.Certificate, error) {
 func (ca *CA) Client(cn string) (tls.Certificate, error) {
 	return ca.issue(&x509.Certificate{
 		Subject:     pkix.Name{CommonName: cn},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+}
+
+// ClientURI issues a client certificate whose subject common name is cn and
+// whose one URI SAN is uri (a SPIFFE ID, say).
+func (ca *CA) ClientURI(cn string, uri *url.URL) (tls.Certificate, error) {
+	return ca.issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: cn},
+		URIs:        []*url.URL{uri},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	})
 }

@@ -25,7 +25,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc/internal/grpcglue"
-	"github.com/brpc-go/brpc/internal/handshake/handshakepb"
 	"github.com/brpc-go/brpc/internal/session"
 )
 
@@ -82,7 +81,6 @@ type clientSession struct {
 	ctrl      net.Conn
 	info      *grpcglue.SessionInfo // describes the server
 	goingAway atomic.Bool
-	closing   atomic.Pointer[handshakepb.Closing] // the server's last word
 }
 
 var _ grpc.ClientConnInterface = (*Conn)(nil)
@@ -300,13 +298,6 @@ func (c *Conn) log(level slog.Level, msg string, cs *clientSession, attrs ...slo
 			slog.String("remote_addr", addrString(cs.sess.RemoteAddr())))
 	}
 	l.LogAttrs(context.Background(), level, msg, append(base, attrs...)...)
-}
-
-func errString(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
 }
 
 func addrString(a net.Addr) string {

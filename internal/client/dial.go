@@ -23,7 +23,7 @@ func (c *Conn) connect(ctx context.Context) (*clientSession, error) {
 		return nil, err
 	}
 	cs := &clientSession{sess: sess, ctrl: ctrl, id: id}
-	cs.info = grpcglue.NewSessionInfo(grpcglue.Peer{RemoteAddr: sess.RemoteAddr(), Transport: sess.Transport(), ConnectedAt: time.Now()}, sess.TLS(), nil)
+	cs.info = grpcglue.NewSessionInfo(grpcglue.Peer{Transport: sess.Transport(), ConnectedAt: time.Now()}, sess, nil)
 	return cs, nil
 }
 

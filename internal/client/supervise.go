@@ -29,7 +29,8 @@ func (c *Conn) supervise(cs *clientSession) {
 			return
 		}
 		err := c.sessionEnded(cs)
-		c.log(slog.LevelInfo, "brpc: session ended", cs, slog.String("cause", errString(context.Cause(cs.sess.Context()))))
+		e, _ := cs.sess.Ending()
+		c.log(slog.LevelInfo, "brpc: session ended", cs, slog.String("cause", e.String()))
 		if err != nil {
 			c.log(slog.LevelWarn, "brpc: not reconnecting", cs, slog.String("reason", err.Error()))
 			c.stop(err)
@@ -69,10 +70,11 @@ func (c *Conn) serveSession(cs *clientSession) {
 		case n.GetGoAway() != nil:
 			cs.goingAway.Store(true)
 		case n.GetClosing() != nil:
-			// The server's last word: close the session from this side.
+			// The server's last word: close the session from this side,
+			// with the server's code and reason as the session's Ending
+			// (TCP would carry neither).
 			cs.goingAway.Store(true)
-			cs.closing.Store(n.GetClosing())
-			cs.sess.Close(session.CodeNormal, "server closed the session: "+n.GetClosing().GetReason())
+			cs.sess.PeerAnnounced(session.CloseCode(n.GetClosing().GetCode()), n.GetClosing().GetReason())
 		}
 	}
 	// The control stream lives as long as the session: past it, the
@@ -85,12 +87,8 @@ func (c *Conn) serveSession(cs *clientSession) {
 // sessionEnded decides what the end of cs means: nil to reconnect, or the
 // error the Conn stops with.
 func (c *Conn) sessionEnded(cs *clientSession) error {
-	code, reason, ok := session.PeerCloseCode(context.Cause(cs.sess.Context()))
-	if cl := cs.closing.Load(); cl != nil {
-		code, reason, ok = session.CloseCode(cl.GetCode()), cl.GetReason(), true
-	}
-	if ok && code == session.CodeReplaced {
-		return status.Errorf(codes.Unavailable, "brpc: another connection took this client's ID %q: %s", cs.id, reason)
+	if e, _ := cs.sess.Ending(); e.Kind == session.EndClosed && e.ByPeer && e.Code == session.CodeReplaced {
+		return status.Errorf(codes.Unavailable, "brpc: another connection took this client's ID %q: %s", cs.id, e.Reason)
 	}
 	return nil
 }

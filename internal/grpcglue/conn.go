@@ -21,42 +21,75 @@ type Peer struct {
 	ConnectedAt time.Time
 }
 
-// SessionInfo is what a session knows of its peer, fixed at the handshake.
+// SessionConn is what a SessionInfo reads of its session's connection: the
+// addresses, which a QUIC connection's migration changes, and the state of
+// the TLS handshake. session.Session has these methods.
+type SessionConn interface {
+	LocalAddr() net.Addr
+	RemoteAddr() net.Addr
+	TLS() tls.ConnectionState
+}
+
+// SessionInfo is what a session knows of its peer. All but the addresses is
+// fixed at the handshake; the addresses are read from the connection, which
+// follows a QUIC connection's migration.
 type SessionInfo struct {
+	// Peer describes the peer as admitted; its RemoteAddr is not kept, since
+	// Snapshot reads it from the connection.
 	Peer Peer
 	TLS  credentials.TLSInfo
 	// Owner is the server's record of the session (nil on a client); the
 	// server finds it again from a call's context.
 	Owner any
+
+	conn SessionConn
 }
 
-// NewSessionInfo describes a session whose TLS handshake ended in state.
-func NewSessionInfo(p Peer, state tls.ConnectionState, owner any) *SessionInfo {
+// NewSessionInfo describes the session on conn, whose peer is p.
+func NewSessionInfo(p Peer, conn SessionConn, owner any) *SessionInfo {
+	p.RemoteAddr = nil
 	return &SessionInfo{
-		Peer: p,
-		TLS: credentials.TLSInfo{
-			State:          state,
-			CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
-		},
+		Peer:  p,
+		TLS:   tlsInfoOf(conn.TLS()),
 		Owner: owner,
+		conn:  conn,
 	}
 }
 
-// Snapshot returns the peer. Its metadata is the session's own, shared
-// rather than copied: a handler that asks for its caller on every call
-// costs no copy of what may be kilobytes of metadata.
+// Snapshot returns the peer as it is now, with the address its packets come
+// from now. Its metadata is the session's own, shared rather than copied: a
+// handler that asks for its caller on every call costs no copy of what may
+// be kilobytes of metadata.
 func (i *SessionInfo) Snapshot() Peer {
-	return i.Peer
+	p := i.Peer
+	p.RemoteAddr = i.conn.RemoteAddr()
+	return p
 }
 
 // SessionAddr is the net.Addr that streams of a session report for both of
 // their ends. grpc-go copies a connection's addresses into the peer of every
 // call, so the call's context carries the session it arrived on: that is how
 // identity is bound to the connection rather than to anything the peer sends.
+// It reads as the session's network address now (host:port), which a stream
+// of its own cannot tell (yamux's say "yamux:remote") and which changes when
+// a QUIC connection migrates.
 type SessionAddr struct {
-	net.Addr // the real network address
-	Info     *SessionInfo
+	Info  *SessionInfo
+	Local bool // the session's local end rather than the peer's
 }
+
+func (a *SessionAddr) addr() net.Addr {
+	if a.Local {
+		return a.Info.conn.LocalAddr()
+	}
+	return a.Info.conn.RemoteAddr()
+}
+
+// Network is the session's network: "udp" for QUIC, "tcp" for TCP.
+func (a *SessionAddr) Network() string { return a.addr().Network() }
+
+// String is the session's address at this end, host:port.
+func (a *SessionAddr) String() string { return a.addr().String() }
 
 // InfoFromContext finds the session a gRPC call runs on, or nil when the
 // call did not arrive on (or leave by) a brpc session.
@@ -88,7 +121,7 @@ func (c *streamConn) RemoteAddr() net.Addr { return c.remote }
 func NewStreamConn(c net.Conn, info *SessionInfo) net.Conn {
 	return &streamConn{
 		Conn:   c,
-		local:  &SessionAddr{Addr: c.LocalAddr(), Info: info},
-		remote: &SessionAddr{Addr: c.RemoteAddr(), Info: info},
+		local:  &SessionAddr{Info: info, Local: true},
+		remote: &SessionAddr{Info: info},
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -31,12 +32,14 @@ func (e *peerEcho) Unary(ctx context.Context, req *testpb.EchoRequest) (*testpb.
 
 // TestStreamConnCarriesItsSession runs a call over a stream handed to a
 // *grpc.Server through Listener: the handler finds the session's info from
-// its context, and the credentials report the session's TLS state.
+// its context, the credentials report the session's TLS state, and both
+// ends' addresses are the session connection's, following it when it moves.
 func TestStreamConnCarriesItsSession(t *testing.T) {
 	pipe := bufconn.Listen(1 << 16)
 	defer pipe.Close()
-	serverInfo := NewSessionInfo(Peer{ID: "client-1", Metadata: metadata.Pairs("k", "v"), Transport: "quic"}, testTLSState(), nil)
-	clientInfo := NewSessionInfo(Peer{Transport: "quic"}, testTLSState(), nil)
+	serverConn := newFakeConn("127.0.0.1:4000", "127.0.0.1:5000")
+	serverInfo := NewSessionInfo(Peer{ID: "client-1", Metadata: metadata.Pairs("k", "v"), Transport: "quic"}, serverConn, nil)
+	clientInfo := NewSessionInfo(Peer{Transport: "quic"}, newFakeConn("127.0.0.1:5000", "127.0.0.1:4000"), nil)
 
 	lis := NewListener(&net.UnixAddr{Name: "test", Net: "brpc"})
 	fed := make(chan struct{})
@@ -98,6 +101,17 @@ func TestStreamConnCarriesItsSession(t *testing.T) {
 	if got := InfoFromContext(peer.NewContext(context.Background(), &clientPeer)); got != clientInfo {
 		t.Fatalf("the caller's peer names session %+v, want its own stream's", got)
 	}
+	if p.Addr.String() != "127.0.0.1:5000" || p.Addr.Network() != "udp" || p.LocalAddr.String() != "127.0.0.1:4000" {
+		t.Fatalf("the handler's peer is at %v/%v from %v, want the session's udp 127.0.0.1:5000 from 127.0.0.1:4000", p.Addr.Network(), p.Addr, p.LocalAddr)
+	}
+	if got := clientPeer.Addr.String(); got != "127.0.0.1:4000" {
+		t.Fatalf("the caller's peer is at %v, want the session's 127.0.0.1:4000", got)
+	}
+	// The session's connection migrates: what was handed to grpc-go follows.
+	serverConn.moveRemote("127.0.0.1:6000")
+	if p.Addr.String() != "127.0.0.1:6000" || serverInfo.Snapshot().RemoteAddr.String() != "127.0.0.1:6000" {
+		t.Fatalf("after the connection moved, peer.Addr is %v and the snapshot's %v; want 127.0.0.1:6000", p.Addr, serverInfo.Snapshot().RemoteAddr)
+	}
 	if got := serverInfo.Snapshot().Metadata.Get("k"); len(got) != 1 || got[0] != "v" {
 		t.Fatalf("the session's peer metadata is %q, want [v]", got)
 	}
@@ -129,7 +143,44 @@ func TestListenerPushAfterClose(t *testing.T) {
 	}
 }
 
-func testTLSState() (s tls.ConnectionState) {
+// fakeConn stands for a session's connection: its addresses can move, as a
+// migrating QUIC connection's do.
+type fakeConn struct {
+	mu            sync.Mutex
+	local, remote net.Addr
+}
+
+func newFakeConn(local, remote string) *fakeConn {
+	return &fakeConn{local: udpAddr(local), remote: udpAddr(remote)}
+}
+
+func udpAddr(s string) net.Addr {
+	a, err := net.ResolveUDPAddr("udp", s)
+	if err != nil {
+		panic(err)
+	}
+	return a
+}
+
+func (c *fakeConn) LocalAddr() net.Addr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.local
+}
+
+func (c *fakeConn) RemoteAddr() net.Addr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.remote
+}
+
+func (c *fakeConn) moveRemote(to string) {
+	c.mu.Lock()
+	c.remote = udpAddr(to)
+	c.mu.Unlock()
+}
+
+func (c *fakeConn) TLS() (s tls.ConnectionState) {
 	s.ServerName = "brpc.test"
 	return s
 }
@@ -141,7 +192,7 @@ func TestSnapshotSharesMetadata(t *testing.T) {
 	for i := range 200 {
 		md.Append("k", string(rune('a'+i%26)))
 	}
-	info := &SessionInfo{Peer: Peer{ID: "x", Metadata: md}}
+	info := NewSessionInfo(Peer{ID: "x", Metadata: md}, newFakeConn("127.0.0.1:4000", "127.0.0.1:5000"), nil)
 	if n := testing.AllocsPerRun(100, func() { _ = info.Snapshot() }); n != 0 {
 		t.Fatalf("Snapshot allocates %.0f times per call, want none", n)
 	}

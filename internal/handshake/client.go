@@ -3,8 +3,6 @@ package handshake
 import (
 	"context"
 	"net"
-	"strconv"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -74,9 +72,8 @@ func SendHello(ctx context.Context, sess session.Session, md metadata.MD) (ctrl 
 
 // DialError turns a failure to reach the server or to finish the handshake
 // into a gRPC status: ctx's own end, a status as it is, a session the server
-// closed (a rejection with the status Refuse encoded in its reason, other
-// close codes mapped to the nearest code) or, for anything else,
-// codes.Unavailable. what names the step that failed.
+// closed (its close code mapped by GRPCCode: a refusal's own code) or, for
+// anything else, codes.Unavailable. what names the step that failed.
 func DialError(ctx context.Context, what string, err error) error {
 	if ctx.Err() != nil {
 		return status.FromContextError(ctx.Err()).Err()
@@ -84,29 +81,8 @@ func DialError(ctx context.Context, what string, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	if code, reason, ok := session.PeerCloseCode(err); ok {
-		c := closeCodeToGRPC(code)
-		if code == session.CodeRejected {
-			// A rejection's reason is "<grpc code> <message>".
-			num, msg, _ := strings.Cut(reason, " ")
-			if n, err := strconv.ParseUint(num, 10, 32); err == nil && n != 0 && n <= 16 {
-				c, reason = codes.Code(n), msg
-			}
-		}
-		return status.Errorf(c, "brpc: %s: server closed the session: %s", what, reason)
+	if e, ok := session.EndingOf(err); ok && e.Kind == session.EndClosed && e.ByPeer {
+		return status.Errorf(GRPCCode(e.Code), "brpc: %s: server closed the session: %s", what, e.Reason)
 	}
 	return status.Errorf(codes.Unavailable, "brpc: %s: %v", what, err)
-}
-
-func closeCodeToGRPC(code session.CloseCode) codes.Code {
-	switch code {
-	case session.CodeRejected:
-		return codes.PermissionDenied
-	case session.CodeProtocol:
-		return codes.Internal
-	case session.CodeHandshakeTimeout:
-		return codes.DeadlineExceeded
-	default:
-		return codes.Unavailable
-	}
 }

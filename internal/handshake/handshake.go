@@ -2,8 +2,8 @@
 // sends first on the control stream and the welcome the server answers with.
 // It holds both sides' state machines (ServeHello on the server, SendHello on
 // the client), the notices the server sends later on the control stream, and
-// the mapping between close codes, rejection reasons and gRPC statuses
-// (Refuse and DialError).
+// the mapping between close codes and gRPC statuses (RefusedCode and GRPCCode,
+// which Refuse and DialError use: no status travels in a reason string).
 //
 // Messages are protobuf, each framed as a 4-byte big-endian length followed by
 // the serialized message. A reader refuses frames above a size cap before

@@ -3,7 +3,6 @@ package handshake
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"time"
 
@@ -60,8 +59,9 @@ func ServeHello(sess session.Session, conf ServerConfig, admit Admit) (net.Conn,
 
 	ctrl, err := sess.AcceptStream(ctx)
 	if err != nil {
+		st := handshakeEnded(ctx, sess, err, "no control stream")
 		sess.Close(session.CodeHandshakeTimeout, "no control stream")
-		return nil, handshakeEnded(ctx, "no control stream")
+		return nil, st
 	}
 	deadline, _ := ctx.Deadline()
 	ctrl.SetDeadline(deadline)
@@ -74,9 +74,10 @@ func ServeHello(sess session.Session, conf ServerConfig, admit Admit) (net.Conn,
 		case errors.Is(err, ErrMalformed):
 			return nil, reject(sess, ctrl, status.Error(codes.InvalidArgument, "brpc: malformed hello"))
 		default:
+			st := handshakeEnded(ctx, sess, err, "no hello")
 			sess.Close(session.CodeHandshakeTimeout, "no hello")
 			ctrl.Close()
-			return nil, handshakeEnded(ctx, "no hello")
+			return nil, st
 		}
 	}
 	// A stream buffer that grew to hold the hello (yamux keeps a drained
@@ -96,12 +97,20 @@ func ServeHello(sess session.Session, conf ServerConfig, admit Admit) (net.Conn,
 	if err != nil {
 		return nil, reject(sess, ctrl, err)
 	}
+	// Before the welcome: a client may open streams as soon as it has
+	// read it, and until Admitted the session layer treats a second
+	// stream as a protocol error.
+	sess.Admitted()
 	if err := WriteMsg(ctrl, Accept(version, id)); err != nil {
 		if revoke != nil {
 			revoke()
 		}
+		st := brokeProtocol(sess, err)
+		if st == nil {
+			st = status.Errorf(codes.Unavailable, "brpc: the welcome could not be delivered: %v", err)
+		}
 		sess.Close(session.CodeProtocol, "welcome not delivered")
-		return nil, status.Errorf(codes.Unavailable, "brpc: the welcome could not be delivered: %v", err)
+		return nil, st
 	}
 	ctrl.SetDeadline(time.Time{})
 	return ctrl, nil
@@ -130,12 +139,37 @@ func checkMetadata(entries []*handshakepb.MetadataEntry, conf ServerConfig) erro
 	return nil
 }
 
-// handshakeEnded describes a handshake the client never finished.
-func handshakeEnded(ctx context.Context, what string) error {
+// handshakeEnded describes a handshake the client never finished, err
+// being the error that stopped it and what the step it stopped at.
+func handshakeEnded(ctx context.Context, sess session.Session, err error, what string) error {
 	if ctx.Err() == context.DeadlineExceeded {
 		return status.Errorf(codes.DeadlineExceeded, "brpc: handshake timed out: %s", what)
 	}
+	if st := brokeProtocol(sess, err); st != nil {
+		return st
+	}
 	return status.Errorf(codes.Unavailable, "brpc: the connection ended during the handshake: %s", what)
+}
+
+// brokeProtocol reports, as the status the client is refused with, a
+// session that this side's session layer closed with CodeProtocol because
+// the client sent what brpc's protocol forbids (a second stream before the
+// welcome, a hello beyond the control stream's limit, a ping flood). err,
+// the error the handshake stopped at, may carry the session's end itself
+// (QUIC's close error) before the session's Context ends; otherwise the
+// session's Ending tells it (the TCP session layer decides its end before
+// any stream sees it). The status's code is what the client makes of the
+// close code (GRPCCode), so both sides tell the same story. nil: the
+// session did not end that way.
+func brokeProtocol(sess session.Session, err error) error {
+	e, ok := session.EndingOf(err)
+	if !ok {
+		e, ok = sess.Ending()
+	}
+	if !ok || e.Kind != session.EndClosed || e.ByPeer || e.Code != session.CodeProtocol {
+		return nil
+	}
+	return status.Errorf(GRPCCode(e.Code), "brpc: the client broke the protocol during the handshake: %s", e.Reason)
 }
 
 // reject sends the client a welcome carrying err, gives it a moment to read
@@ -158,12 +192,12 @@ func reject(sess session.Session, ctrl net.Conn, err error) error {
 	return err
 }
 
-// Refuse closes sess as rejected with err's gRPC status, without a welcome
-// (or after one). The close reason carries the status, for a client that
-// gets no welcome: DialError reads it back.
+// Refuse closes sess as refused with err's gRPC status, without a welcome
+// (or after one). The close code carries the status's code (RefusedCode)
+// and the reason its message, for a client that gets no welcome.
 func Refuse(sess session.Session, err error) {
 	st := status.Convert(err)
-	sess.Close(session.CodeRejected, fmt.Sprintf("%d %s", st.Code(), st.Message()))
+	sess.Close(RefusedCode(st.Code()), st.Message())
 }
 
 // NewGoAway builds the notice that tells a client the server is going away.

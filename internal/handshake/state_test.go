@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -32,6 +33,12 @@ var testCA = sync.OnceValues(certs.NewCA)
 // loopback; the test's cleanup closes both.
 func sessionPair(t *testing.T) (client, server session.Session) {
 	t.Helper()
+	return sessionPairOn(t, session.TransportQUIC)
+}
+
+// sessionPairOn is sessionPair on the transport named tr.
+func sessionPairOn(t *testing.T, tr string) (client, server session.Session) {
+	t.Helper()
 	ca, err := testCA()
 	if err != nil {
 		t.Fatal(err)
@@ -41,22 +48,47 @@ func sessionPair(t *testing.T) (client, server session.Session) {
 		t.Fatal(err)
 	}
 	serverConf.NextProtos = []string{testALPN}
-	ln, err := session.ListenUDP("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	if err := ln.Start(serverConf, session.QUICConfig{}); err != nil {
-		t.Fatal(err)
+	clientConf := &tls.Config{RootCAs: ca.Pool, NextProtos: []string{testALPN}, ServerName: "localhost"}
+	var (
+		addr   string
+		accept func(context.Context) (session.Session, error)
+		dial   func(context.Context) (session.Session, error)
+	)
+	if tr == session.TransportTCP {
+		ln, err := session.ListenTCP("127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = ln.Close() })
+		if err := ln.Start(serverConf, session.TCPConfig{}); err != nil {
+			t.Fatal(err)
+		}
+		addr, accept = ln.Addr().String(), ln.Accept
+		dial = func(ctx context.Context) (session.Session, error) {
+			return session.DialTCP(ctx, addr, clientConf, session.TCPConfig{})
+		}
+	} else {
+		ln, err := session.ListenUDP("127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = ln.Close() })
+		if err := ln.Start(serverConf, session.QUICConfig{}); err != nil {
+			t.Fatal(err)
+		}
+		addr, accept = ln.Addr().String(), ln.Accept
+		dial = func(ctx context.Context) (session.Session, error) {
+			return session.DialQUIC(ctx, addr, clientConf, session.QUICConfig{})
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
 	accepted := make(chan session.Session, 1)
 	go func() {
-		s, _ := ln.Accept(ctx)
+		s, _ := accept(ctx)
 		accepted <- s
 	}()
-	client, err = session.DialQUIC(ctx, ln.Addr().String(), &tls.Config{RootCAs: ca.Pool, NextProtos: []string{testALPN}}, session.QUICConfig{})
+	client, err = dial(ctx)
 	if err != nil {
 		cancel()
 		<-accepted
@@ -151,6 +183,15 @@ func TestRefusalWithoutWelcomeIsDecodedByDialError(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("SendHello to a server that refused the session: %v, want codes.ResourceExhausted", err)
 	}
+	// The close code carries the status's code; the reason is the message
+	// as it was, with no code encoded in it.
+	if want := "brpc: handshake: server closed the session: brpc: too many handshakes in progress"; status.Convert(err).Message() != want {
+		t.Errorf("SendHello's error message = %q, want %q", status.Convert(err).Message(), want)
+	}
+	e, _ := server.Ending()
+	if e.Code != RefusedCode(codes.ResourceExhausted) || e.Reason != "brpc: too many handshakes in progress" {
+		t.Errorf("the refused session's Ending = %v, want RefusedCode(ResourceExhausted) with the bare message", e)
+	}
 }
 
 func TestDialErrorMapsCloseCodes(t *testing.T) {
@@ -214,5 +255,49 @@ func TestServeHelloTimesOutWithoutAControlStream(t *testing.T) {
 	}
 	if d := time.Since(start); d > bound {
 		t.Fatalf("ServeHello took %v for a %v timeout", d, conf.Timeout)
+	}
+}
+
+// A client that opens a second stream before its welcome breaks brpc's
+// protocol: the session layer closes the session with CodeProtocol, and
+// ServeHello refuses the client with the status the client itself makes of
+// that close, naming what it did, rather than as a connection that merely
+// ended.
+func TestServeHelloReportsAProtocolBreak(t *testing.T) {
+	for _, tr := range []string{session.TransportQUIC, session.TransportTCP} {
+		t.Run(tr, func(t *testing.T) {
+			client, server := sessionPairOn(t, tr)
+			done := serve(server, testConf, func(context.Context, metadata.MD) (string, func(), error) {
+				t.Error("Admit ran for a client that sent no whole hello")
+				return "", nil, nil
+			})
+			ctrl, err := client.OpenStream(dialCtx(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ctrl.Close()
+			// A hello's length prefix, and no hello.
+			if _, err := ctrl.Write([]byte{0, 0, 0, 100}); err != nil {
+				t.Fatal(err)
+			}
+			// The server may end the session before the open returns.
+			if second, err := client.OpenStream(dialCtx(t)); err == nil {
+				defer second.Close()
+				_, _ = second.Write([]byte("early"))
+			}
+			var r serverResult
+			select {
+			case r = <-done:
+			case <-time.After(bound):
+				t.Fatalf("ServeHello still waits %v after the second stream", bound)
+			}
+			st := status.Convert(r.err)
+			if st.Code() != codes.Internal || !strings.Contains(st.Message(), "a stream was opened before the welcome") {
+				t.Fatalf("ServeHello: %v, want codes.Internal naming the early stream", r.err)
+			}
+			if e, ok := server.Ending(); !ok || e.Kind != session.EndClosed || e.ByPeer || e.Code != session.CodeProtocol {
+				t.Fatalf("server session's Ending: %v (ended %v), want closed by this side with CodeProtocol", e, ok)
+			}
+		})
 	}
 }

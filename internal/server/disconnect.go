@@ -1,42 +1,45 @@
 package server
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"io"
-	"net"
-
-	"github.com/hashicorp/yamux"
 
 	"github.com/brpc-go/brpc/internal/session"
 )
 
-// disconnectReason says why a welcomed session ended.
+// disconnectReason says why a welcomed session ended, from the session
+// layer's account of it alone: kind and reason come from one Ending, so
+// they always agree, and whoever closed the session (Stop, a Listener's
+// Close, a replacement) is read from its close code, not from a note kept
+// beside it.
 func (ss *Session) disconnectReason() (DisconnectKind, string, error) {
-	cause := context.Cause(ss.sess.Context())
-	if r := ss.endReason.Load(); r != nil {
-		return *ss.endKind.Load(), *r, cause
-	}
-	if code, reason, ok := session.PeerCloseCode(cause); ok {
-		if code == session.CodeNormal {
-			return ClientClosed, "client closed the connection", cause
-		}
-		return ClientClosed, fmt.Sprintf("client closed the connection (code %d): %s", code, reason), cause
-	}
-	if errors.Is(cause, io.EOF) {
-		return ClientClosed, "client closed the connection", cause
-	}
-	var ne net.Error
-	if errors.As(cause, &ne) && ne.Timeout() {
-		return KeepaliveTimeout, "client silent past the keepalive timeout", cause
-	}
-	// The TCP transport reports a silent peer with yamux's error.
-	if errors.Is(cause, yamux.ErrKeepAliveTimeout) {
-		return KeepaliveTimeout, "client silent past the keepalive timeout", cause
-	}
-	if cause == nil {
+	e, ok := ss.sess.Ending()
+	return disconnectOf(e, ok)
+}
+
+// disconnectOf maps a session's Ending to the disconnect kind, reason and
+// error of its Disconnected event. ok false: the session is not over as far
+// as the transport knows (it should not happen once serving ended).
+func disconnectOf(e session.Ending, ok bool) (DisconnectKind, string, error) {
+	if !ok {
 		return ConnectionLost, "connection ended", nil
 	}
-	return ConnectionLost, "connection ended: " + cause.Error(), cause
+	switch e.Kind {
+	case session.EndClosed:
+		if !e.ByPeer {
+			switch e.Code {
+			case session.CodeShutdown:
+				return ServerStopped, e.Reason, e.Err
+			case session.CodeReplaced:
+				return Replaced, e.Reason, e.Err
+			}
+			return ConnectionLost, fmt.Sprintf("server closed the connection (%v): %s", e.Code, e.Reason), e.Err
+		}
+		if e.Code == session.CodeNormal {
+			return ClientClosed, "client closed the connection", e.Err
+		}
+		return ClientClosed, fmt.Sprintf("client closed the connection (%v): %s", e.Code, e.Reason), e.Err
+	case session.EndKeepaliveTimeout:
+		return KeepaliveTimeout, "client silent past the keepalive timeout", e.Err
+	}
+	return ConnectionLost, "connection ended: " + e.Reason, e.Err
 }

@@ -178,11 +178,19 @@ func (s *Server) tcpConfig() session.TCPConfig {
 	// The TLS handshake of a TCP session is the listener's; QUIC's is bounded
 	// by quic-go's handshake idle timeout.
 	conf.HandshakeTimeout = s.conf.HandshakeTimeout
-	return session.TCPConfig{Settings: conf, MaxPendingHandshakes: s.conf.MaxPending}
+	// The control stream carries the hello and its 4-byte length prefix
+	// before the welcome; the session layer ends a session whose client
+	// sends more there (and never allows less than yamux's initial window).
+	return session.TCPConfig{Settings: conf, MaxPendingHandshakes: s.conf.MaxPending, MaxControlBytes: s.conf.MaxHelloSize + 4}
 }
 
 func (s *Server) quicConfig() session.QUICConfig {
-	return session.QUICConfig{Settings: s.sessionConfig(), VerifyAddresses: s.limiter != nil}
+	conf := s.sessionConfig()
+	// quic-go's handshake idle timeout: a client silent that long in its
+	// TLS handshake is dropped, and no TLS handshake lasts more than twice
+	// that.
+	conf.HandshakeTimeout = s.conf.HandshakeTimeout
+	return session.QUICConfig{Settings: conf, VerifyAddresses: s.limiter != nil, MaxPendingHandshakes: s.conf.MaxPending}
 }
 
 // admit is the listeners' admission check, nil when there is none.
@@ -260,8 +268,15 @@ func (s *Server) GracefulStop() {
 	s.Stop()
 }
 
+// stopLinger bounds how long Stop waits, for all sessions together, for
+// clients told of the shutdown to close their sessions themselves.
+const stopLinger = 500 * time.Millisecond
+
 // Stop closes everything now: listeners, sessions and the *grpc.Server.
-// Calls in flight in either direction end with codes.Unavailable.
+// Calls in flight in either direction end with codes.Unavailable. Each
+// client is sent a Closing notice with session.CodeShutdown first, all at
+// once, and Stop closes the sessions the clients have not closed within
+// stopLinger.
 func (s *Server) Stop() {
 	s.mu.Lock()
 	if s.state == stateStopped {
@@ -280,9 +295,19 @@ func (s *Server) Stop() {
 
 	s.gs.Stop()
 	s.streams.Close()
+	// Every client is told why at once (TCP carries no close code), and
+	// the whole gets stopLinger to close from the clients' side: a client
+	// that stopped reading holds Stop up to that, not each one in turn.
+	deadline := time.Now().Add(stopLinger)
+	var told sync.WaitGroup
 	for _, ss := range sessions {
-		ss.close(ServerStopped, session.CodeShutdown, "server stopped", errShuttingDown)
+		told.Add(1)
+		go func() {
+			defer told.Done()
+			ss.closeTold(session.CodeShutdown, "server stopped", errShuttingDown, deadline)
+		}()
 	}
+	told.Wait()
 	for _, l := range listeners {
 		l.Close()
 	}

@@ -32,9 +32,7 @@ type Session struct {
 	ctrlMu sync.Mutex
 	ctrl   net.Conn
 
-	endReason atomic.Pointer[string] // set when the server ends the session
-	endKind   atomic.Pointer[DisconnectKind]
-	helloMD   metadata.MD // what the hello carried, once read
+	helloMD metadata.MD // what the hello carried, once read
 }
 
 // ID is the client's ID.
@@ -99,10 +97,11 @@ func (ss *Session) serve() {
 		s.streams.Push(ctx, grpcglue.NewStreamConn(c, ss.info))
 	}
 	// Accepting fails as the connection closes; let the transport finish
-	// recording why before the disconnect is reported.
+	// recording why (the session's Ending) before the disconnect is
+	// reported.
 	t := time.NewTimer(time.Second)
 	select {
-	case <-ss.sess.Closed():
+	case <-ss.sess.Context().Done():
 	case <-t.C:
 	}
 	t.Stop()
@@ -153,10 +152,9 @@ func (ss *Session) admit(ctx context.Context, md metadata.MD) (string, func(), e
 	ss.info = grpcglue.NewSessionInfo(grpcglue.Peer{
 		ID:          id,
 		Metadata:    md,
-		RemoteAddr:  ss.sess.RemoteAddr(),
 		Transport:   ss.sess.Transport(),
 		ConnectedAt: time.Now(),
-	}, ss.sess.TLS(), ss)
+	}, ss.sess, ss)
 	conn := grpcglue.NewLazyConn(ss.dialGRPC, s.conf.ReverseIdle)
 	if s.conf.NewStub != nil {
 		ss.stub = s.conf.NewStub(conn)
@@ -180,8 +178,9 @@ func (ss *Session) admit(ctx context.Context, md metadata.MD) (string, func(), e
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			old.closeTold(Replaced, session.CodeReplaced, "replaced by a newer session of the same client",
-				status.Errorf(codes.Unavailable, "brpc: client %q reconnected; this session was replaced", id))
+			old.closeTold(session.CodeReplaced, "replaced by a newer session of the same client",
+				status.Errorf(codes.Unavailable, "brpc: client %q reconnected; this session was replaced", id),
+				time.Now().Add(handshake.Linger))
 		}()
 	}
 	return id, func() { s.peers.Remove(id, ss) }, nil
@@ -207,43 +206,42 @@ func (ss *Session) dialGRPC() (*grpc.ClientConn, error) {
 
 // goAway tells the client that the server is going away.
 func (ss *Session) goAway(reason string) {
-	ss.notify(handshake.NewGoAway(reason))
+	ss.notify(handshake.NewGoAway(reason), time.Now().Add(time.Second))
 }
 
-// notify writes a notice on the control stream of a welcomed session.
-func (ss *Session) notify(n *handshakepb.Notice) {
+// notify writes a notice on the control stream of a welcomed session,
+// giving up at deadline or a second from now, whichever comes first. It
+// reports whether the notice was written.
+func (ss *Session) notify(n *handshakepb.Notice, deadline time.Time) bool {
 	ss.ctrlMu.Lock()
 	defer ss.ctrlMu.Unlock()
 	if ss.ctrl == nil {
-		return
+		return false
 	}
-	ss.ctrl.SetWriteDeadline(time.Now().Add(time.Second))
-	_ = handshake.WriteMsg(ss.ctrl, n)
-}
-
-// close ends the session now; its reverse calls fail with callErr.
-func (ss *Session) close(kind DisconnectKind, code session.CloseCode, reason string, callErr error) {
-	ss.endKind.CompareAndSwap(nil, &kind)
-	ss.endReason.CompareAndSwap(nil, &reason)
-	ss.lazy().Close(callErr)
-	ss.sess.Close(code, reason)
+	if soon := time.Now().Add(time.Second); soon.Before(deadline) {
+		deadline = soon
+	}
+	ss.ctrl.SetWriteDeadline(deadline)
+	return handshake.WriteMsg(ss.ctrl, n) == nil
 }
 
 // closeTold ends the session after telling the client why on the control
 // stream, for transports that carry no close code of their own (TCP). The
 // client closes the session when it reads the notice; the server closes it
-// itself after handshake.Linger (closing first could reset the connection
-// before the notice is read).
-func (ss *Session) closeTold(kind DisconnectKind, code session.CloseCode, reason string, callErr error) {
-	ss.endKind.CompareAndSwap(nil, &kind)
-	ss.endReason.CompareAndSwap(nil, &reason)
+// itself at deadline (closing first could reset the connection before the
+// notice is read), or at once if the notice could not be written.
+func (ss *Session) closeTold(code session.CloseCode, reason string, callErr error, deadline time.Time) {
+	// From here on the session's Ending is this close, whichever side
+	// then ends the connection.
+	ss.sess.Announce(code, reason)
 	ss.lazy().Close(callErr)
-	ss.notify(handshake.NewClosing(code, reason))
-	t := time.NewTimer(handshake.Linger)
-	select {
-	case <-ss.sess.Closed():
-	case <-t.C:
+	if ss.notify(handshake.NewClosing(code, reason), deadline) {
+		t := time.NewTimer(time.Until(deadline))
+		select {
+		case <-ss.sess.Closed():
+		case <-t.C:
+		}
+		t.Stop()
 	}
-	t.Stop()
 	ss.sess.Close(code, reason)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -15,10 +16,29 @@ import (
 // Stream and connection receive windows. The stream window must never cap
 // grpc-go's own BDP-sized HTTP/2 window, so it is allowed to grow to 16 MiB;
 // windows are credit, not allocations, so an idle session costs nothing for them.
+//
+// They start small and quic-go doubles them as the application reads fast
+// enough. Unread data costs more than its size: quic-go keeps every received
+// STREAM frame of 128 bytes or more in a buffer of a whole packet (1452
+// bytes), so a peer that sends 128-byte frames makes each byte of window
+// cost about 11 bytes of heap, 13 with quic-go's bookkeeping. Until a server's
+// session is admitted the connection window does not grow at all
+// (AllowConnectionWindowIncrease), so what an unadmitted peer can make the
+// server hold in unread data is about 13 x InitialConnectionReceiveWindow,
+// whatever it sends; see docs/security.md for the measured figure.
 const (
-	maxStreamReceiveWindow     = 16 << 20
-	maxConnectionReceiveWindow = 32 << 20
+	initialStreamReceiveWindow     = 12 << 10
+	initialConnectionReceiveWindow = 12 << 10
+	maxStreamReceiveWindow         = 16 << 20
+	maxConnectionReceiveWindow     = 32 << 20
 )
+
+// DefaultRetryThreshold is how many QUIC handshakes may be in progress on a
+// listener before it validates the address of every new client with a
+// Retry round trip: beyond it, an Initial packet, spoofed or replayed, costs
+// the server one Retry packet and no TLS handshake. An ordinary client pays
+// one more round trip while the listener is that busy.
+const DefaultRetryThreshold = 256
 
 // ListenerReceiveBuffer is the UDP receive buffer a QUIC listener asks
 // for. Every client's packets arrive on this one socket: when a server calls
@@ -35,24 +55,55 @@ type QUICConfig struct {
 	// VerifyAddresses makes a listener validate every client's address with
 	// a Retry round trip first, so that Admit sees no spoofed addresses.
 	VerifyAddresses bool
+	// MaxPendingHandshakes, on a listener, caps the QUIC (TLS) handshakes in
+	// progress at once, counted from the first Initial packet quic-go
+	// accepts until Accept returns the connection or it dies; attempts
+	// beyond it are refused with CONNECTION_REFUSED before any TLS work.
+	// 0: no cap.
+	MaxPendingHandshakes int
+	// RetryThreshold, on a listener, is how many handshakes in progress
+	// switch on address validation (Retry) for new clients; 0 means
+	// DefaultRetryThreshold, or half of MaxPendingHandshakes when that is
+	// lower, so that validation always starts before the cap refuses
+	// anyone.
+	RetryThreshold int
 }
 
-// Config returns the quic-go configuration for c.
+// Config returns the quic-go configuration for c. HandshakeTimeout is
+// quic-go's handshake idle timeout: a TLS handshake is abandoned when the
+// peer sends nothing for that long, or when it is not done after twice that.
 func (c QUICConfig) Config() *quic.Config {
 	return &quic.Config{
-		KeepAlivePeriod:            c.KeepAlive,
-		MaxIdleTimeout:             c.IdleTimeout,
-		HandshakeIdleTimeout:       c.HandshakeTimeout,
-		MaxIncomingStreams:         c.MaxIncomingStreams,
-		MaxIncomingUniStreams:      -1, // brpc uses bidirectional streams only
-		MaxStreamReceiveWindow:     maxStreamReceiveWindow,
-		MaxConnectionReceiveWindow: maxConnectionReceiveWindow,
+		KeepAlivePeriod:                c.KeepAlive,
+		MaxIdleTimeout:                 c.IdleTimeout,
+		HandshakeIdleTimeout:           c.HandshakeTimeout,
+		MaxIncomingStreams:             c.MaxIncomingStreams,
+		MaxIncomingUniStreams:          -1, // brpc uses bidirectional streams only
+		InitialStreamReceiveWindow:     initialStreamReceiveWindow,
+		InitialConnectionReceiveWindow: initialConnectionReceiveWindow,
+		MaxStreamReceiveWindow:         maxStreamReceiveWindow,
+		MaxConnectionReceiveWindow:     maxConnectionReceiveWindow,
 	}
+}
+
+// retryThreshold is the number of handshakes in progress from which a
+// listener validates addresses.
+func (c QUICConfig) retryThreshold() int64 {
+	if c.RetryThreshold > 0 {
+		return int64(c.RetryThreshold)
+	}
+	t := DefaultRetryThreshold
+	if c.MaxPendingHandshakes > 0 {
+		t = min(t, max(c.MaxPendingHandshakes/2, 1))
+	}
+	return int64(t)
 }
 
 // quicSession is a Session over one QUIC connection: streams are native.
 type quicSession struct {
-	conn *quic.Conn
+	conn  *quic.Conn
+	end   endState
+	guard *streamGuard // on a listener's sessions until admitted; nil otherwise
 }
 
 // NewQUIC wraps an established QUIC connection.
@@ -76,6 +127,12 @@ func (s *quicSession) OpenStream(ctx context.Context) (net.Conn, error) {
 }
 
 func (s *quicSession) AcceptStream(ctx context.Context) (net.Conn, error) {
+	if s.guard != nil {
+		st, err := s.guard.accept(ctx)
+		if st != nil || err != nil {
+			return st, err
+		}
+	}
 	st, err := s.conn.AcceptStream(ctx)
 	if err != nil {
 		return nil, err
@@ -87,6 +144,17 @@ func (s *quicSession) Close(code CloseCode, reason string) error {
 	return s.conn.CloseWithError(quic.ApplicationErrorCode(code), reason)
 }
 
+func (s *quicSession) Ending() (Ending, bool) { return s.end.ending(s.conn.Context()) }
+
+func (s *quicSession) Announce(code CloseCode, reason string) {
+	s.end.decide(s.conn.Context(), Ending{Kind: EndClosed, Code: code, Reason: reason})
+}
+
+func (s *quicSession) PeerAnnounced(code CloseCode, reason string) error {
+	s.end.decide(s.conn.Context(), Ending{Kind: EndClosed, ByPeer: true, Code: code, Reason: reason})
+	return s.conn.CloseWithError(quic.ApplicationErrorCode(CodeNormal), "closing as the peer announced")
+}
+
 func (s *quicSession) Context() context.Context { return s.conn.Context() }
 func (s *quicSession) Closed() <-chan struct{}  { return s.conn.Context().Done() }
 func (s *quicSession) LocalAddr() net.Addr      { return s.conn.LocalAddr() }
@@ -94,16 +162,6 @@ func (s *quicSession) RemoteAddr() net.Addr     { return s.conn.RemoteAddr() }
 func (s *quicSession) TLS() tls.ConnectionState { return s.conn.ConnectionState().TLS }
 func (s *quicSession) Transport() string        { return TransportQUIC }
 func (s *quicSession) String() string           { return fmt.Sprintf("quic %v", s.conn.RemoteAddr()) }
-
-// PeerCloseCode reports the close code the peer sent when it ended the
-// session, if it ended it on purpose with a brpc code.
-func PeerCloseCode(err error) (CloseCode, string, bool) {
-	var appErr *quic.ApplicationError
-	if errors.As(err, &appErr) && appErr.Remote {
-		return CloseCode(appErr.ErrorCode), appErr.ErrorMessage, true
-	}
-	return 0, "", false
-}
 
 // quicStream adapts a *quic.Stream to net.Conn.
 //
@@ -172,6 +230,10 @@ type QUICListener struct {
 	tr  *quic.Transport
 	ln  *quic.Listener
 
+	// handshaking counts the connections quic-go is handshaking (TLS) and
+	// those it finished that Accept has not returned yet.
+	handshaking atomic.Int64
+
 	mu    sync.Mutex
 	conns map[*quic.Conn]struct{} // accepted and not yet ended
 }
@@ -197,6 +259,8 @@ func (l *QUICListener) Addr() net.Addr { return l.udp.LocalAddr() }
 // Start begins accepting QUIC connections with tlsConf and conf.
 func (l *QUICListener) Start(tlsConf *tls.Config, conf QUICConfig) error {
 	qc := conf.Config()
+	qc.AllowConnectionWindowIncrease = allowWindowIncrease
+	l.tr.ConnContext = l.connContext(int64(conf.MaxPendingHandshakes))
 	if conf.Admit != nil {
 		perConn := qc.Clone()
 		qc.GetConfigForClient = func(info *quic.ClientInfo) (*quic.Config, error) {
@@ -208,6 +272,9 @@ func (l *QUICListener) Start(tlsConf *tls.Config, conf QUICConfig) error {
 	}
 	if conf.VerifyAddresses {
 		l.tr.VerifySourceAddress = func(net.Addr) bool { return true }
+	} else {
+		threshold := conf.retryThreshold()
+		l.tr.VerifySourceAddress = func(net.Addr) bool { return l.handshaking.Load() >= threshold }
 	}
 	ln, err := l.tr.Listen(tlsConf, qc)
 	if err != nil {
@@ -223,6 +290,7 @@ func (l *QUICListener) Accept(ctx context.Context) (Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	handshakeOf(conn).done()
 	l.mu.Lock()
 	l.conns[conn] = struct{}{}
 	l.mu.Unlock()
@@ -231,7 +299,7 @@ func (l *QUICListener) Accept(ctx context.Context) (Session, error) {
 		delete(l.conns, conn)
 		l.mu.Unlock()
 	})
-	return NewQUIC(conn), nil
+	return &quicSession{conn: conn, guard: newStreamGuard(conn)}, nil
 }
 
 // StopAccepting closes the listening side only; established sessions go on.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -34,6 +35,11 @@ type TCPConfig struct {
 	// MaxPendingHandshakes, on a listener, caps the TLS handshakes in
 	// progress at once; connections beyond it are closed at once.
 	MaxPendingHandshakes int
+	// MaxControlBytes, on a listener, caps what the peer may send on the
+	// control stream before its session is admitted: the hello, with its
+	// length prefix, and at least yamux's initial stream window (256 KiB).
+	// More fails the session with CodeProtocol.
+	MaxControlBytes int
 }
 
 // maxStreamWindow is the largest receive window of one stream: enough for
@@ -79,15 +85,21 @@ type tcpSession struct {
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
+	end    endState
+
+	opening chan struct{} // holds a token while a yamux OpenStream runs
 
 	pingEvery time.Duration // 0: no keepalive
 	pingMu    sync.Mutex
 	pingT     *time.Timer // nil once the session ended
+
+	insp *frameInspector // a listener's session: what the peer may send; nil when dialed
 }
 
-func newTCPSession(tc *tls.Conn, mux *yamux.Session, conf TCPConfig) *tcpSession {
+func newTCPSession(tc *tls.Conn, mux *yamux.Session, watch *connWatch, conf TCPConfig) *tcpSession {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	s := &tcpSession{mux: mux, tls: tc, limit: conf.MaxIncomingStreams, ctx: ctx, cancel: cancel}
+	s := &tcpSession{mux: mux, tls: tc, limit: conf.MaxIncomingStreams, ctx: ctx, cancel: cancel, opening: make(chan struct{}, 1)}
+	watch.notify(func(err error) { cancel(fmt.Errorf("session: tcp connection ended: %w", err)) })
 	if conf.IdleTimeout > 0 {
 		s.pingEvery = conf.keepaliveInterval()
 		// Under pingMu: the timer may fire, and keepalive read pingT,
@@ -95,9 +107,8 @@ func newTCPSession(tc *tls.Conn, mux *yamux.Session, conf TCPConfig) *tcpSession
 		s.pingMu.Lock()
 		s.pingT = time.AfterFunc(s.pingEvery, s.keepalive)
 		s.pingMu.Unlock()
-		// Both sides always accept streams, and accepting ends the context
-		// once the connection is gone; a ping on a closed session fails
-		// at once and is not rescheduled either.
+		// The context ends with the connection; a ping on a closed
+		// session fails at once and is not rescheduled either.
 		context.AfterFunc(ctx, s.stopKeepalive)
 	}
 	return s
@@ -139,38 +150,175 @@ func DialTCP(ctx context.Context, addr string, tlsConf *tls.Config, conf TCPConf
 	if err != nil {
 		return nil, err
 	}
-	rb := &recordBatcher{Conn: raw}
-	tc := tls.Client(rb, tlsConf)
+	tc, muxConn, _ := tlsLayers(raw, tlsConf, true, 0)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, err
 	}
-	mux, err := yamux.Client(&frameJoiner{ReadWriteCloser: tc, batch: rb}, conf.yamux())
+	mux, err := yamux.Client(muxConn, conf.yamux())
 	if err != nil {
 		tc.Close()
 		return nil, err
 	}
-	return newTCPSession(tc, mux, conf), nil
+	return newTCPSession(tc, mux, muxConn, conf), nil
 }
 
+// tlsLayers stacks TLS on raw for either side: tc is the TLS connection to
+// handshake, and muxConn what yamux runs on once it has. Writes go yamux,
+// frameJoiner (a data frame's header joined with its body), TLS,
+// recordBatcher (a frame's records in one system call), raw; both sides
+// build the stack here, so that both get the joining and the batching. On
+// top, a connWatch tells the session when yamux closes the connection.
+//
+// A listener's side also gets insp, a frameInspector right on TLS that
+// follows what the peer sends (controlLimit: see TCPConfig.MaxControlBytes);
+// a dialed side gets nil. It sits under the connWatch, so that yamux, which
+// stops reading at a violation's error and closes the connection, still
+// closes through the watcher.
+func tlsLayers(raw net.Conn, tlsConf *tls.Config, client bool, controlLimit int) (tc *tls.Conn, muxConn *connWatch, insp *frameInspector) {
+	rb := &recordBatcher{Conn: raw}
+	if client {
+		tc = tls.Client(rb, tlsConf)
+		return tc, &connWatch{ReadWriteCloser: &frameJoiner{ReadWriteCloser: tc, batch: rb}}, nil
+	}
+	tc = tls.Server(rb, tlsConf)
+	insp = newFrameInspector(tc, controlLimit)
+	return tc, &connWatch{ReadWriteCloser: &frameJoiner{ReadWriteCloser: insp, batch: rb}}, insp
+}
+
+// errYamuxEnded is the cause of a session that yamux ended without an I/O
+// error: a frame that broke its protocol, or a stream the peer never
+// acknowledged.
+var errYamuxEnded = errors.New("yamux ended the session")
+
+// connWatch is what yamux reads and writes. yamux closes it however the
+// session ends (a local Close, a read or write error, a protocol error), so
+// its Close ends the session's Context then, with the first I/O error as
+// the cause: the Context ends with the connection even while nobody
+// accepts streams.
+type connWatch struct {
+	io.ReadWriteCloser
+
+	mu      sync.Mutex
+	err     error // the first I/O error
+	closed  bool
+	onClose func(cause error)
+}
+
+func (w *connWatch) Read(p []byte) (int, error) {
+	n, err := w.ReadWriteCloser.Read(p)
+	if err != nil {
+		w.failed(err)
+	}
+	return n, err
+}
+
+func (w *connWatch) Write(p []byte) (int, error) {
+	n, err := w.ReadWriteCloser.Write(p)
+	if err != nil {
+		w.failed(err)
+	}
+	return n, err
+}
+
+func (w *connWatch) failed(err error) {
+	w.mu.Lock()
+	if w.err == nil && !w.closed {
+		w.err = err
+	}
+	w.mu.Unlock()
+}
+
+func (w *connWatch) Close() error {
+	err := w.ReadWriteCloser.Close()
+	w.mu.Lock()
+	w.closed = true
+	fn, cause := w.onClose, w.cause()
+	w.onClose = nil
+	w.mu.Unlock()
+	if fn != nil {
+		fn(cause)
+	}
+	return err
+}
+
+func (w *connWatch) cause() error {
+	if w.err != nil {
+		return w.err
+	}
+	return errYamuxEnded
+}
+
+// notify calls fn once the connection is closed: at once if it is already.
+func (w *connWatch) notify(fn func(cause error)) {
+	w.mu.Lock()
+	if !w.closed {
+		w.onClose = fn
+		w.mu.Unlock()
+		return
+	}
+	cause := w.cause()
+	w.mu.Unlock()
+	fn(cause)
+}
+
+// OpenStream opens a stream, giving up when ctx ends. yamux's OpenStream
+// takes no context and can block: while AcceptBacklog streams wait for the
+// peer's acknowledgement, and while its first window update waits behind
+// the send queue. So it runs on a goroutine of its own, one at a time per
+// session; a caller whose ctx ends returns at once, and the goroutine
+// outlives it only until yamux returns (a stream is acknowledged, or the
+// session ends: yamux's stream open timeout ends a session whose peer
+// acknowledges nothing) and then closes the stream nobody took.
 func (s *tcpSession) OpenStream(ctx context.Context) (net.Conn, error) {
 	if err := s.ctx.Err(); err != nil {
 		return nil, context.Cause(s.ctx)
 	}
-	st, err := s.mux.OpenStream()
-	if err != nil {
-		if s.mux.IsClosed() {
-			s.ended(err)
-		}
+	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return &tcpStream{Stream: st}, nil
+	select {
+	case s.opening <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-s.ctx.Done():
+		return nil, context.Cause(s.ctx)
+	}
+	type result struct {
+		st  *yamux.Stream
+		err error
+	}
+	got := make(chan result)
+	gaveUp := make(chan struct{})
+	go func() {
+		st, err := s.mux.OpenStream()
+		<-s.opening
+		select {
+		case got <- result{st, err}:
+		case <-gaveUp:
+			if st != nil {
+				st.Close()
+			}
+		}
+	}()
+	var r result
+	select {
+	case r = <-got:
+	case <-ctx.Done():
+		close(gaveUp)
+		return nil, ctx.Err()
+	}
+	if r.err != nil {
+		if s.mux.IsClosed() {
+			s.ended(r.err)
+		}
+		return nil, r.err
+	}
+	return &tcpStream{Stream: r.st, sess: s}, nil
 }
 
 // AcceptStream returns the next stream the peer opened. Streams beyond the
-// limit of concurrently open ones are reset at once. When accepting fails
-// because the connection ended, the session's Context ends too: brpc always
-// has a goroutine accepting on each live session, so that is prompt.
+// limit of concurrently open ones are reset at once.
 func (s *tcpSession) AcceptStream(ctx context.Context) (net.Conn, error) {
 	for {
 		st, err := s.mux.AcceptStreamWithContext(ctx)
@@ -186,7 +334,7 @@ func (s *tcpSession) AcceptStream(ctx context.Context) (net.Conn, error) {
 			continue
 		}
 		s.open.Add(1)
-		return &tcpStream{Stream: st, release: func() { s.open.Add(-1) }}, nil
+		return &tcpStream{Stream: st, sess: s, release: func() { s.open.Add(-1) }}, nil
 	}
 }
 
@@ -196,12 +344,23 @@ func (s *tcpSession) ended(err error) {
 	s.mux.Close()
 }
 
-// PeerCloseCode is not carried by the TCP transport: a peer's close is seen
-// as the connection ending.
-
 func (s *tcpSession) Close(code CloseCode, reason string) error {
 	s.cancel(&localCloseError{code: code, reason: reason})
 	return s.mux.Close()
+}
+
+// Ending reports how the session ended. TCP carries no close code: a peer
+// that closed without announcing it is seen as the connection's clean end,
+// a close with CodeNormal.
+func (s *tcpSession) Ending() (Ending, bool) { return s.end.ending(s.ctx) }
+
+func (s *tcpSession) Announce(code CloseCode, reason string) {
+	s.end.decide(s.ctx, Ending{Kind: EndClosed, Code: code, Reason: reason})
+}
+
+func (s *tcpSession) PeerAnnounced(code CloseCode, reason string) error {
+	s.end.decide(s.ctx, Ending{Kind: EndClosed, ByPeer: true, Code: code, Reason: reason})
+	return s.Close(CodeNormal, "closing as the peer announced")
 }
 
 func (s *tcpSession) Context() context.Context { return s.ctx }
@@ -221,17 +380,96 @@ func (e *localCloseError) Error() string {
 	return fmt.Sprintf("session closed locally (code %d): %s", e.code, e.reason)
 }
 
-// tcpStream is a yamux stream as a net.Conn.
+// tcpStream is a yamux stream as a net.Conn: its errors, deadlines and
+// addresses follow net.Conn's conventions, as the QUIC stream's do. yamux
+// has errors of its own (ErrStreamClosed, ErrTimeout), checks a deadline
+// only when a call has to wait, and names its addresses "yamux:local" and
+// "yamux:remote".
 type tcpStream struct {
 	*yamux.Stream
+	sess    *tcpSession
 	once    sync.Once
+	closed  atomic.Bool
 	release func()
+
+	readDeadline, writeDeadline atomic.Int64 // UnixNano; 0: none
+}
+
+func (s *tcpStream) Read(p []byte) (int, error) {
+	if s.closed.Load() {
+		// yamux's Close is a half-close: what arrived would still be read.
+		return 0, net.ErrClosed
+	}
+	if passed(&s.readDeadline) {
+		return 0, os.ErrDeadlineExceeded
+	}
+	n, err := s.Stream.Read(p)
+	return n, s.netError(err)
+}
+
+func (s *tcpStream) Write(p []byte) (int, error) {
+	if s.closed.Load() {
+		return 0, net.ErrClosed
+	}
+	if passed(&s.writeDeadline) {
+		return 0, os.ErrDeadlineExceeded
+	}
+	n, err := s.Stream.Write(p)
+	return n, s.netError(err)
+}
+
+func passed(deadline *atomic.Int64) bool {
+	d := deadline.Load()
+	return d != 0 && time.Now().UnixNano() >= d
+}
+
+func store(deadline *atomic.Int64, t time.Time) {
+	if t.IsZero() {
+		deadline.Store(0)
+	} else {
+		deadline.Store(t.UnixNano())
+	}
+}
+
+func (s *tcpStream) SetDeadline(t time.Time) error {
+	store(&s.readDeadline, t)
+	store(&s.writeDeadline, t)
+	return s.Stream.SetDeadline(t)
+}
+
+func (s *tcpStream) SetReadDeadline(t time.Time) error {
+	store(&s.readDeadline, t)
+	return s.Stream.SetReadDeadline(t)
+}
+
+func (s *tcpStream) SetWriteDeadline(t time.Time) error {
+	store(&s.writeDeadline, t)
+	return s.Stream.SetWriteDeadline(t)
+}
+
+func (s *tcpStream) LocalAddr() net.Addr  { return s.sess.LocalAddr() }
+func (s *tcpStream) RemoteAddr() net.Addr { return s.sess.RemoteAddr() }
+
+// netError is what Read and Write report for yamux's err: net.ErrClosed
+// once the stream was closed on this side (Close cut a pending call short),
+// and os.ErrDeadlineExceeded, a timeout net.Error, for a passed deadline.
+func (s *tcpStream) netError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case s.closed.Load():
+		return net.ErrClosed
+	case errors.Is(err, yamux.ErrTimeout):
+		return os.ErrDeadlineExceeded
+	}
+	return err
 }
 
 // Close ends the stream both ways. yamux's Close only half-closes (it sends
 // FIN and keeps reading until the peer's FIN), but grpc-go waits for its
 // reader when it closes a connection, so a pending Read is ended too.
 func (s *tcpStream) Close() error {
+	s.closed.Store(true)
 	_ = s.Stream.SetReadDeadline(time.Unix(1, 0))
 	err := s.Stream.Close()
 	s.once.Do(func() {
@@ -362,8 +600,7 @@ func (l *TCPListener) establish(raw net.Conn, tlsConf *tls.Config, conf TCPConfi
 		timeout = 10 * time.Second
 	}
 	raw.SetDeadline(time.Now().Add(timeout))
-	rb := &recordBatcher{Conn: raw}
-	tc := tls.Server(rb, tlsConf)
+	tc, muxConn, insp := tlsLayers(raw, tlsConf, false, conf.MaxControlBytes)
 	if err := tc.Handshake(); err != nil {
 		return nil, err
 	}
@@ -373,11 +610,14 @@ func (l *TCPListener) establish(raw net.Conn, tlsConf *tls.Config, conf TCPConfi
 		return nil, errors.New("session: the client did not negotiate the application protocol")
 	}
 	raw.SetDeadline(time.Time{})
-	mux, err := yamux.Server(&frameJoiner{ReadWriteCloser: tc, batch: rb}, conf.yamux())
+	mux, err := yamux.Server(muxConn, conf.yamux())
 	if err != nil {
 		return nil, err
 	}
-	return newTCPSession(tc, mux, conf), nil
+	s := newTCPSession(tc, mux, muxConn, conf)
+	s.insp = insp
+	insp.setFail(func(err error) { s.cancel(err) })
+	return s, nil
 }
 
 // Accept returns the next session whose TLS handshake completed.

@@ -126,6 +126,22 @@ func (r *TCPRelay) pump(from, to net.Conn) {
 // Addr is where clients should dial.
 func (r *TCPRelay) Addr() string { return r.ln.Addr().String() }
 
+// UpstreamAddrs are the addresses the server sees the relayed connections
+// that are open now come from: one per client connection.
+func (r *TCPRelay) UpstreamAddrs() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for c := range r.conns {
+		// The relay's own connections to the server are those whose far
+		// end is the server.
+		if c.RemoteAddr().String() == r.server {
+			out = append(out, c.LocalAddr().String())
+		}
+	}
+	return out
+}
+
 // Blackhole drops every byte from now on, keeping the connections open.
 func (r *TCPRelay) Blackhole() { r.dropping.Store(true) }
 

@@ -1,0 +1,174 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/brpc-go/brpc/internal/certs"
+	"github.com/brpc-go/brpc/internal/handshake"
+	"github.com/brpc-go/brpc/internal/handshake/handshakepb"
+	"github.com/brpc-go/brpc/internal/session"
+)
+
+// tcpListener shows a TCP session listener to the core as the public
+// listeners do.
+type tcpListener struct {
+	l   *session.TCPListener
+	tls *tls.Config
+}
+
+func (l *tcpListener) Start(cfg ListenConfig) (Acceptor, error) {
+	return l, l.l.Start(l.tls, cfg.TCP)
+}
+func (l *tcpListener) Accept() (session.Session, error) { return l.l.Accept(context.Background()) }
+func (l *tcpListener) StopAccepting()                   { _ = l.l.StopAccepting() }
+func (l *tcpListener) Close() error                     { return l.l.Close() }
+
+// TestStopAnnouncesShutdown stops a server with one client that reads the
+// control stream and many that do not, on each transport. The reading
+// client is told, on the control stream, that the server shuts down
+// (CodeShutdown: on TCP the close itself carries no code); the silent ones
+// hold Stop for one short linger in all, not one each; every disconnect is
+// reported as server_stopped.
+func TestStopAnnouncesShutdown(t *testing.T) {
+	const silent = 20
+	for _, tr := range []string{session.TransportQUIC, session.TransportTCP} {
+		t.Run(tr, func(t *testing.T) {
+			ca, err := certs.NewCA()
+			if err != nil {
+				t.Fatal(err)
+			}
+			serverTLS, err := ca.ServerTLS()
+			if err != nil {
+				t.Fatal(err)
+			}
+			serverTLS.NextProtos = []string{alpn}
+			clientTLS := &tls.Config{RootCAs: ca.Pool, NextProtos: []string{alpn}, ServerName: "localhost", MinVersion: tls.VersionTLS13}
+
+			var lis Listener
+			var addr string
+			var dial func(ctx context.Context) (session.Session, error)
+			if tr == session.TransportQUIC {
+				l, err := session.ListenUDP("127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				lis, addr = &quicListener{l: l, tls: serverTLS}, l.Addr().String()
+				dial = func(ctx context.Context) (session.Session, error) {
+					return session.DialQUIC(ctx, addr, clientTLS, session.QUICConfig{Settings: settings()})
+				}
+			} else {
+				l, err := session.ListenTCP("127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				lis, addr = &tcpListener{l: l, tls: serverTLS}, l.Addr().String()
+				dial = func(ctx context.Context) (session.Session, error) {
+					return session.DialTCP(ctx, addr, clientTLS, session.TCPConfig{Settings: settings()})
+				}
+			}
+
+			var mu sync.Mutex
+			var disconnects []Event
+			connected := make(chan struct{}, silent+1)
+			core := New(grpc.NewServer(), Config{
+				Session:          settings(),
+				HandshakeTimeout: bound,
+				MaxHelloSize:     64 << 10,
+				OnEvent: func(ev Event) {
+					switch ev.Type {
+					case Connected:
+						connected <- struct{}{}
+					case Disconnected:
+						mu.Lock()
+						disconnects = append(disconnects, ev)
+						mu.Unlock()
+					}
+				},
+			})
+			served := make(chan error, 1)
+			go func() { served <- core.Serve(lis) }()
+
+			ctx, cancel := context.WithTimeout(context.Background(), bound)
+			defer cancel()
+			var clients []session.Session
+			defer func() {
+				for _, c := range clients {
+					c.Close(session.CodeNormal, "test over")
+				}
+			}()
+			var reader net.Conn
+			for i := 0; i <= silent; i++ {
+				c, err := dial(ctx)
+				if err != nil {
+					t.Fatalf("dial: %v", err)
+				}
+				clients = append(clients, c)
+				ctrl, _, err := handshake.SendHello(ctx, c, nil)
+				if err != nil {
+					t.Fatalf("hello: %v", err)
+				}
+				if i == 0 {
+					reader = ctrl
+				}
+				<-connected
+			}
+
+			// The first client reads its control stream, as brpc's client
+			// does, and closes the session as the server announces.
+			notice := make(chan *handshakepb.Closing, 1)
+			go func() {
+				defer close(notice)
+				for {
+					var n handshakepb.Notice
+					if err := handshake.ReadMsg(reader, &n, handshake.MaxWelcomeSize); err != nil {
+						return
+					}
+					if cl := n.GetClosing(); cl != nil {
+						clients[0].PeerAnnounced(session.CloseCode(cl.GetCode()), cl.GetReason())
+						notice <- cl
+						return
+					}
+				}
+			}()
+
+			start := time.Now()
+			core.Stop()
+			took := time.Since(start)
+			if err := <-served; err != nil {
+				t.Fatalf("Serve after Stop: %v", err)
+			}
+			// Told one by one, the silent clients would hold Stop for
+			// stopLinger each.
+			if limit := 5 * time.Second; took > limit {
+				t.Errorf("Stop took %v with %d clients that never close, want under %v", took, silent, limit)
+			}
+
+			cl := <-notice
+			if cl == nil || session.CloseCode(cl.GetCode()) != session.CodeShutdown {
+				t.Fatalf("the reading client got %v before its session ended, want a Closing notice with CodeShutdown", cl)
+			}
+			e, ok := clients[0].Ending()
+			if !ok || e.Kind != session.EndClosed || !e.ByPeer || e.Code != session.CodeShutdown || e.Reason != "server stopped" {
+				t.Errorf("the reading client's Ending = %v, %v; want the server's close with CodeShutdown", e, ok)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(disconnects) != silent+1 {
+				t.Fatalf("%d disconnect events, want %d", len(disconnects), silent+1)
+			}
+			for _, ev := range disconnects {
+				if ev.Kind != ServerStopped || ev.Reason != "server stopped" {
+					t.Errorf("disconnect %q (%s) after Stop, want server_stopped", ev.Kind, ev.Reason)
+				}
+			}
+			t.Logf("Stop took %v", took)
+		})
+	}
+}
