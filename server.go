@@ -27,7 +27,10 @@ type Server[C any] struct {
 // Build gs with grpc.Creds(TransportCredentials()) for its handlers and
 // interceptors to see each client's TLS state as peer.AuthInfo, or with no
 // transport credentials; other credentials (grpc-go's TLS) cannot serve
-// brpc's sessions, which are TLS already.
+// brpc's sessions, which are TLS already. grpc-go's defaults let one
+// client's calls that its handlers do not read make gs hold without limit:
+// build it with grpc.MaxConcurrentStreams, grpc.InitialWindowSize and
+// grpc.InitialConnWindowSize too, as docs/security.md recommends.
 // The Server owns gs from now on: GracefulStop and Stop stop it too.
 //
 // Without WithAuthenticator, anyone who reaches the server's port and
