@@ -204,9 +204,14 @@ func (ss *Session) dialGRPC() (*grpc.ClientConn, error) {
 	return grpc.NewClient("passthrough:///brpc-client", opts...)
 }
 
-// goAway tells the client that the server is going away.
-func (ss *Session) goAway(reason string) {
-	ss.notify(handshake.NewGoAway(reason), time.Now().Add(time.Second))
+// goAway tells the client that the server is going away, giving up at
+// deadline. It reports false when the notice could not be written; a
+// session not welcomed (yet) has nothing to be told and reports true.
+func (ss *Session) goAway(reason string, deadline time.Time) bool {
+	ss.ctrlMu.Lock()
+	welcomed := ss.ctrl != nil
+	ss.ctrlMu.Unlock()
+	return !welcomed || ss.notify(handshake.NewGoAway(reason), deadline)
 }
 
 // notify writes a notice on the control stream of a welcomed session,
@@ -234,7 +239,7 @@ func (ss *Session) closeTold(code session.CloseCode, reason string, callErr erro
 	// From here on the session's Ending is this close, whichever side
 	// then ends the connection.
 	ss.sess.Announce(code, reason)
-	ss.lazy().Close(callErr)
+	ss.lazy().Drain(callErr)
 	if ss.notify(handshake.NewClosing(code, reason), deadline) {
 		t := time.NewTimer(time.Until(deadline))
 		select {
@@ -243,5 +248,17 @@ func (ss *Session) closeTold(code session.CloseCode, reason string, callErr erro
 		}
 		t.Stop()
 	}
+	ss.closeNow(code, reason, callErr)
+}
+
+// closeNow ends the session at once, as this side's close with code; its
+// reverse calls fail with callErr. The session closes before its reverse
+// connection: closing that connection's stream on a TCP session whose
+// client stopped reading would wait for yamux's write timeout, unless the
+// session is closed already.
+func (ss *Session) closeNow(code session.CloseCode, reason string, callErr error) {
+	l := ss.lazy()
+	l.Drain(callErr) // new reverse calls fail with callErr from now on
 	ss.sess.Close(code, reason)
+	l.Close(callErr)
 }
