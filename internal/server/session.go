@@ -32,7 +32,8 @@ type Session struct {
 	ctrlMu sync.Mutex
 	ctrl   net.Conn
 
-	helloMD metadata.MD // what the hello carried, once read
+	helloMD  metadata.MD // what the hello carried, once read
+	replaces bool        // its ID was taken when admitted: replace once welcomed
 }
 
 // ID is the client's ID.
@@ -131,14 +132,18 @@ func (ss *Session) handshake() error {
 	if err != nil {
 		return err
 	}
+	if ss.replaces {
+		ss.replace()
+	}
 	ss.ctrlMu.Lock()
 	ss.ctrl = ctrl
 	ss.ctrlMu.Unlock()
 	return nil
 }
 
-// admit authenticates a client whose hello was read and registers it,
-// replacing an older session under the same ID.
+// admit authenticates a client whose hello was read and registers it under
+// a new ID; an older session under the same ID is replaced only once the
+// welcome is written (handshake).
 func (ss *Session) admit(ctx context.Context, md metadata.MD) (string, func(), error) {
 	s := ss.srv
 	// One map serves the Authenticator, a rejection's event and the peer:
@@ -166,24 +171,40 @@ func (ss *Session) admit(ctx context.Context, md metadata.MD) (string, func(), e
 		s.mu.Unlock()
 		return "", nil, errShuttingDown
 	}
-	if max := s.conf.MaxClients; max > 0 && s.peers.Len() >= max {
-		if _, taken := s.peers.Get(id); !taken {
-			s.mu.Unlock()
-			return "", nil, status.Errorf(codes.ResourceExhausted, "brpc: the server is full (%d clients)", max)
-		}
+	_, taken := s.peers.Get(id)
+	if max := s.conf.MaxClients; max > 0 && !taken && s.peers.Len() >= max {
+		s.mu.Unlock()
+		return "", nil, status.Errorf(codes.ResourceExhausted, "brpc: the server is full (%d clients)", max)
 	}
-	old, replaced := s.peers.Add(id, ss)
+	if !taken {
+		// A new ID holds its place (against MaxClients) while the welcome
+		// is written; it evicts nobody.
+		s.peers.Add(id, ss)
+	}
 	s.mu.Unlock()
-	if replaced {
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			old.closeTold(session.CodeReplaced, "replaced by a newer session of the same client",
-				status.Errorf(codes.Unavailable, "brpc: client %q reconnected; this session was replaced", id),
-				time.Now().Add(handshake.Linger))
-		}()
-	}
+	// A taken ID is replaced only once the welcome is written (replace):
+	// a session whose welcome fails evicts nobody.
+	ss.replaces = taken
 	return id, func() { s.peers.Remove(id, ss) }, nil
+}
+
+// replace registers a welcomed session under its ID, closing the older
+// session it takes the ID from, if any (a new ID is registered already,
+// unless a newer session took it since, which then wins).
+func (ss *Session) replace() {
+	s := ss.srv
+	id := ss.info.Peer.ID
+	old, replaced := s.peers.Add(id, ss)
+	if !replaced {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		old.closeTold(session.CodeReplaced, "replaced by a newer session of the same client",
+			status.Errorf(codes.Unavailable, "brpc: client %q reconnected; this session was replaced", id),
+			time.Now().Add(handshake.Linger))
+	}()
 }
 
 // dialGRPC builds the gRPC connection that carries the server's calls to
