@@ -306,6 +306,16 @@ func goAwayAll(sessions []*Session) {
 	for _, ss := range sessions {
 		pending[ss] = struct{}{}
 	}
+	// The sessions are closed side by side too: the bound must not grow
+	// with the number of stuck clients.
+	var closers sync.WaitGroup
+	closeNow := func(ss *Session) {
+		closers.Add(1)
+		go func() {
+			defer closers.Done()
+			ss.closeNow(session.CodeShutdown, why, errShuttingDown)
+		}()
+	}
 	t := time.NewTimer(goAwayTimeout)
 	defer t.Stop()
 	for len(pending) > 0 {
@@ -313,17 +323,18 @@ func goAwayAll(sessions []*Session) {
 		case r := <-results:
 			delete(pending, r.ss)
 			if !r.taken {
-				r.ss.closeNow(session.CodeShutdown, why, errShuttingDown)
+				closeNow(r.ss)
 			}
 		case <-t.C:
 			// Closing a session also ends the write its notice waits in.
 			for ss := range pending {
-				ss.closeNow(session.CodeShutdown, why, errShuttingDown)
+				closeNow(ss)
 			}
 			clear(pending)
 		}
 	}
 	writers.Wait()
+	closers.Wait()
 }
 
 // stopLinger bounds how long Stop waits, for all sessions together, for
