@@ -66,9 +66,10 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*ClientConn, 
 	return &ClientConn{c: c}, nil
 }
 
-// GetState returns the connectivity state: Ready while a session is up,
-// Connecting or TransientFailure while reconnecting, Shutdown once closed
-// (or stopped because another connection took the client's ID).
+// GetState returns the connectivity state: Ready while a session is up
+// (after a reconnect, once forward calls run on the new session), Connecting
+// or TransientFailure while reconnecting, Shutdown once closed (or stopped
+// because another connection took the client's ID).
 func (c *ClientConn) GetState() connectivity.State { return c.c.GetState() }
 
 // WaitForStateChange waits until the state differs from source or ctx ends;

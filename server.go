@@ -111,6 +111,16 @@ func (s *Server[C]) Peers() []Peer {
 // (their handlers may still call their client back); reverse calls started
 // after that fail with codes.Unavailable. It also gracefully stops the
 // *grpc.Server given to NewServer.
+//
+// First every client is told, all at once, that the server is going away.
+// A client that has not taken that notice within 2 s has stopped reading
+// its connection: its session is closed at once, its calls ending with
+// codes.Unavailable, since they could not drain anyway. So however many
+// clients are stuck, they add at most 2 s to GracefulStop; the rest takes
+// as long as the other clients' calls in flight. Not bounded: a client that
+// took its notice and only then stalls with a call still open holds the
+// *grpc.Server's GracefulStop until its session dies (its keepalive
+// timeout, at the latest). Call Stop to cut that short.
 func (s *Server[C]) GracefulStop() { s.core.GracefulStop() }
 
 // Stop closes everything now: listeners, sessions and the *grpc.Server given

@@ -56,6 +56,7 @@ type Conn struct {
 	conf Config
 
 	cc      *grpc.ClientConn // forward calls; lives as long as the Conn
+	forward *sessionResolver // gives cc an address per session
 	gs      *grpc.Server     // reverse calls
 	ownGS   bool
 	streams *grpcglue.Listener // feeds gs from whichever session is current
@@ -103,12 +104,14 @@ func Dial(ctx context.Context, conf Config) (*Conn, error) {
 		grpc.WithContextDialer(c.dialStream),
 		grpc.WithTransportCredentials(grpcglue.Credentials{}),
 		// The dialer fails at once, without touching the network, while
-		// the Conn reconnects: grpc-go may retry it often, so that it
-		// finds the new session soon after it is there. The network-facing
-		// backoff is the Conn's own (Config.Backoff).
+		// the Conn reconnects: grpc-go may retry it often. A new session
+		// reaches grpc-go at once as a new address (forward). The
+		// network-facing backoff is the Conn's own (Config.Backoff).
 		grpc.WithConnectParams(grpcglue.ConnectParams),
 	)
-	c.cc, err = grpc.NewClient("passthrough:///"+conf.HostPort, dialOpts...)
+	c.forward = &sessionResolver{}
+	dialOpts = append(dialOpts, grpc.WithResolvers(c.forward))
+	c.cc, err = grpc.NewClient(sessionScheme+":///"+conf.HostPort, dialOpts...)
 	if err != nil {
 		cs.sess.Close(session.CodeNormal, "client setup failed")
 		return nil, status.Errorf(codes.InvalidArgument, "brpc: %v", err)
@@ -164,6 +167,8 @@ func (c *Conn) setSession(cs *clientSession) bool {
 	}
 	c.mu.Unlock()
 	if cs != nil {
+		c.forward.next()
+		c.awaitForward(cs)
 		c.log(slog.LevelInfo, "brpc: connected", cs)
 		c.setState(connectivity.Ready)
 	} else {
@@ -192,9 +197,10 @@ func (c *Conn) setState(s connectivity.State) {
 	c.stateCh = make(chan struct{})
 }
 
-// GetState returns the connectivity state: Ready while a session is up,
-// Connecting or TransientFailure while reconnecting, Shutdown once closed
-// (or stopped because another connection took the client's ID).
+// GetState returns the connectivity state: Ready while a session is up
+// (after a reconnect, once forward calls run on the new session), Connecting
+// or TransientFailure while reconnecting, Shutdown once closed (or stopped
+// because another connection took the client's ID).
 func (c *Conn) GetState() connectivity.State {
 	c.mu.Lock()
 	defer c.mu.Unlock()

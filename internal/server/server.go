@@ -246,6 +246,16 @@ func (s *Server) Peers() []grpcglue.Peer {
 // (their handlers may still call their client back); reverse calls started
 // after that fail with codes.Unavailable. It also gracefully stops the
 // *grpc.Server.
+//
+// First every client is told, all at once, that the server is going away.
+// A client that has not taken that notice within goAwayTimeout (2 s) has
+// stopped reading its connection: its session is closed at once, its calls
+// ending with codes.Unavailable, since they could not drain anyway. So
+// however many clients are stuck, they add at most 2 s; the rest takes as
+// long as the calls in flight of the other clients. A client that took its
+// notice and only then stalls, with a call still open, is not bounded: the
+// *grpc.Server's GracefulStop waits for that call until its session dies
+// (the session's keepalive timeout, at the latest).
 func (s *Server) GracefulStop() {
 	s.mu.Lock()
 	if s.state != stateServing {
@@ -258,14 +268,73 @@ func (s *Server) GracefulStop() {
 	sessions := s.sessionsLocked()
 	s.mu.Unlock()
 
-	for _, ss := range sessions {
-		ss.goAway("server is shutting down")
-	}
+	goAwayAll(sessions)
 	s.gs.GracefulStop()
 	for _, ss := range sessions {
 		<-ss.lazy().Drain(errShuttingDown)
 	}
 	s.Stop()
+}
+
+// goAwayTimeout bounds GracefulStop's going-away notices, for all sessions
+// together (see GracefulStop).
+const goAwayTimeout = 2 * time.Second
+
+// goAwayAll tells every session's client at once that the server is going
+// away, and closes at once the sessions whose client has not taken the
+// notice within goAwayTimeout: it stopped reading its connection. The
+// notice's own write deadline would not do: on TCP a write waits for yamux's
+// send loop, which a client that stopped reading holds for yamux's write
+// timeout whatever the stream's deadline.
+func goAwayAll(sessions []*Session) {
+	const why = "server stopped; the client did not take its going-away notice"
+	deadline := time.Now().Add(goAwayTimeout)
+	type result struct {
+		ss    *Session
+		taken bool
+	}
+	results := make(chan result, len(sessions))
+	var writers sync.WaitGroup
+	for _, ss := range sessions {
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			results <- result{ss, ss.goAway("server is shutting down", deadline)}
+		}()
+	}
+	pending := make(map[*Session]struct{}, len(sessions))
+	for _, ss := range sessions {
+		pending[ss] = struct{}{}
+	}
+	// The sessions are closed side by side too: the bound must not grow
+	// with the number of stuck clients.
+	var closers sync.WaitGroup
+	closeNow := func(ss *Session) {
+		closers.Add(1)
+		go func() {
+			defer closers.Done()
+			ss.closeNow(session.CodeShutdown, why, errShuttingDown)
+		}()
+	}
+	t := time.NewTimer(goAwayTimeout)
+	defer t.Stop()
+	for len(pending) > 0 {
+		select {
+		case r := <-results:
+			delete(pending, r.ss)
+			if !r.taken {
+				closeNow(r.ss)
+			}
+		case <-t.C:
+			// Closing a session also ends the write its notice waits in.
+			for ss := range pending {
+				closeNow(ss)
+			}
+			clear(pending)
+		}
+	}
+	writers.Wait()
+	closers.Wait()
 }
 
 // stopLinger bounds how long Stop waits, for all sessions together, for

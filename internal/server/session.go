@@ -32,7 +32,8 @@ type Session struct {
 	ctrlMu sync.Mutex
 	ctrl   net.Conn
 
-	helloMD metadata.MD // what the hello carried, once read
+	helloMD  metadata.MD // what the hello carried, once read
+	replaces bool        // its ID was taken when admitted: replace once welcomed
 }
 
 // ID is the client's ID.
@@ -131,14 +132,18 @@ func (ss *Session) handshake() error {
 	if err != nil {
 		return err
 	}
+	if ss.replaces {
+		ss.replace()
+	}
 	ss.ctrlMu.Lock()
 	ss.ctrl = ctrl
 	ss.ctrlMu.Unlock()
 	return nil
 }
 
-// admit authenticates a client whose hello was read and registers it,
-// replacing an older session under the same ID.
+// admit authenticates a client whose hello was read and registers it under
+// a new ID; an older session under the same ID is replaced only once the
+// welcome is written (handshake).
 func (ss *Session) admit(ctx context.Context, md metadata.MD) (string, func(), error) {
 	s := ss.srv
 	// One map serves the Authenticator, a rejection's event and the peer:
@@ -166,24 +171,40 @@ func (ss *Session) admit(ctx context.Context, md metadata.MD) (string, func(), e
 		s.mu.Unlock()
 		return "", nil, errShuttingDown
 	}
-	if max := s.conf.MaxClients; max > 0 && s.peers.Len() >= max {
-		if _, taken := s.peers.Get(id); !taken {
-			s.mu.Unlock()
-			return "", nil, status.Errorf(codes.ResourceExhausted, "brpc: the server is full (%d clients)", max)
-		}
+	_, taken := s.peers.Get(id)
+	if max := s.conf.MaxClients; max > 0 && !taken && s.peers.Len() >= max {
+		s.mu.Unlock()
+		return "", nil, status.Errorf(codes.ResourceExhausted, "brpc: the server is full (%d clients)", max)
 	}
-	old, replaced := s.peers.Add(id, ss)
+	if !taken {
+		// A new ID holds its place (against MaxClients) while the welcome
+		// is written; it evicts nobody.
+		s.peers.Add(id, ss)
+	}
 	s.mu.Unlock()
-	if replaced {
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			old.closeTold(session.CodeReplaced, "replaced by a newer session of the same client",
-				status.Errorf(codes.Unavailable, "brpc: client %q reconnected; this session was replaced", id),
-				time.Now().Add(handshake.Linger))
-		}()
-	}
+	// A taken ID is replaced only once the welcome is written (replace):
+	// a session whose welcome fails evicts nobody.
+	ss.replaces = taken
 	return id, func() { s.peers.Remove(id, ss) }, nil
+}
+
+// replace registers a welcomed session under its ID, closing the older
+// session it takes the ID from, if any (a new ID is registered already,
+// unless a newer session took it since, which then wins).
+func (ss *Session) replace() {
+	s := ss.srv
+	id := ss.info.Peer.ID
+	old, replaced := s.peers.Add(id, ss)
+	if !replaced {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		old.closeTold(session.CodeReplaced, "replaced by a newer session of the same client",
+			status.Errorf(codes.Unavailable, "brpc: client %q reconnected; this session was replaced", id),
+			time.Now().Add(handshake.Linger))
+	}()
 }
 
 // dialGRPC builds the gRPC connection that carries the server's calls to
@@ -204,9 +225,14 @@ func (ss *Session) dialGRPC() (*grpc.ClientConn, error) {
 	return grpc.NewClient("passthrough:///brpc-client", opts...)
 }
 
-// goAway tells the client that the server is going away.
-func (ss *Session) goAway(reason string) {
-	ss.notify(handshake.NewGoAway(reason), time.Now().Add(time.Second))
+// goAway tells the client that the server is going away, giving up at
+// deadline. It reports false when the notice could not be written; a
+// session not welcomed (yet) has nothing to be told and reports true.
+func (ss *Session) goAway(reason string, deadline time.Time) bool {
+	ss.ctrlMu.Lock()
+	welcomed := ss.ctrl != nil
+	ss.ctrlMu.Unlock()
+	return !welcomed || ss.notify(handshake.NewGoAway(reason), deadline)
 }
 
 // notify writes a notice on the control stream of a welcomed session,
@@ -234,7 +260,7 @@ func (ss *Session) closeTold(code session.CloseCode, reason string, callErr erro
 	// From here on the session's Ending is this close, whichever side
 	// then ends the connection.
 	ss.sess.Announce(code, reason)
-	ss.lazy().Close(callErr)
+	ss.lazy().Drain(callErr)
 	if ss.notify(handshake.NewClosing(code, reason), deadline) {
 		t := time.NewTimer(time.Until(deadline))
 		select {
@@ -243,5 +269,17 @@ func (ss *Session) closeTold(code session.CloseCode, reason string, callErr erro
 		}
 		t.Stop()
 	}
+	ss.closeNow(code, reason, callErr)
+}
+
+// closeNow ends the session at once, as this side's close with code; its
+// reverse calls fail with callErr. The session closes before its reverse
+// connection: closing that connection's stream on a TCP session whose
+// client stopped reading would wait for yamux's write timeout, unless the
+// session is closed already.
+func (ss *Session) closeNow(code session.CloseCode, reason string, callErr error) {
+	l := ss.lazy()
+	l.Drain(callErr) // new reverse calls fail with callErr from now on
 	ss.sess.Close(code, reason)
+	l.Close(callErr)
 }

@@ -88,3 +88,20 @@ func (j *frameJoiner) writeFrame(want int, p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// Close closes the TLS connection or, while yamux's send loop is in the
+// middle of a frame, the TCP connection under it. A peer that stopped
+// reading holds that write until its socket drains. crypto/tls breaks a
+// Write in flight the same way, but a batched frame's records are written
+// after TLS's Write has returned, so TLS would queue its close_notify alert
+// behind them and wait out its 5 s alert deadline. Otherwise the TLS
+// connection closes with no frame begun meanwhile: one would fail instead.
+func (j *frameJoiner) Close() error {
+	if j.batch != nil {
+		if !j.mu.TryLock() {
+			return j.batch.Conn.Close()
+		}
+		defer j.mu.Unlock()
+	}
+	return j.ReadWriteCloser.Close()
+}
