@@ -27,14 +27,18 @@ import (
 // them.
 const (
 	// maxPendingQUICBytes bounds a QUIC connection that finished TLS but
-	// not brpc's handshake: the server's initial receive windows are sized
-	// so that even data sent in the costliest frames (smallFrame) stays
-	// under it.
+	// not brpc's handshake. What it can park is unread data, at most the
+	// server's initial connection receive window (which grows only once
+	// the session is admitted), and unread data in the costliest frames
+	// (smallFrame) costs about 13 times its size; a second stream before
+	// the welcome ends the session.
 	maxPendingQUICBytes = 256 << 10
 	// maxPendingTCPBytes bounds a TCP session that finished TLS but not
 	// brpc's handshake. yamux's protocol gives every stream a 256 KiB
-	// window at its start, which no server setting lowers; the bound is
-	// four such windows.
+	// window at its start, which no server setting lowers, and yamux's
+	// receive buffer may grow to twice what it holds (it doubles); 1 MiB is
+	// two such streams: the control stream, and one more, which ends the
+	// session.
 	maxPendingTCPBytes = 1 << 20
 )
 
@@ -175,7 +179,10 @@ func TestAttackPendingQUICStreams(t *testing.T) {
 			streams = append(streams, st)
 		}
 		watch.fills(len(streams))
-		n := fillQUIC(conn, streams, watch, maxPendingQUICBytes)
+		n, err := fillQUIC(conn, streams, watch, maxPendingQUICBytes)
+		if err != nil {
+			t.Error(err)
+		}
 		how.add(fmt.Sprintf("%d streams, %s after %d KiB", len(streams), endedBy(conn), n>>10))
 	})
 	t.Logf("attacker connections: %v", &how)
@@ -236,7 +243,10 @@ func TestAttackWelcomedControlStream(t *testing.T) {
 				return
 			}
 			watch.fills(1)
-			n := fillQUIC(conn, []*quic.Stream{ctrl}, watch, 4*maxWelcomedBytes["quic"])
+			n, err := fillQUIC(conn, []*quic.Stream{ctrl}, watch, 4*maxWelcomedBytes["quic"])
+			if err != nil {
+				t.Error(err)
+			}
 			how.add(fmt.Sprintf("%s after %d KiB", endedBy(conn), n>>10))
 		})
 		t.Logf("attacker connections: %v", &how)

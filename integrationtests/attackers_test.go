@@ -193,20 +193,25 @@ const smallFrame = 128
 // STREAM frame, until flow control has stopped the attacker or it has
 // written max bytes, and all it wrote has reached the server (watch); or
 // until the server has ended the connection or every stream. It returns the
-// bytes written.
+// bytes written, and an error when that has not happened within
+// attackLanding.
 //
 // max spares time where the server is known to fail: a server that lets
 // max bytes in such frames through holds at least max.
-func fillQUIC(conn *quic.Conn, streams []*quic.Stream, watch *flowWatch, max int) int {
+func fillQUIC(conn *quic.Conn, streams []*quic.Stream, watch *flowWatch, max int) (int, error) {
 	chunk := make([]byte, smallFrame)
 	for i := range chunk {
 		chunk[i] = byte(i)
 	}
+	deadline := time.Now().Add(attackLanding)
 	written := 0
 	for i := 0; len(streams) > 0 && conn.Context().Err() == nil; i++ {
 		s := watch.state()
 		if s.landed {
 			break
+		}
+		if time.Now().After(deadline) {
+			return written, fmt.Errorf("the attack had not landed after %v (%d bytes written)", attackLanding, written)
 		}
 		if written >= max {
 			watch.writerDone()
@@ -241,8 +246,12 @@ func fillQUIC(conn *quic.Conn, streams []*quic.Stream, watch *flowWatch, max int
 			}
 		}
 	}
-	return written
+	return written, nil
 }
+
+// attackLanding bounds how long an attacker may take to get all it writes
+// to the server, so that a test fails instead of hanging.
+const attackLanding = 45 * time.Second
 
 // waitFlow waits for changed, and reports false when conn ended first or
 // nothing changed for a second (then the caller looks again).
