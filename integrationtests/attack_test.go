@@ -58,8 +58,8 @@ const (
 	// welcomedConns is how many welcomed sessions stuff their control
 	// stream: more, since their bound is close to what they cost anyway.
 	welcomedConns = 40
-	// attackRole is the server child the attacks run against: brpc's
-	// defaults, except a handshake timeout long enough that no pending
+	// attackRole is the server child the session attacks run against:
+	// brpc's defaults, except a handshake timeout long enough that no pending
 	// connection is cut off, and its memory freed, before the footprint is
 	// taken.
 	attackRole = "attack-server"
@@ -71,15 +71,25 @@ var attackServerRole = testenv.ServerRoleWith(brpc.WithHandshakeTimeout(time.Min
 // accepted (internal/session's acceptBacklog); yamux resets the others.
 const yamuxBacklog = 32
 
-// underAttack starts a server child playing role on transport, takes its
-// footprint once an ordinary client has come and gone, runs attack n times
-// at once (each returns once its connection's attack has fully landed),
+// sessionAttack is an attack by n connections at once on a server child of
+// transport, each run by run: it returns once its connection's attack has
+// fully landed, with a word on how the connection stands for the log.
+type sessionAttack struct {
+	what      string // for the messages
+	transport string
+	n         int
+	bound     int // bytes each connection may make the server hold
+	run       func(ep testenv.Endpoint) (outcome string, err error)
+}
+
+// check starts a server child (attackRole) on a.transport, takes its
+// footprint once an ordinary client has come and gone, runs the attack,
 // takes the footprint again, checks that an ordinary client connects and
-// calls both ways, and returns what each attacker connection costs the
-// server.
-func underAttack(t *testing.T, role, transport string, n int, attack func(ep testenv.Endpoint)) float64 {
+// calls both ways, and fails the test if an attacker connection made the
+// server hold more than a.bound.
+func (a sessionAttack) check(t *testing.T) {
 	t.Helper()
-	srv := testenv.StartServerChildAs(t, role, transport)
+	srv := testenv.StartServerChildAs(t, attackRole, a.transport)
 	// The first client starts the listener's own goroutines and buffers,
 	// so that the baseline holds them.
 	srv.WantServes(t, "before")
@@ -87,19 +97,32 @@ func underAttack(t *testing.T, role, transport string, n int, attack func(ep tes
 	f0 := srv.Footprint(t)
 
 	start := time.Now()
+	var mu sync.Mutex
+	outcomes := map[string]int{}
 	var wg sync.WaitGroup
-	for range n {
-		wg.Go(func() { attack(srv.Endpoint()) })
+	for range a.n {
+		wg.Go(func() {
+			outcome, err := a.run(srv.Endpoint())
+			if err != nil {
+				t.Errorf("%s: %v", a.what, err)
+				return
+			}
+			mu.Lock()
+			outcomes[outcome]++
+			mu.Unlock()
+		})
 	}
 	wg.Wait()
 	landed := time.Since(start)
 	f1 := srv.Footprint(t)
 	srv.WantServes(t, "during")
 
-	per := (float64(f1.Held()) - float64(f0.Held())) / float64(n)
-	t.Logf("%s: %d attacker connections landed in %v; the server holds %.1f KiB more per connection (%d -> %d goroutines, %.1f -> %.1f MiB)",
-		transport, n, landed.Round(time.Millisecond), per/1024, f0.Goroutines, f1.Goroutines, float64(f0.Held())/(1<<20), float64(f1.Held())/(1<<20))
-	return per
+	per := (float64(f1.Held()) - float64(f0.Held())) / float64(a.n)
+	t.Logf("%s: %d connections landed in %v: %v; the server holds %.1f KiB more per connection (%d -> %d goroutines, %.1f -> %.1f MiB)",
+		a.what, a.n, landed.Round(time.Millisecond), outcomes, per/1024, f0.Goroutines, f1.Goroutines, float64(f0.Held())/(1<<20), float64(f1.Held())/(1<<20))
+	if per > float64(a.bound) {
+		t.Errorf("%s makes the server hold %.1f KiB per connection, want at most %d KiB", a.what, per/1024, a.bound>>10)
+	}
 }
 
 // waitPeers waits until the server child lists n clients.
@@ -124,157 +147,101 @@ func endedBy(conn *quic.Conn) string {
 	return fmt.Sprintf("ended: %v", err)
 }
 
-// outcomes counts how attacker connections ended, for the test's log.
-type outcomes struct {
-	mu sync.Mutex
-	n  map[string]int
-}
-
-func (o *outcomes) add(s string) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.n == nil {
-		o.n = map[string]int{}
-	}
-	o.n[s]++
-}
-
-func (o *outcomes) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return fmt.Sprint(o.n)
-}
-
-func wantAtMost(t *testing.T, per float64, bound int, what string) {
-	t.Helper()
-	if per > float64(bound) {
-		t.Errorf("%s makes the server hold %.1f KiB, want at most %d KiB", what, per/1024, bound>>10)
-	}
-}
-
 // A QUIC connection that finished TLS and never says hello opens every
 // stream it is allowed and fills all but the control stream with
 // smallFrame-sized STREAM frames.
 func TestAttackPendingQUICStreams(t *testing.T) {
-	var how outcomes
-	per := underAttack(t, attackRole, "quic", attackConns, func(ep testenv.Endpoint) {
-		watch := newFlowWatch()
-		conn, err := dialRawTo(t, ep, brpc.ALPN, watch)
-		if err != nil {
-			t.Errorf("raw QUIC dial: %v", err)
-			return
-		}
-		// The first stream is the one the server takes for the control
-		// stream; it stays silent. The others are all the server allows.
-		if _, err := conn.OpenStream(); err != nil {
-			t.Errorf("opening the control stream: %v", err)
-			return
-		}
-		var streams []*quic.Stream
-		for {
-			st, err := conn.OpenStream()
+	sessionAttack{what: "a pending QUIC connection filling its streams", transport: "quic", n: attackConns, bound: maxPendingQUICBytes,
+		run: func(ep testenv.Endpoint) (string, error) {
+			conn, watch, err := dialWatched(t, ep)
 			if err != nil {
-				break
+				return "", err
 			}
-			streams = append(streams, st)
-		}
-		watch.fills(len(streams))
-		n, err := fillQUIC(conn, streams, watch, maxPendingQUICBytes)
-		if err != nil {
-			t.Error(err)
-		}
-		how.add(fmt.Sprintf("%d streams, %s after %d KiB", len(streams), endedBy(conn), n>>10))
-	})
-	t.Logf("attacker connections: %v", &how)
-	wantAtMost(t, per, maxPendingQUICBytes, "a pending QUIC connection filling its streams")
+			// The first stream is the one the server takes for the control
+			// stream; it stays silent. The others are all the server allows.
+			if _, err := conn.OpenStream(); err != nil {
+				return "", fmt.Errorf("opening the control stream: %w", err)
+			}
+			var streams []*quic.Stream
+			for {
+				st, err := conn.OpenStream()
+				if err != nil {
+					break
+				}
+				streams = append(streams, st)
+			}
+			watch.fills(len(streams))
+			n, err := fillQUIC(conn, streams, watch, maxPendingQUICBytes)
+			return fmt.Sprintf("%d streams, %s after %d KiB", len(streams), endedBy(conn), n>>10), err
+		}}.check(t)
 }
 
 // A TLS-over-TCP session with yamux that never says hello opens the control
 // stream, then fills the streams yamux lets wait to be accepted, a window
 // each.
 func TestAttackPendingTCPStreams(t *testing.T) {
-	var how outcomes
-	per := underAttack(t, attackRole, "tcp", attackConns, func(ep testenv.Endpoint) {
-		mux, err := rawYamux(t, ep)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		if _, err := mux.OpenStream(); err != nil {
-			t.Errorf("opening the control stream: %v", err)
-			return
-		}
-		written := 0
-		for range yamuxBacklog {
-			st, err := mux.OpenStream()
+	sessionAttack{what: "a pending TCP session filling its streams", transport: "tcp", n: attackConns, bound: maxPendingTCPBytes,
+		run: func(ep testenv.Endpoint) (string, error) {
+			mux, err := rawYamux(t, ep)
 			if err != nil {
-				break
+				return "", err
 			}
-			written += fillYamux(st, yamuxWindow)
-		}
-		open := landedYamux(mux)
-		how.add(fmt.Sprintf("%d KiB written, open %v", written>>10, open))
-	})
-	t.Logf("attacker sessions: %v", &how)
-	wantAtMost(t, per, maxPendingTCPBytes, "a pending TCP session filling its streams")
+			if _, err := mux.OpenStream(); err != nil {
+				return "", fmt.Errorf("opening the control stream: %w", err)
+			}
+			written := 0
+			for range yamuxBacklog {
+				st, err := mux.OpenStream()
+				if err != nil {
+					break
+				}
+				written += fillYamux(st, yamuxWindow)
+			}
+			return fmt.Sprintf("open %v after %d KiB", landedYamux(mux), written>>10), nil
+		}}.check(t)
 }
 
 // A welcomed session writes on its control stream as much as the server
 // lets it.
 func TestAttackWelcomedControlStream(t *testing.T) {
 	t.Run("quic", func(t *testing.T) {
-		var how outcomes
-		per := underAttack(t, attackRole, "quic", welcomedConns, func(ep testenv.Endpoint) {
-			watch := newFlowWatch()
-			conn, err := dialRawTo(t, ep, brpc.ALPN, watch)
-			if err != nil {
-				t.Errorf("raw QUIC dial: %v", err)
-				return
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), hostileBound)
-			defer cancel()
-			ctrl, err := conn.OpenStreamSync(ctx)
-			if err != nil {
-				t.Errorf("opening the control stream: %v", err)
-				return
-			}
-			if _, err := helloOn(ctrl); err != nil {
-				t.Error(err)
-				return
-			}
-			watch.fills(1)
-			n, err := fillQUIC(conn, []*quic.Stream{ctrl}, watch, 4*maxWelcomedBytes["quic"])
-			if err != nil {
-				t.Error(err)
-			}
-			how.add(fmt.Sprintf("%s after %d KiB", endedBy(conn), n>>10))
-		})
-		t.Logf("attacker connections: %v", &how)
-		wantAtMost(t, per, maxWelcomedBytes["quic"], "a welcomed QUIC session stuffing its control stream")
+		sessionAttack{what: "a welcomed QUIC session stuffing its control stream", transport: "quic", n: welcomedConns, bound: maxWelcomedBytes["quic"],
+			run: func(ep testenv.Endpoint) (string, error) {
+				conn, watch, err := dialWatched(t, ep)
+				if err != nil {
+					return "", err
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), hostileBound)
+				defer cancel()
+				ctrl, err := conn.OpenStreamSync(ctx)
+				if err != nil {
+					return "", fmt.Errorf("opening the control stream: %w", err)
+				}
+				if _, err := helloOn(ctrl); err != nil {
+					return "", err
+				}
+				watch.fills(1)
+				n, err := fillQUIC(conn, []*quic.Stream{ctrl}, watch, 4*maxWelcomedBytes["quic"])
+				return fmt.Sprintf("%s after %d KiB", endedBy(conn), n>>10), err
+			}}.check(t)
 	})
 	t.Run("tcp", func(t *testing.T) {
-		var how outcomes
-		per := underAttack(t, attackRole, "tcp", welcomedConns, func(ep testenv.Endpoint) {
-			mux, err := rawYamux(t, ep)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			ctrl, err := mux.OpenStream()
-			if err != nil {
-				t.Errorf("opening the control stream: %v", err)
-				return
-			}
-			if _, err := helloOn(ctrl); err != nil {
-				t.Error(err)
-				return
-			}
-			n := fillYamux(ctrl, 64<<20)
-			open := landedYamux(mux)
-			how.add(fmt.Sprintf("open %v after %d KiB", open, n>>10))
-		})
-		t.Logf("attacker sessions: %v", &how)
-		wantAtMost(t, per, maxWelcomedBytes["tcp"], "a welcomed TCP session stuffing its control stream")
+		sessionAttack{what: "a welcomed TCP session stuffing its control stream", transport: "tcp", n: welcomedConns, bound: maxWelcomedBytes["tcp"],
+			run: func(ep testenv.Endpoint) (string, error) {
+				mux, err := rawYamux(t, ep)
+				if err != nil {
+					return "", err
+				}
+				ctrl, err := mux.OpenStream()
+				if err != nil {
+					return "", fmt.Errorf("opening the control stream: %w", err)
+				}
+				if _, err := helloOn(ctrl); err != nil {
+					return "", err
+				}
+				n := fillYamux(ctrl, 64<<20)
+				return fmt.Sprintf("open %v after %d KiB", landedYamux(mux), n>>10), nil
+			}}.check(t)
 	})
 }
 

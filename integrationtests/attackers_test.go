@@ -68,6 +68,17 @@ func dialRawTo(t *testing.T, ep testenv.Endpoint, alpn string, watch *flowWatch)
 	return conn, nil
 }
 
+// dialWatched opens a raw QUIC connection to ep, offering brpc's ALPN,
+// whose flow a flowWatch follows.
+func dialWatched(t *testing.T, ep testenv.Endpoint) (*quic.Conn, *flowWatch, error) {
+	watch := newFlowWatch()
+	conn, err := dialRawTo(t, ep, brpc.ALPN, watch)
+	if err != nil {
+		return nil, nil, fmt.Errorf("raw QUIC dial: %w", err)
+	}
+	return conn, watch, nil
+}
+
 // helloOn runs the client's side of brpc's handshake by hand on ctrl, the
 // first stream of a raw session; it is an error unless the server welcomes
 // the client.
