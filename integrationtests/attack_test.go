@@ -170,7 +170,6 @@ func TestAttackPendingQUICStreams(t *testing.T) {
 				}
 				streams = append(streams, st)
 			}
-			watch.fills(len(streams))
 			n, err := fillQUIC(conn, streams, watch, maxPendingQUICBytes)
 			return fmt.Sprintf("%d streams, %s after %d KiB", len(streams), endedBy(conn), n>>10), err
 		}}.check(t)
@@ -217,11 +216,10 @@ func TestAttackWelcomedControlStream(t *testing.T) {
 				if err != nil {
 					return "", fmt.Errorf("opening the control stream: %w", err)
 				}
-				if _, err := helloOn(ctrl); err != nil {
+				if err := helloOn(ctrl); err != nil {
 					return "", err
 				}
-				watch.fills(1)
-				n, err := fillQUIC(conn, []*quic.Stream{ctrl}, watch, 4*maxWelcomedBytes["quic"])
+				n, err := fillQUIC(conn, []*quic.Stream{ctrl}, watch, maxWelcomedBytes["quic"])
 				return fmt.Sprintf("%s after %d KiB", endedBy(conn), n>>10), err
 			}}.check(t)
 	})
@@ -236,7 +234,7 @@ func TestAttackWelcomedControlStream(t *testing.T) {
 				if err != nil {
 					return "", fmt.Errorf("opening the control stream: %w", err)
 				}
-				if _, err := helloOn(ctrl); err != nil {
+				if err := helloOn(ctrl); err != nil {
 					return "", err
 				}
 				n := fillYamux(ctrl, 64<<20)

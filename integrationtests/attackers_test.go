@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"slices"
 	"sync"
@@ -30,8 +31,8 @@ import (
 	"github.com/brpc-go/brpc/internal/testenv"
 )
 
-// attackerTLS is what a raw attacker offers: brpc's ALPN unless told
-// otherwise, and a certificate check against ep's roots.
+// attackerTLS is what a raw attacker offers in its TLS handshake: alpn,
+// and a check of the server's certificate against ep's roots.
 func attackerTLS(ep testenv.Endpoint, alpn string) *tls.Config {
 	return &tls.Config{RootCAs: ep.Roots, NextProtos: []string{alpn}, ServerName: "localhost"}
 }
@@ -85,48 +86,38 @@ func dialWatched(t *testing.T, ep testenv.Endpoint) (*quic.Conn, *flowWatch, err
 func helloOn(ctrl interface {
 	io.ReadWriter
 	SetDeadline(time.Time) error
-}) (*handshakepb.Welcome, error) {
+}) error {
 	ctrl.SetDeadline(time.Now().Add(10 * time.Second))
 	defer ctrl.SetDeadline(time.Time{})
 	if err := handshake.WriteMsg(ctrl, handshake.NewHello(nil)); err != nil {
-		return nil, fmt.Errorf("writing the hello: %w", err)
+		return fmt.Errorf("writing the hello: %w", err)
 	}
 	var w handshakepb.Welcome
 	if err := handshake.ReadMsg(ctrl, &w, 1<<16); err != nil {
-		return nil, fmt.Errorf("reading the welcome: %w", err)
+		return fmt.Errorf("reading the welcome: %w", err)
 	}
 	if w.GetId() == "" {
-		return nil, fmt.Errorf("the server did not welcome the client: %v", &w)
+		return fmt.Errorf("the server did not welcome the client: %v", &w)
 	}
-	return &w, nil
+	return nil
 }
 
 // flowWatch follows a raw QUIC attacker's sending from its own qlog events:
-// how many STREAM frames it has sent, whether flow control has stopped it
-// (it sent DATA_BLOCKED, or STREAM_DATA_BLOCKED on every stream it fills),
-// and whether every packet it sent has been acknowledged since, that is,
-// whether all it wrote has reached the server. It is a qlogwriter.Trace and
-// its Recorder.
+// how many STREAM frames it has sent, where flow control has stopped it
+// (it sent DATA_BLOCKED, or STREAM_DATA_BLOCKED on a stream), and the bytes
+// it has in flight, none once all it sent has been acknowledged, that is,
+// has reached the server. It is a qlogwriter.Trace and its Recorder.
 type flowWatch struct {
 	mu             sync.Mutex
-	streams        int  // how many streams the attacker fills
-	frames         int  // STREAM frames sent
-	done           bool // the attacker has written all it meant to
+	frames         int // STREAM frames sent
 	connBlocked    bool
 	streamsBlocked map[quic.StreamID]bool
-	inFlight       int           // bytes in flight; -1 after a blocked frame, until the next report
+	inFlight       int           // -1 after a STREAM or blocked frame, until the next report
 	changed        chan struct{} // closed and replaced on every change
 }
 
 func newFlowWatch() *flowWatch {
 	return &flowWatch{streamsBlocked: map[quic.StreamID]bool{}, inFlight: -1, changed: make(chan struct{})}
-}
-
-// fills tells w how many streams the attacker fills, before it writes.
-func (w *flowWatch) fills(streams int) {
-	w.mu.Lock()
-	w.streams = streams
-	w.mu.Unlock()
 }
 
 func (w *flowWatch) AddProducer() qlogwriter.Recorder { return w }
@@ -156,39 +147,27 @@ func (w *flowWatch) RecordEvent(ev qlogwriter.Event) {
 	w.changed = make(chan struct{})
 }
 
-// writerDone tells w that the attacker writes no more.
-func (w *flowWatch) writerDone() {
-	w.mu.Lock()
-	w.done = true
-	w.mu.Unlock()
-}
-
 // flowState is a snapshot of a flowWatch.
 type flowState struct {
-	frames int
-	// stopped: flow control holds the attacker back on the connection or
-	// on every stream it fills.
-	stopped bool
-	// landed: stopped, or the attacker done, and all that was sent has
-	// been acknowledged.
-	landed  bool
-	blocked func(quic.StreamID) bool
+	frames   int
+	inFlight int
+	// stopped reports whether flow control holds the attacker back on all
+	// of streams (or on the whole connection).
+	stopped func(streams []*quic.Stream) bool
 	changed <-chan struct{} // closed at the next change
 }
 
 func (w *flowWatch) state() flowState {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	stopped := w.connBlocked || w.streams > 0 && len(w.streamsBlocked) >= w.streams
-	blocked := make(map[quic.StreamID]bool, len(w.streamsBlocked))
-	for id := range w.streamsBlocked {
-		blocked[id] = true
-	}
+	connBlocked := w.connBlocked
+	blocked := maps.Clone(w.streamsBlocked)
 	return flowState{
-		frames:  w.frames,
-		stopped: stopped,
-		landed:  (stopped || w.done) && w.inFlight == 0,
-		blocked: func(id quic.StreamID) bool { return blocked[id] },
+		frames:   w.frames,
+		inFlight: w.inFlight,
+		stopped: func(streams []*quic.Stream) bool {
+			return connBlocked || !slices.ContainsFunc(streams, func(st *quic.Stream) bool { return !blocked[st.StreamID()] })
+		},
 		changed: w.changed,
 	}
 }
@@ -218,22 +197,21 @@ func fillQUIC(conn *quic.Conn, streams []*quic.Stream, watch *flowWatch, max int
 	written := 0
 	for i := 0; len(streams) > 0 && conn.Context().Err() == nil; i++ {
 		s := watch.state()
-		if s.landed {
-			break
-		}
-		if time.Now().After(deadline) {
-			return written, fmt.Errorf("the attack had not landed after %v (%d bytes written)", attackLanding, written)
-		}
-		if written >= max {
-			watch.writerDone()
+		if s.stopped(streams) || written >= max {
+			// Nothing more goes out: wait for the acknowledgements.
+			if s.inFlight == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return written, fmt.Errorf("the attack had not landed after %v (%d bytes written)", attackLanding, written)
+			}
 			waitFlow(conn, s.changed)
 			continue
 		}
 		st := streams[i%len(streams)]
-		if s.stopped || s.blocked(st.StreamID()) {
-			// Nothing more gets through: wait for the acknowledgements.
-			waitFlow(conn, s.changed)
-			continue
+		one := []*quic.Stream{st}
+		if s.stopped(one) {
+			continue // this stream is held back, others are not
 		}
 		// A write of a packet's worth or less returns at once unless the
 		// stream already holds that much unsent.
@@ -249,12 +227,15 @@ func fillQUIC(conn *quic.Conn, streams []*quic.Stream, watch *flowWatch, max int
 		}
 		for n > 0 {
 			now := watch.state()
-			if now.frames > s.frames || now.stopped || now.blocked(st.StreamID()) {
+			if now.frames > s.frames || now.stopped(one) {
 				break
 			}
 			if !waitFlow(conn, now.changed) {
 				break
 			}
+		}
+		if time.Now().After(deadline) {
+			return written, fmt.Errorf("the attack had not landed after %v (%d bytes written)", attackLanding, written)
 		}
 	}
 	return written, nil

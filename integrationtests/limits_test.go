@@ -83,7 +83,7 @@ func welcomed(t *testing.T, s session.Session) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := helloOn(ctrl); err != nil {
+	if err := helloOn(ctrl); err != nil {
 		t.Fatal(err)
 	}
 }
