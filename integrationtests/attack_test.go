@@ -19,6 +19,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/internal/session"
 	"github.com/brpc-go/brpc/internal/testenv"
 )
 
@@ -295,10 +296,10 @@ const (
 	// with the race detector on a loaded machine.
 	floodConnectBound = 2 * time.Second
 	// floodHandshakes is how many QUIC handshakes may be in progress on a
-	// listener before it validates new clients' addresses with a Retry
-	// (internal/session's retry threshold): beyond it an Initial costs the
-	// server a Retry packet and no connection state.
-	floodHandshakes = 256
+	// listener before it validates new clients' addresses with a Retry:
+	// beyond it an Initial costs the server a Retry packet and no
+	// connection state.
+	floodHandshakes = session.DefaultRetryThreshold
 	// maxHandshakeGoroutines and maxHandshakeBytes bound what one QUIC
 	// handshake in progress holds on the server, heap and stacks after GC.
 	// Measured with the race detector: about 2.5 goroutines and 29 KiB
