@@ -135,8 +135,9 @@ func (s *RemoteServer) Endpoint() Endpoint {
 
 // WantServes connects an ordinary client named name, serving its own echo
 // service, to the child's server; makes a forward call and has the child
-// call the client back; and fails the test unless both answer within 5s.
-// The client is closed when it returns. It returns how long Dial took.
+// call the client back; and fails the test unless both answer (the forward
+// call within 5s). The client is closed when it returns. It returns how
+// long Dial took.
 func (s *RemoteServer) WantServes(t testing.TB, name string) time.Duration {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
