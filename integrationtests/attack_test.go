@@ -9,6 +9,7 @@ package integrationtests
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
@@ -171,7 +172,7 @@ func TestAttackPendingQUICStreams(t *testing.T) {
 				}
 				streams = append(streams, st)
 			}
-			n, err := fillQUIC(conn, streams, watch, maxPendingQUICBytes)
+			n, err := fillQUIC(conn, streams, watch, maxPendingQUICBytes, false)
 			return fmt.Sprintf("%d streams, %s after %d KiB", len(streams), endedBy(conn), n>>10), err
 		}}.check(t)
 }
@@ -201,6 +202,59 @@ func TestAttackPendingTCPStreams(t *testing.T) {
 		}}.check(t)
 }
 
+// A connection that never completes its hello: it announces one of the
+// largest size allowed and sends all of it but the last smallFrame bytes,
+// in smallFrame-sized pieces, so that the server holds the hello's buffer
+// as well as whatever the transport keeps.
+func TestAttackPendingPartialHello(t *testing.T) {
+	prefix := binary.BigEndian.AppendUint32(nil, brpc.DefaultMaxHelloSize)
+	body := brpc.DefaultMaxHelloSize - smallFrame
+	t.Run("quic", func(t *testing.T) {
+		sessionAttack{what: "a pending QUIC connection with a partial hello", transport: "quic", n: attackConns, bound: maxPendingQUICBytes,
+			run: func(ep testenv.Endpoint) (string, error) {
+				conn, watch, err := dialWatched(t, ep)
+				if err != nil {
+					return "", err
+				}
+				ctrl, err := conn.OpenStream()
+				if err != nil {
+					return "", fmt.Errorf("opening the control stream: %w", err)
+				}
+				if _, err := ctrl.Write(prefix); err != nil {
+					return "", fmt.Errorf("writing the hello's length: %w", err)
+				}
+				n, err := fillQUIC(conn, []*quic.Stream{ctrl}, watch, body, true)
+				return fmt.Sprintf("%s after %d KiB", endedBy(conn), n>>10), err
+			}}.check(t)
+	})
+	t.Run("tcp", func(t *testing.T) {
+		sessionAttack{what: "a pending TCP session with a partial hello", transport: "tcp", n: attackConns, bound: maxPendingTCPBytes,
+			run: func(ep testenv.Endpoint) (string, error) {
+				mux, err := rawYamux(t, ep)
+				if err != nil {
+					return "", err
+				}
+				ctrl, err := mux.OpenStream()
+				if err != nil {
+					return "", fmt.Errorf("opening the control stream: %w", err)
+				}
+				if _, err := ctrl.Write(prefix); err != nil {
+					return "", fmt.Errorf("writing the hello's length: %w", err)
+				}
+				// Many small writes, each a yamux frame of its own.
+				n := 0
+				for n < body {
+					w := fillYamux(ctrl, smallFrame)
+					if w == 0 {
+						break
+					}
+					n += w
+				}
+				return fmt.Sprintf("open %v after %d KiB", landedYamux(mux), n>>10), nil
+			}}.check(t)
+	})
+}
+
 // A welcomed session writes on its control stream as much as the server
 // lets it.
 func TestAttackWelcomedControlStream(t *testing.T) {
@@ -220,7 +274,7 @@ func TestAttackWelcomedControlStream(t *testing.T) {
 				if err := helloOn(ctrl); err != nil {
 					return "", err
 				}
-				n, err := fillQUIC(conn, []*quic.Stream{ctrl}, watch, maxWelcomedBytes["quic"])
+				n, err := fillQUIC(conn, []*quic.Stream{ctrl}, watch, maxWelcomedBytes["quic"], false)
 				return fmt.Sprintf("%s after %d KiB", endedBy(conn), n>>10), err
 			}}.check(t)
 	})

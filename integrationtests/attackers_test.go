@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"slices"
 	"sync"
@@ -103,21 +102,27 @@ func helloOn(ctrl interface {
 }
 
 // flowWatch follows a raw QUIC attacker's sending from its own qlog events:
-// how many STREAM frames it has sent, where flow control has stopped it
-// (it sent DATA_BLOCKED, or STREAM_DATA_BLOCKED on a stream), and the bytes
-// it has in flight, none once all it sent has been acknowledged, that is,
-// has reached the server. It is a qlogwriter.Trace and its Recorder.
+// how many STREAM frames it has sent, where flow control holds it back (it
+// sent DATA_BLOCKED, or STREAM_DATA_BLOCKED on a stream, at a limit it has
+// not sent past since), and the bytes it has in flight, none once all it
+// sent has been acknowledged, that is, has reached the server. It is a
+// qlogwriter.Trace and its Recorder.
 type flowWatch struct {
-	mu             sync.Mutex
-	frames         int // STREAM frames sent
-	connBlocked    bool
-	streamsBlocked map[quic.StreamID]bool
-	inFlight       int           // -1 after a STREAM or blocked frame, until the next report
-	changed        chan struct{} // closed and replaced on every change
+	mu          sync.Mutex
+	frames      int                     // STREAM frames sent
+	ends        map[quic.StreamID]int64 // the highest offset sent on each stream
+	sent        int64                   // the sum of ends: what connection flow control counts
+	connLimit   int64                   // the last DATA_BLOCKED's limit; -1: none
+	streamLimit map[quic.StreamID]int64 // the last STREAM_DATA_BLOCKED's limit on each stream
+	inFlight    int                     // -1 after a STREAM or blocked frame, until the next report
+	changed     chan struct{}           // closed and replaced on every change
 }
 
 func newFlowWatch() *flowWatch {
-	return &flowWatch{streamsBlocked: map[quic.StreamID]bool{}, inFlight: -1, changed: make(chan struct{})}
+	return &flowWatch{
+		ends: map[quic.StreamID]int64{}, connLimit: -1, streamLimit: map[quic.StreamID]int64{},
+		inFlight: -1, changed: make(chan struct{}),
+	}
 }
 
 func (w *flowWatch) AddProducer() qlogwriter.Recorder { return w }
@@ -132,10 +137,14 @@ func (w *flowWatch) RecordEvent(ev qlogwriter.Event) {
 			switch f := f.Frame.(type) {
 			case *qlog.StreamFrame:
 				w.frames, w.inFlight = w.frames+1, -1
+				if end := f.Offset + f.Length; end > w.ends[f.StreamID] {
+					w.sent += end - w.ends[f.StreamID]
+					w.ends[f.StreamID] = end
+				}
 			case *qlog.DataBlockedFrame:
-				w.connBlocked, w.inFlight = true, -1
+				w.connLimit, w.inFlight = int64(f.MaximumData), -1
 			case *qlog.StreamDataBlockedFrame:
-				w.streamsBlocked[f.StreamID], w.inFlight = true, -1
+				w.streamLimit[f.StreamID], w.inFlight = int64(f.MaximumStreamData), -1
 			}
 		}
 	case qlog.MetricsUpdated:
@@ -160,8 +169,13 @@ type flowState struct {
 func (w *flowWatch) state() flowState {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	connBlocked := w.connBlocked
-	blocked := maps.Clone(w.streamsBlocked)
+	connBlocked := w.connLimit >= 0 && w.sent <= w.connLimit
+	blocked := map[quic.StreamID]bool{}
+	for id, limit := range w.streamLimit {
+		if w.ends[id] <= limit {
+			blocked[id] = true
+		}
+	}
 	return flowState{
 		frames:   w.frames,
 		inFlight: w.inFlight,
@@ -187,8 +201,10 @@ const smallFrame = 128
 // attackLanding.
 //
 // max spares time where the server is known to fail: a server that lets
-// max bytes in such frames through holds at least max.
-func fillQUIC(conn *quic.Conn, streams []*quic.Stream, watch *flowWatch, max int) (int, error) {
+// max bytes in such frames through holds at least max. With all set, the
+// attacker writes all max bytes: the server reads what arrives, so flow
+// control holds the attacker back only until the server has read.
+func fillQUIC(conn *quic.Conn, streams []*quic.Stream, watch *flowWatch, max int, all bool) (int, error) {
 	chunk := make([]byte, smallFrame)
 	for i := range chunk {
 		chunk[i] = byte(i)
@@ -196,25 +212,27 @@ func fillQUIC(conn *quic.Conn, streams []*quic.Stream, watch *flowWatch, max int
 	deadline := time.Now().Add(attackLanding)
 	written := 0
 	for i := 0; len(streams) > 0 && conn.Context().Err() == nil; i++ {
+		if time.Now().After(deadline) {
+			return written, fmt.Errorf("the attack had not landed after %v (%d bytes written)", attackLanding, written)
+		}
 		s := watch.state()
-		if s.stopped(streams) || written >= max {
+		if !all && s.stopped(streams) || written >= max {
 			// Nothing more goes out: wait for the acknowledgements.
 			if s.inFlight == 0 {
 				break
-			}
-			if time.Now().After(deadline) {
-				return written, fmt.Errorf("the attack had not landed after %v (%d bytes written)", attackLanding, written)
 			}
 			waitFlow(conn, s.changed)
 			continue
 		}
 		st := streams[i%len(streams)]
 		one := []*quic.Stream{st}
-		if s.stopped(one) {
+		if !all && s.stopped(one) {
 			continue // this stream is held back, others are not
 		}
 		// A write of a packet's worth or less returns at once unless the
-		// stream already holds that much unsent.
+		// stream already holds that much unsent. One on a stream that flow
+		// control holds back waits in quic-go, and goes out as soon as the
+		// server lets it.
 		st.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 		n, err := st.Write(chunk)
 		written += n
@@ -227,15 +245,18 @@ func fillQUIC(conn *quic.Conn, streams []*quic.Stream, watch *flowWatch, max int
 		}
 		for n > 0 {
 			now := watch.state()
-			if now.frames > s.frames || now.stopped(one) {
+			if now.frames > s.frames {
+				break
+			}
+			if now.stopped(one) {
+				if all {
+					waitFlow(conn, now.changed) // until the server reads
+				}
 				break
 			}
 			if !waitFlow(conn, now.changed) {
 				break
 			}
-		}
-		if time.Now().After(deadline) {
-			return written, fmt.Errorf("the attack had not landed after %v (%d bytes written)", attackLanding, written)
 		}
 	}
 	return written, nil
