@@ -73,9 +73,50 @@ var attackServerRole = testenv.ServerRoleWith(brpc.WithHandshakeTimeout(time.Min
 // accepted (internal/session's acceptBacklog); yamux resets the others.
 const yamuxBacklog = 32
 
-// sessionAttack is an attack by n connections at once on a server child of
-// transport, each run by run: it returns once its connection's attack has
-// fully landed, with a word on how the connection stands for the log.
+// underAttack starts a server child playing role on transport, takes its
+// footprint once an ordinary client has come and gone, runs attack n times
+// at once (each returns once its connection's attack has fully landed),
+// takes the footprint again, checks that an ordinary client connects and
+// calls both ways, and returns what each attacker connection costs the
+// server.
+func underAttack(t *testing.T, role, transport string, n int, attack func(ep testenv.Endpoint)) float64 {
+	t.Helper()
+	srv := testenv.StartServerChildAs(t, role, transport)
+	// The first client starts the listener's own goroutines and buffers,
+	// so that the baseline holds them.
+	srv.WantServes(t, "before")
+	waitPeers(t, srv, 0)
+	f0 := srv.Footprint(t)
+
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() { attack(srv.Endpoint()) })
+	}
+	wg.Wait()
+	landed := time.Since(start)
+	f1 := srv.Footprint(t)
+	srv.WantServes(t, "during")
+
+	per := (float64(f1.Held()) - float64(f0.Held())) / float64(n)
+	t.Logf("%s: %d attacker connections landed in %v; the server holds %.1f KiB more per connection (%d -> %d goroutines, %.1f -> %.1f MiB)",
+		transport, n, landed.Round(time.Millisecond), per/1024, f0.Goroutines, f1.Goroutines, float64(f0.Held())/(1<<20), float64(f1.Held())/(1<<20))
+	return per
+}
+
+// wantAtMost fails the test if what made the server hold more than bound
+// bytes.
+func wantAtMost(t *testing.T, held float64, bound int, what string) {
+	t.Helper()
+	if held > float64(bound) {
+		t.Errorf("%s makes the server hold %.1f KiB, want at most %d KiB", what, held/1024, bound>>10)
+	}
+}
+
+// sessionAttack is an attack by n connections at once on an attackRole
+// server child of transport, each run by run: it returns once its
+// connection's attack has fully landed, with a word on how the connection
+// stands for the log.
 type sessionAttack struct {
 	what      string // for the messages
 	transport string
@@ -84,47 +125,24 @@ type sessionAttack struct {
 	run       func(ep testenv.Endpoint) (outcome string, err error)
 }
 
-// check starts a server child (attackRole) on a.transport, takes its
-// footprint once an ordinary client has come and gone, runs the attack,
-// takes the footprint again, checks that an ordinary client connects and
-// calls both ways, and fails the test if an attacker connection made the
-// server hold more than a.bound.
+// check runs the attack under underAttack and fails the test if a
+// connection made the server hold more than a.bound.
 func (a sessionAttack) check(t *testing.T) {
 	t.Helper()
-	srv := testenv.StartServerChildAs(t, attackRole, a.transport)
-	// The first client starts the listener's own goroutines and buffers,
-	// so that the baseline holds them.
-	srv.WantServes(t, "before")
-	waitPeers(t, srv, 0)
-	f0 := srv.Footprint(t)
-
-	start := time.Now()
 	var mu sync.Mutex
 	outcomes := map[string]int{}
-	var wg sync.WaitGroup
-	for range a.n {
-		wg.Go(func() {
-			outcome, err := a.run(srv.Endpoint())
-			if err != nil {
-				t.Errorf("%s: %v", a.what, err)
-				return
-			}
-			mu.Lock()
-			outcomes[outcome]++
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	landed := time.Since(start)
-	f1 := srv.Footprint(t)
-	srv.WantServes(t, "during")
-
-	per := (float64(f1.Held()) - float64(f0.Held())) / float64(a.n)
-	t.Logf("%s: %d connections landed in %v: %v; the server holds %.1f KiB more per connection (%d -> %d goroutines, %.1f -> %.1f MiB)",
-		a.what, a.n, landed.Round(time.Millisecond), outcomes, per/1024, f0.Goroutines, f1.Goroutines, float64(f0.Held())/(1<<20), float64(f1.Held())/(1<<20))
-	if per > float64(a.bound) {
-		t.Errorf("%s makes the server hold %.1f KiB per connection, want at most %d KiB", a.what, per/1024, a.bound>>10)
-	}
+	per := underAttack(t, attackRole, a.transport, a.n, func(ep testenv.Endpoint) {
+		outcome, err := a.run(ep)
+		if err != nil {
+			t.Errorf("%s: %v", a.what, err)
+			return
+		}
+		mu.Lock()
+		outcomes[outcome]++
+		mu.Unlock()
+	})
+	t.Logf("%s: %v", a.what, outcomes)
+	wantAtMost(t, per, a.bound, a.what+" (per connection)")
 }
 
 // waitPeers waits until the server child lists n clients.
@@ -155,14 +173,11 @@ func endedBy(conn *quic.Conn) string {
 func TestAttackPendingQUICStreams(t *testing.T) {
 	sessionAttack{what: "a pending QUIC connection filling its streams", transport: "quic", n: attackConns, bound: maxPendingQUICBytes,
 		run: func(ep testenv.Endpoint) (string, error) {
-			conn, watch, err := dialWatched(t, ep)
+			// The control stream stays silent; the others are all the
+			// server allows.
+			conn, watch, _, err := dialControl(t, ep)
 			if err != nil {
 				return "", err
-			}
-			// The first stream is the one the server takes for the control
-			// stream; it stays silent. The others are all the server allows.
-			if _, err := conn.OpenStream(); err != nil {
-				return "", fmt.Errorf("opening the control stream: %w", err)
 			}
 			var streams []*quic.Stream
 			for {
@@ -183,12 +198,9 @@ func TestAttackPendingQUICStreams(t *testing.T) {
 func TestAttackPendingTCPStreams(t *testing.T) {
 	sessionAttack{what: "a pending TCP session filling its streams", transport: "tcp", n: attackConns, bound: maxPendingTCPBytes,
 		run: func(ep testenv.Endpoint) (string, error) {
-			mux, err := rawYamux(t, ep)
+			mux, _, err := yamuxControl(t, ep)
 			if err != nil {
 				return "", err
-			}
-			if _, err := mux.OpenStream(); err != nil {
-				return "", fmt.Errorf("opening the control stream: %w", err)
 			}
 			written := 0
 			for range yamuxBacklog {
@@ -212,13 +224,9 @@ func TestAttackPendingPartialHello(t *testing.T) {
 	t.Run("quic", func(t *testing.T) {
 		sessionAttack{what: "a pending QUIC connection with a partial hello", transport: "quic", n: attackConns, bound: maxPendingQUICBytes,
 			run: func(ep testenv.Endpoint) (string, error) {
-				conn, watch, err := dialWatched(t, ep)
+				conn, watch, ctrl, err := dialControl(t, ep)
 				if err != nil {
 					return "", err
-				}
-				ctrl, err := conn.OpenStream()
-				if err != nil {
-					return "", fmt.Errorf("opening the control stream: %w", err)
 				}
 				if _, err := ctrl.Write(prefix); err != nil {
 					return "", fmt.Errorf("writing the hello's length: %w", err)
@@ -230,13 +238,9 @@ func TestAttackPendingPartialHello(t *testing.T) {
 	t.Run("tcp", func(t *testing.T) {
 		sessionAttack{what: "a pending TCP session with a partial hello", transport: "tcp", n: attackConns, bound: maxPendingTCPBytes,
 			run: func(ep testenv.Endpoint) (string, error) {
-				mux, err := rawYamux(t, ep)
+				mux, ctrl, err := yamuxControl(t, ep)
 				if err != nil {
 					return "", err
-				}
-				ctrl, err := mux.OpenStream()
-				if err != nil {
-					return "", fmt.Errorf("opening the control stream: %w", err)
 				}
 				if _, err := ctrl.Write(prefix); err != nil {
 					return "", fmt.Errorf("writing the hello's length: %w", err)
@@ -261,15 +265,9 @@ func TestAttackWelcomedControlStream(t *testing.T) {
 	t.Run("quic", func(t *testing.T) {
 		sessionAttack{what: "a welcomed QUIC session stuffing its control stream", transport: "quic", n: welcomedConns, bound: maxWelcomedBytes["quic"],
 			run: func(ep testenv.Endpoint) (string, error) {
-				conn, watch, err := dialWatched(t, ep)
+				conn, watch, ctrl, err := dialControl(t, ep)
 				if err != nil {
 					return "", err
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), hostileBound)
-				defer cancel()
-				ctrl, err := conn.OpenStreamSync(ctx)
-				if err != nil {
-					return "", fmt.Errorf("opening the control stream: %w", err)
 				}
 				if err := helloOn(ctrl); err != nil {
 					return "", err
@@ -281,13 +279,9 @@ func TestAttackWelcomedControlStream(t *testing.T) {
 	t.Run("tcp", func(t *testing.T) {
 		sessionAttack{what: "a welcomed TCP session stuffing its control stream", transport: "tcp", n: welcomedConns, bound: maxWelcomedBytes["tcp"],
 			run: func(ep testenv.Endpoint) (string, error) {
-				mux, err := rawYamux(t, ep)
+				mux, ctrl, err := yamuxControl(t, ep)
 				if err != nil {
 					return "", err
-				}
-				ctrl, err := mux.OpenStream()
-				if err != nil {
-					return "", fmt.Errorf("opening the control stream: %w", err)
 				}
 				if err := helloOn(ctrl); err != nil {
 					return "", err

@@ -68,15 +68,20 @@ func dialRawTo(t *testing.T, ep testenv.Endpoint, alpn string, watch *flowWatch)
 	return conn, nil
 }
 
-// dialWatched opens a raw QUIC connection to ep, offering brpc's ALPN,
-// whose flow a flowWatch follows.
-func dialWatched(t *testing.T, ep testenv.Endpoint) (*quic.Conn, *flowWatch, error) {
+// dialControl opens a raw QUIC connection to ep, offering brpc's ALPN,
+// whose flow a flowWatch follows, and its first stream: the one the server
+// takes for the control stream. Nothing is sent on it yet.
+func dialControl(t *testing.T, ep testenv.Endpoint) (*quic.Conn, *flowWatch, *quic.Stream, error) {
 	watch := newFlowWatch()
 	conn, err := dialRawTo(t, ep, brpc.ALPN, watch)
 	if err != nil {
-		return nil, nil, fmt.Errorf("raw QUIC dial: %w", err)
+		return nil, nil, nil, fmt.Errorf("raw QUIC dial: %w", err)
 	}
-	return conn, watch, nil
+	ctrl, err := conn.OpenStream()
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("opening the control stream: %w", err)
+	}
+	return conn, watch, ctrl, nil
 }
 
 // helloOn runs the client's side of brpc's handshake by hand on ctrl, the
@@ -300,6 +305,20 @@ func rawYamux(t *testing.T, ep testenv.Endpoint) (*yamux.Session, error) {
 	}
 	t.Cleanup(func() { mux.Close() })
 	return mux, nil
+}
+
+// yamuxControl is rawYamux with its first stream, the one the server
+// takes for the control stream. It is safe to call from any goroutine.
+func yamuxControl(t *testing.T, ep testenv.Endpoint) (*yamux.Session, *yamux.Stream, error) {
+	mux, err := rawYamux(t, ep)
+	if err != nil {
+		return nil, nil, err
+	}
+	ctrl, err := mux.OpenStream()
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening the control stream: %w", err)
+	}
+	return mux, ctrl, nil
 }
 
 // yamuxWindow is the receive window yamux's protocol gives every stream at
