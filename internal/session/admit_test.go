@@ -197,9 +197,10 @@ func TestTCPDataOnControlStreamAfterWelcome(t *testing.T) {
 	}
 
 	// A FIN on the control stream carries no data and is fine; data is not.
-	if _, err := ctrlC.Write([]byte("more")); err != nil {
-		t.Fatalf("client Write: %v", err)
-	}
+	// The client's Write may report the session's shutdown: yamux confirms
+	// a write after its frame went out, and the server may have ended the
+	// session for it by then. Whether the data left is what wantEnded sees.
+	_, _ = ctrlC.Write([]byte("more"))
 	wantEnded(t, s, CodeProtocol)
 }
 
