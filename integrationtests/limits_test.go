@@ -98,10 +98,9 @@ func TestMaxPendingHandshakes(t *testing.T) {
 		for i := 0; i < max; i++ {
 			rawSession(t, e, tr)
 		}
-		time.Sleep(100 * time.Millisecond)
-		// Anyone else is turned away at once while they hang on.
-		start := time.Now()
-		_, err := e.Dial(testenv.ClientConfig{Name: "late"})
+		// Anyone else is turned away at once while they hang on. The
+		// server counts a session once it has accepted it: a client that
+		// came before that is admitted, and the next one tried.
 		// QUIC carries the reason in its close code; over TCP the refusal
 		// comes before brpc can say why, so the client sees Unavailable and
 		// retries later, as it should.
@@ -109,8 +108,21 @@ func TestMaxPendingHandshakes(t *testing.T) {
 		if tr == "tcp" {
 			want = codes.Unavailable
 		}
+		var err error
+		var took time.Duration
+		testenv.WaitFor(t, 5*time.Second, "a Dial refused while the pending handshakes are at their cap", func() bool {
+			start := time.Now()
+			var c *testenv.Client
+			c, err = e.Dial(testenv.ClientConfig{Name: "late"})
+			took = time.Since(start)
+			if err == nil {
+				c.Shutdown()
+				return false
+			}
+			return true
+		})
 		testenv.WantCode(t, err, want, "Dial while the pending handshakes are at their cap")
-		if took := time.Since(start); took > time.Second {
+		if took > time.Second {
 			t.Fatalf("the refusal took %v", took)
 		}
 		// Once the silent ones are cut off, clients are admitted again.
@@ -144,16 +156,23 @@ func TestMaxPendingTLSHandshakesOnTCP(t *testing.T) {
 			c.Close()
 		}
 	})
-	time.Sleep(100 * time.Millisecond)
-	extra, err := net.Dial("tcp", e.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer extra.Close()
-	extra.SetReadDeadline(time.Now().Add(time.Second))
-	if _, err := extra.Read(make([]byte, 1)); err != io.EOF {
-		t.Fatalf("a connection beyond the cap read %v, want io.EOF: the server should close it at once", err)
-	}
+	// A connection beyond the cap is closed at once. The listener counts a
+	// connection once it has accepted it: one that came before that is
+	// held like the silent ones (and kept open), and the next one tried.
+	testenv.WaitFor(t, 5*time.Second, "a connection beyond the cap to be closed at once", func() bool {
+		extra, err := net.Dial("tcp", e.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		extra.SetReadDeadline(time.Now().Add(time.Second))
+		_, err = extra.Read(make([]byte, 1))
+		if err == io.EOF {
+			extra.Close()
+			return true
+		}
+		t.Cleanup(func() { extra.Close() })
+		return false
+	})
 	// The silent ones are cut at the handshake timeout.
 	for _, c := range idle {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
