@@ -1,0 +1,214 @@
+// Package gateway relays gRPC calls that arrive on an application's
+// *grpc.Server to a connected client's reverse connection, message by
+// message and without decoding them.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+)
+
+// Config says how a gateway finds the clients it relays to and who may
+// reach them.
+type Config struct {
+	// TargetHeader is the request header that names the client.
+	TargetHeader string
+	// ReservedPrefix marks request headers that only the server may set:
+	// a caller's headers with it are not relayed.
+	ReservedPrefix string
+	// Authorize admits a call for clientID and fullMethod; nil refuses
+	// every call.
+	Authorize func(ctx context.Context, clientID, fullMethod string) error
+	// Resolve returns the reverse connection of the client with this ID,
+	// or a status error (NotFound) when none is connected.
+	Resolve func(id string) (grpc.ClientConnInterface, error)
+}
+
+// relayDesc lets one stream carry any of the four RPC kinds: the client's
+// own server knows the method's kind and enforces it.
+var relayDesc = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
+
+// Handler returns the grpc.StreamHandler that relays every call it gets
+// (for grpc.UnknownServiceHandler).
+func Handler(conf Config) grpc.StreamHandler {
+	return func(_ any, ss grpc.ServerStream) error { return relay(conf, ss) }
+}
+
+func relay(conf Config, ss grpc.ServerStream) error {
+	method, ok := grpc.MethodFromServerStream(ss)
+	if !ok {
+		return status.Error(codes.Internal, "brpc gateway: the call has no method name")
+	}
+	ctx := ss.Context()
+	in, _ := metadata.FromIncomingContext(ctx)
+	id, err := target(in, conf.TargetHeader)
+	if err != nil {
+		return err
+	}
+	// Authorization comes before the lookup, so that a caller who may not
+	// reach a client cannot learn whether it is connected.
+	if err := authorize(ctx, conf.Authorize, id, method); err != nil {
+		return err
+	}
+	conn, err := conf.Resolve(id)
+	if err != nil {
+		return err
+	}
+	// Canceling cctx ends the client's side of the call whenever the
+	// relay returns early (the caller went away, a send failed).
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	out := metadata.NewOutgoingContext(cctx, forwardable(in, conf))
+	cs, err := conn.NewStream(out, relayDesc, method)
+	if err != nil {
+		return err
+	}
+	upFailed := make(chan error, 1)
+	go upload(ss, cs, func(err error) {
+		upFailed <- err
+		cancel()
+	})
+	err = download(ss, cs)
+	select {
+	case uerr := <-upFailed:
+		// The client's call was canceled because the caller's stream
+		// failed; that failure is the call's status.
+		return statusOf(uerr)
+	default:
+		return err
+	}
+}
+
+// target reads the client's ID from the call's headers: exactly one
+// non-empty value.
+func target(in metadata.MD, header string) (string, error) {
+	vals := in.Get(header)
+	switch {
+	case len(vals) == 0:
+		return "", status.Errorf(codes.InvalidArgument, "brpc gateway: the %q header names no client", header)
+	case len(vals) > 1:
+		return "", status.Errorf(codes.InvalidArgument, "brpc gateway: the %q header names %d clients, want one", header, len(vals))
+	case vals[0] == "":
+		return "", status.Errorf(codes.InvalidArgument, "brpc gateway: the %q header is empty", header)
+	}
+	return vals[0], nil
+}
+
+// authorize runs the application's authorizer. A refusal keeps its status;
+// one that carries none (or says OK) becomes PermissionDenied, and a panic
+// becomes Internal rather than taking the process down.
+func authorize(ctx context.Context, fn func(context.Context, string, string) error, id, method string) (err error) {
+	if fn == nil {
+		return status.Error(codes.PermissionDenied, "brpc gateway: no authorizer, every call is refused")
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = status.Errorf(codes.Internal, "brpc gateway: the authorizer panicked: %v", r)
+		}
+	}()
+	aerr := fn(ctx, id, method)
+	if aerr == nil {
+		return nil
+	}
+	if st, ok := status.FromError(aerr); ok && st.Code() != codes.OK {
+		return st.Err()
+	}
+	return status.Errorf(codes.PermissionDenied, "brpc gateway: %v", aerr)
+}
+
+// hopHeaders are request headers that describe the caller's own hop or
+// that grpc-go sets for the next one itself.
+var hopHeaders = map[string]bool{
+	"content-type":         true,
+	"user-agent":           true,
+	"te":                   true,
+	"connection":           true,
+	"keep-alive":           true,
+	"host":                 true,
+	"grpc-timeout":         true,
+	"grpc-encoding":        true,
+	"grpc-accept-encoding": true,
+}
+
+// forwardable is the caller's metadata the client receives: everything
+// but pseudo-headers, hop-by-hop and gRPC transport headers and the
+// reserved ones (the target header among them). The deadline travels as
+// the outgoing context's.
+func forwardable(in metadata.MD, conf Config) metadata.MD {
+	out := make(metadata.MD, len(in))
+	for k, v := range in {
+		if strings.HasPrefix(k, ":") || hopHeaders[k] || k == conf.TargetHeader ||
+			(conf.ReservedPrefix != "" && strings.HasPrefix(k, conf.ReservedPrefix)) {
+			continue
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// upload relays the caller's messages to the client and half-closes the
+// client's stream when the caller has. It stops at the first failure on
+// either side: a failed send means the client's call is over, and
+// download reports how; a failed receive (the caller canceled, or sent a
+// message the gateway's server refuses) is given to failed, which ends
+// the client's call, since its handler would otherwise wait for messages
+// that never come.
+func upload(ss grpc.ServerStream, cs grpc.ClientStream, failed func(error)) {
+	for {
+		m := new(emptypb.Empty)
+		if err := ss.RecvMsg(m); err != nil {
+			if errors.Is(err, io.EOF) {
+				cs.CloseSend()
+			} else {
+				failed(err)
+			}
+			return
+		}
+		if err := cs.SendMsg(m); err != nil {
+			return
+		}
+	}
+}
+
+// download relays the client's response headers, messages and trailers
+// to the caller and returns the client's status.
+func download(ss grpc.ServerStream, cs grpc.ClientStream) error {
+	// Header waits for the client's response headers, or the call's end
+	// when it answers with trailers only; then RecvMsg reports that end.
+	if hdr, err := cs.Header(); err == nil && len(hdr) > 0 {
+		if err := ss.SendHeader(hdr); err != nil {
+			return err
+		}
+	}
+	for {
+		m := new(emptypb.Empty)
+		if err := cs.RecvMsg(m); err != nil {
+			ss.SetTrailer(cs.Trailer())
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return statusOf(err)
+		}
+		if err := ss.SendMsg(m); err != nil {
+			return err
+		}
+	}
+}
+
+// statusOf keeps a status error as it is (code, message, details) and
+// gives anything else a code.
+func statusOf(err error) error {
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return status.Error(codes.Unknown, fmt.Sprintf("brpc gateway: %v", err))
+}
