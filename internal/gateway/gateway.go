@@ -72,20 +72,8 @@ func relay(conf Config, ss grpc.ServerStream) error {
 	if err != nil {
 		return err
 	}
-	upFailed := make(chan error, 1)
-	go upload(ss, cs, func(err error) {
-		upFailed <- err
-		cancel()
-	})
-	err = download(ss, cs)
-	select {
-	case uerr := <-upFailed:
-		// The client's call was canceled because the caller's stream
-		// failed; that failure is the call's status.
-		return statusOf(uerr)
-	default:
-		return err
-	}
+	go upload(ss, cs)
+	return download(ss, cs)
 }
 
 // target reads the client's ID from the call's headers: exactly one
@@ -157,19 +145,17 @@ func forwardable(in metadata.MD, conf Config) metadata.MD {
 
 // upload relays the caller's messages to the client and half-closes the
 // client's stream when the caller has. It stops at the first failure on
-// either side: a failed send means the client's call is over, and
-// download reports how; a failed receive (the caller canceled, or sent a
-// message the gateway's server refuses) is given to failed, which ends
-// the client's call, since its handler would otherwise wait for messages
-// that never come.
-func upload(ss grpc.ServerStream, cs grpc.ClientStream, failed func(error)) {
+// either side. A failed send means the client's call is over, and download
+// reports how. A failed receive means the caller's stream is over: grpc-go
+// has written that failure's status to the caller itself (a message above
+// the gateway server's limit is ResourceExhausted) or the caller went away,
+// and either ends the handler's context and so the client's call.
+func upload(ss grpc.ServerStream, cs grpc.ClientStream) {
 	for {
 		m := new(emptypb.Empty)
 		if err := ss.RecvMsg(m); err != nil {
 			if errors.Is(err, io.EOF) {
 				cs.CloseSend()
-			} else {
-				failed(err)
 			}
 			return
 		}
