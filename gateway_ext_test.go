@@ -388,3 +388,26 @@ func TestGatewayLargeMessages(t *testing.T) {
 		}
 	})
 }
+
+// A relayed call the client's side cuts off (its session ends) ends for
+// the caller too, with Unavailable, instead of hanging.
+func TestGatewayClientGoneEndsCall(t *testing.T) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
+		g := newGatewayEnv(t, tr, allowAll)
+		done := make(chan error, 1)
+		go func() {
+			_, err := g.Stub.Unary(to(testenv.Ctx(t), g.Alice.ID()), &testpb.EchoRequest{SleepMs: 20000})
+			done <- err
+		}()
+		testenv.WaitFor(t, 5*time.Second, "the call to reach the client's handler", func() bool {
+			return g.Alice.Service.Sleeping() == 1
+		})
+		g.Alice.Shutdown()
+		select {
+		case err := <-done:
+			testenv.WantCode(t, err, codes.Unavailable, "a call whose client went away")
+		case <-time.After(10 * time.Second):
+			t.Fatal("the caller's call still runs 10s after its client went away")
+		}
+	})
+}
