@@ -216,6 +216,9 @@ type ClientConfig struct {
 	MD       metadata.MD
 	Opts     []brpc.DialOption
 	NoServe  bool // no echo service of its own
+	// Register, when set, registers further services (reflection, say) on
+	// the client's own *grpc.Server before it serves.
+	Register func(*grpc.Server)
 	TLS      *tls.Config
 	Target   string // what to dial instead of Env.Target
 }
@@ -247,6 +250,9 @@ func (e *Env) Dial(cfg ClientConfig) (*Client, error) {
 		gs = grpc.NewServer(cfg.GRPCOpts...)
 		svc = &Echo{Name: cfg.Name}
 		testpb.RegisterEchoServer(gs, svc)
+		if cfg.Register != nil {
+			cfg.Register(gs)
+		}
 		opts = append(opts, brpc.WithServer(gs))
 	}
 	opts = append(opts, cfg.Opts...)
