@@ -2,7 +2,11 @@ package brpc_test
 
 import (
 	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -14,7 +18,11 @@ import (
 	"testing"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc"
 	"github.com/brpc-go/brpc/internal/testenv"
@@ -44,11 +52,11 @@ func buildGrpcurl(t *testing.T) string {
 }
 
 // serveGateway serves handler as the unknown-service handler of a
-// *grpc.Server that registers nothing else, on a plaintext loopback
+// *grpc.Server built with opts that registers nothing else, on a loopback
 // listener, and returns its address.
-func serveGateway(t *testing.T, handler grpc.StreamHandler) string {
+func serveGateway(t *testing.T, handler grpc.StreamHandler, opts ...grpc.ServerOption) string {
 	t.Helper()
-	gw := grpc.NewServer(grpc.UnknownServiceHandler(handler))
+	gw := grpc.NewServer(append(opts, grpc.UnknownServiceHandler(handler))...)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -167,5 +175,67 @@ func TestGatewayGrpcurl(t *testing.T) {
 				t.Errorf("grpcurl Unary, %s: want exit %d and %q on stderr:\n%v", c.name, c.code, c.want, r)
 			}
 		}
+
+		// The same over mutual TLS, with grpcurl's TLS flags and an
+		// authorizer that reads the caller's verified certificate.
+		tlsAddr, tlsFlags := serveTLSGateway(t, e)
+		r = runGrpcurl(t, bin, append(tlsFlags, "-H", target, tlsAddr, "list")...)
+		if r.code != 0 || !slices.Contains(strings.Fields(r.stdout), "brpc.test.v1.Echo") {
+			t.Errorf("grpcurl list over TLS: want brpc.test.v1.Echo listed:\n%v", r)
+		}
+		r = runGrpcurl(t, bin, append(tlsFlags, "-H", target, "-d", `{"message":"tls"}`, tlsAddr, "brpc.test.v1.Echo/Unary")...)
+		if r.code != 0 || !strings.Contains(r.stdout, `"message": "alice:tls"`) {
+			t.Errorf("grpcurl Unary over TLS: want alice's answer:\n%v", r)
+		}
 	})
+}
+
+// serveTLSGateway serves e's gateway on a listener that requires a client
+// certificate from e's CA and admits callers whose certificate is named
+// "operator"; it returns its address and the grpcurl flags of such a caller.
+func serveTLSGateway(t *testing.T, e *testenv.Env) (string, []string) {
+	t.Helper()
+	srvCert, err := e.CA.Server()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opCert, err := e.CA.Client("operator")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := x509.MarshalPKCS8PrivateKey(opCert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	files := map[string][]byte{
+		"ca.pem":           e.CA.CertPEM(),
+		"operator.pem":     pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: opCert.Certificate[0]}),
+		"operator-key.pem": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}),
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	authorize := func(ctx context.Context, _, _ string) error {
+		if p, ok := peer.FromContext(ctx); ok {
+			if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(info.State.VerifiedChains) > 0 &&
+				info.State.VerifiedChains[0][0].Subject.CommonName == "operator" {
+				return nil
+			}
+		}
+		return status.Error(codes.PermissionDenied, "operators only")
+	}
+	creds := credentials.NewTLS(&tls.Config{
+		Certificates: []tls.Certificate{srvCert},
+		ClientCAs:    e.CA.Pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+	})
+	addr := serveGateway(t, e.Srv.Gateway(authorize), grpc.Creds(creds))
+	return addr, []string{
+		"-cacert", filepath.Join(dir, "ca.pem"),
+		"-cert", filepath.Join(dir, "operator.pem"),
+		"-key", filepath.Join(dir, "operator-key.pem"),
+	}
 }
