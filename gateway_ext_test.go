@@ -75,7 +75,21 @@ func newGatewayEnv(t *testing.T, transport string, authorize brpc.GatewayAuthori
 	e := testenv.NewPlainOn(t, transport)
 	sn := &seen{}
 	alice := e.Connect(testenv.ClientConfig{Name: "alice", GRPCOpts: sn.options()})
-	gw := grpc.NewServer(append(gwOpts, grpc.UnknownServiceHandler(e.Srv.Gateway(authorize)))...)
+	addr := serveGateway(t, e.Srv.Gateway(authorize), gwOpts...)
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return &gatewayEnv{Env: e, Alice: alice, Seen: sn, Stub: testpb.NewEchoClient(cc)}
+}
+
+// serveGateway serves handler as the unknown-service handler of a
+// *grpc.Server built with opts that registers nothing else, on a loopback
+// listener, and returns its address.
+func serveGateway(t *testing.T, handler grpc.StreamHandler, opts ...grpc.ServerOption) string {
+	t.Helper()
+	gw := grpc.NewServer(append(opts, grpc.UnknownServiceHandler(handler))...)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -85,16 +99,11 @@ func newGatewayEnv(t *testing.T, transport string, authorize brpc.GatewayAuthori
 		defer close(served)
 		gw.Serve(lis)
 	}()
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() {
-		cc.Close()
 		gw.Stop()
 		<-served
 	})
-	return &gatewayEnv{Env: e, Alice: alice, Seen: sn, Stub: testpb.NewEchoClient(cc)}
+	return lis.Addr().String()
 }
 
 func allowAll(context.Context, string, string) error { return nil }

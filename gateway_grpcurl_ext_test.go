@@ -9,7 +9,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -49,28 +48,6 @@ func buildGrpcurl(t *testing.T) string {
 		t.Fatalf("go install grpcurl@%s: %v\n%s", grpcurlVersion, err, out)
 	}
 	return filepath.Join(dir, "grpcurl")
-}
-
-// serveGateway serves handler as the unknown-service handler of a
-// *grpc.Server built with opts that registers nothing else, on a loopback
-// listener, and returns its address.
-func serveGateway(t *testing.T, handler grpc.StreamHandler, opts ...grpc.ServerOption) string {
-	t.Helper()
-	gw := grpc.NewServer(append(opts, grpc.UnknownServiceHandler(handler))...)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		gw.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		gw.Stop()
-		<-served
-	})
-	return lis.Addr().String()
 }
 
 // grpcurlRun is what one run of grpcurl printed and how it exited.
