@@ -2,14 +2,12 @@ package server
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/brpc-go/brpc/internal/certs"
 	"github.com/brpc-go/brpc/internal/session"
 )
 
@@ -84,16 +82,7 @@ func TestConcurrentClosesAgreeOnKindAndReason(t *testing.T) {
 // session to a server session over it; everything is closed by t.Cleanup.
 func sessionPairs(t *testing.T, tr string) func() (client, server session.Session) {
 	t.Helper()
-	ca, err := certs.NewCA()
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverTLS, err := ca.ServerTLS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverTLS.NextProtos = []string{alpn}
-	clientTLS := &tls.Config{RootCAs: ca.Pool, NextProtos: []string{alpn}, ServerName: "localhost", MinVersion: tls.VersionTLS13}
+	serverTLS, clientTLS := tlsPair(t)
 
 	var accept func(context.Context) (session.Session, error)
 	var dial func(context.Context, string) (session.Session, error)

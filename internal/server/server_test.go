@@ -28,6 +28,23 @@ const bound = 10 * time.Second
 
 const alpn = "brpc/1"
 
+// tlsPair returns a server tls.Config with a fresh certificate and a client
+// one that trusts it, both speaking brpc's ALPN.
+func tlsPair(t *testing.T) (server, client *tls.Config) {
+	t.Helper()
+	ca, err := certs.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err = ca.ServerTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	server.NextProtos = []string{alpn}
+	client = &tls.Config{RootCAs: ca.Pool, NextProtos: []string{alpn}, ServerName: "localhost", MinVersion: tls.VersionTLS13}
+	return server, client
+}
+
 // quicListener shows a session listener to the core as the public
 // listeners do.
 type quicListener struct {
@@ -71,15 +88,7 @@ func settings() session.Settings {
 // attributed to its session, and the server reaches it through the untyped
 // Client(id).Conn() that a relay would use.
 func TestCoreRelaysUntypedCalls(t *testing.T) {
-	ca, err := certs.NewCA()
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverTLS, err := ca.ServerTLS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverTLS.NextProtos = []string{alpn}
+	serverTLS, clientTLS := tlsPair(t)
 	ul, err := session.ListenUDP("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +121,7 @@ func TestCoreRelaysUntypedCalls(t *testing.T) {
 		Target:        "quic://" + ul.Addr().String(),
 		Scheme:        session.TransportQUIC,
 		HostPort:      ul.Addr().String(),
-		TLS:           &tls.Config{RootCAs: ca.Pool, NextProtos: []string{alpn}, ServerName: "localhost", MinVersion: tls.VersionTLS13},
+		TLS:           clientTLS,
 		Session:       settings(),
 		Server:        clientGS,
 		Metadata:      metadata.Pairs("id", "c1"),

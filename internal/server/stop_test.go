@@ -10,7 +10,6 @@ import (
 
 	"google.golang.org/grpc"
 
-	"github.com/brpc-go/brpc/internal/certs"
 	"github.com/brpc-go/brpc/internal/handshake"
 	"github.com/brpc-go/brpc/internal/handshake/handshakepb"
 	"github.com/brpc-go/brpc/internal/session"
@@ -40,16 +39,7 @@ func TestStopAnnouncesShutdown(t *testing.T) {
 	const silent = 20
 	for _, tr := range []string{session.TransportQUIC, session.TransportTCP} {
 		t.Run(tr, func(t *testing.T) {
-			ca, err := certs.NewCA()
-			if err != nil {
-				t.Fatal(err)
-			}
-			serverTLS, err := ca.ServerTLS()
-			if err != nil {
-				t.Fatal(err)
-			}
-			serverTLS.NextProtos = []string{alpn}
-			clientTLS := &tls.Config{RootCAs: ca.Pool, NextProtos: []string{alpn}, ServerName: "localhost", MinVersion: tls.VersionTLS13}
+			serverTLS, clientTLS := tlsPair(t)
 
 			var lis Listener
 			var addr string
