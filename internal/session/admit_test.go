@@ -117,18 +117,9 @@ func TestQUICStreamBeforeWelcomeIsProtocolError(t *testing.T) {
 }
 
 func TestTCPStreamBeforeWelcomeIsProtocolError(t *testing.T) {
-	ln := listenTCP(t, TCPConfig{})
-	client := dialTCP(t, ln)
-	ctrlC := openTCP(t, client, []byte("hello"))
-	defer ctrlC.Close()
-	s := acceptOne(t, ln.Accept)
+	client, _, s, _ := pendingTCP(t, TCPConfig{})
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
-	ctrl, err := s.AcceptStream(ctx)
-	if err != nil {
-		t.Fatalf("AcceptStream (control): %v", err)
-	}
-	defer ctrl.Close()
 	// yamux announces a stream with its SYN when it is opened.
 	if st, err := client.OpenStream(ctx); err == nil {
 		defer st.Close()
@@ -142,18 +133,7 @@ func TestTCPStreamBeforeWelcomeIsProtocolError(t *testing.T) {
 }
 
 func TestTCPControlStreamOverrunBeforeWelcome(t *testing.T) {
-	ln := listenTCP(t, TCPConfig{MaxControlBytes: 1024})
-	client := dialTCP(t, ln)
-	ctrlC := openTCP(t, client, []byte("hello"))
-	defer ctrlC.Close()
-	s := acceptOne(t, ln.Accept)
-	ctx, cancel := context.WithTimeout(context.Background(), bound)
-	defer cancel()
-	ctrl, err := s.AcceptStream(ctx)
-	if err != nil {
-		t.Fatalf("AcceptStream (control): %v", err)
-	}
-	defer ctrl.Close()
+	_, ctrlC, s, ctrl := pendingTCP(t, TCPConfig{MaxControlBytes: 1024})
 	// The server reads (as it reads a hello), which opens yamux's window to
 	// 4 MiB; the inspector still allows only yamux's initial 256 KiB.
 	if _, err := io.ReadFull(ctrl, make([]byte, 5)); err != nil {
@@ -165,18 +145,7 @@ func TestTCPControlStreamOverrunBeforeWelcome(t *testing.T) {
 }
 
 func TestTCPDataOnControlStreamAfterWelcome(t *testing.T) {
-	ln := listenTCP(t, TCPConfig{})
-	client := dialTCP(t, ln)
-	ctrlC := openTCP(t, client, []byte("hello"))
-	defer ctrlC.Close()
-	s := acceptOne(t, ln.Accept)
-	ctx, cancel := context.WithTimeout(context.Background(), bound)
-	defer cancel()
-	ctrl, err := s.AcceptStream(ctx)
-	if err != nil {
-		t.Fatalf("AcceptStream (control): %v", err)
-	}
-	defer ctrl.Close()
+	client, ctrlC, s, ctrl := pendingTCP(t, TCPConfig{})
 	if _, err := io.ReadFull(ctrl, make([]byte, 5)); err != nil {
 		t.Fatalf("reading the hello: %v", err)
 	}
@@ -282,6 +251,27 @@ func listenQUIC(t *testing.T, conf QUICConfig) *QUICListener {
 		t.Fatalf("Start: %v", err)
 	}
 	return ln
+}
+
+// pendingTCP is a TCP session not admitted yet: the client has opened its
+// control stream (ctrlC) and written "hello" on it, and the server has
+// accepted the session (s) and the control stream (ctrl). Both streams are
+// closed by t.Cleanup.
+func pendingTCP(t *testing.T, conf TCPConfig) (client Session, ctrlC net.Conn, s Session, ctrl net.Conn) {
+	t.Helper()
+	ln := listenTCP(t, conf)
+	client = dialTCP(t, ln)
+	ctrlC = openTCP(t, client, []byte("hello"))
+	t.Cleanup(func() { ctrlC.Close() })
+	s = acceptOne(t, ln.Accept)
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	ctrl, err := s.AcceptStream(ctx)
+	if err != nil {
+		t.Fatalf("AcceptStream (control): %v", err)
+	}
+	t.Cleanup(func() { ctrl.Close() })
+	return client, ctrlC, s, ctrl
 }
 
 func listenTCP(t *testing.T, conf TCPConfig) *TCPListener {
