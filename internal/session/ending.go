@@ -26,6 +26,7 @@ const (
 	EndConnectionLost
 )
 
+// String names the kind, for logs.
 func (k EndKind) String() string {
 	switch k {
 	case EndClosed:
@@ -58,6 +59,7 @@ type Ending struct {
 	Err error
 }
 
+// String says how the session ended, for logs and event reasons.
 func (e Ending) String() string {
 	if e.Kind != EndClosed {
 		return fmt.Sprintf("%v: %s", e.Kind, e.Reason)
@@ -139,6 +141,7 @@ func (s *endState) ending(ctx context.Context) (Ending, bool) {
 	return endingOfCause(context.Cause(ctx)), true
 }
 
+// String names the close code (a refusal by its gRPC code number).
 func (c CloseCode) String() string {
 	switch c {
 	case CodeNormal:
