@@ -204,6 +204,10 @@ func TestGatewayLimitsReleasedByEveryEnd(t *testing.T) {
 					t.Fatal(err)
 				}
 			}},
+			{"unary for no such client", func(t *testing.T, ctx context.Context) {
+				_, err := l.stub.Unary(to(ctx, "nobody"), &testpb.EchoRequest{})
+				testenv.WantCode(t, err, codes.NotFound, "a Unary for no such client")
+			}},
 			{"unary the client fails", func(t *testing.T, ctx context.Context) {
 				_, err := l.stub.Unary(to(ctx, alice), &testpb.EchoRequest{FailCode: int32(codes.Aborted)})
 				testenv.WantCode(t, err, codes.Aborted, "a failing Unary")
