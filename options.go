@@ -62,11 +62,10 @@ const (
 	// DefaultGatewayMaxCalls bounds the gateway's relayed calls in flight in
 	// all. A call whose caller or client stops reading makes the server
 	// hold, per direction, a window and a few messages (docs/security.md:
-	// about 0.5 MiB with the recommended windows and messages of 16 KiB,
-	// about 3.4 MiB with messages of 128 KiB), so that 1024 such calls
-	// hold some hundreds of MiB to a few GiB, what the pending-handshake
-	// cap allows too; a fleet-wide sweep of short calls rarely needs more
-	// at once.
+	// about 0.5 MiB with the recommended windows and messages of 16 KiB, up
+	// to 3.4 MiB with messages of 128 KiB), so that 1024 such calls hold
+	// about 1 to 4 GiB, what the pending-handshake cap allows too; a
+	// fleet-wide sweep of short calls rarely needs more at once.
 	DefaultGatewayMaxCalls = 1024
 	// DefaultFallbackDelay is how long a host:port target gives QUIC before
 	// trying TCP as well (Happy Eyeballs' usual head start).

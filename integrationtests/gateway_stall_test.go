@@ -56,11 +56,16 @@ func pooled(n int) int {
 // window; the message the relay holds; and, on the stalled side, what
 // grpc-go queues: the message it is part way through writing when the
 // window closed, those the write quota let in behind it, and the one
-// marshaled by the send that now waits for quota, each in a pooled buffer.
-func maxStalledDirection(window, msg int) int {
+// marshaled by the send that now waits for quota, each in a buffer of buf
+// bytes.
+func maxStalledDirection(window, msg, buf int) int {
 	queued := (grpcWriteQuota+msg-1)/msg + 2
-	return window + msg + queued*pooled(msg+16) + stallCallOverhead
+	return window + msg + queued*buf + stallCallOverhead
 }
+
+// stallWire is a stalled call's message as encoded: the payload and its
+// field's tag and length.
+const stallWire = stallMsg + 16
 
 // maxSessionBuffer is what the reverse connection's session stream may
 // keep allocated, whatever it holds: yamux grows a stream's receive buffer
@@ -264,9 +269,12 @@ func TestGatewayCallerThatStopsReading(t *testing.T) {
 		grown := float64(f1.Held()) - float64(f0.Held())
 		// A server-streaming call stalls one way; a bidi call both ways,
 		// since the caller sends as fast as it can too and the client's
-		// handler reads nothing.
-		down := maxStalledDirection(stallWindow, stallMsg)
-		bound := streams*down + bidis*2*down + maxSessionBuffer[tr]
+		// handler reads nothing. Toward the caller the gateway's
+		// *grpc.Server marshals each message into a pooled buffer; toward
+		// the client the relay hands grpc-go the message's own bytes.
+		down := maxStalledDirection(stallWindow, stallMsg, pooled(stallWire))
+		up := maxStalledDirection(stallWindow, stallMsg, stallWire)
+		bound := streams*down + bidis*(down+up) + maxSessionBuffer[tr]
 		t.Logf("%s: the firehose sent %d messages of %d KiB and the caller %d before flow control stopped them; the server holds %.1f MiB more (%d -> %d goroutines), bound %.1f MiB",
 			tr, fh.sends.Load(), stallMsg>>10, callerSends.Load(), grown/(1<<20), f0.Goroutines, f1.Goroutines, float64(bound)/(1<<20))
 		if grown > float64(bound) {

@@ -102,7 +102,7 @@ func relay(conf Config, ss grpc.ServerStream) error {
 	}
 	addCaller(md, conf, pass, named, addrOf(ctx))
 	out := metadata.NewOutgoingContext(cctx, md)
-	cs, err := conn.NewStream(out, relayDesc, method)
+	cs, err := conn.NewStream(out, relayDesc, method, grpc.ForceCodecV2(relayCodec{}))
 	if err != nil {
 		return err
 	}
