@@ -72,9 +72,9 @@ func relay(conf Config, ss grpc.ServerStream) error {
 	}
 	// Authorization comes before the lookup, so that a caller who may not
 	// reach a client cannot learn whether it is connected.
-	slot := &callerSlot{}
-	err = authorize(context.WithValue(ctx, callerKey{}, slot), conf.Authorize, id, method)
-	named, isNamed := slot.seal()
+	who := &callerSlot{}
+	err = authorize(context.WithValue(ctx, callerKey{}, who), conf.Authorize, id, method)
+	named, isNamed := who.seal()
 	if err != nil {
 		return err
 	}
@@ -82,9 +82,9 @@ func relay(conf Config, ss grpc.ServerStream) error {
 	if err != nil {
 		return err
 	}
-	// The slot is held until the relay returns, which is once the
-	// client's side of the call has ended: a streaming call holds it for
-	// as long as it runs.
+	// The limiter's slot is held until the relay returns, which is once
+	// the client's side of the call has ended: a streaming call holds it
+	// for as long as it runs.
 	if conf.Limiter != nil {
 		if err := conf.Limiter.acquire(id); err != nil {
 			return err
