@@ -1,0 +1,2 @@
+// Package brpcetcd keeps a brpc cluster's presence in etcd.
+package brpcetcd
