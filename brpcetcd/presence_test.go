@@ -2,6 +2,8 @@ package brpcetcd
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -99,5 +101,324 @@ func TestJoinRefusesANameTakenAtAnotherAddress(t *testing.T) {
 	}
 	if _, err := p.Join(ctx, brpc.Replica{Name: "", Addr: "127.0.0.1:1"}, func(brpc.PresenceUpdate) {}); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("Join without a name: got %v, want InvalidArgument", err)
+	}
+}
+
+const testTTL = 2 * time.Second
+
+func clientIDs(n int) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("client-%04d", i)
+	}
+	return ids
+}
+
+// holdsAll reports whether every id is held by replica in the view.
+func (r *recorder) holdsAll(ids []string, replica string) bool {
+	for _, id := range ids {
+		if !r.holds(id, replica) {
+			return false
+		}
+	}
+	return true
+}
+
+// heldBy counts the clients the view has held by replica.
+func (r *recorder) heldBy(replica string) int {
+	n := 0
+	for _, c := range r.clients {
+		if c.Replica == replica {
+			n++
+		}
+	}
+	return n
+}
+
+func TestLeaveRemovesEveryRecordInOneRevision(t *testing.T) {
+	te := startEtcd(t)
+	cli := te.client()
+	p := newPresence(t, cli)
+	a, _ := join(t, p, "a")
+	_, recB := join(t, p, "b")
+	ids := clientIDs(50)
+	for _, id := range ids {
+		a.Claim(id)
+	}
+	recB.waitFor(t, 5*time.Second, "a's 50 claims at b", func(r *recorder) bool { return r.holdsAll(ids, "a") })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.Leave(ctx); err != nil {
+		t.Fatalf("Leave: %v", err)
+	}
+	recB.waitFor(t, 5*time.Second, "a's records gone at b", func(r *recorder) bool {
+		_, ok := r.replicas["a"]
+		return !ok && r.heldBy("a") == 0
+	})
+	recB.mu.Lock()
+	var removal brpc.PresenceUpdate
+	for _, u := range recB.updates {
+		for _, rr := range u.Replicas {
+			if rr.Name == "a" && rr.Gone {
+				removal = u
+			}
+		}
+	}
+	recB.mu.Unlock()
+	if len(removal.Clients) != len(ids) {
+		t.Fatalf("the update removing a's replica record removes %d clients, want all %d at once", len(removal.Clients), len(ids))
+	}
+	for _, c := range removal.Clients {
+		if c.Replica != "" || c.Revision != removal.Clients[0].Revision {
+			t.Fatalf("a's records were not removed in one revision: %+v", removal.Clients)
+		}
+	}
+	resp, err := cli.Get(ctx, "/t/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		if string(kv.Value) == "a" {
+			t.Fatalf("after a left etcd still has %s = a", kv.Key)
+		}
+	}
+	a.Claim("late")
+	if err := a.Leave(ctx); err != nil {
+		t.Fatalf("second Leave: %v", err)
+	}
+	if n := p.Stats().Pending; n != 0 {
+		t.Fatalf("a claim after Leave is pending (%d operations), want it ignored", n)
+	}
+}
+
+func TestLeaseExpiryRemovesAStoppedMembersRecordsWithinTheTTL(t *testing.T) {
+	te := startEtcd(t)
+	cliA := te.client()
+	a, recA := join(t, newPresence(t, cliA), "a")
+	_, recB := join(t, newPresence(t, te.client()), "b")
+	ids := clientIDs(20)
+	for _, id := range ids {
+		a.Claim(id)
+	}
+	recB.waitFor(t, 5*time.Second, "a's claims at b", func(r *recorder) bool { return r.holdsAll(ids, "a") })
+
+	// Closing a's client stops its keepalives as a crash would.
+	start := time.Now()
+	cliA.Close()
+	recB.waitFor(t, testTTL+5*time.Second, "a's records gone at b", func(r *recorder) bool {
+		_, ok := r.replicas["a"]
+		return !ok && r.heldBy("a") == 0
+	})
+	elapsed := time.Since(start)
+	t.Logf("a's records went %v after its keepalives stopped (TTL %v)", elapsed, testTTL)
+	// etcd checks expiry every 500 ms and the revoke goes through raft.
+	if limit := testTTL + 1500*time.Millisecond; elapsed > limit {
+		t.Fatalf("a's records went %v after its keepalives stopped, more than TTL + margin %v", elapsed, limit)
+	}
+	recA.waitFor(t, 5*time.Second, "Down at a, whose client is closed", func(r *recorder) bool { return r.down != nil })
+	if status.Code(recA.down) != codes.Unavailable {
+		t.Fatalf("Down is %v, want code Unavailable", recA.down)
+	}
+}
+
+func TestEtcdRestartReportsDownThenResetWithEveryClaim(t *testing.T) {
+	te := startEtcd(t)
+	cli := te.client()
+	p := newPresence(t, cli)
+	a, recA := join(t, p, "a")
+	ids := clientIDs(50)
+	for _, id := range ids {
+		a.Claim(id)
+	}
+	recA.waitFor(t, 5*time.Second, "a's claims", func(r *recorder) bool { return r.holdsAll(ids, "a") })
+
+	te.stop() // returns once etcd's streams are closed: from then on nothing answers
+	start := time.Now()
+	recA.waitFor(t, testTTL+5*time.Second, "Down", func(r *recorder) bool { return r.down != nil })
+	elapsed := time.Since(start)
+	t.Logf("Down %v after etcd stopped (TTL %v)", elapsed, testTTL)
+	// The keepalive gives up a TTL after its last answer, checked each second.
+	if limit := testTTL + 2*time.Second; elapsed > limit {
+		t.Fatalf("Down %v after etcd stopped, more than TTL + margin %v", elapsed, limit)
+	}
+	// Changes while etcd is away are kept and written when it is back.
+	a.Release(ids[0])
+	a.Claim("while-down")
+	te.start()
+
+	want := append([]string{"while-down"}, ids[1:]...)
+	recA.waitFor(t, 20*time.Second, "a Reset after etcd came back", func(r *recorder) bool { return r.resets == 2 })
+	recA.mu.Lock()
+	var reset brpc.PresenceUpdate
+	for _, u := range recA.updates {
+		if u.Reset {
+			reset = u
+		}
+	}
+	recA.mu.Unlock()
+	got := map[string]string{}
+	for _, c := range reset.Clients {
+		got[c.ID] = c.Replica
+	}
+	for _, id := range want {
+		if got[id] != "a" {
+			t.Fatalf("the Reset after etcd came back has %s held by %q, want a (records %v)", id, got[id], got)
+		}
+	}
+	if _, ok := got[ids[0]]; ok || len(got) != len(want) {
+		t.Fatalf("the Reset after etcd came back has %d records (released %s: %v), want %d", len(got), ids[0], ok, len(want))
+	}
+	if reset.Down != nil || len(reset.Replicas) != 1 || reset.Replicas[0].Name != "a" {
+		t.Fatalf("the Reset after etcd came back: Down %v, replicas %v; want no Down and a's record", reset.Down, reset.Replicas)
+	}
+}
+
+func TestLostLeaseRestoresHeldClientsExceptThoseClaimedSince(t *testing.T) {
+	te := startEtcd(t)
+	cli := te.client()
+	p := newPresence(t, cli)
+	a, recA := join(t, p, "a")
+	b, _ := join(t, newPresence(t, cli), "b")
+	ids := clientIDs(10)
+	for _, id := range ids {
+		a.Claim(id)
+	}
+	recA.waitFor(t, 5*time.Second, "a's claims", func(r *recorder) bool { return r.holdsAll(ids, "a") })
+	// A newer session of one client on b: a, which has not released it
+	// yet, must not take its record back when it restores its claims.
+	b.Claim(ids[3])
+	recA.waitFor(t, 5*time.Second, "b's newer claim", func(r *recorder) bool { return r.holds(ids[3], "b") })
+
+	lost := a.(*membership).currentLease()
+	if _, err := cli.Revoke(context.Background(), lost); err != nil {
+		t.Fatalf("revoking a's lease: %v", err)
+	}
+	recA.waitFor(t, testTTL+5*time.Second, "Down then a Reset", func(r *recorder) bool { return r.downs == 1 && r.resets == 2 })
+	if now := a.(*membership).currentLease(); now == lost {
+		t.Fatalf("a still uses the revoked lease %x", lost)
+	}
+	recA.mu.Lock()
+	defer recA.mu.Unlock()
+	for _, id := range ids {
+		want := "a"
+		if id == ids[3] {
+			want = "b"
+		}
+		if !recA.holds(id, want) {
+			t.Fatalf("after a's lease was lost, %s is held by %q, want %s", id, recA.clients[id].Replica, want)
+		}
+	}
+	if _, ok := recA.replicas["a"]; !ok {
+		t.Fatalf("after a's lease was lost its replica record is missing: %v", recA.replicas)
+	}
+}
+
+func TestClaimsAreWrittenInBatches(t *testing.T) {
+	const n = 3000
+	te := startEtcd(t)
+	cli := te.client()
+	p := newPresence(t, cli)
+	a, recA := join(t, p, "a")
+	_, recB := join(t, newPresence(t, cli), "b")
+
+	// A reconnect storm queues claims while a transaction is in flight;
+	// holding a's goroutine in its updates queues them the same way.
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	recA.mu.Lock()
+	recA.hold = func(u brpc.PresenceUpdate) {
+		for _, c := range u.Clients {
+			if c.ID == "trigger" {
+				once.Do(func() { close(held) })
+				<-release
+			}
+		}
+	}
+	recA.mu.Unlock()
+	a.Claim("trigger")
+	select {
+	case <-held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a's claim of trigger was not reported within 5s")
+	}
+	before := p.Stats()
+	ids := clientIDs(n)
+	for _, id := range ids {
+		a.Claim(id)
+	}
+	start := time.Now()
+	close(release)
+	recB.waitFor(t, 30*time.Second, "3,000 claims at b", func(r *recorder) bool { return r.holdsAll(ids, "a") })
+	elapsed := time.Since(start)
+	// a counts a transaction before it handles the transaction's events.
+	recA.waitFor(t, 10*time.Second, "3,000 claims at a", func(r *recorder) bool { return r.holdsAll(ids, "a") })
+	after := p.Stats()
+	txns := after.Txns - before.Txns
+	t.Logf("%d claims in %d transactions (largest %d operations) seen by another member in %v", n, txns, after.MaxTxnOps, elapsed)
+	if limit := uint64((n + DefaultBatch - 1) / DefaultBatch); txns > limit {
+		t.Fatalf("%d claims took %d transactions, want at most %d", n, txns, limit)
+	}
+	if after.MaxTxnOps > DefaultBatch {
+		t.Fatalf("a transaction carried %d operations, more than the batch of %d", after.MaxTxnOps, DefaultBatch)
+	}
+	if after.Records != n+1 || after.Pending != 0 {
+		t.Fatalf("stats after the claims: %d records, %d pending; want %d records, 0 pending", after.Records, after.Pending, n+1)
+	}
+}
+
+func TestCompactedWatchIsFollowedByAResetNotDown(t *testing.T) {
+	te := startEtcd(t)
+	cli := te.client()
+	p := newPresence(t, cli)
+	var once sync.Once
+	// Between the snapshot and the watch, another replica writes twice and
+	// etcd compacts past the snapshot's revision.
+	p.hooks.beforeWatch = func(rev int64) {
+		once.Do(func() {
+			ctx := context.Background()
+			if _, err := cli.Put(ctx, "/t/clients/z", "o"); err != nil {
+				t.Errorf("put: %v", err)
+			}
+			resp, err := cli.Put(ctx, "/t/replicas/o", "127.0.0.1:9")
+			if err != nil {
+				t.Errorf("put: %v", err)
+				return
+			}
+			if _, err := cli.Compact(ctx, resp.Header.Revision); err != nil {
+				t.Errorf("compact: %v", err)
+			}
+		})
+	}
+	_, rec := join(t, p, "a")
+	rec.waitFor(t, 5*time.Second, "a second Reset with the records written meanwhile", func(r *recorder) bool {
+		return r.resets == 2 && r.holds("z", "o")
+	})
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if rec.downs != 0 {
+		t.Fatalf("a compacted watch reported Down %d times: %v", rec.downs, rec.down)
+	}
+	if s := p.Stats(); s.Snapshots != 2 {
+		t.Fatalf("%d snapshots, want 2 (Join and the compacted watch)", s.Snapshots)
+	}
+}
+
+func TestLeaveWhileEtcdIsDownEndsWithinItsContext(t *testing.T) {
+	te := startEtcd(t)
+	a, _ := join(t, newPresence(t, te.client()), "a")
+	te.stop()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	start := time.Now()
+	err := a.Leave(ctx)
+	if err == nil {
+		t.Fatal("Leave with etcd stopped succeeded")
+	}
+	if code := status.Code(err); code != codes.DeadlineExceeded && code != codes.Unavailable {
+		t.Fatalf("Leave with etcd stopped: %v, want DeadlineExceeded or Unavailable", err)
+	}
+	if elapsed := time.Since(start); elapsed > 3*time.Second {
+		t.Fatalf("Leave with a 1s context took %v", elapsed)
 	}
 }
