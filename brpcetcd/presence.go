@@ -110,8 +110,9 @@ func New(cli *clientv3.Client, opts ...Option) (*Presence, error) {
 // done; the first update, a Reset with every record, follows from the
 // membership's goroutine. A name recorded by a live replica with another
 // address is refused with AlreadyExists (the same address is taken to be
-// that replica restarted, and its record is taken over); etcd not
-// answering within ctx is Unavailable. updates must not call Leave.
+// that replica restarted, and its record is taken over); etcd refusing a
+// call is Unavailable, ctx ending first DeadlineExceeded or Canceled.
+// updates may call Claim and Release, not Leave.
 func (p *Presence) Join(ctx context.Context, self brpc.Replica, updates func(brpc.PresenceUpdate)) (brpc.Membership, error) {
 	if self.Name == "" || self.Addr == "" {
 		return nil, status.Error(codes.InvalidArgument, "brpcetcd: a replica needs a name and an address")

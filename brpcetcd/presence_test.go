@@ -102,6 +102,34 @@ func TestJoinRefusesANameTakenAtAnotherAddress(t *testing.T) {
 	if _, err := p.Join(ctx, brpc.Replica{Name: "", Addr: "127.0.0.1:1"}, func(brpc.PresenceUpdate) {}); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("Join without a name: got %v, want InvalidArgument", err)
 	}
+	// The same name at the same address is that replica restarted before
+	// its old lease expired: it takes the record over.
+	_, rec := join(t, p, "a")
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.replicas) != 1 || rec.replicas["a"].Addr != "127.0.0.1:7001" {
+		t.Fatalf("a restarted at its address sees replicas %v, want its own record", rec.replicas)
+	}
+}
+
+func TestJoinWithEtcdStoppedFailsWithinItsContext(t *testing.T) {
+	te := startEtcd(t)
+	p := newPresence(t, te.client())
+	te.stop()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	start := time.Now()
+	m, err := p.Join(ctx, brpc.Replica{Name: "a", Addr: "127.0.0.1:1"}, func(brpc.PresenceUpdate) {})
+	if err == nil {
+		m.Leave(ctx)
+		t.Fatal("Join with etcd stopped succeeded")
+	}
+	if code := status.Code(err); code != codes.DeadlineExceeded && code != codes.Unavailable {
+		t.Fatalf("Join with etcd stopped: %v, want DeadlineExceeded or Unavailable", err)
+	}
+	if elapsed := time.Since(start); elapsed > 3*time.Second {
+		t.Fatalf("Join with a 1s context took %v", elapsed)
+	}
 }
 
 const testTTL = 2 * time.Second
