@@ -3,11 +3,15 @@ package brpcetcd
 import (
 	"context"
 	"fmt"
+	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/brpc-go/brpc"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -448,5 +452,96 @@ func TestLeaveWhileEtcdIsDownEndsWithinItsContext(t *testing.T) {
 	}
 	if elapsed := time.Since(start); elapsed > 3*time.Second {
 		t.Fatalf("Leave with a 1s context took %v", elapsed)
+	}
+}
+
+func TestCollectorReportsStats(t *testing.T) {
+	te := startEtcd(t)
+	p := newPresence(t, te.client())
+	a, rec := join(t, p, "a")
+	ids := clientIDs(5)
+	for _, id := range ids {
+		a.Claim(id)
+	}
+	rec.waitFor(t, 5*time.Second, "a's claims", func(r *recorder) bool { return r.holdsAll(ids, "a") })
+
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(p.Collector())
+	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
+		t.Fatalf("metrics lint: %v %v", err, problems)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		m := f.GetMetric()[0]
+		got[f.GetName()] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+	}
+	s := p.Stats()
+	for name, want := range map[string]float64{
+		"brpc_presence_client_records":    5,
+		"brpc_presence_pending_ops":       0,
+		"brpc_presence_etcd_errors_total": 0,
+		"brpc_presence_txns_total":        float64(s.Txns),
+		"brpc_presence_ops_total":         float64(s.Ops),
+		"brpc_presence_snapshots_total":   1,
+	} {
+		if got[name] != want {
+			t.Errorf("%s = %v, want %v", name, got[name], want)
+		}
+	}
+	// The replica record and five claims, in at least two transactions.
+	if s.Ops != 6 || s.Txns < 2 {
+		t.Errorf("stats: %d operations in %d transactions, want 6 in at least 2", s.Ops, s.Txns)
+	}
+}
+
+// Claims and releases of the same clients from several goroutines on two
+// replicas end with each member's view equal to what etcd holds.
+func TestConcurrentClaimsAndReleasesConverge(t *testing.T) {
+	te := startEtcd(t)
+	cli := te.client()
+	a, recA := join(t, newPresence(t, cli, WithBatch(7)), "a")
+	b, recB := join(t, newPresence(t, cli, WithBatch(7)), "b")
+	ids := clientIDs(40)
+	var wg sync.WaitGroup
+	for g, m := range []brpc.Membership{a, b, a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 400 {
+				id := ids[(i*7+g*13)%len(ids)]
+				if (i+g)%3 == 0 {
+					m.Release(id)
+				} else {
+					m.Claim(id)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	// A last claim on each member marks the end of its queue.
+	a.Claim("end-a")
+	b.Claim("end-b")
+	for _, rec := range []*recorder{recA, recB} {
+		rec.waitFor(t, 20*time.Second, "both end markers", func(r *recorder) bool { return r.holds("end-a", "a") && r.holds("end-b", "b") })
+	}
+	resp, err := cli.Get(context.Background(), "/t/clients/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]brpc.ClientRecord{}
+	for _, kv := range resp.Kvs {
+		id := strings.TrimPrefix(string(kv.Key), "/t/clients/")
+		want[id] = brpc.ClientRecord{ID: id, Replica: string(kv.Value), Revision: kv.ModRevision}
+	}
+	for name, rec := range map[string]*recorder{"a": recA, "b": recB} {
+		rec.mu.Lock()
+		if !reflect.DeepEqual(rec.clients, want) {
+			t.Errorf("%s's view differs from etcd:\n view %v\n etcd %v", name, rec.clients, want)
+		}
+		rec.mu.Unlock()
 	}
 }
