@@ -14,6 +14,8 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -87,6 +89,12 @@ func (te *testEtcd) client() *clientv3.Client {
 		Endpoints:   []string{te.endpoint()},
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
+		// grpc's reconnect backoff grows to 120 s; capped, the client
+		// finds a restarted etcd within half a second.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond},
+			MinConnectTimeout: 2 * time.Second,
+		})},
 	})
 	if err != nil {
 		te.t.Fatalf("etcd client: %v", err)

@@ -276,6 +276,15 @@ func (m *membership) etcdErr(parent context.Context, what string, err error) err
 	return status.Errorf(codes.Unavailable, "brpcetcd: %s: %v", what, err)
 }
 
+// clientClosed says whether the etcd client was closed: its calls would
+// then spin through the client's retries (about 2.5 s) before failing.
+func (m *membership) clientClosed() error {
+	if m.p.cli.Ctx().Err() != nil {
+		return status.Error(codes.Unavailable, "brpcetcd: the etcd client is closed")
+	}
+	return nil
+}
+
 // writeBatch writes the next batch of queued operations in one
 // transaction and says how many it took. On failure they are queued again,
 // except an operation that etcd refuses as too large on its own: it could
@@ -333,6 +342,9 @@ func (m *membership) writeBatch(parent context.Context, lease clientv3.LeaseID) 
 // lease, and a name taken by another live replica is refused.
 func (m *membership) establish(parent context.Context, initial bool) (ep *epoch, reset brpc.PresenceUpdate, err error) {
 	p := m.p
+	if err := m.clientClosed(); err != nil {
+		return nil, reset, err
+	}
 	lease := m.currentLease()
 	if lease != 0 {
 		ctx, cancel := m.callCtx(parent)
@@ -608,6 +620,9 @@ func (m *membership) leave() error {
 	lease := m.currentLease()
 	if lease == 0 {
 		return nil
+	}
+	if err := m.clientClosed(); err != nil {
+		return err
 	}
 	_, err := m.p.cli.Revoke(m.leaveCtx, lease)
 	if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) {
