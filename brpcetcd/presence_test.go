@@ -361,32 +361,15 @@ func TestClaimsAreWrittenInBatches(t *testing.T) {
 	_, recB := join(t, newPresence(t, cli), "b")
 
 	// A reconnect storm queues claims while a transaction is in flight;
-	// holding a's goroutine in its updates queues them the same way.
-	held, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	recA.mu.Lock()
-	recA.hold = func(u brpc.PresenceUpdate) {
-		for _, c := range u.Clients {
-			if c.ID == "trigger" {
-				once.Do(func() { close(held) })
-				<-release
-			}
-		}
-	}
-	recA.mu.Unlock()
-	a.Claim("trigger")
-	select {
-	case <-held:
-	case <-time.After(5 * time.Second):
-		t.Fatal("a's claim of trigger was not reported within 5s")
-	}
+	// holding a's goroutine queues them the same way.
+	resume := pause(t, a, recA)
 	before := p.Stats()
 	ids := clientIDs(n)
 	for _, id := range ids {
 		a.Claim(id)
 	}
 	start := time.Now()
-	close(release)
+	resume()
 	recB.waitFor(t, 30*time.Second, "3,000 claims at b", func(r *recorder) bool { return r.holdsAll(ids, "a") })
 	elapsed := time.Since(start)
 	// a counts a transaction before it handles the transaction's events.
@@ -549,5 +532,75 @@ func TestConcurrentClaimsAndReleasesConverge(t *testing.T) {
 			t.Errorf("%s's view differs from etcd:\n view %v\n etcd %v", name, rec.clients, want)
 		}
 		rec.mu.Unlock()
+	}
+}
+
+// pause holds m's goroutine in its updates, so that what m is asked to do
+// queues up, until the returned function is called. It claims a client of
+// its own for that, and leaves it claimed.
+func pause(t *testing.T, m brpc.Membership, rec *recorder) (resume func()) {
+	t.Helper()
+	trigger := fmt.Sprintf("pause-%p-%d", rec, time.Now().UnixNano())
+	held, release := make(chan struct{}), make(chan struct{})
+	rec.mu.Lock()
+	rec.hold = func(u brpc.PresenceUpdate) {
+		for _, c := range u.Clients {
+			if c.ID == trigger && c.Replica != "" {
+				close(held)
+				<-release
+			}
+		}
+	}
+	rec.mu.Unlock()
+	m.Claim(trigger)
+	select {
+	case <-held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the claim that pauses the membership was not reported within 5s")
+	}
+	return func() {
+		rec.mu.Lock()
+		rec.hold = nil
+		rec.mu.Unlock()
+		close(release)
+	}
+}
+
+func TestBatchesFitEtcdsTransactionLimit(t *testing.T) {
+	te := startEtcd(t)
+	cli := te.client()
+	ids := clientIDs(300)
+
+	// Releases are nested transactions, which etcd allows only what their
+	// parent leaves of --max-txn-ops (128 here): a batch of them carries
+	// 127, and etcd refuses none.
+	p := newPresence(t, cli)
+	a, recA := join(t, p, "a")
+	for _, id := range ids {
+		a.Claim(id)
+	}
+	recA.waitFor(t, 10*time.Second, "a's claims", func(r *recorder) bool { return r.holdsAll(ids, "a") })
+	resume := pause(t, a, recA)
+	for _, id := range ids {
+		a.Release(id)
+	}
+	resume()
+	recA.waitFor(t, 10*time.Second, "a's releases", func(r *recorder) bool { return r.heldBy("a") == 1 })
+	if s := p.Stats(); s.Errors != 0 {
+		t.Fatalf("etcd refused %d of a's transactions of releases", s.Errors)
+	}
+
+	// A batch larger than etcd allows is refused and split.
+	big := newPresence(t, cli, WithBatch(300))
+	b, recB := join(t, big, "b")
+	resume = pause(t, b, recB)
+	for _, id := range ids {
+		b.Claim(id)
+	}
+	resume()
+	recB.waitFor(t, 10*time.Second, "b's claims", func(r *recorder) bool { return r.holdsAll(ids, "b") })
+	s := big.Stats()
+	if s.Errors == 0 || s.MaxTxnOps > 128 {
+		t.Fatalf("a batch of 300 against etcd's limit of 128: %d refusals, largest transaction %d; want it refused and split", s.Errors, s.MaxTxnOps)
 	}
 }
