@@ -11,11 +11,14 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// Defaults of the options.
 const (
+	// DefaultPrefix is the key prefix without WithPrefix.
 	DefaultPrefix = "/brpc"
-	DefaultTTL    = 10 * time.Second
-	DefaultBatch  = 128
+	// DefaultTTL is a membership's lease TTL without WithTTL.
+	DefaultTTL = 10 * time.Second
+	// DefaultBatch is the most operations per transaction without
+	// WithBatch: etcd's default --max-txn-ops.
+	DefaultBatch = 128
 )
 
 // Option configures a Presence.
