@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,7 +20,18 @@ import (
 	"google.golang.org/grpc/backoff"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	// The members of a cluster of embedded etcds talk over HTTP; a stopped
+	// member's peer server leaves its active connections open (its
+	// Shutdown does not close them when its timeout passes) and so do the
+	// peers' HTTP transports. brpcetcd uses no net/http itself.
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreAnyFunction("net/http.(*conn).serve"),
+		goleak.IgnoreAnyFunction("net/http.(*connReader).backgroundRead"),
+	)
+}
 
 // testEtcd is an etcd server in the test process, on loopback ports that
 // stay the same across a stop and a start.
@@ -64,13 +77,17 @@ func (te *testEtcd) start() {
 	if err != nil {
 		te.t.Fatalf("starting etcd: %v", err)
 	}
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(20 * time.Second):
-		e.Close()
-		te.t.Fatal("etcd was not ready within 20s")
-	}
 	te.e = e
+	te.waitReady()
+}
+
+func (te *testEtcd) waitReady() {
+	te.t.Helper()
+	select {
+	case <-te.e.Server.ReadyNotify():
+	case <-time.After(20 * time.Second):
+		te.t.Fatalf("etcd %s was not ready within 20s", te.cfg.Name)
+	}
 }
 
 func (te *testEtcd) stop() {
@@ -220,4 +237,57 @@ func join(t *testing.T, p *Presence, name string) (brpc.Membership, *recorder) {
 	})
 	rec.waitFor(t, 10*time.Second, name+"'s first Reset", func(r *recorder) bool { return r.resets == 1 })
 	return m, rec
+}
+
+// freePort returns a loopback port nothing listens on now. The members of
+// an etcd cluster must know each other's peer URLs before they start, so
+// the kernel cannot pick those ports as the members listen.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startEtcdCluster starts an etcd cluster of n members; the test's cleanup
+// stops them.
+func startEtcdCluster(t *testing.T, n int) []*testEtcd {
+	t.Helper()
+	members := make([]*testEtcd, n)
+	var initial []string
+	for i := range members {
+		cfg := embed.NewConfig()
+		cfg.Name = fmt.Sprintf("m%d", i)
+		cfg.Dir = t.TempDir()
+		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+		cfg.UnsafeNoFsync = true
+		client := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+		peer := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+		cfg.ListenClientUrls = []url.URL{client}
+		cfg.AdvertiseClientUrls = []url.URL{client}
+		cfg.ListenPeerUrls = []url.URL{peer}
+		cfg.AdvertisePeerUrls = []url.URL{peer}
+		initial = append(initial, cfg.Name+"="+peer.String())
+		members[i] = &testEtcd{t: t, cfg: cfg}
+	}
+	for _, te := range members {
+		te.cfg.InitialCluster = strings.Join(initial, ",")
+		t.Cleanup(te.stop)
+	}
+	// A member is ready only once a quorum has started: start them all,
+	// then wait.
+	for _, te := range members {
+		e, err := embed.StartEtcd(te.cfg)
+		if err != nil {
+			t.Fatalf("starting etcd %s: %v", te.cfg.Name, err)
+		}
+		te.e = e
+	}
+	for _, te := range members {
+		te.waitReady()
+	}
+	return members
 }

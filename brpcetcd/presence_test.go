@@ -604,3 +604,35 @@ func TestBatchesFitEtcdsTransactionLimit(t *testing.T) {
 		t.Fatalf("a batch of 300 against etcd's limit of 128: %d refusals, largest transaction %d; want it refused and split", s.Errors, s.MaxTxnOps)
 	}
 }
+
+func TestQuorumLossEndsTheWatchWithDownThenResetOnTheSameLease(t *testing.T) {
+	members := startEtcdCluster(t, 3)
+	// The membership's client talks to member 0 only, which stays up.
+	p := newPresence(t, members[0].client(), WithTTL(5*time.Second))
+	a, rec := join(t, p, "a")
+	ids := clientIDs(10)
+	for _, id := range ids {
+		a.Claim(id)
+	}
+	rec.waitFor(t, 5*time.Second, "a's claims", func(r *recorder) bool { return r.holdsAll(ids, "a") })
+	lease := a.(*membership).currentLease()
+
+	start := time.Now()
+	members[1].stop()
+	members[2].stop()
+	// Member 0 cancels watches that require a leader after three election
+	// timeouts (1 s each) without one.
+	rec.waitFor(t, 10*time.Second, "Down after the quorum was lost", func(r *recorder) bool { return r.down != nil })
+	t.Logf("Down %v after the quorum was lost: %v", time.Since(start), rec.down)
+
+	members[1].start()
+	members[2].start()
+	rec.waitFor(t, 20*time.Second, "a Reset once the cluster has a leader", func(r *recorder) bool {
+		return r.resets == 2 && r.down == nil && r.holdsAll(ids, "a")
+	})
+	// No member could expire the lease without a leader, and the new
+	// leader extends it: a keeps it, and its records never went.
+	if now := a.(*membership).currentLease(); now != lease {
+		t.Fatalf("a took lease %x after the quorum came back, want its lease %x kept", now, lease)
+	}
+}
