@@ -123,7 +123,7 @@ func (p *Presence) Join(ctx context.Context, self brpc.Replica, updates func(brp
 	if updates == nil {
 		return nil, status.Error(codes.InvalidArgument, "brpcetcd: Join needs an updates function")
 	}
-	m := newMembership(p, self, updates, ctx)
+	m := newMembership(ctx, p, self, updates)
 	ep, first, err := m.establish(ctx, true)
 	if err != nil {
 		m.cancel()
