@@ -56,12 +56,14 @@ type membership struct {
 	batch   int // owned by run: the most operations per transaction now
 	records atomic.Int64
 
-	mu      sync.Mutex
-	left    bool
-	lease   clientv3.LeaseID // the lease now, or the last one while down
-	held    map[string]struct{}
+	mu    sync.Mutex
+	left  bool
+	lease clientv3.LeaseID // the lease now, or the last one while down
+	// held has the clients this replica holds, each with the revision
+	// of its record as last seen naming this replica (0 until then).
+	held    map[string]int64
 	pending map[string]opKind // the latest operation queued for each id
-	queue   []string          // the ids in pending, in the order they were first queued
+	queue   []string          // the ids in pending in the order first queued, and ids dropped since (skipped)
 }
 
 // epoch is what a membership has while it is up: a lease kept alive and a
@@ -91,7 +93,7 @@ func newMembership(parent context.Context, p *Presence, self brpc.Replica, updat
 		leaveCh: make(chan struct{}),
 		done:    make(chan struct{}),
 		batch:   p.cfg.batch,
-		held:    make(map[string]struct{}),
+		held:    make(map[string]int64),
 		pending: make(map[string]opKind),
 	}
 	m.ctx, m.cancel = context.WithCancel(context.WithoutCancel(parent))
@@ -106,7 +108,7 @@ func (m *membership) Claim(id string) {
 		m.mu.Unlock()
 		return
 	}
-	m.held[id] = struct{}{}
+	m.held[id] = 0
 	m.enqueueLocked(id, opClaim)
 	m.mu.Unlock()
 	m.wake()
@@ -379,6 +381,7 @@ func (m *membership) watchFromSnapshot(parent context.Context, ep *epoch) (brpc.
 		}
 	}
 	m.records.Store(int64(len(u.Clients)))
+	m.track(u.Clients)
 	return u, nil
 }
 
@@ -515,10 +518,36 @@ func (m *membership) watched(ep *epoch, wr clientv3.WatchResponse, ok bool) *epo
 			u.Replicas = append(u.Replicas, rec)
 		}
 	}
+	m.track(u.Clients)
 	if len(u.Clients) > 0 || len(u.Replicas) > 0 {
 		m.updates(u)
 	}
 	return ep
+}
+
+// track follows the records of the clients this replica holds. A record
+// naming this replica gives the revision of its claim; one naming another
+// replica, newer than that, means the client's newer session is there:
+// this replica no longer holds it (its session is closed as replaced,
+// without a release), so it is not restored after a lost lease, and it is
+// forgotten. A claim queued or in flight is newer than what was seen.
+func (m *membership) track(recs []brpc.ClientRecord) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, rec := range recs {
+		rev, ok := m.held[rec.ID]
+		switch {
+		case !ok || rec.Replica == "":
+		case rec.Replica == m.self.Name:
+			m.held[rec.ID] = max(rev, rec.Revision)
+		case m.pending[rec.ID] == opClaim:
+		case m.pending[rec.ID] == opRestore:
+			delete(m.pending, rec.ID) // its place in the queue is skipped
+			delete(m.held, rec.ID)
+		case rev != 0 && rec.Revision > rev:
+			delete(m.held, rec.ID)
+		}
+	}
 }
 
 // leave revokes the lease: etcd deletes every key under it at once.

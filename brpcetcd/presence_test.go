@@ -74,6 +74,14 @@ func TestClaimsAndReleasesReachEveryMemberNewestRevisionLast(t *testing.T) {
 	if second <= first {
 		t.Fatalf("b's later claim of x has revision %d, not above a's %d", second, first)
 	}
+	// a's session of x is replaced: a forgets it without being told.
+	ma := a.(*membership)
+	ma.mu.Lock()
+	_, stillHeld := ma.held["x"]
+	ma.mu.Unlock()
+	if stillHeld {
+		t.Fatal("a still counts x as held after b's newer claim")
+	}
 
 	// a no longer holds x: its release must leave b's record alone. The
 	// claim of y after it shows the release was written.
@@ -327,6 +335,12 @@ func TestLostLeaseRestoresHeldClientsExceptThoseClaimedSince(t *testing.T) {
 	// yet, must not take its record back when it restores its claims.
 	b.Claim(ids[3])
 	recA.waitFor(t, 5*time.Second, "b's newer claim", func(r *recorder) bool { return r.holds(ids[3], "b") })
+	// Another moved to b and left b: a closed its session as replaced,
+	// which releases nothing, and must not restore it either.
+	b.Claim(ids[4])
+	recA.waitFor(t, 5*time.Second, "b's newer claim", func(r *recorder) bool { return r.holds(ids[4], "b") })
+	b.Release(ids[4])
+	recA.waitFor(t, 5*time.Second, "b's release", func(r *recorder) bool { _, ok := r.clients[ids[4]]; return !ok })
 
 	lost := a.(*membership).currentLease()
 	if _, err := cli.Revoke(context.Background(), lost); err != nil {
@@ -340,11 +354,14 @@ func TestLostLeaseRestoresHeldClientsExceptThoseClaimedSince(t *testing.T) {
 	defer recA.mu.Unlock()
 	for _, id := range ids {
 		want := "a"
-		if id == ids[3] {
+		switch id {
+		case ids[3]:
 			want = "b"
+		case ids[4]:
+			want = ""
 		}
-		if !recA.holds(id, want) {
-			t.Fatalf("after a's lease was lost, %s is held by %q, want %s", id, recA.clients[id].Replica, want)
+		if got := recA.clients[id].Replica; got != want {
+			t.Fatalf("after a's lease was lost, %s is held by %q, want %q", id, got, want)
 		}
 	}
 	if _, ok := recA.replicas["a"]; !ok {

@@ -67,7 +67,13 @@ func (m *membership) take(batch int) []pendingOp {
 	var ops []pendingOp
 	for len(m.queue) > 0 && len(ops) < limit {
 		id := m.queue[0]
-		kind := m.pending[id]
+		kind, ok := m.pending[id]
+		if !ok {
+			// Dropped while queued, or queued again further on.
+			m.queue[0] = ""
+			m.queue = m.queue[1:]
+			continue
+		}
 		if kind != opClaim && limit == batch && batch > 1 {
 			limit = batch - 1
 			if len(ops) >= limit {
