@@ -48,7 +48,10 @@
 // when it restarts) the records are intact and the membership keeps it;
 // otherwise it takes a new lease and re-puts its replica record and each
 // claim, the latter only where no record exists, since another replica that
-// claimed the client meanwhile holds the newer session. Operations queued
+// claimed the client meanwhile holds the newer session. (A client whose
+// newer record names another replica is not held any more: its session
+// here is closed as replaced, without a release, and it is never re-put.)
+// Operations queued
 // while down are written, the records read again, and a Reset (Down nil)
 // says the presence is back. Leave revokes the lease, which deletes all of
 // the replica's keys in one revision; a replica that stops without leaving
