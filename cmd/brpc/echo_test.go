@@ -136,10 +136,10 @@ func (e countingEcho) Echo(_ context.Context, r *echopb.EchoRequest) (*echopb.Ec
 func TestEchoServerStopsAfterItsDuration(t *testing.T) {
 	var out, errOut bytes.Buffer
 	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if code := run([]string{"echo-server", "-addr", "127.0.0.1:0", "-ca-out", ca, "-duration", "300ms"}, &out, &errOut); code != exitOK {
+	if code := run([]string{"echo-server", "-addr", "127.0.0.1:0", "-gateway", "127.0.0.1:0", "-ca-out", ca, "-duration", "300ms"}, &out, &errOut); code != exitOK {
 		t.Fatalf("echo-server -duration 300ms exited %d: %s", code, errOut.String())
 	}
-	if !strings.Contains(out.String(), "listening on 127.0.0.1:") || !strings.Contains(out.String(), "stopped") {
+	if !strings.Contains(out.String(), "listening on 127.0.0.1:") || !strings.Contains(out.String(), "gateway on 127.0.0.1:") || !strings.Contains(out.String(), "stopped") {
 		t.Fatalf("echo-server output:\n%s", out.String())
 	}
 }
