@@ -25,12 +25,22 @@ import (
 // ends and returns its address and the CA file it wrote.
 func startEchoServer(t *testing.T) (addr, caFile string) {
 	t.Helper()
+	addr, _, caFile = startEchoGateway(t)
+	return addr, caFile
+}
+
+// startEchoGateway runs echoServer, with its gateway, on free loopback
+// ports until the test ends and returns its address, its gateway's and the
+// CA file it wrote.
+func startEchoGateway(t *testing.T) (addr, gateway, caFile string) {
+	t.Helper()
 	caFile = filepath.Join(t.TempDir(), "ca.pem")
 	pr, pw := io.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- echoServer(ctx, echoServerConfig{addr: "127.0.0.1:0", caOut: caFile}, pw)
+		cfg := echoServerConfig{addr: "127.0.0.1:0", caOut: caFile, gateway: gatewayServeFlags{addr: "127.0.0.1:0"}}
+		done <- echoServer(ctx, cfg, pw)
 		pw.Close()
 	}()
 	t.Cleanup(func() {
@@ -45,19 +55,21 @@ func startEchoServer(t *testing.T) (addr, caFile string) {
 		}
 	})
 	lines := bufio.NewScanner(pr)
-	for lines.Scan() {
+	for (addr == "" || gateway == "") && lines.Scan() {
 		if rest, ok := strings.CutPrefix(lines.Text(), "brpc echo-server listening on "); ok {
 			addr = strings.Fields(rest)[0]
-			break
+		}
+		if rest, ok := strings.CutPrefix(lines.Text(), "brpc echo-server gateway on "); ok {
+			gateway = strings.Fields(rest)[0]
 		}
 	}
-	if addr == "" {
+	if addr == "" || gateway == "" {
 		err := <-done
 		done <- err // for the cleanup
 		t.Fatalf("echo-server did not say where it listens: %v", err)
 	}
 	go io.Copy(io.Discard, pr) // the pipe ends when echoServer returns
-	return addr, caFile
+	return addr, gateway, caFile
 }
 
 func TestEchoServerAndClient(t *testing.T) {

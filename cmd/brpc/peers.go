@@ -123,7 +123,8 @@ func printPeers(w io.Writer, list []*adminpb.Peer, now time.Time) error {
 		_, err := fmt.Fprintln(w, "No clients connected.")
 		return err
 	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	var table strings.Builder
+	tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tTRANSPORT\tADDRESS\tCONNECTED\tMETADATA")
 	for _, p := range list {
 		connected := "-"
@@ -135,6 +136,14 @@ func printPeers(w io.Writer, list []*adminpb.Peer, now time.Time) error {
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	// An empty last column leaves the padding of the one before it.
+	for _, line := range strings.SplitAfter(table.String(), "\n") {
+		if line != "" {
+			if _, err := io.WriteString(w, strings.TrimRight(line, " \n")+"\n"); err != nil {
+				return err
+			}
+		}
 	}
 	_, err := fmt.Fprintf(w, "%d client(s) connected.\n", len(list))
 	return err
