@@ -144,7 +144,7 @@ func call(ctx context.Context, cfg callConfig, w io.Writer) error {
 	if err := st.CloseSend(); err != nil {
 		return &rpcError{err}
 	}
-	out := protojson.MarshalOptions{Multiline: true, Indent: "  ", Resolver: types}
+	out := protojson.MarshalOptions{Resolver: types}
 	for {
 		resp := dynamicpb.NewMessage(desc.Output())
 		err := st.RecvMsg(resp)
@@ -158,7 +158,14 @@ func call(ctx context.Context, cfg callConfig, w io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("printing the response: %w", err)
 		}
-		if _, err := fmt.Fprintf(w, "%s\n", b); err != nil {
+		// protojson varies its spacing on purpose; indenting it again
+		// prints the same response the same way every time.
+		var pretty bytes.Buffer
+		if err := json.Indent(&pretty, b, "", "  "); err != nil {
+			return fmt.Errorf("printing the response: %w", err)
+		}
+		pretty.WriteByte('\n')
+		if _, err := pretty.WriteTo(w); err != nil {
 			return err
 		}
 		if !desc.IsStreamingServer() {
