@@ -34,12 +34,18 @@ func startEchoServer(t *testing.T) (addr, caFile string) {
 // CA file it wrote.
 func startEchoGateway(t *testing.T) (addr, gateway, caFile string) {
 	t.Helper()
+	return startEchoGatewayWith(t, gatewayServeFlags{addr: "127.0.0.1:0"})
+}
+
+// startEchoGatewayWith is startEchoGateway with the gateway's flags.
+func startEchoGatewayWith(t *testing.T, gw gatewayServeFlags) (addr, gateway, caFile string) {
+	t.Helper()
 	caFile = filepath.Join(t.TempDir(), "ca.pem")
 	pr, pw := io.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		cfg := echoServerConfig{addr: "127.0.0.1:0", caOut: caFile, gateway: gatewayServeFlags{addr: "127.0.0.1:0"}}
+		cfg := echoServerConfig{addr: "127.0.0.1:0", caOut: caFile, gateway: gw}
 		done <- echoServer(ctx, cfg, pw)
 		pw.Close()
 	}()
@@ -166,6 +172,13 @@ func TestEchoCommandsRejectBadFlags(t *testing.T) {
 		{"echo-server", "-cert", "x.pem"},
 		{"echo-server", "-duration", "-1s"},
 		{"echo-server", "stray"},
+		{"echo-server", "-gateway", ":4480"},
+		{"echo-server", "-gateway", "0.0.0.0:4480"},
+		{"echo-server", "-gateway", "192.0.2.1:4480", "-gateway-cert", "c.pem", "-gateway-key", "k.pem"},
+		{"echo-server", "-gateway", "nohost"},
+		{"echo-server", "-gateway-cert", "c.pem"},
+		{"echo-server", "-gateway-client-ca", "ca.pem"},
+		{"echo-server", "-gateway", "", "-gateway-cert", "c.pem", "-gateway-key", "k.pem"},
 	} {
 		var out, errOut bytes.Buffer
 		if code := run(args, &out, &errOut); code != exitUsage {

@@ -4,12 +4,19 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"io"
+	"math/big"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -323,4 +330,100 @@ func errorsUnwrap(err error) error {
 		return e.err
 	}
 	return err
+}
+
+// gatewayPKI writes, into dir, a CA, a gateway certificate for 127.0.0.1
+// and an operator's client certificate signed by it, and an intruder's
+// client certificate signed by another CA; it returns the file names.
+func gatewayPKI(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	write := func(name string, block *pem.Block) {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		files[name] = path
+	}
+	newKey := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	newCA := func(name string) (*x509.Certificate, *ecdsa.PrivateKey, []byte) {
+		key := newKey()
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ca, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ca, key, der
+	}
+	leaf := func(name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, usage x509.ExtKeyUsage) {
+		key := newKey()
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: name},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
+			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pk, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(name+".pem", &pem.Block{Type: "CERTIFICATE", Bytes: der})
+		write(name+"-key.pem", &pem.Block{Type: "PRIVATE KEY", Bytes: pk})
+	}
+	ca, caKey, caDER := newCA("gateway CA")
+	write("ca.pem", &pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	leaf("gateway", ca, caKey, x509.ExtKeyUsageServerAuth)
+	leaf("operator", ca, caKey, x509.ExtKeyUsageClientAuth)
+	other, otherKey, _ := newCA("another CA")
+	leaf("intruder", other, otherKey, x509.ExtKeyUsageClientAuth)
+	return files
+}
+
+// On an address other than loopback, echo-server's gateway must require
+// client certificates; here, on loopback, it is given them, and peers and
+// call speak mutual TLS to it.
+func TestGatewayOverMutualTLS(t *testing.T) {
+	f := gatewayPKI(t, t.TempDir())
+	addr, gw, ca := startEchoGatewayWith(t, gatewayServeFlags{
+		addr: "127.0.0.1:0", certFile: f["gateway.pem"], keyFile: f["gateway-key.pem"], clientCAFile: f["ca.pem"],
+	})
+	alice := stayingClient(t, addr, ca, "alice")
+	operator := []string{"-gateway", gw, "-ca", f["ca.pem"], "-cert", f["operator.pem"], "-key", f["operator-key.pem"]}
+	if r := runBrpc(append([]string{"peers"}, operator...)...); r.code != exitOK || !strings.Contains(r.stdout, alice+" ") {
+		t.Errorf("brpc peers over mutual TLS: exit %d, stdout %q, stderr %q; want alice listed", r.code, r.stdout, r.stderr)
+	}
+	r := runBrpc(append(append([]string{"call"}, operator...), alice, "brpc.echo.v1.Echo/Echo", `{"message": "tls"}`)...)
+	if r.code != exitOK || !strings.Contains(r.stdout, `"message": "tls"`) {
+		t.Errorf("brpc call over mutual TLS: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	for _, c := range []struct {
+		name string
+		args []string
+	}{
+		{"plaintext", []string{"-gateway", gw}},
+		{"TLS without a client certificate", []string{"-gateway", gw, "-ca", f["ca.pem"]}},
+		{"a certificate from another CA", []string{"-gateway", gw, "-ca", f["ca.pem"], "-cert", f["intruder.pem"], "-key", f["intruder-key.pem"]}},
+	} {
+		if r := runBrpc(append([]string{"peers"}, c.args...)...); r.code != exitError || !strings.Contains(r.stderr, "Unavailable") {
+			t.Errorf("brpc peers, %s: exit %d, stderr %q; want %d and Unavailable", c.name, r.code, r.stderr, exitError)
+		}
+	}
 }
