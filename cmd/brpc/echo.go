@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -94,13 +95,9 @@ func echoServer(ctx context.Context, cfg echoServerConfig, stdout io.Writer) err
 	echopb.RegisterEchoServer(gs, echoService{})
 	echopb.RegisterProbeServer(gs, &probeService{srv: srv})
 
-	qlis, err := brpc.ListenQUIC(cfg.addr, tlsConf)
+	qlis, tlis, err := listenBoth(cfg.addr, tlsConf)
 	if err != nil {
-		return err
-	}
-	tlis, err := brpc.ListenTCP(qlis.Addr().String(), tlsConf)
-	if err != nil {
-		qlis.Close()
+		gs.Stop()
 		return err
 	}
 	gw, err := serveGateway(cfg.gateway, srv)
@@ -126,6 +123,34 @@ func echoServer(ctx context.Context, cfg echoServerConfig, stdout io.Writer) err
 	gw.stop()
 	fmt.Fprintln(stdout, "brpc echo-server stopped")
 	return err
+}
+
+// listenBoth listens for QUIC and TCP on one port number. When addr asks
+// for any free port, the port QUIC got may be taken for TCP: another is
+// tried then.
+func listenBoth(addr string, tlsConf *tls.Config) (brpc.Listener, brpc.Listener, error) {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, nil, &badUsage{fmt.Sprintf("-addr %q: %v", addr, err)}
+	}
+	tries := 1
+	if port == "0" || port == "" {
+		tries = 10
+	}
+	for i := 1; ; i++ {
+		qlis, err := brpc.ListenQUIC(addr, tlsConf)
+		if err != nil {
+			return nil, nil, err
+		}
+		tlis, err := brpc.ListenTCP(qlis.Addr().String(), tlsConf)
+		if err == nil {
+			return qlis, tlis, nil
+		}
+		qlis.Close()
+		if i == tries || !errors.Is(err, syscall.EADDRINUSE) {
+			return nil, nil, err
+		}
+	}
 }
 
 func echoServerTLS(cfg echoServerConfig) (*tls.Config, error) {
