@@ -51,6 +51,22 @@ const (
 	// DefaultReverseIdleTimeout is how long the server keeps a client's
 	// reverse-call connection open after its last call ended.
 	DefaultReverseIdleTimeout = time.Minute
+	// DefaultGatewayMaxCallsPerClient bounds the gateway's relayed calls in
+	// flight to one client: four times the calls one HTTP/2 connection of a
+	// client built as docs/security.md recommends runs at once
+	// (grpc.MaxConcurrentStreams(16)), so that a burst waits for the client
+	// (grpc-go queues the calls beyond its stream limit until one ends)
+	// rather than failing, while no caller can pile up calls on one client
+	// without bound.
+	DefaultGatewayMaxCallsPerClient = 64
+	// DefaultGatewayMaxCalls bounds the gateway's relayed calls in flight in
+	// all. A call whose caller or client stops reading makes the server
+	// hold, per direction, a window and a few messages (docs/security.md:
+	// about 0.5 MiB with the recommended windows and messages of 16 KiB, up
+	// to 3.4 MiB with messages of 128 KiB), so that 1024 such calls hold
+	// about 1 to 4 GiB, what the pending-handshake cap allows too; a
+	// fleet-wide sweep of short calls rarely needs more at once.
+	DefaultGatewayMaxCalls = 1024
 	// DefaultFallbackDelay is how long a host:port target gives QUIC before
 	// trying TCP as well (Happy Eyeballs' usual head start).
 	DefaultFallbackDelay = 300 * time.Millisecond
@@ -112,6 +128,8 @@ type serverOptions struct {
 	ratePerSecond    float64
 	rateBurst        int
 	reverseIdle      time.Duration
+	gwPerClient      int
+	gwTotal          int
 }
 
 func defaultServerOptions() serverOptions {
@@ -123,6 +141,8 @@ func defaultServerOptions() serverOptions {
 		maxMDValueSize:   DefaultMaxHelloMetadataValueSize,
 		maxPending:       DefaultMaxPendingHandshakes,
 		reverseIdle:      DefaultReverseIdleTimeout,
+		gwPerClient:      DefaultGatewayMaxCallsPerClient,
+		gwTotal:          DefaultGatewayMaxCalls,
 	}
 }
 
@@ -226,6 +246,27 @@ func WithReverseIdleTimeout(d time.Duration) ServerOption {
 	return serverOptionFunc(func(o *serverOptions) {
 		if d >= 0 {
 			o.reverseIdle = d
+		}
+	})
+}
+
+// WithGatewayLimits bounds the calls the server's gateway (Server.Gateway)
+// relays at once: at most perClient to any one client and total in all. A
+// call counts from the moment it is admitted until it has ended (a
+// streaming call until its last message and status, or its cancellation,
+// or its caller's or client's going away); a call beyond either bound
+// fails with codes.ResourceExhausted before its client is called, and the
+// client's handler never runs for it. The defaults are
+// DefaultGatewayMaxCallsPerClient and DefaultGatewayMaxCalls; a value that
+// is not positive keeps its default. The server's own calls through Client
+// and ClientFromContext do not count.
+func WithGatewayLimits(perClient, total int) ServerOption {
+	return serverOptionFunc(func(o *serverOptions) {
+		if perClient > 0 {
+			o.gwPerClient = perClient
+		}
+		if total > 0 {
+			o.gwTotal = total
 		}
 	})
 }

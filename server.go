@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/brpc-go/brpc/internal/gateway"
 	"github.com/brpc-go/brpc/internal/server"
 )
 
@@ -16,7 +17,8 @@ var ErrServerStopped = errors.New("brpc: the server has been stopped")
 // Server accepts brpc clients. It serves the application's *grpc.Server to
 // them and reaches each of them through a typed stub C.
 type Server[C any] struct {
-	core *server.Server
+	core    *server.Server
+	gwLimit *gateway.Limiter // shared by every Gateway handler
 }
 
 // NewServer wraps the application's own *grpc.Server (its services,
@@ -45,8 +47,8 @@ func NewServer[C any](gs *grpc.Server, newClient func(grpc.ClientConnInterface) 
 		opt.applyServer(&o)
 	}
 	conf := o.config()
-	conf.NewStub = func(cc grpc.ClientConnInterface) any { return newClient(cc) }
-	return &Server[C]{core: server.New(gs, conf)}
+	conf.NewStub = func(cc grpc.ClientConnInterface) any { return newClient(reverseConn{cc}) }
+	return &Server[C]{core: server.New(gs, conf), gwLimit: gateway.NewLimiter(o.gwPerClient, o.gwTotal)}
 }
 
 // Serve accepts clients from lis until Stop/GracefulStop or lis fails. It may

@@ -31,6 +31,22 @@ type Config struct {
 	// Resolve returns the reverse connection of the client with this ID,
 	// or a status error (NotFound) when none is connected.
 	Resolve func(id string) (grpc.ClientConnInterface, error)
+
+	// CallerHeader and CallerAddrHeader, when set, are the request headers
+	// the gateway adds to every relayed call: the principal the call was
+	// admitted for (EncodeValue'd; "" for an anonymous caller) and the
+	// caller's network address. They should carry ReservedPrefix, so that
+	// no caller can send them itself.
+	CallerHeader, CallerAddrHeader string
+	// PassReserved, when set and true for a call, says its caller is a
+	// trusted origin (another gateway relaying for its own caller): the
+	// caller's ReservedPrefix headers, but the target header, are relayed
+	// as sent, and when they include CallerHeader the gateway adds no
+	// caller headers of its own, so the client learns the origin's caller.
+	PassReserved func(ctx context.Context) bool
+	// Limiter, when set, bounds the calls in flight: a call beyond it is
+	// refused with ResourceExhausted before the client is called.
+	Limiter *Limiter
 }
 
 // relayDesc lets one stream carry any of the four RPC kinds: the client's
@@ -56,19 +72,37 @@ func relay(conf Config, ss grpc.ServerStream) error {
 	}
 	// Authorization comes before the lookup, so that a caller who may not
 	// reach a client cannot learn whether it is connected.
-	if err := authorize(ctx, conf.Authorize, id, method); err != nil {
+	who := &callerSlot{}
+	err = authorize(context.WithValue(ctx, callerKey{}, who), conf.Authorize, id, method)
+	named, isNamed := who.seal()
+	if err != nil {
 		return err
 	}
 	conn, err := conf.Resolve(id)
 	if err != nil {
 		return err
 	}
+	// The limiter's slot is held until the relay returns, which is once
+	// the client's side of the call has ended: a streaming call holds it
+	// for as long as it runs.
+	if conf.Limiter != nil {
+		if err := conf.Limiter.acquire(id); err != nil {
+			return err
+		}
+		defer conf.Limiter.release(id)
+	}
 	// Canceling cctx ends the client's side of the call whenever the
 	// relay returns early (the caller went away, a send failed).
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	out := metadata.NewOutgoingContext(cctx, forwardable(in, conf))
-	cs, err := conn.NewStream(out, relayDesc, method)
+	pass := conf.PassReserved != nil && conf.PassReserved(ctx)
+	md := forwardable(in, conf, pass)
+	if !isNamed {
+		named = principalOf(ctx)
+	}
+	addCaller(md, conf, pass, named, addrOf(ctx))
+	out := metadata.NewOutgoingContext(cctx, md)
+	cs, err := conn.NewStream(out, relayDesc, method, grpc.ForceCodecV2(relayCodec{}))
 	if err != nil {
 		return err
 	}
@@ -128,19 +162,31 @@ var hopHeaders = map[string]bool{
 }
 
 // forwardable is the caller's metadata the client receives: everything
-// but pseudo-headers, hop-by-hop and gRPC transport headers and the
-// reserved ones (the target header among them). The deadline travels as
-// the outgoing context's.
-func forwardable(in metadata.MD, conf Config) metadata.MD {
-	out := make(metadata.MD, len(in))
+// but pseudo-headers, hop-by-hop and gRPC transport headers, the target
+// header and, unless pass, the other reserved ones. The deadline travels
+// as the outgoing context's.
+func forwardable(in metadata.MD, conf Config, pass bool) metadata.MD {
+	out := make(metadata.MD, len(in)+2)
 	for k, v := range in {
 		if strings.HasPrefix(k, ":") || hopHeaders[k] || k == conf.TargetHeader ||
-			(conf.ReservedPrefix != "" && strings.HasPrefix(k, conf.ReservedPrefix)) {
+			(!pass && conf.ReservedPrefix != "" && strings.HasPrefix(k, conf.ReservedPrefix)) {
 			continue
 		}
 		out[k] = v
 	}
 	return out
+}
+
+// addCaller sets the caller headers of md, the relayed call's metadata,
+// to principal and addr, unless a trusted origin's (pass) are there.
+func addCaller(md metadata.MD, conf Config, pass bool, principal, addr string) {
+	if conf.CallerHeader == "" || (pass && len(md[conf.CallerHeader]) > 0) {
+		return
+	}
+	md[conf.CallerHeader] = []string{EncodeValue(principal)}
+	if conf.CallerAddrHeader != "" {
+		md[conf.CallerAddrHeader] = []string{addr}
+	}
 }
 
 // upload relays the caller's messages to the client and half-closes the
