@@ -91,7 +91,11 @@ func echoServer(ctx context.Context, cfg echoServerConfig, stdout io.Writer) err
 		defer mu.Unlock()
 		fmt.Fprintf(stdout, "%s %s client %s over %s from %v\n",
 			time.Now().Format(time.TimeOnly), ev.Type, ev.Peer.ID, ev.Peer.Transport, ev.Peer.RemoteAddr)
-	}))
+	}),
+		// The same static windows on the calls to clients, which the
+		// gateway's relayed calls ride on.
+		brpc.WithGRPCDialOptions(grpc.WithInitialWindowSize(256<<10), grpc.WithInitialConnWindowSize(4<<20)),
+	)
 	echopb.RegisterEchoServer(gs, echoService{})
 	echopb.RegisterProbeServer(gs, &probeService{srv: srv})
 
