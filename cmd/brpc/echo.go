@@ -86,12 +86,14 @@ func echoServer(ctx context.Context, cfg echoServerConfig, stdout io.Writer) err
 		grpc.InitialConnWindowSize(4<<20),
 	)
 	var mu sync.Mutex
-	srv := brpc.NewServer(gs, echopb.NewEchoClient, brpc.WithPeerEvents(func(ev brpc.PeerEvent) {
+	logEvent := func(ev brpc.PeerEvent) {
 		mu.Lock()
 		defer mu.Unlock()
 		fmt.Fprintf(stdout, "%s %s client %s over %s from %v\n",
 			time.Now().Format(time.TimeOnly), ev.Type, ev.Peer.ID, ev.Peer.Transport, ev.Peer.RemoteAddr)
-	}),
+	}
+	srv := brpc.NewServer(gs, echopb.NewEchoClient,
+		brpc.WithPeerEvents(logEvent),
 		// The same static windows on the calls to clients, which the
 		// gateway's relayed calls ride on.
 		brpc.WithGRPCDialOptions(grpc.WithInitialWindowSize(256<<10), grpc.WithInitialConnWindowSize(4<<20)),
