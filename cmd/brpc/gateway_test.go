@@ -127,6 +127,15 @@ func TestPeersListsTheClients(t *testing.T) {
 			t.Errorf("brpc peers: client %s's line %q, want transport %s, its address, when it connected and %q", want.id, line, want.transport, want.md)
 		}
 	}
+	// A gateway without the admin service relays the call, which names no
+	// client.
+	bare := grpc.NewServer(grpc.UnknownServiceHandler(func(any, grpc.ServerStream) error {
+		return status.Error(codes.InvalidArgument, `brpc gateway: the "brpc-target" header names no client`)
+	}))
+	bareAddr := serveGRPCForTest(t, bare)
+	if r := runBrpc("peers", "-gateway", bareAddr); r.code != exitError || !strings.Contains(r.stderr, "with RegisterAdmin?") {
+		t.Errorf("brpc peers at a gateway without the admin service: exit %d, stderr %q; want a hint at RegisterAdmin", r.code, r.stderr)
+	}
 	if r := runBrpc("peers", "-gateway", closedPort(t)); r.code != exitError || !strings.Contains(r.stderr, "Unavailable") {
 		t.Errorf("brpc peers at a closed port: exit %d, stderr %q; want %d and Unavailable", r.code, r.stderr, exitError)
 	}
@@ -139,6 +148,25 @@ func pad0(md string) string {
 		return ""
 	}
 	return "  " + md
+}
+
+// serveGRPCForTest serves gs on a loopback port until the test ends.
+func serveGRPCForTest(t *testing.T, gs *grpc.Server) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		gs.Serve(l)
+	}()
+	t.Cleanup(func() {
+		gs.Stop()
+		<-done
+	})
+	return l.Addr().String()
 }
 
 // closedPort is a loopback address where nothing listens.

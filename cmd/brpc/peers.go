@@ -66,7 +66,7 @@ func peers(ctx context.Context, cfg peersConfig, w io.Writer) error {
 		for {
 			resp, err := admin.ListPeers(lctx, req)
 			if err != nil {
-				return fmt.Errorf("listing the clients at %s: %w", cfg.gw.addr, &rpcError{err})
+				return fmt.Errorf("listing the clients at %s%s: %w", cfg.gw.addr, noAdminHint(err), &rpcError{err})
 			}
 			list = append(list, resp.GetPeers()...)
 			if resp.GetNextPageToken() == "" {
@@ -113,7 +113,18 @@ func watchError(ctx context.Context, cfg peersConfig, err error) error {
 	if status.Code(err) == codes.ResourceExhausted {
 		return fmt.Errorf("the watch fell behind the server and was ended; run it again: %w", &rpcError{err})
 	}
-	return fmt.Errorf("watching the clients at %s: %w", cfg.gw.addr, &rpcError{err})
+	return fmt.Errorf("watching the clients at %s%s: %w", cfg.gw.addr, noAdminHint(err), &rpcError{err})
+}
+
+// noAdminHint explains the refusals of a gateway without the admin
+// service: its call is then relayed like any, and refused for naming no
+// client (or, by a server without a gateway, unimplemented).
+func noAdminHint(err error) string {
+	switch status.Code(err) {
+	case codes.InvalidArgument, codes.Unimplemented:
+		return " (does the server register the admin service there, with RegisterAdmin?)"
+	}
+	return ""
 }
 
 // printPeers prints a table of the clients, with their connection times
