@@ -93,12 +93,12 @@ func commands() []command {
 		},
 		{
 			name:    "peers",
-			summary: "list the clients connected to a server through its gateway's admin service, or watch them come and go",
+			summary: "list the clients connected to a server (its admin service), or watch them come and go",
 			flags:   peersFlags,
 		},
 		{
 			name:    "call",
-			summary: "call a method of a connected client through a server's gateway, with JSON, using the client's reflection",
+			summary: "call a method of a connected client through the server's gateway, with JSON",
 			args:    "<client-id> <method> [<json>]",
 			details: callDetails,
 			flags:   callFlags,
