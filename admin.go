@@ -44,9 +44,10 @@ const (
 //     repeated. Events never wait for a watcher: each WatchPeers call has
 //     AdminWatchBuffer events of room, and one that lets it fill up (it
 //     stopped reading, or reads slower than clients come and go) is cut off
-//     from further events at once and ends with codes.ResourceExhausted as
-//     soon as its last send returns: watch again, with include_current, to
-//     catch up. Every watch ends with codes.Unavailable once the server has
+//     at once, even from what it had buffered (what it got is every event
+//     up to some point, without a gap), and ends with
+//     codes.ResourceExhausted as soon as its last send returns: watch
+//     again, with include_current, to catch up. Every watch ends with codes.Unavailable once the server has
 //     stopped and reported its clients' disconnections.
 //
 // The admin service decides nobody's access: anyone who can call r can list
@@ -114,23 +115,21 @@ func (a *adminService) WatchPeers(req *adminpb.WatchPeersRequest, stream grpc.Se
 	}
 	ctx := stream.Context()
 	for {
-		select {
-		case <-ctx.Done():
-			return status.FromContextError(ctx.Err()).Err()
-		case ev, ok := <-w.Events():
-			if !ok {
-				return watchEnded(w.Err(), a.buffer)
-			}
-			if err := stream.Send(adminEvent(ev)); err != nil {
-				return err
-			}
+		ev, err := w.Next(ctx)
+		if err != nil {
+			return watchEnded(ctx, err, a.buffer)
+		}
+		if err := stream.Send(adminEvent(ev)); err != nil {
+			return err
 		}
 	}
 }
 
-// watchEnded is the status a watch that the server ended returns.
-func watchEnded(err error, buffer int) error {
+// watchEnded is the status a watch returns when it ends.
+func watchEnded(ctx context.Context, err error, buffer int) error {
 	switch {
+	case ctx.Err() != nil:
+		return status.FromContextError(ctx.Err()).Err()
 	case errors.Is(err, server.ErrWatchOverrun):
 		return status.Errorf(codes.ResourceExhausted, "brpc admin: the watch fell more than %d events behind and was ended; watch again (with include_current to catch up)", buffer)
 	case errors.Is(err, server.ErrWatchStopped):

@@ -2,9 +2,11 @@ package server
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/brpc-go/brpc/internal/grpcglue"
 )
@@ -15,6 +17,8 @@ var (
 	ErrWatchOverrun = errors.New("brpc: the watch fell behind the server's peer events")
 	// ErrWatchStopped: the server stopped; no more events will come.
 	ErrWatchStopped = errors.New("brpc: the server stopped")
+	// ErrWatchClosed: the watch's own Close ended it.
+	ErrWatchClosed = errors.New("brpc: the watch was closed")
 )
 
 // WatchConfig says what a Watch receives.
@@ -36,28 +40,41 @@ type Watch struct {
 	hub      *watchHub
 	events   chan Event
 	rejected bool
-	err      error // why events was closed; written before closing it
+	// overrun is set, before events is closed, when an event found the
+	// buffer full. From then on Next hands out nothing, not even what is
+	// buffered: what a watcher gets is then all the events up to some
+	// point, never a sequence with one missing.
+	overrun atomic.Bool
+	err     error // why events was closed (under hub.mu)
 }
 
-// Events delivers the watch's events. It is closed when the watch ends;
-// Err then says why.
-func (w *Watch) Events() <-chan Event { return w.events }
-
-// Err is why the watch ended (ErrWatchOverrun or ErrWatchStopped), once
-// Events is closed; nil after Close or while the watch runs.
-func (w *Watch) Err() error {
-	w.hub.mu.Lock()
-	defer w.hub.mu.Unlock()
-	return w.err
+// Next returns the watch's next event, waiting for one until ctx ends. Once
+// the watch has ended it returns why: ErrWatchOverrun, ErrWatchStopped
+// (after the events that came before the stop) or ErrWatchClosed.
+func (w *Watch) Next(ctx context.Context) (Event, error) {
+	select {
+	case <-ctx.Done():
+		return Event{}, ctx.Err()
+	case ev, ok := <-w.events:
+		if w.overrun.Load() {
+			return Event{}, ErrWatchOverrun
+		}
+		if !ok {
+			w.hub.mu.Lock()
+			defer w.hub.mu.Unlock()
+			return Event{}, w.err
+		}
+		return ev, nil
+	}
 }
 
-// Close ends the watch. Events is closed, if it was not already.
+// Close ends the watch; Next reports ErrWatchClosed, unless the watch had
+// ended already.
 func (w *Watch) Close() {
 	w.hub.mu.Lock()
 	defer w.hub.mu.Unlock()
 	if _, ok := w.hub.watches[w]; ok {
-		delete(w.hub.watches, w)
-		close(w.events)
+		w.hub.end(w, ErrWatchClosed)
 	}
 }
 
@@ -126,17 +143,7 @@ func (h *watchHub) publish(ss *Session, ev Event) {
 		select {
 		case w.events <- ev:
 		default:
-			// What the watcher has not read is of no use to it now
-			// that it missed this event: free it.
-			// The watcher may be reading at the same time: never
-			// wait for an event here.
-			for drained := false; !drained; {
-				select {
-				case <-w.events:
-				default:
-					drained = true
-				}
-			}
+			w.overrun.Store(true)
 			h.end(w, ErrWatchOverrun)
 		}
 	}

@@ -1,10 +1,13 @@
 package server
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,16 +29,17 @@ func disconnected(ss *Session) Event {
 	return Event{Type: Disconnected, Peer: ss.Peer(), Kind: Replaced}
 }
 
-// next returns the watch's next event, failing if none is waiting.
-func next(t *testing.T, w *Watch) (Event, bool) {
+// next returns the watch's next event, or why it ended; events are
+// published before it is called, so it waits only as long as a bound.
+func next(t *testing.T, w *Watch) (Event, error) {
 	t.Helper()
-	select {
-	case ev, ok := <-w.Events():
-		return ev, ok
-	default:
-		t.Fatal("no event is waiting for the watch")
-		return Event{}, false
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	ev, err := w.Next(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		t.Fatal("no event came for the watch")
 	}
+	return ev, err
 }
 
 func TestWatchListsTheConnectedSessionsItsEventsContinueFrom(t *testing.T) {
@@ -58,7 +62,7 @@ func TestWatchListsTheConnectedSessionsItsEventsContinueFrom(t *testing.T) {
 		t.Fatalf("current = %v, want %s (both sessions of alice until the older one's disconnect)", got, want)
 	}
 	s.watch.publish(old, disconnected(old))
-	if ev, _ := next(t, w); ev.Type != Disconnected || !ev.Peer.ConnectedAt.Equal(base) {
+	if ev, err := next(t, w); err != nil || ev.Type != Disconnected || !ev.Peer.ConnectedAt.Equal(base) {
 		t.Fatalf("event %+v, want the older alice's Disconnected", ev)
 	}
 	current, w2 := s.Watch(WatchConfig{Buffer: 1, Current: true})
@@ -88,17 +92,23 @@ func TestWatchThatFallsBehindIsEndedWithoutHoldingOthers(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("publishing waited for a watcher that does not read")
 	}
-	if ev, ok := <-slow.Events(); ok {
-		t.Fatalf("the overrun watch still delivered %+v; its unread events should be dropped", ev)
-	}
-	if !errors.Is(slow.Err(), ErrWatchOverrun) {
-		t.Fatalf("overrun watch ended with %v, want ErrWatchOverrun", slow.Err())
+	// Its buffer holds a and b, but a watcher that missed c gets neither:
+	// what it got would look complete.
+	if ev, err := next(t, slow); !errors.Is(err, ErrWatchOverrun) {
+		t.Fatalf("the overrun watch gave %+v, %v; want ErrWatchOverrun at once", ev, err)
 	}
 	slow.Close() // after the end: no double close
+	if _, err := next(t, slow); !errors.Is(err, ErrWatchOverrun) {
+		t.Fatalf("after Close the overrun watch reports %v, want still ErrWatchOverrun", err)
+	}
 	for _, want := range []string{"a", "b", "c"} {
-		if ev, _ := next(t, fast); ev.Peer.ID != want {
-			t.Fatalf("the other watcher got %q, want %q", ev.Peer.ID, want)
+		if ev, err := next(t, fast); err != nil || ev.Peer.ID != want {
+			t.Fatalf("the other watcher got %q, %v; want %q", ev.Peer.ID, err, want)
 		}
+	}
+	fast.Close()
+	if _, err := next(t, fast); !errors.Is(err, ErrWatchClosed) {
+		t.Fatalf("a closed watch reports %v, want ErrWatchClosed", err)
 	}
 }
 
@@ -111,11 +121,11 @@ func TestWatchEndsWhenTheServerStopsAfterItsLastEvents(t *testing.T) {
 	s.watch.publish(nil, Event{Type: Rejected})
 	s.watch.publish(ss, connected(ss))
 	s.watch.stop()
-	if ev, ok := next(t, w); !ok || ev.Type != Connected {
-		t.Fatalf("after stop: %+v, %v; want the Connected published before it", ev, ok)
+	if ev, err := next(t, w); err != nil || ev.Type != Connected {
+		t.Fatalf("after stop: %+v, %v; want the Connected published before it", ev, err)
 	}
-	if _, ok := next(t, w); ok || !errors.Is(w.Err(), ErrWatchStopped) {
-		t.Fatalf("after its events the watch must end with ErrWatchStopped, got open=%v err=%v", ok, w.Err())
+	if _, err := next(t, w); !errors.Is(err, ErrWatchStopped) {
+		t.Fatalf("after its events the watch must end with ErrWatchStopped, got %v", err)
 	}
 	if ev, _ := next(t, quiet); ev.Type != Connected {
 		t.Errorf("a watch without Rejected got %v first, want Connected", ev.Type)
@@ -124,8 +134,70 @@ func TestWatchEndsWhenTheServerStopsAfterItsLastEvents(t *testing.T) {
 		t.Errorf("a watch with Rejected got %v first, want Rejected", ev.Type)
 	}
 	_, late := s.Watch(WatchConfig{Buffer: 1})
-	if _, ok := <-late.Events(); ok || !errors.Is(late.Err(), ErrWatchStopped) {
-		t.Fatalf("a watch begun after stop: open=%v err=%v, want it ended with ErrWatchStopped", ok, late.Err())
+	if _, err := next(t, late); !errors.Is(err, ErrWatchStopped) {
+		t.Fatalf("a watch begun after stop: %v, want ErrWatchStopped", err)
 	}
 	late.Close()
+}
+
+// Sessions publish from their own goroutines while watchers come, read,
+// fall behind and go: every watch ends, and the listing a watch starts
+// from agrees with the events it then gets.
+func TestWatchUnderConcurrentEvents(t *testing.T) {
+	s := &Server{}
+	const sessions, watchers = 16, 8
+	var publishers, readers sync.WaitGroup
+	start := make(chan struct{})
+	for i := range sessions {
+		publishers.Add(1)
+		go func() {
+			defer publishers.Done()
+			<-start
+			for j := range 20 {
+				ss := fakeSession(fmt.Sprintf("s%d-%d", i, j), time.Now())
+				s.watch.publish(ss, connected(ss))
+				s.watch.publish(ss, disconnected(ss))
+			}
+		}()
+	}
+	for i := range watchers {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			<-start
+			current, w := s.Watch(WatchConfig{Buffer: 1 + i*64, Current: true})
+			live := map[string]bool{}
+			for _, p := range current {
+				live[p.ID] = true
+			}
+			for {
+				ev, err := w.Next(context.Background())
+				if err != nil {
+					break
+				}
+				switch ev.Type {
+				case Connected:
+					if live[ev.Peer.ID] {
+						t.Errorf("a watch got %s connected twice", ev.Peer.ID)
+					}
+					live[ev.Peer.ID] = true
+				case Disconnected:
+					if !live[ev.Peer.ID] {
+						t.Errorf("a watch got %s disconnected, not connected before", ev.Peer.ID)
+					}
+					delete(live, ev.Peer.ID)
+				}
+				if i%2 == 0 && len(live) > 4 {
+					w.Close() // a watcher that leaves midway
+				}
+			}
+		}()
+	}
+	close(start)
+	publishers.Wait()
+	s.watch.stop()
+	readers.Wait()
+	if n := len(s.watch.live); n != 0 {
+		t.Errorf("%d sessions still live after all disconnected", n)
+	}
 }
