@@ -38,6 +38,18 @@
 // credentials serves the same calls, with a nil AuthInfo; PeerFromContext
 // works either way.
 //
+// # Gateway and admin service
+//
+// A server can also let gRPC clients that do not link brpc (grpcurl, other
+// languages, scripts) reach its clients: Gateway returns a handler for
+// grpc.UnknownServiceHandler on a *grpc.Server of the application's own,
+// which relays every call to the client its brpc-target header names, once
+// the application's authorizer admits it. RegisterAdmin adds the admin
+// service (package adminpb, brpc.admin.v1.Admin), which lists the connected
+// clients and streams their connects and disconnects, and
+// RegisterGatewayReflection the reflection that lets tools explore both the
+// gateway's own services and, with the header, a client's.
+//
 // # Errors
 //
 // Errors at the public boundary are gRPC status errors: codes.Unavailable for

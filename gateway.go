@@ -45,6 +45,13 @@ type GatewayAuthorizer func(ctx context.Context, clientID, fullMethod string) er
 // any other call, so `grpcurl -H 'brpc-target: ID' gateway:port list` lists the
 // client's services when the client registers reflection.
 //
+// Registered services take precedence over this handler: reflection
+// registered on the gateway's *grpc.Server with reflection.Register would
+// answer the clients' reflection calls too. RegisterGatewayReflection
+// registers reflection that relays a call with the target header and
+// answers one without it with the gateway server's own services (such as
+// the admin service of RegisterAdmin).
+//
 // Errors: no or empty target header (or more than one): codes.InvalidArgument;
 // refused by authorize: its status (codes.PermissionDenied when it carries none,
 // codes.Internal when authorize panics); a nil authorize refuses every call with

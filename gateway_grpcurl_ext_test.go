@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
@@ -215,4 +217,104 @@ func serveTLSGateway(t *testing.T, e *testenv.Env) (string, []string) {
 		"-cert", filepath.Join(dir, "operator.pem"),
 		"-key", filepath.Join(dir, "operator-key.pem"),
 	}
+}
+
+// The real grpcurl against one gateway server that also serves the admin
+// service and RegisterGatewayReflection: without a target header it lists
+// and calls the gateway's own services, with one the client's.
+func TestGatewayGrpcurlAdmin(t *testing.T) {
+	bin := buildGrpcurl(t)
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
+		e := testenv.NewPlainOn(t, tr)
+		alice := e.Connect(testenv.ClientConfig{Name: "alice", MD: metadata.Pairs("name", "alice"),
+			Register: func(gs *grpc.Server) { reflection.Register(gs) }})
+		_, addr := serveAdminGateway(t, e.Srv, allowAll)
+		target := brpc.GatewayTargetHeader + ": " + alice.ID()
+
+		r := runGrpcurl(t, bin, "-plaintext", addr, "list")
+		want := []string{"brpc.admin.v1.Admin", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"}
+		if r.code != 0 || !slices.Equal(strings.Fields(r.stdout), want) {
+			t.Fatalf("grpcurl list without a target: want the gateway's own %q:\n%v", want, r)
+		}
+		r = runGrpcurl(t, bin, "-plaintext", addr, "describe", "brpc.admin.v1.Admin")
+		if r.code != 0 || !strings.Contains(r.stdout, "rpc WatchPeers ( .brpc.admin.v1.WatchPeersRequest ) returns ( stream .brpc.admin.v1.PeerEvent );") {
+			t.Errorf("grpcurl describe brpc.admin.v1.Admin:\n%v", r)
+		}
+		r = runGrpcurl(t, bin, "-plaintext", addr, "brpc.admin.v1.Admin/ListPeers")
+		if r.code != 0 {
+			t.Fatalf("grpcurl ListPeers:\n%v", r)
+		}
+		var list struct {
+			Peers []struct {
+				ID        string
+				Transport string
+				Metadata  map[string]struct{ Values []string }
+			}
+		}
+		if err := json.Unmarshal([]byte(r.stdout), &list); err != nil || len(list.Peers) != 1 ||
+			list.Peers[0].ID != alice.ID() || list.Peers[0].Transport != tr || !slices.Equal(list.Peers[0].Metadata["name"].Values, []string{"alice"}) {
+			t.Errorf("grpcurl ListPeers: want alice (%s) over %s with her metadata (%v):\n%v", alice.ID(), tr, err, r)
+		}
+
+		r = runGrpcurl(t, bin, "-plaintext", "-H", target, addr, "list")
+		if r.code != 0 || !slices.Contains(strings.Fields(r.stdout), "brpc.test.v1.Echo") || slices.Contains(strings.Fields(r.stdout), "brpc.admin.v1.Admin") {
+			t.Fatalf("grpcurl list for alice: want her services, not the gateway's:\n%v", r)
+		}
+		r = runGrpcurl(t, bin, "-plaintext", "-H", target, "-d", `{"message":"hi"}`, addr, "brpc.test.v1.Echo/Unary")
+		if r.code != 0 || !strings.Contains(r.stdout, `"message": "alice:hi"`) {
+			t.Errorf("grpcurl Unary for alice through the admin gateway:\n%v", r)
+		}
+		r = runGrpcurl(t, bin, "-plaintext", "-H", brpc.GatewayTargetHeader+": nobody", addr, "list")
+		if r.code != 1 || !strings.Contains(r.stderr, "code = NotFound") {
+			t.Errorf("grpcurl list for a client that is not connected: want exit 1 and NotFound:\n%v", r)
+		}
+
+		// WatchPeers streams until the server stops: the current peer,
+		// SYNCED, then bob's arrival; the server's stop ends it.
+		cmd := exec.CommandContext(testenv.Ctx(t), bin, "-plaintext", "-d", `{"includeCurrent": true}`, addr, "brpc.admin.v1.Admin/WatchPeers")
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		dec := json.NewDecoder(stdout)
+		next := func() (ev struct {
+			Type string
+			Peer struct{ ID string }
+			Kind string
+		}) {
+			t.Helper()
+			if err := dec.Decode(&ev); err != nil {
+				cmd.Wait()
+				t.Fatalf("grpcurl WatchPeers printed no further event: %v\nstderr:\n%s", err, &stderr)
+			}
+			return ev
+		}
+		if ev := next(); ev.Type != "PEER_EVENT_TYPE_CURRENT" || ev.Peer.ID != alice.ID() {
+			t.Errorf("grpcurl WatchPeers: first event %+v, want alice CURRENT", ev)
+		}
+		if ev := next(); ev.Type != "PEER_EVENT_TYPE_SYNCED" {
+			t.Errorf("grpcurl WatchPeers: second event %+v, want SYNCED", ev)
+		}
+		bob := e.Connect(testenv.ClientConfig{Name: "bob"})
+		if ev := next(); ev.Type != "PEER_EVENT_TYPE_CONNECTED" || ev.Peer.ID != bob.ID() {
+			t.Errorf("grpcurl WatchPeers: after bob connected %+v, want bob CONNECTED", ev)
+		}
+		e.Srv.Stop()
+		for range 2 {
+			if ev := next(); ev.Type != "PEER_EVENT_TYPE_DISCONNECTED" || ev.Kind != "server_stopped" {
+				t.Errorf("grpcurl WatchPeers: after Stop %+v, want DISCONNECTED server_stopped", ev)
+			}
+		}
+		io.Copy(io.Discard, stdout)
+		err = cmd.Wait()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 64+14 || !strings.Contains(stderr.String(), "Code: Unavailable\n  Message: brpc admin: the server stopped") {
+			t.Errorf("grpcurl WatchPeers after Stop: %v, want exit %d and the server's Unavailable:\n%s", err, 64+14, &stderr)
+		}
+	})
 }

@@ -9,18 +9,22 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/adminpb"
 	"github.com/brpc-go/brpc/brpcprom"
 	"github.com/brpc-go/brpc/examples/greeter/greeterpb"
 )
@@ -233,6 +237,10 @@ func demo(ctx context.Context, cfg demoConfig, w io.Writer) (err error) {
 		return errors.New(`Client("no-such-id") found a client`)
 	}
 
+	if err := demoGateway(ctx, out, srv, peers[0]); err != nil {
+		return err
+	}
+
 	if metricsURL != "" {
 		if err := showMetrics(ctx, out, metricsURL); err != nil {
 			return err
@@ -248,8 +256,58 @@ func demo(ctx context.Context, cfg demoConfig, w io.Writer) (err error) {
 		c.close()
 	}
 	out.printf("  clients closed; Peers() now lists %d client(s)\n", len(srv.Peers()))
-	out.printf("\nDone in %s: %d forward calls, each with a call back, and %d reverse calls by ID.\n",
+	out.printf("\nDone in %s: %d forward calls, each with a call back, %d reverse calls by ID and one through the gateway.\n",
 		ms(time.Since(began)), len(clients), len(clients))
+	return nil
+}
+
+// demoGateway serves the server's gateway and admin service on a loopback
+// listener of their own, and makes a plain grpc-go client (no brpc in it:
+// grpcurl or a script in another language would do the same) list the
+// clients and call one of them through it.
+func demoGateway(ctx context.Context, out *narrator, srv *brpc.Server[greeterpb.NamerClient], p brpc.Peer) error {
+	// In-process and on loopback, every caller is admitted; a gateway that
+	// others can reach needs credentials and an authorizer.
+	relay := srv.Gateway(func(context.Context, string, string) error { return nil })
+	gs := grpc.NewServer(grpc.UnknownServiceHandler(relay))
+	brpc.RegisterGatewayReflection(gs, relay)
+	srv.RegisterAdmin(gs)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = gs.Serve(lis)
+	}()
+	defer func() {
+		gs.Stop()
+		<-served
+	}()
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+
+	out.printf("\nGateway (any gRPC client -> server -> client): the server serves Gateway and the admin service on\n")
+	out.printf("its own *grpc.Server at %s; a plain grpc-go client, which links no brpc, calls through it.\n", lis.Addr())
+	list, err := adminpb.NewAdminClient(cc).ListPeers(ctx, &adminpb.ListPeersRequest{})
+	if err != nil {
+		return fmt.Errorf("admin ListPeers through the gateway: %w", err)
+	}
+	out.printf("  grpc client -> admin  Admin.ListPeers() lists %d client(s)\n", len(list.GetPeers()))
+	start := time.Now()
+	r, err := greeterpb.NewNamerClient(cc).GetName(metadata.AppendToOutgoingContext(ctx, brpc.GatewayTargetHeader, p.ID), &greeterpb.NameRequest{})
+	if err != nil {
+		return fmt.Errorf("calling client %s through the gateway: %w", p.ID, err)
+	}
+	if want := first(p.Metadata, "name"); r.GetName() != want {
+		return fmt.Errorf("client %s answered %q through the gateway, want %q", p.ID, r.GetName(), want)
+	}
+	out.printf("  grpc client -> gateway -> %s  Namer.GetName() = %q in %s, through the gateway (header %s: %s)\n",
+		pad(r.GetName()), r.GetName(), ms(time.Since(start)), brpc.GatewayTargetHeader, short(p.ID))
 	return nil
 }
 
@@ -257,6 +315,7 @@ func demo(ctx context.Context, cfg demoConfig, w io.Writer) (err error) {
 func connect(ctx context.Context, addr string, roots *x509.CertPool, name string) (*demoClient, error) {
 	gs := grpc.NewServer(grpc.Creds(brpc.TransportCredentials()))
 	greeterpb.RegisterNamerServer(gs, &namer{name: name})
+	reflection.Register(gs) // for gateway callers that explore it (grpcurl)
 	cc, err := brpc.Dial(ctx, "quic://"+addr,
 		brpc.WithTLSConfig(&tls.Config{RootCAs: roots}),
 		brpc.WithServer(gs),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -17,6 +18,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc"
@@ -33,6 +36,7 @@ type echoServerConfig struct {
 	keyFile  string
 	caOut    string
 	duration time.Duration
+	gateway  gatewayServeFlags
 }
 
 func echoServerFlags() (*flag.FlagSet, func(io.Writer) error) {
@@ -43,9 +47,13 @@ func echoServerFlags() (*flag.FlagSet, func(io.Writer) error) {
 	fs.StringVar(&cfg.keyFile, "key", "", "server key (PEM), with -cert")
 	fs.StringVar(&cfg.caOut, "ca-out", "brpc-echo-ca.pem", "where to write the throwaway CA for clients (-ca of echo-client), without -cert")
 	fs.DurationVar(&cfg.duration, "duration", 0, "stop after this long (0: run until interrupted)")
+	cfg.gateway.register(fs)
 	return fs, func(stdout io.Writer) error {
 		if (cfg.certFile == "") != (cfg.keyFile == "") {
 			return &badUsage{"-cert and -key go together"}
+		}
+		if err := cfg.gateway.check(); err != nil {
+			return err
 		}
 		if cfg.duration < 0 {
 			return &badUsage{fmt.Sprintf("-duration must not be negative, not %v", cfg.duration)}
@@ -78,25 +86,37 @@ func echoServer(ctx context.Context, cfg echoServerConfig, stdout io.Writer) err
 		grpc.InitialConnWindowSize(4<<20),
 	)
 	var mu sync.Mutex
-	srv := brpc.NewServer(gs, echopb.NewEchoClient, brpc.WithPeerEvents(func(ev brpc.PeerEvent) {
+	logEvent := func(ev brpc.PeerEvent) {
 		mu.Lock()
 		defer mu.Unlock()
 		fmt.Fprintf(stdout, "%s %s client %s over %s from %v\n",
 			time.Now().Format(time.TimeOnly), ev.Type, ev.Peer.ID, ev.Peer.Transport, ev.Peer.RemoteAddr)
-	}))
+	}
+	srv := brpc.NewServer(gs, echopb.NewEchoClient,
+		brpc.WithPeerEvents(logEvent),
+		// The same static windows on the calls to clients, which the
+		// gateway's relayed calls ride on.
+		brpc.WithGRPCDialOptions(grpc.WithInitialWindowSize(256<<10), grpc.WithInitialConnWindowSize(4<<20)),
+	)
 	echopb.RegisterEchoServer(gs, echoService{})
 	echopb.RegisterProbeServer(gs, &probeService{srv: srv})
 
-	qlis, err := brpc.ListenQUIC(cfg.addr, tlsConf)
+	qlis, tlis, err := listenBoth(cfg.addr, tlsConf)
 	if err != nil {
+		gs.Stop()
 		return err
 	}
-	tlis, err := brpc.ListenTCP(qlis.Addr().String(), tlsConf)
+	gw, err := serveGateway(cfg.gateway, srv)
 	if err != nil {
 		qlis.Close()
+		tlis.Close()
+		gs.Stop()
 		return err
 	}
 	fmt.Fprintf(stdout, "brpc echo-server listening on %s (QUIC and TCP)\n", qlis.Addr())
+	if gw != nil {
+		fmt.Fprintf(stdout, "brpc echo-server gateway on %s (%s): the admin service brpc.admin.v1.Admin, and calls for a client named by the brpc-target header\n", gw.addr, gw.security)
+	}
 	errs := make(chan error, 2)
 	for _, l := range []brpc.Listener{qlis, tlis} {
 		go func() { errs <- srv.Serve(l) }()
@@ -106,8 +126,37 @@ func echoServer(ctx context.Context, cfg echoServerConfig, stdout io.Writer) err
 	case err = <-errs:
 	}
 	srv.GracefulStop()
+	gw.stop()
 	fmt.Fprintln(stdout, "brpc echo-server stopped")
 	return err
+}
+
+// listenBoth listens for QUIC and TCP on one port number. When addr asks
+// for any free port, the port QUIC got may be taken for TCP: another is
+// tried then.
+func listenBoth(addr string, tlsConf *tls.Config) (brpc.Listener, brpc.Listener, error) {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, nil, &badUsage{fmt.Sprintf("-addr %q: %v", addr, err)}
+	}
+	tries := 1
+	if port == "0" || port == "" {
+		tries = 10
+	}
+	for i := 1; ; i++ {
+		qlis, err := brpc.ListenQUIC(addr, tlsConf)
+		if err != nil {
+			return nil, nil, err
+		}
+		tlis, err := brpc.ListenTCP(qlis.Addr().String(), tlsConf)
+		if err == nil {
+			return qlis, tlis, nil
+		}
+		qlis.Close()
+		if i == tries || !errors.Is(err, syscall.EADDRINUSE) {
+			return nil, nil, err
+		}
+	}
 }
 
 func echoServerTLS(cfg echoServerConfig) (*tls.Config, error) {
@@ -177,9 +226,11 @@ func (h *probeService) Reverse(ctx context.Context, r *echopb.ReverseRequest) (*
 type echoClientConfig struct {
 	target  string
 	caFile  string
+	name    string
 	n       int
 	size    int
 	timeout time.Duration
+	stay    bool
 }
 
 func echoClientFlags() (*flag.FlagSet, func(io.Writer) error) {
@@ -189,7 +240,9 @@ func echoClientFlags() (*flag.FlagSet, func(io.Writer) error) {
 	fs.StringVar(&cfg.caFile, "ca", "brpc-echo-ca.pem", "CA that signed the server's certificate (PEM); empty: the system's roots")
 	fs.IntVar(&cfg.n, "n", 20, "round trips to time in each direction")
 	fs.IntVar(&cfg.size, "size", 16, "payload bytes per call")
-	fs.DurationVar(&cfg.timeout, "timeout", 30*time.Second, "give up after this long")
+	fs.StringVar(&cfg.name, "name", "", "send this as the client's \"name\" metadata when connecting (shown by brpc peers)")
+	fs.DurationVar(&cfg.timeout, "timeout", 30*time.Second, "give up on the report after this long")
+	fs.BoolVar(&cfg.stay, "stay", false, "after the report, stay connected, serving Echo and reflection to the server and its gateway (brpc call, grpcurl), until interrupted")
 	return fs, func(stdout io.Writer) error {
 		if cfg.n < 1 || cfg.n > maxProbeCalls {
 			return &badUsage{fmt.Sprintf("-n must be between 1 and %d, not %d", maxProbeCalls, cfg.n)}
@@ -200,14 +253,22 @@ func echoClientFlags() (*flag.FlagSet, func(io.Writer) error) {
 		if cfg.timeout <= 0 {
 			return &badUsage{fmt.Sprintf("-timeout must be positive, not %v", cfg.timeout)}
 		}
+		var stay <-chan struct{} // nil: do not stay
+		if cfg.stay {
+			sctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			stay = sctx.Done()
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), cfg.timeout)
 		defer cancel()
-		return echoClient(ctx, cfg, stdout)
+		return echoClient(ctx, cfg, stdout, stay)
 	}
 }
 
-// echoClient connects, times round trips in both directions and reports.
-func echoClient(ctx context.Context, cfg echoClientConfig, stdout io.Writer) error {
+// echoClient connects, times round trips in both directions and reports
+// within ctx; given a stay channel, it then stays connected until that is
+// closed.
+func echoClient(ctx context.Context, cfg echoClientConfig, stdout io.Writer, stay <-chan struct{}) error {
 	tlsConf := &tls.Config{}
 	if cfg.caFile != "" {
 		pem, err := os.ReadFile(cfg.caFile)
@@ -222,10 +283,17 @@ func echoClient(ctx context.Context, cfg echoClientConfig, stdout io.Writer) err
 	}
 	gs := grpc.NewServer(grpc.Creds(brpc.TransportCredentials()))
 	echopb.RegisterEchoServer(gs, echoService{})
+	// Reflection lets the server's gateway callers (brpc call, grpcurl)
+	// discover the client's services.
+	reflection.Register(gs)
 	defer gs.Stop()
 
+	opts := []brpc.DialOption{brpc.WithTLSConfig(tlsConf), brpc.WithServer(gs)}
+	if cfg.name != "" {
+		opts = append(opts, brpc.WithMetadata(metadata.Pairs("name", cfg.name)))
+	}
 	start := time.Now()
-	cc, err := brpc.Dial(ctx, cfg.target, brpc.WithTLSConfig(tlsConf), brpc.WithServer(gs))
+	cc, err := brpc.Dial(ctx, cfg.target, opts...)
 	if err != nil {
 		return fmt.Errorf("connecting to %s: %w", cfg.target, err)
 	}
@@ -259,6 +327,11 @@ func echoClient(ctx context.Context, cfg echoClientConfig, stdout io.Writer) err
 	fmt.Fprintf(stdout, "  connect:    %v (TLS and brpc handshake)\n", connected.Round(time.Microsecond))
 	fmt.Fprintf(stdout, "  forward:    %s (client -> server, %d B)\n", summarize(rtts), cfg.size)
 	fmt.Fprintf(stdout, "  reverse:    %s (server -> client, %d B)\n", summarize(reverse), cfg.size)
+	if stay == nil {
+		return nil
+	}
+	fmt.Fprintf(stdout, "brpc echo-client staying connected as %s; interrupt to stop\n", cc.ID())
+	<-stay
 	return nil
 }
 

@@ -25,12 +25,28 @@ import (
 // ends and returns its address and the CA file it wrote.
 func startEchoServer(t *testing.T) (addr, caFile string) {
 	t.Helper()
+	addr, _, caFile = startEchoGateway(t)
+	return addr, caFile
+}
+
+// startEchoGateway runs echoServer, with its gateway, on free loopback
+// ports until the test ends and returns its address, its gateway's and the
+// CA file it wrote.
+func startEchoGateway(t *testing.T) (addr, gateway, caFile string) {
+	t.Helper()
+	return startEchoGatewayWith(t, gatewayServeFlags{addr: "127.0.0.1:0"})
+}
+
+// startEchoGatewayWith is startEchoGateway with the gateway's flags.
+func startEchoGatewayWith(t *testing.T, gw gatewayServeFlags) (addr, gateway, caFile string) {
+	t.Helper()
 	caFile = filepath.Join(t.TempDir(), "ca.pem")
 	pr, pw := io.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- echoServer(ctx, echoServerConfig{addr: "127.0.0.1:0", caOut: caFile}, pw)
+		cfg := echoServerConfig{addr: "127.0.0.1:0", caOut: caFile, gateway: gw}
+		done <- echoServer(ctx, cfg, pw)
 		pw.Close()
 	}()
 	t.Cleanup(func() {
@@ -45,19 +61,21 @@ func startEchoServer(t *testing.T) (addr, caFile string) {
 		}
 	})
 	lines := bufio.NewScanner(pr)
-	for lines.Scan() {
+	for (addr == "" || gateway == "") && lines.Scan() {
 		if rest, ok := strings.CutPrefix(lines.Text(), "brpc echo-server listening on "); ok {
 			addr = strings.Fields(rest)[0]
-			break
+		}
+		if rest, ok := strings.CutPrefix(lines.Text(), "brpc echo-server gateway on "); ok {
+			gateway = strings.Fields(rest)[0]
 		}
 	}
-	if addr == "" {
+	if addr == "" || gateway == "" {
 		err := <-done
 		done <- err // for the cleanup
 		t.Fatalf("echo-server did not say where it listens: %v", err)
 	}
 	go io.Copy(io.Discard, pr) // the pipe ends when echoServer returns
-	return addr, caFile
+	return addr, gateway, caFile
 }
 
 func TestEchoServerAndClient(t *testing.T) {
@@ -136,10 +154,10 @@ func (e countingEcho) Echo(_ context.Context, r *echopb.EchoRequest) (*echopb.Ec
 func TestEchoServerStopsAfterItsDuration(t *testing.T) {
 	var out, errOut bytes.Buffer
 	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if code := run([]string{"echo-server", "-addr", "127.0.0.1:0", "-ca-out", ca, "-duration", "300ms"}, &out, &errOut); code != exitOK {
+	if code := run([]string{"echo-server", "-addr", "127.0.0.1:0", "-gateway", "127.0.0.1:0", "-ca-out", ca, "-duration", "300ms"}, &out, &errOut); code != exitOK {
 		t.Fatalf("echo-server -duration 300ms exited %d: %s", code, errOut.String())
 	}
-	if !strings.Contains(out.String(), "listening on 127.0.0.1:") || !strings.Contains(out.String(), "stopped") {
+	if !strings.Contains(out.String(), "listening on 127.0.0.1:") || !strings.Contains(out.String(), "gateway on 127.0.0.1:") || !strings.Contains(out.String(), "stopped") {
 		t.Fatalf("echo-server output:\n%s", out.String())
 	}
 }
@@ -154,6 +172,13 @@ func TestEchoCommandsRejectBadFlags(t *testing.T) {
 		{"echo-server", "-cert", "x.pem"},
 		{"echo-server", "-duration", "-1s"},
 		{"echo-server", "stray"},
+		{"echo-server", "-gateway", ":4480"},
+		{"echo-server", "-gateway", "0.0.0.0:4480"},
+		{"echo-server", "-gateway", "192.0.2.1:4480", "-gateway-cert", "c.pem", "-gateway-key", "k.pem"},
+		{"echo-server", "-gateway", "nohost"},
+		{"echo-server", "-gateway-cert", "c.pem"},
+		{"echo-server", "-gateway-client-ca", "ca.pem"},
+		{"echo-server", "-gateway", "", "-gateway-cert", "c.pem", "-gateway-key", "k.pem"},
 	} {
 		var out, errOut bytes.Buffer
 		if code := run(args, &out, &errOut); code != exitUsage {

@@ -11,10 +11,16 @@
 //	echo-server  serve an echo service on QUIC and TCP
 //	echo-client  connect to an echo-server and report the transport and
 //	             latency in both directions
-//	help    print this help, or a command's: brpc help <command>
+//	peers        list (or watch) the clients connected to a server, through
+//	             its gateway's admin service
+//	call         call a method of a connected client through a server's
+//	             gateway, with JSON, using the client's reflection
+//	help         print this help, or a command's: brpc help <command>
 //
-// echo-server and echo-client speak the protocol of echopb/echo.proto. Like
-// brpc's examples, the command uses brpc's public API only.
+// echo-server and echo-client speak the protocol of echopb/echo.proto;
+// echo-server also serves a gateway with the admin service, so that peers
+// and call can be tried against it. Like brpc's examples, the command uses
+// brpc's public API only.
 //
 // Run it from the repository root with: go run ./cmd/brpc demo
 package main
@@ -43,6 +49,11 @@ const (
 type command struct {
 	name    string
 	summary string
+	// args describes the positional arguments after the flags; empty:
+	// the command takes none. run reads them from its flag set.
+	args string
+	// details, if set, explains the command further in its usage.
+	details string
 	// flags returns the command's flag set; run then does the work once the
 	// flags are parsed. A *badUsage error from run is a command-line mistake
 	// that flag parsing could not catch.
@@ -54,6 +65,13 @@ type command struct {
 type badUsage struct{ msg string }
 
 func (e *badUsage) Error() string { return e.msg }
+
+// badInput is a mistake in what the command was given (an unknown method,
+// malformed JSON) that the usage would not help with: it exits with
+// exitUsage and its message alone.
+type badInput struct{ msg string }
+
+func (e *badInput) Error() string { return e.msg }
 
 // commands lists brpc's subcommands in the order usage shows them.
 func commands() []command {
@@ -72,6 +90,18 @@ func commands() []command {
 			name:    "echo-client",
 			summary: "connect to an echo-server and report the transport and latency in both directions",
 			flags:   echoClientFlags,
+		},
+		{
+			name:    "peers",
+			summary: "list the clients connected to a server (its admin service), or watch them come and go",
+			flags:   peersFlags,
+		},
+		{
+			name:    "call",
+			summary: "call a method of a connected client through the server's gateway, with JSON",
+			args:    "<client-id> <method> [<json>]",
+			details: callDetails,
+			flags:   callFlags,
 		},
 	}
 }
@@ -105,16 +135,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	case err != nil:
 		return usageError(stderr, err, func(w io.Writer) { printCommandUsage(w, cmd, cfs) })
-	case cfs.NArg() > 0:
+	case cfs.NArg() > 0 && cmd.args == "":
 		return usageError(stderr, fmt.Errorf("unexpected argument %q", cfs.Arg(0)), func(w io.Writer) { printCommandUsage(w, cmd, cfs) })
 	}
 	err := runCmd(stdout)
 	var bad *badUsage
+	var input *badInput
 	switch {
 	case err == nil:
 		return exitOK
 	case errors.As(err, &bad):
 		return usageError(stderr, err, func(w io.Writer) { printCommandUsage(w, cmd, cfs) })
+	case errors.As(err, &input):
+		fmt.Fprintf(stderr, "brpc %s: %v\n", cmd.name, err)
+		return exitUsage
 	default:
 		fmt.Fprintf(stderr, "brpc %s: %v\n", cmd.name, err)
 		return exitError
@@ -178,7 +212,15 @@ func printUsage(w io.Writer) {
 
 func printCommandUsage(w io.Writer, cmd command, fs *flag.FlagSet) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Usage: brpc %s [flags]\n\n%s.\n\nFlags:\n", cmd.name, upperFirst(cmd.summary))
+	args := ""
+	if cmd.args != "" {
+		args = " " + cmd.args
+	}
+	fmt.Fprintf(&b, "Usage: brpc %s [flags]%s\n\n%s.\n", cmd.name, args, upperFirst(cmd.summary))
+	if cmd.details != "" {
+		fmt.Fprintf(&b, "\n%s\n", cmd.details)
+	}
+	b.WriteString("\nFlags:\n")
 	fs.SetOutput(&b)
 	fs.PrintDefaults()
 	fs.SetOutput(io.Discard)

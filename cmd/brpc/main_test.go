@@ -32,6 +32,8 @@ func TestDemoShowsCallsInBothDirections(t *testing.T) {
 		`"Hello, alice!"`, `"Hello, bob!"`, `"Hello, carol!"`,
 		`Namer.GetName() = "carol"`,
 		"NotFound",
+		"Admin.ListPeers() lists 3 client(s)",
+		"through the gateway (header brpc-target:",
 		"GracefulStop()",
 	} {
 		if !strings.Contains(out, want) {
@@ -75,6 +77,16 @@ func TestCommandLine(t *testing.T) {
 	}{
 		{name: "no command", args: nil, wantCode: exitUsage, wantStderr: "brpc: no command given"},
 		{name: "help flag", args: []string{"--help"}, wantCode: exitOK, wantStdout: "demo         run a server"},
+		{name: "usage lists peers", args: []string{"help"}, wantCode: exitOK, wantStdout: "peers        list the clients"},
+		{name: "usage lists call", args: []string{"help"}, wantCode: exitOK, wantStdout: "call         call a method"},
+		{name: "call help", args: []string{"call", "-help"}, wantCode: exitOK, wantStdout: "Usage: brpc call [flags] <client-id> <method> [<json>]"},
+		{name: "peers help", args: []string{"help", "peers"}, wantCode: exitOK, wantStdout: "-watch"},
+		{name: "call without arguments", args: []string{"call"}, wantCode: exitUsage, wantStderr: "call takes <client-id> <method> [<json>], not 0 argument(s)"},
+		{name: "call with too many arguments", args: []string{"call", "a", "b", "{}", "{}"}, wantCode: exitUsage, wantStderr: "not 4 argument(s)"},
+		{name: "call with a bad header", args: []string{"call", "-H", "nocolon", "a", "b"}, wantCode: exitUsage, wantStderr: "want 'name: value'"},
+		{name: "peers with a stray argument", args: []string{"peers", "extra"}, wantCode: exitUsage, wantStderr: `unexpected argument "extra"`},
+		{name: "peers -rejected without -watch", args: []string{"peers", "-rejected"}, wantCode: exitUsage, wantStderr: "-rejected goes with -watch"},
+		{name: "peers -cert without -ca", args: []string{"peers", "-cert", "c.pem", "-key", "k.pem"}, wantCode: exitUsage, wantStderr: "-cert needs -ca"},
 		{name: "short help flag", args: []string{"-h"}, wantCode: exitOK, wantStdout: "The commands are:"},
 		{name: "help command", args: []string{"help"}, wantCode: exitOK, wantStdout: "The commands are:"},
 		{name: "help for demo", args: []string{"help", "demo"}, wantCode: exitOK, wantStdout: "-clients int"},
@@ -121,7 +133,8 @@ func TestDemoServesMetricsAndShowsLogs(t *testing.T) {
 	for _, want := range []string{
 		"/metrics while the demo runs",
 		`brpc_connected_clients{transport="quic"} 3`,
-		`brpc_reverse_calls_total{code="OK",method="/brpc.examples.greeter.v1.Namer/GetName"} 6`,
+		// 3 from handlers, 3 by ID and 1 relayed by the gateway.
+		`brpc_reverse_calls_total{code="OK",method="/brpc.examples.greeter.v1.Namer/GetName"} 7`,
 		`log: level=INFO msg="brpc: client connected"`,
 		`kind=server_stopped`,
 	} {

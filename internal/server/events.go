@@ -3,6 +3,7 @@ package server
 import (
 	"crypto/tls"
 	"net"
+	"time"
 
 	"google.golang.org/grpc/metadata"
 
@@ -35,6 +36,7 @@ type Event struct {
 	Kind   DisconnectKind // for Disconnected
 	Reason string
 	Err    error
+	Time   time.Time // when the server reported it
 }
 
 // DisconnectKind classifies why a client's session ended. Its values are

@@ -83,6 +83,7 @@ type Server struct {
 	peers   *registry.Registry[*Session]
 	limiter *addressLimiter // nil: no per-address limit
 	pending gate            // sessions between accept and welcome
+	watch   watchHub
 
 	mu          sync.Mutex
 	state       serverState
@@ -381,6 +382,8 @@ func (s *Server) Stop() {
 		l.Close()
 	}
 	s.wg.Wait()
+	// Every session has reported its disconnect by now.
+	s.watch.stop()
 }
 
 func (s *Server) stopAcceptingLocked() {
@@ -424,8 +427,12 @@ func (s *Server) authenticate(ctx context.Context, info AuthInfo) (id string, er
 	return id, nil
 }
 
-// emit hands ev to the event callback.
-func (s *Server) emit(ev Event) {
+// emit stamps ss's event and hands it to the watches, then to the event
+// callback: once the callback has seen an event, so has every watch (and
+// publishing never waits, whereas the callback may).
+func (s *Server) emit(ss *Session, ev Event) {
+	ev.Time = time.Now()
+	s.watch.publish(ss, ev)
 	if s.conf.OnEvent != nil {
 		s.conf.OnEvent(ev)
 	}

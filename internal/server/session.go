@@ -69,12 +69,12 @@ func (ss *Session) run() {
 	s.pending.leave()
 	if err != nil {
 		p := grpcglue.Peer{Metadata: ss.helloMD, RemoteAddr: ss.sess.RemoteAddr(), Transport: ss.sess.Transport()}
-		s.emit(Event{Type: Rejected, Peer: p, Reason: status.Convert(err).Message(), Err: err})
+		s.emit(ss, Event{Type: Rejected, Peer: p, Reason: status.Convert(err).Message(), Err: err})
 		ss.forget()
 		s.wg.Done()
 		return
 	}
-	s.emit(Event{Type: Connected, Peer: ss.info.Snapshot()})
+	s.emit(ss, Event{Type: Connected, Peer: ss.info.Snapshot()})
 	go ss.serve() // takes over this goroutine's count in s.wg
 }
 
@@ -86,7 +86,7 @@ func (ss *Session) serve() {
 	defer func() {
 		s.peers.Remove(ss.info.Peer.ID, ss)
 		kind, reason, err := ss.disconnectReason()
-		s.emit(Event{Type: Disconnected, Peer: ss.info.Snapshot(), Kind: kind, Reason: reason, Err: err})
+		s.emit(ss, Event{Type: Disconnected, Peer: ss.info.Snapshot(), Kind: kind, Reason: reason, Err: err})
 		ss.forget()
 	}()
 	ctx := ss.sess.Context()
