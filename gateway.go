@@ -47,10 +47,13 @@ func (s *Server[C]) Gateway(authorize GatewayAuthorizer) grpc.StreamHandler {
 		Authorize:      authorize,
 		Resolve: func(id string) (grpc.ClientConnInterface, error) {
 			ss, err := s.core.Client(id)
-			if err != nil {
-				return nil, err
+			if err == nil {
+				return ss.Conn(), nil
 			}
-			return ss.Conn(), nil
+			if s.cluster != nil {
+				return s.cluster.Conn(id)
+			}
+			return nil, err
 		},
 	})
 }

@@ -112,6 +112,8 @@ type serverOptions struct {
 	ratePerSecond    float64
 	rateBurst        int
 	reverseIdle      time.Duration
+	cluster          *ClusterConfig
+	clusterEvents    []func(ClusterEvent)
 }
 
 func defaultServerOptions() serverOptions {

@@ -3,9 +3,11 @@ package brpc
 import (
 	"context"
 	"errors"
+	"time"
 
 	"google.golang.org/grpc"
 
+	"github.com/brpc-go/brpc/internal/cluster"
 	"github.com/brpc-go/brpc/internal/server"
 )
 
@@ -16,7 +18,12 @@ var ErrServerStopped = errors.New("brpc: the server has been stopped")
 // Server accepts brpc clients. It serves the application's *grpc.Server to
 // them and reaches each of them through a typed stub C.
 type Server[C any] struct {
-	core *server.Server
+	core      *server.Server
+	newClient func(grpc.ClientConnInterface) C
+	// cluster is nil without WithCluster; clusterErr is what a
+	// WithCluster that could not be used makes Serve return.
+	cluster    *cluster.Cluster
+	clusterErr error
 }
 
 // NewServer wraps the application's own *grpc.Server (its services,
@@ -46,7 +53,20 @@ func NewServer[C any](gs *grpc.Server, newClient func(grpc.ClientConnInterface) 
 	}
 	conf := o.config()
 	conf.NewStub = func(cc grpc.ClientConnInterface) any { return newClient(cc) }
-	return &Server[C]{core: server.New(gs, conf)}
+	s := &Server[C]{newClient: newClient}
+	if o.cluster != nil {
+		s.clusterErr = o.cluster.validate()
+		if s.clusterErr == nil {
+			// The hooks run only once Serve has joined, after s.cluster is set.
+			conf.OnWelcome = func(ss *server.Session) { s.cluster.Welcomed(ss) }
+			conf.OnGone = func(ss *server.Session, removed bool) { s.cluster.Gone(ss, removed) }
+		}
+	}
+	s.core = server.New(gs, conf)
+	if o.cluster != nil && s.clusterErr == nil {
+		s.cluster, s.clusterErr = cluster.New(s.core, o.cluster.core(o.clusterEvents))
+	}
+	return s
 }
 
 // Serve accepts clients from lis until Stop/GracefulStop or lis fails. It may
@@ -56,6 +76,19 @@ func NewServer[C any](gs *grpc.Server, newClient func(grpc.ClientConnInterface) 
 func (s *Server[C]) Serve(lis Listener) error {
 	if lis == nil {
 		return errors.New("brpc: Serve needs a Listener")
+	}
+	if s.clusterErr != nil {
+		lis.Close()
+		return s.clusterErr
+	}
+	if s.cluster != nil {
+		if err := s.cluster.Join(); err != nil {
+			lis.Close()
+			if err == server.ErrStopped {
+				return ErrServerStopped
+			}
+			return err
+		}
 	}
 	err := s.core.Serve(coreListener{lis})
 	if err == server.ErrStopped {
@@ -80,13 +113,33 @@ func (s *Server[C]) ClientFromContext(ctx context.Context) (C, error) {
 
 // Client returns the stub of the connected client with this ID; the error is
 // a gRPC status error with codes.NotFound when no such client is connected.
+//
+// On a replica of a cluster (WithCluster), a client connected to another
+// replica is reached too: the stub forwards its calls to that replica,
+// which relays them to the client. Client does no network I/O for that:
+// the replica's cache of the presence says where the client is. While the
+// presence is unreachable, a client not connected here is
+// codes.Unavailable. The stub of a client on another replica follows the
+// client: each call goes where the client is then (here, or another
+// replica). When the replica a unary call was forwarded to no longer holds
+// the client, the call is made once more as soon as the cache learns where
+// it went (waiting at most a second, or the call's deadline); a stream
+// forwarded to a replica that no longer holds the client fails with
+// codes.NotFound on its first receive.
 func (s *Server[C]) Client(id string) (C, error) {
 	ss, err := s.core.Client(id)
-	if err != nil {
-		var zero C
-		return zero, err
+	if err == nil {
+		return stubOf[C](ss), nil
 	}
-	return stubOf[C](ss), nil
+	if s.cluster != nil {
+		cc, cerr := s.cluster.Conn(id)
+		if cerr == nil {
+			return s.newClient(cc), nil
+		}
+		err = cerr
+	}
+	var zero C
+	return zero, err
 }
 
 // stubOf is the stub newClient built for ss. The core keeps it untyped; a
@@ -121,9 +174,41 @@ func (s *Server[C]) Peers() []Peer {
 // took its notice and only then stalls with a call still open holds the
 // *grpc.Server's GracefulStop until its session dies (its keepalive
 // timeout, at the latest). Call Stop to cut that short.
-func (s *Server[C]) GracefulStop() { s.core.GracefulStop() }
+//
+// A replica of a cluster leaves the presence first (waiting at most
+// clusterLeaveTimeout), so the other replicas route no new calls here and
+// the clients can reconnect to another replica at once; calls already
+// forwarded here are drained with the rest, then the replica endpoint
+// stops.
+func (s *Server[C]) GracefulStop() {
+	if s.cluster != nil {
+		s.cluster.Leave(clusterLeaveTimeout)
+	}
+	s.core.GracefulStop()
+	if s.cluster != nil {
+		s.cluster.Close(true)
+	}
+}
 
 // Stop closes everything now: listeners, sessions and the *grpc.Server given
 // to NewServer. Calls in flight in either direction end with
 // codes.Unavailable.
-func (s *Server[C]) Stop() { s.core.Stop() }
+// A replica of a cluster leaves the presence first, waiting at most
+// clusterStopLeaveTimeout, then stops its replica endpoint too.
+func (s *Server[C]) Stop() {
+	if s.cluster != nil {
+		s.cluster.Leave(clusterStopLeaveTimeout)
+	}
+	s.core.Stop()
+	if s.cluster != nil {
+		s.cluster.Close(false)
+	}
+}
+
+// How long stopping waits for a replica's records to be removed from the
+// presence. Past it, the presence forgets them on its own (brpcetcd: when
+// the lease expires).
+const (
+	clusterLeaveTimeout     = 5 * time.Second
+	clusterStopLeaveTimeout = time.Second
+)
