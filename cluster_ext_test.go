@@ -1,0 +1,354 @@
+package brpc_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	grpcstatus "google.golang.org/grpc/status"
+
+	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/internal/certs"
+	"github.com/brpc-go/brpc/internal/testenv"
+	"github.com/brpc-go/brpc/internal/testpb"
+)
+
+// replicaNode is one server of a test cluster: QUIC and TCP listeners for
+// clients, a replica endpoint, and a gateway on a plain listener.
+type replicaNode struct {
+	name    string
+	srv     *brpc.Server[testpb.EchoClient]
+	targets map[string]string // transport -> target
+	repAddr string
+	gateway testpb.EchoClient // a plain grpc-go client of this replica's gateway
+	events  *eventLog
+	served  chan error
+	stop    sync.Once
+}
+
+// eventLog records a replica's peer and cluster events, in order, and
+// the presence calls of its membership (with ctlPresence).
+type eventLog struct {
+	mu   sync.Mutex
+	list []string
+	cl   []brpc.ClusterEvent
+	wake chan struct{}
+}
+
+func newEventLog() *eventLog { return &eventLog{wake: make(chan struct{}, 1)} }
+
+func (l *eventLog) add(s string) {
+	l.mu.Lock()
+	l.list = append(l.list, s)
+	l.mu.Unlock()
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (l *eventLog) peer(ev brpc.PeerEvent) {
+	switch ev.Type {
+	case brpc.PeerConnected:
+		l.add("connected " + ev.Peer.ID)
+	case brpc.PeerDisconnected:
+		l.add(fmt.Sprintf("disconnected %s %s", ev.Peer.ID, ev.Kind))
+	}
+}
+
+func (l *eventLog) cluster(ev brpc.ClusterEvent) {
+	l.mu.Lock()
+	l.cl = append(l.cl, ev)
+	l.mu.Unlock()
+	l.add(ev.Kind.String())
+}
+
+func (l *eventLog) snapshot() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.list)
+}
+
+func (l *eventLog) clusterEvents(kind brpc.ClusterEventKind) []brpc.ClusterEvent {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []brpc.ClusterEvent
+	for _, ev := range l.cl {
+		if ev.Kind == kind {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// waitFor waits until an event s was logged.
+func (l *eventLog) waitFor(t *testing.T, s string) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for !slices.Contains(l.snapshot(), s) {
+		select {
+		case <-l.wake:
+		case <-deadline:
+			t.Fatalf("no %q event within 10s; events: %v", s, l.snapshot())
+		}
+	}
+}
+
+// testCluster is n replicas sharing one presence.
+type testCluster struct {
+	t        *testing.T
+	ca       *certs.CA
+	presence brpc.Presence
+	nodes    []*replicaNode
+}
+
+// authByName admits a client under the ID its "name" metadata gives.
+func authByName(_ context.Context, info brpc.AuthInfo) (string, error) {
+	if v := info.Metadata.Get("name"); len(v) == 1 {
+		return v[0], nil
+	}
+	return "", errors.New("no name")
+}
+
+func replicaTLS(t *testing.T, ca *certs.CA, name string) *tls.Config {
+	t.Helper()
+	cert, err := ca.Replica(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: ca.Pool, ClientCAs: ca.Pool}
+}
+
+func newTestCluster(t *testing.T, n int, presence brpc.Presence, conf func(*brpc.ClusterConfig)) *testCluster {
+	t.Helper()
+	ca, err := certs.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := &testCluster{t: t, ca: ca, presence: presence}
+	for i := range n {
+		tc.nodes = append(tc.nodes, tc.start(fmt.Sprintf("r%d", i), conf))
+	}
+	return tc
+}
+
+func (tc *testCluster) start(name string, conf func(*brpc.ClusterConfig)) *replicaNode {
+	t := tc.t
+	t.Helper()
+	repLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &replicaNode{name: name, targets: map[string]string{}, repAddr: repLis.Addr().String(), events: newEventLog(), served: make(chan error, 3)}
+	cc := brpc.ClusterConfig{
+		Replica:   name,
+		Presence:  tc.presence,
+		Advertise: node.repAddr,
+		TLS:       replicaTLS(t, tc.ca, name),
+	}
+	if conf != nil {
+		conf(&cc)
+	}
+	gs := grpc.NewServer()
+	testpb.RegisterEchoServer(gs, &testenv.Echo{Name: name})
+	node.srv = brpc.NewServer(gs, testpb.NewEchoClient, brpc.WithAuthenticator(authByName),
+		brpc.WithCluster(cc), brpc.WithPeerEvents(node.events.peer), brpc.WithClusterEvents(node.events.cluster))
+	stls, err := tc.ca.ServerTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tr := range testenv.Transports {
+		lis, err := testenv.Listen(tr, "127.0.0.1:0", stls)
+		if err != nil {
+			t.Fatal(err)
+		}
+		node.targets[tr] = tr + "://" + lis.Addr().String()
+		go func() { node.served <- node.srv.Serve(lis) }()
+	}
+	go func() { node.served <- node.srv.ServeReplicas(repLis) }()
+	gwAddr := serveGateway(t, node.srv.Gateway(allowAll))
+	gcc, err := grpc.NewClient(gwAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { gcc.Close() })
+	node.gateway = testpb.NewEchoClient(gcc)
+	t.Cleanup(func() { node.shutdown(t, false) })
+	return node
+}
+
+// shutdown stops the replica (gracefully or not) once, and checks that its
+// three Serve calls ended well.
+func (n *replicaNode) shutdown(t *testing.T, graceful bool) {
+	n.stop.Do(func() {
+		if graceful {
+			n.srv.GracefulStop()
+		} else {
+			n.srv.Stop()
+		}
+		for range 3 {
+			if err := <-n.served; err != nil {
+				t.Errorf("%s: Serve or ServeReplicas returned %v after stopping", n.name, err)
+			}
+		}
+	})
+}
+
+// connect dials a client named id to node over transport; its echo
+// service answers as echoName.
+func (tc *testCluster) connect(node *replicaNode, transport, id, echoName string, grpcOpts ...grpc.ServerOption) *brpc.ClientConn {
+	t := tc.t
+	t.Helper()
+	gs := grpc.NewServer(grpcOpts...)
+	testpb.RegisterEchoServer(gs, &testenv.Echo{Name: echoName})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cc, err := brpc.Dial(ctx, node.targets[transport], brpc.WithTLSConfig(tc.ca.ClientTLS()), brpc.WithServer(gs),
+		brpc.WithMetadata(metadata.Pairs("name", id)))
+	if err != nil {
+		gs.Stop()
+		t.Fatalf("Dial %s to %s: %v", id, node.name, err)
+	}
+	t.Cleanup(func() {
+		cc.Close()
+		gs.Stop()
+	})
+	return cc
+}
+
+// waitPeers waits until every node's ClusterPeers is want.
+func (tc *testCluster) waitPeers(want []brpc.ClusterPeer, nodes ...*replicaNode) {
+	tc.t.Helper()
+	if nodes == nil {
+		nodes = tc.nodes
+	}
+	for _, n := range nodes {
+		testenv.WaitFor(tc.t, 10*time.Second, n.name+"'s ClusterPeers to be "+fmt.Sprint(want), func() bool {
+			return slices.Equal(n.srv.ClusterPeers(), want)
+		})
+	}
+}
+
+// allKinds makes a call of every RPC kind on stub and checks that the
+// echo service named answerer answered each.
+func allKinds(t *testing.T, stub testpb.EchoClient, ctx context.Context, answerer, what string) {
+	t.Helper()
+	want := answerer + ":m"
+	r, err := stub.Unary(ctx, &testpb.EchoRequest{Message: "m"})
+	if err != nil || r.GetMessage() != want {
+		t.Fatalf("%s: Unary = %q, %v; want %q", what, r.GetMessage(), err, want)
+	}
+	ss, err := stub.ServerStream(ctx, &testpb.EchoRequest{Message: "m", Count: 3})
+	if err != nil {
+		t.Fatalf("%s: ServerStream: %v", what, err)
+	}
+	for i := range 3 {
+		r, err := ss.Recv()
+		if err != nil || r.GetMessage() != want || r.GetIndex() != int32(i) {
+			t.Fatalf("%s: ServerStream message %d = %v, %v", what, i, r, err)
+		}
+	}
+	if _, err := ss.Recv(); err != io.EOF {
+		t.Fatalf("%s: ServerStream end: %v, want EOF", what, err)
+	}
+	cs, err := stub.ClientStream(ctx)
+	if err != nil {
+		t.Fatalf("%s: ClientStream: %v", what, err)
+	}
+	for range 2 {
+		if err := cs.Send(&testpb.EchoRequest{Message: "m"}); err != nil {
+			t.Fatalf("%s: ClientStream send: %v", what, err)
+		}
+	}
+	r, err = cs.CloseAndRecv()
+	if err != nil || r.GetMessage() != want || r.GetIndex() != 2 {
+		t.Fatalf("%s: ClientStream = %v, %v; want %q after 2 messages", what, r, err, want)
+	}
+	bs, err := stub.BidiStream(ctx)
+	if err != nil {
+		t.Fatalf("%s: BidiStream: %v", what, err)
+	}
+	for i := range 2 {
+		if err := bs.Send(&testpb.EchoRequest{Message: "m"}); err != nil {
+			t.Fatalf("%s: BidiStream send: %v", what, err)
+		}
+		r, err := bs.Recv()
+		if err != nil || r.GetMessage() != want || r.GetIndex() != int32(i) {
+			t.Fatalf("%s: BidiStream message %d = %v, %v", what, i, r, err)
+		}
+	}
+	bs.CloseSend()
+	if _, err := bs.Recv(); err != io.EOF {
+		t.Fatalf("%s: BidiStream end: %v, want EOF", what, err)
+	}
+}
+
+func TestClusterEveryClientFromEveryReplica(t *testing.T) {
+	tc := newTestCluster(t, 3, brpc.NewMemoryPresence(), nil)
+	// One client per replica, on both transports.
+	clients := []struct {
+		node      *replicaNode
+		transport string
+		id        string
+	}{
+		{tc.nodes[0], "quic", "c0"},
+		{tc.nodes[1], "tcp", "c1"},
+		{tc.nodes[2], "quic", "c2"},
+		{tc.nodes[2], "tcp", "c3"},
+	}
+	var want []brpc.ClusterPeer
+	for _, c := range clients {
+		tc.connect(c.node, c.transport, c.id, "echo-"+c.id)
+		want = append(want, brpc.ClusterPeer{ID: c.id, Replica: c.node.name})
+	}
+	tc.waitPeers(want)
+	ctx := testenv.Ctx(t)
+	for _, n := range tc.nodes {
+		if got := len(n.srv.Peers()); got != countOn(want, n.name) {
+			t.Errorf("%s: Peers() has %d clients, want only its own %d", n.name, got, countOn(want, n.name))
+		}
+		for _, c := range clients {
+			stub, err := n.srv.Client(c.id)
+			if err != nil {
+				t.Fatalf("%s: Client(%s): %v", n.name, c.id, err)
+			}
+			allKinds(t, stub, ctx, "echo-"+c.id, n.name+" Client("+c.id+")")
+			allKinds(t, n.gateway, to(ctx, c.id), "echo-"+c.id, n.name+" gateway to "+c.id)
+		}
+		if _, err := n.srv.Client("nobody"); codeOf(err) != "NotFound" {
+			t.Errorf("%s: Client(nobody): %v, want NotFound", n.name, err)
+		}
+	}
+	// Every call to another replica's client was forwarded and counted.
+	fwd := tc.nodes[0].events.clusterEvents(brpc.ClusterForwarded)
+	if len(fwd) != 2*4*3 {
+		t.Errorf("r0 reported %d forwarded calls, want 24 (4 kinds, 3 remote clients, stub and gateway)", len(fwd))
+	}
+	for _, ev := range fwd {
+		if ev.Code != "OK" || (ev.Replica != "r1" && ev.Replica != "r2") {
+			t.Errorf("r0: forwarded call event %+v, want OK to r1 or r2", ev)
+		}
+	}
+}
+
+func countOn(list []brpc.ClusterPeer, replica string) int {
+	n := 0
+	for _, p := range list {
+		if p.Replica == replica {
+			n++
+		}
+	}
+	return n
+}
+
+func codeOf(err error) string { return grpcstatus.Code(err).String() }
