@@ -8,13 +8,17 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	grpcstatus "google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc"
@@ -352,3 +356,160 @@ func countOn(list []brpc.ClusterPeer, replica string) int {
 }
 
 func codeOf(err error) string { return grpcstatus.Code(err).String() }
+
+func TestClusterReplicaEndpointRefusesNonReplicas(t *testing.T) {
+	isReplica := func(ctx context.Context) error {
+		p, _ := peer.FromContext(ctx)
+		ti, _ := p.AuthInfo.(credentials.TLSInfo)
+		if cn := ti.State.PeerCertificates[0].Subject.CommonName; !strings.HasPrefix(cn, "r") {
+			return fmt.Errorf("%q is a device", cn)
+		}
+		return nil
+	}
+	tc := newTestCluster(t, 1, brpc.NewMemoryPresence(), func(c *brpc.ClusterConfig) { c.IsReplica = isReplica })
+	sn := &seen{}
+	tc.connect(tc.nodes[0], "quic", "c0", "echo-c0", sn.options()...)
+	tc.waitPeers([]brpc.ClusterPeer{{ID: "c0", Replica: "r0"}})
+
+	other, err := certs.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := func(ca *certs.CA, issue func(*certs.CA) (tls.Certificate, error)) []tls.Certificate {
+		c, err := issue(ca)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []tls.Certificate{c}
+	}
+	cases := []struct {
+		name  string
+		certs []tls.Certificate
+		want  codes.Code
+	}{
+		{"no certificate", nil, codes.Unauthenticated},
+		{"a device's certificate", cert(tc.ca, func(ca *certs.CA) (tls.Certificate, error) { return ca.Client("device-1") }), codes.PermissionDenied},
+		{"a certificate of another CA", cert(other, func(ca *certs.CA) (tls.Certificate, error) { return ca.Replica("r9") }), codes.Unavailable},
+		{"a replica's certificate", cert(tc.ca, func(ca *certs.CA) (tls.Certificate, error) { return ca.Replica("r9") }), codes.OK},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			creds := credentials.NewTLS(&tls.Config{RootCAs: tc.ca.Pool, Certificates: c.certs})
+			cc, err := grpc.NewClient(tc.nodes[0].repAddr, grpc.WithTransportCredentials(creds))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cc.Close()
+			before := sn.calls.Load()
+			r, err := testpb.NewEchoClient(cc).Unary(to(testenv.Ctx(t), "c0"), &testpb.EchoRequest{Message: "m"})
+			testenv.WantCode(t, err, c.want, "a call to the replica endpoint with "+c.name)
+			reached := sn.calls.Load() - before
+			if c.want == codes.OK {
+				if r.GetMessage() != "echo-c0:m" || reached != 1 {
+					t.Fatalf("replica's call answered %q, client's handler ran %d times", r.GetMessage(), reached)
+				}
+			} else if reached != 0 {
+				t.Fatalf("a refused call ran the client's handler %d times", reached)
+			}
+		})
+	}
+}
+
+func TestClusterForwardedCallHeaders(t *testing.T) {
+	tc := newTestCluster(t, 2, brpc.NewMemoryPresence(), nil)
+	sn := &seen{}
+	tc.connect(tc.nodes[1], "tcp", "c1", "echo-c1", sn.options()...)
+	tc.waitPeers([]brpc.ClusterPeer{{ID: "c1", Replica: "r1"}})
+	stub, err := tc.nodes[0].srv.Client("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A plain call of the server's own: what its context carries reaches
+	// the client as on a local call; the target header it needed on the
+	// way does not, whatever the caller put there.
+	ctx := metadata.AppendToOutgoingContext(testenv.Ctx(t), "x-app", "v", "brpc-note", "n", brpc.GatewayTargetHeader, "c2")
+	ctx, cancel := context.WithTimeout(ctx, 7*time.Second)
+	defer cancel()
+	var hdr, tr metadata.MD
+	if _, err := stub.Unary(ctx, &testpb.EchoRequest{Message: "m"}, grpc.Header(&hdr), grpc.Trailer(&tr)); err != nil {
+		t.Fatal(err)
+	}
+	md, dl, hasDL := sn.last()
+	if got := md.Get("x-app"); len(got) != 1 || got[0] != "v" {
+		t.Errorf("client saw x-app %v, want [v]", got)
+	}
+	if got := md.Get("brpc-note"); len(got) != 1 || got[0] != "n" {
+		t.Errorf("client saw brpc-note %v, want the origin's [n]", got)
+	}
+	for k := range md {
+		if k == brpc.GatewayTargetHeader || strings.HasPrefix(k, "brpc-gateway") || strings.HasPrefix(k, "brpc-cluster") {
+			t.Errorf("a plain forwarded call reached the client with %s: %v", k, md[k])
+		}
+	}
+	if !hasDL || time.Until(dl) > 7*time.Second || time.Until(dl) < 5*time.Second {
+		t.Errorf("client's deadline %v (set: %v), want the caller's, about 7s away", time.Until(dl), hasDL)
+	}
+	// The echo service returns x-echo-* headers; nothing of the relay's
+	// own shows in the trailers the caller gets.
+	for k := range tr {
+		if strings.HasPrefix(k, "brpc-") {
+			t.Errorf("forwarded call's trailers hold %s", k)
+		}
+	}
+	// Through the gateway: the caller's own headers arrive, the target
+	// header is consumed.
+	if _, err := tc.nodes[0].gateway.Unary(to(testenv.Ctx(t), "c1", "x-echo-k", "v"), &testpb.EchoRequest{Message: "m"}, grpc.Header(&hdr)); err != nil {
+		t.Fatal(err)
+	}
+	md, _, _ = sn.last()
+	if got := md.Get("x-echo-k"); len(got) != 1 || got[0] != "v" || len(md.Get(brpc.GatewayTargetHeader)) != 0 {
+		t.Errorf("client saw x-echo-k %v and target %v through the gateway, want [v] and none", got, md.Get(brpc.GatewayTargetHeader))
+	}
+	if got := hdr.Get("x-echo-k"); len(got) != 1 || got[0] != "v" {
+		t.Errorf("gateway caller got response header x-echo-k %v, want [v]", got)
+	}
+}
+
+func TestClusterApplicationNotFoundIsNotRetried(t *testing.T) {
+	tc := newTestCluster(t, 2, brpc.NewMemoryPresence(), nil)
+	sn := &seen{}
+	tc.connect(tc.nodes[1], "quic", "c1", "echo-c1", sn.options()...)
+	tc.waitPeers([]brpc.ClusterPeer{{ID: "c1", Replica: "r1"}})
+	stub, err := tc.nodes[0].srv.Client("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{FailCode: int32(codes.NotFound)})
+	st := grpcstatus.Convert(err)
+	if st.Code() != codes.NotFound || st.Message() != "echo-c1: failing as asked" || len(st.Details()) != 1 {
+		t.Fatalf("client's own NotFound arrived as %v (details %v)", err, st.Details())
+	}
+	if n := sn.calls.Load(); n != 1 {
+		t.Fatalf("the client's handler ran %d times, want once", n)
+	}
+	if stale := tc.nodes[0].events.clusterEvents(brpc.ClusterStaleRoute); len(stale) != 0 {
+		t.Fatalf("an application NotFound was taken for a stale route: %v", stale)
+	}
+}
+
+func TestClusterDuplicateIDNewestWins(t *testing.T) {
+	tc := newTestCluster(t, 3, brpc.NewMemoryPresence(), nil)
+	r0, r1, r2 := tc.nodes[0], tc.nodes[1], tc.nodes[2]
+	tc.connect(r0, "quic", "dup", "old")
+	tc.waitPeers([]brpc.ClusterPeer{{ID: "dup", Replica: "r0"}})
+	tc.connect(r1, "tcp", "dup", "new")
+	r0.events.waitFor(t, "disconnected dup replaced")
+	tc.waitPeers([]brpc.ClusterPeer{{ID: "dup", Replica: "r1"}})
+	for _, n := range []*replicaNode{r0, r2, r1} {
+		stub, err := n.srv.Client("dup")
+		if err != nil {
+			t.Fatalf("%s: Client(dup): %v", n.name, err)
+		}
+		if r, err := stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "m"}); err != nil || r.GetMessage() != "new:m" {
+			t.Fatalf("%s: Client(dup) answered %q, %v; want the newer session", n.name, r.GetMessage(), err)
+		}
+	}
+	if got := r1.events.snapshot(); slices.Contains(got, "disconnected dup replaced") {
+		t.Fatalf("r1 closed the newer session too: %v", got)
+	}
+}
