@@ -513,3 +513,168 @@ func TestClusterDuplicateIDNewestWins(t *testing.T) {
 		t.Fatalf("r1 closed the newer session too: %v", got)
 	}
 }
+
+func TestClusterGracefulStopLeavesFirst(t *testing.T) {
+	var logs sync.Map // replica name -> *eventLog
+	presence := newCtlPresence(func(name string) {
+		if l, ok := logs.Load(name); ok {
+			l.(*eventLog).add("left presence")
+		}
+	})
+	tc := newTestCluster(t, 3, presence, nil)
+	for _, n := range tc.nodes {
+		logs.Store(n.name, n.events)
+	}
+	r0, r1, r2 := tc.nodes[0], tc.nodes[1], tc.nodes[2]
+	tc.connect(r0, "quic", "c0", "echo-c0")
+	tc.connect(r1, "tcp", "c1", "echo-c1")
+	tc.waitPeers([]brpc.ClusterPeer{{ID: "c0", Replica: "r0"}, {ID: "c1", Replica: "r1"}})
+	kept, err := r0.srv.Client("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Warm(t, kept)
+
+	r1.shutdown(t, true)
+	events := r1.events.snapshot()
+	left := slices.Index(events, "left presence")
+	gone := slices.Index(events, "disconnected c1 server_stopped")
+	if left < 0 || gone < 0 || left > gone {
+		t.Fatalf("r1's events %v: want it to leave the presence before its client is disconnected", events)
+	}
+	tc.waitPeers([]brpc.ClusterPeer{{ID: "c0", Replica: "r0"}}, r0, r2)
+	// Neither a new lookup nor the stub kept from before hangs.
+	for _, n := range []*replicaNode{r0, r2} {
+		start := time.Now()
+		if _, err := n.srv.Client("c1"); codeOf(err) != "NotFound" {
+			t.Errorf("%s: Client(c1) after r1 stopped: %v, want NotFound", n.name, err)
+		}
+		if d := time.Since(start); d > 100*time.Millisecond {
+			t.Errorf("%s: Client(c1) took %v", n.name, d)
+		}
+	}
+	start := time.Now()
+	_, err = kept.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "m"})
+	if c := codeOf(err); c != "NotFound" && c != "Unavailable" {
+		t.Errorf("the stub kept from before: %v, want NotFound or Unavailable", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("the stub kept from before took %v to fail", d)
+	}
+	// The client, once it dials another replica, is reachable from all,
+	// the stub kept from before included.
+	tc.connect(r2, "quic", "c1", "echo-c1-again")
+	tc.waitPeers([]brpc.ClusterPeer{{ID: "c0", Replica: "r0"}, {ID: "c1", Replica: "r2"}}, r0, r2)
+	for _, n := range []*replicaNode{r0, r2} {
+		stub, err := n.srv.Client("c1")
+		if err != nil {
+			t.Fatalf("%s: Client(c1): %v", n.name, err)
+		}
+		allKinds(t, stub, testenv.Ctx(t), "echo-c1-again", n.name+" Client(c1) on r2")
+	}
+	if r, err := kept.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "m"}); err != nil || r.GetMessage() != "echo-c1-again:m" {
+		t.Fatalf("the stub kept from before answered %q, %v; want the client on r2", r.GetMessage(), err)
+	}
+}
+
+func TestClusterStaleRouteRetried(t *testing.T) {
+	presence := newCtlPresence(nil)
+	tc := newTestCluster(t, 3, presence, nil)
+	r0, r1, r2 := tc.nodes[0], tc.nodes[1], tc.nodes[2]
+	mover := tc.connect(r1, "quic", "mover", "on-r1")
+	tc.waitPeers([]brpc.ClusterPeer{{ID: "mover", Replica: "r1"}})
+	stub, err := r0.srv.Client("mover")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Warm(t, stub)
+
+	// r0 hears nothing while the client moves from r1 to r2.
+	r0ctl := presence.member("r0")
+	r0ctl.hold()
+	mover.Close()
+	r1.events.waitFor(t, "disconnected mover client_closed")
+	moved := tc.connect(r2, "tcp", "mover", "on-r2")
+	tc.waitPeers([]brpc.ClusterPeer{{ID: "mover", Replica: "r2"}}, r1, r2)
+
+	done := make(chan error, 1)
+	var got *testpb.EchoResponse
+	go func() {
+		var err error
+		got, err = stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "m"})
+		done <- err
+	}()
+	r0.events.waitFor(t, "stale_route")
+	r0ctl.release()
+	if err := <-done; err != nil || got.GetMessage() != "on-r2:m" {
+		t.Fatalf("a call on a stale route answered %q, %v; want one retry that reaches r2", got.GetMessage(), err)
+	}
+	if n := len(r0.events.clusterEvents(brpc.ClusterStaleRoute)); n != 1 {
+		t.Fatalf("%d stale routes reported, want 1", n)
+	}
+
+	// When the cache does not catch up, the call ends with NotFound
+	// after a bounded wait, and so does a stream, at its first receive.
+	r0ctl.hold()
+	moved.Close()
+	r2.events.waitFor(t, "disconnected mover client_closed")
+	start := time.Now()
+	_, err = stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "m"})
+	testenv.WantCode(t, err, codes.NotFound, "a unary call whose cache does not catch up")
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("the unary call took %v to give up", d)
+	}
+	ss, err := stub.ServerStream(testenv.Ctx(t), &testpb.EchoRequest{Message: "m", Count: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ss.Recv()
+	testenv.WantCode(t, err, codes.NotFound, "a stream on a stale route")
+	for k := range ss.Trailer() {
+		if strings.HasPrefix(k, "brpc-") {
+			t.Errorf("the stale stream's trailers hold the relay's %s", k)
+		}
+	}
+	r0ctl.release()
+	tc.waitPeers(nil, r0)
+	_, err = r0.srv.Client("mover")
+	testenv.WantCode(t, err, codes.NotFound, "Client(mover) once the cache caught up")
+}
+
+func TestClusterPresenceDown(t *testing.T) {
+	presence := newCtlPresence(nil)
+	tc := newTestCluster(t, 2, presence, nil)
+	r0, r1 := tc.nodes[0], tc.nodes[1]
+	tc.connect(r0, "tcp", "c0", "echo-c0")
+	tc.connect(r1, "quic", "c1", "echo-c1")
+	tc.waitPeers([]brpc.ClusterPeer{{ID: "c0", Replica: "r0"}, {ID: "c1", Replica: "r1"}})
+	kept, err := r0.srv.Client("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	presence.member("r0").cut(errors.New("etcd unreachable"))
+	r0.events.waitFor(t, "presence_down")
+	ctx := testenv.Ctx(t)
+	local, err := r0.srv.Client("c0")
+	if err != nil {
+		t.Fatalf("r0: Client(c0), its own client, while the presence is down: %v", err)
+	}
+	allKinds(t, local, ctx, "echo-c0", "r0's own client while the presence is down")
+	_, err = r0.srv.Client("c1")
+	testenv.WantCode(t, err, codes.Unavailable, "r0: Client(c1) while the presence is down")
+	_, err = kept.Unary(ctx, &testpb.EchoRequest{Message: "m"})
+	testenv.WantCode(t, err, codes.Unavailable, "r0: the stub for c1 kept from before, while the presence is down")
+	_, err = r0.gateway.Unary(to(ctx, "c1"), &testpb.EchoRequest{Message: "m"})
+	testenv.WantCode(t, err, codes.Unavailable, "r0's gateway to c1 while the presence is down")
+	// r1's presence is up: it reaches r0's client through r0's endpoint.
+	stub, err := r1.srv.Client("c0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	allKinds(t, stub, ctx, "echo-c0", "r1 to c0 while r0's presence is down")
+
+	presence.member("r0").restore()
+	r0.events.waitFor(t, "presence_up")
+	allKinds(t, kept, ctx, "echo-c1", "r0's stub for c1 once the presence is back")
+}
