@@ -64,6 +64,7 @@ type Cluster struct {
 	replicas map[string]Replica
 	remotes  map[string]*remote // by replica name
 	claims   map[string]*claim  // this replica's clients
+	retired  map[*remote]bool   // retired connections with calls in flight
 	changed  chan struct{}      // closed and replaced at every change of records
 	wg       sync.WaitGroup     // replaced sessions being closed, retired connections
 }
@@ -422,8 +423,15 @@ func (c *Cluster) Close(graceful bool) {
 	for name := range c.remotes {
 		c.retireLocked(name)
 	}
+	// Retired connections that still count calls (streams nobody ended)
+	// close now: the server is gone, and so must their goroutines be.
+	retired := c.retired
+	c.retired = nil
 	c.notifyLocked()
 	c.mu.Unlock()
+	for rm := range retired {
+		rm.cc.Close()
+	}
 	c.cancel()
 	c.wg.Wait()
 }

@@ -41,7 +41,10 @@ func (rm *remote) acquire() error {
 func (c *Cluster) release(rm *remote) {
 	c.mu.Lock()
 	rm.inflight--
-	closeNow := rm.retired && rm.inflight == 0
+	closeNow := rm.retired && rm.inflight == 0 && c.retired[rm]
+	if closeNow {
+		delete(c.retired, rm)
+	}
 	c.mu.Unlock()
 	if closeNow {
 		rm.cc.Close()
@@ -57,7 +60,12 @@ func (c *Cluster) retireLocked(name string) {
 	}
 	delete(c.remotes, name)
 	rm.retired = true
-	if rm.inflight == 0 {
+	if rm.inflight > 0 {
+		if c.retired == nil {
+			c.retired = make(map[*remote]bool)
+		}
+		c.retired[rm] = true
+	} else {
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
