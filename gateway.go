@@ -40,20 +40,27 @@ type GatewayAuthorizer func(ctx context.Context, clientID, fullMethod string) er
 // Request headers other than the application's own (pseudo-headers, content-type,
 // user-agent, grpc-timeout and the like, and those starting with "brpc-") are not
 // relayed; the caller's deadline travels as the relayed call's.
+//
+// On a replica of a cluster (WithCluster), the gateway reaches the clients of
+// every replica: a call for a client on another replica is authorized here and
+// forwarded to that replica, as Client(id)'s calls are.
 func (s *Server[C]) Gateway(authorize GatewayAuthorizer) grpc.StreamHandler {
 	return gateway.Handler(gateway.Config{
 		TargetHeader:   GatewayTargetHeader,
 		ReservedPrefix: gatewayReservedPrefix,
 		Authorize:      authorize,
 		Resolve: func(id string) (grpc.ClientConnInterface, error) {
-			ss, err := s.core.Client(id)
-			if err == nil {
-				return ss.Conn(), nil
-			}
 			if s.cluster != nil {
+				if ss, ok := s.core.Lookup(id); ok {
+					return ss.Conn(), nil
+				}
 				return s.cluster.Conn(id)
 			}
-			return nil, err
+			ss, err := s.core.Client(id)
+			if err != nil {
+				return nil, err
+			}
+			return ss.Conn(), nil
 		},
 	})
 }

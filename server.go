@@ -127,19 +127,23 @@ func (s *Server[C]) ClientFromContext(ctx context.Context) (C, error) {
 // forwarded to a replica that no longer holds the client fails with
 // codes.NotFound on its first receive.
 func (s *Server[C]) Client(id string) (C, error) {
-	ss, err := s.core.Client(id)
-	if err == nil {
-		return stubOf[C](ss), nil
-	}
 	if s.cluster != nil {
-		cc, cerr := s.cluster.Conn(id)
-		if cerr == nil {
-			return s.newClient(cc), nil
+		if ss, ok := s.core.Lookup(id); ok {
+			return stubOf[C](ss), nil
 		}
-		err = cerr
+		cc, err := s.cluster.Conn(id)
+		if err != nil {
+			var zero C
+			return zero, err
+		}
+		return s.newClient(cc), nil
 	}
-	var zero C
-	return zero, err
+	ss, err := s.core.Client(id)
+	if err != nil {
+		var zero C
+		return zero, err
+	}
+	return stubOf[C](ss), nil
 }
 
 // stubOf is the stub newClient built for ss. The core keeps it untyped; a
@@ -175,8 +179,8 @@ func (s *Server[C]) Peers() []Peer {
 // *grpc.Server's GracefulStop until its session dies (its keepalive
 // timeout, at the latest). Call Stop to cut that short.
 //
-// A replica of a cluster leaves the presence first (waiting at most
-// clusterLeaveTimeout), so the other replicas route no new calls here and
+// A replica of a cluster (WithCluster) leaves the presence first (waiting
+// at most 5 s), so the other replicas route no new calls here and
 // the clients can reconnect to another replica at once; calls already
 // forwarded here are drained with the rest, then the replica endpoint
 // stops.
@@ -193,8 +197,9 @@ func (s *Server[C]) GracefulStop() {
 // Stop closes everything now: listeners, sessions and the *grpc.Server given
 // to NewServer. Calls in flight in either direction end with
 // codes.Unavailable.
-// A replica of a cluster leaves the presence first, waiting at most
-// clusterStopLeaveTimeout, then stops its replica endpoint too.
+//
+// A replica of a cluster (WithCluster) leaves the presence first, waiting
+// at most 1 s, and stops its replica endpoint too.
 func (s *Server[C]) Stop() {
 	if s.cluster != nil {
 		s.cluster.Leave(clusterStopLeaveTimeout)

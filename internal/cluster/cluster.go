@@ -273,7 +273,7 @@ func (c *Cluster) notifyLocked() {
 // errors are gRPC statuses: NotFound when no replica holds id, Unavailable
 // when the presence is down or the replica is stopped.
 func (c *Cluster) route(id string) (cc grpc.ClientConnInterface, rm *remote, rec ClientRecord, err error) {
-	if ss, err := c.core.Client(id); err == nil {
+	if ss, ok := c.core.Lookup(id); ok {
 		return ss.Conn(), nil, ClientRecord{}, nil
 	}
 	c.mu.Lock()

@@ -37,10 +37,10 @@ func (c *Cluster) relay(srv any, ss grpc.ServerStream) error {
 		TargetHeader: c.conf.TargetHeader,
 		Authorize:    func(context.Context, string, string) error { return nil },
 		Resolve: func(id string) (grpc.ClientConnInterface, error) {
-			s, err := c.core.Client(id)
-			if err != nil {
+			s, ok := c.core.Lookup(id)
+			if !ok {
 				missing = true
-				return nil, err
+				return nil, notFound(id)
 			}
 			return s.Conn(), nil
 		},

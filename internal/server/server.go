@@ -239,6 +239,11 @@ func (s *Server) Client(id string) (*Session, error) {
 	return ss, nil
 }
 
+// Lookup returns the session of the connected client with this ID, if
+// any: Client without the error, for paths that look further when the
+// client is not here.
+func (s *Server) Lookup(id string) (*Session, bool) { return s.peers.Get(id) }
+
 // Peers lists the clients connected right now, ordered by ID.
 func (s *Server) Peers() []grpcglue.Peer {
 	list := s.peers.List()
