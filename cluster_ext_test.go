@@ -678,3 +678,79 @@ func TestClusterPresenceDown(t *testing.T) {
 	r0.events.waitFor(t, "presence_up")
 	allKinds(t, kept, ctx, "echo-c1", "r0's stub for c1 once the presence is back")
 }
+
+func TestClusterReconnectToSameReplicaKeepsRecord(t *testing.T) {
+	tc := newTestCluster(t, 2, brpc.NewMemoryPresence(), nil)
+	r0, r1 := tc.nodes[0], tc.nodes[1]
+	tc.connect(r0, "quic", "x", "first")
+	tc.waitPeers([]brpc.ClusterPeer{{ID: "x", Replica: "r0"}})
+	tc.connect(r0, "tcp", "x", "second")
+	r0.events.waitFor(t, "disconnected x replaced")
+	// The replaced session released nothing: the newer one's record stays,
+	// and r1 reaches it.
+	if n := len(r0.events.clusterEvents(brpc.ClusterRelease)); n != 0 {
+		t.Fatalf("r0 released %d records when x replaced itself, want none", n)
+	}
+	stub, err := r1.srv.Client("x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "m"}); err != nil || r.GetMessage() != "second:m" {
+		t.Fatalf("r1 reached %q, %v; want the newer session", r.GetMessage(), err)
+	}
+	tc.waitPeers([]brpc.ClusterPeer{{ID: "x", Replica: "r0"}})
+}
+
+func TestClusterConfigErrors(t *testing.T) {
+	ca, err := certs.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := brpc.ClusterConfig{Replica: "r", Presence: brpc.NewMemoryPresence(), Advertise: "127.0.0.1:1", TLS: replicaTLS(t, ca, "r")}
+	cases := map[string]func(*brpc.ClusterConfig){
+		"no name":              func(c *brpc.ClusterConfig) { c.Replica = "" },
+		"no presence":          func(c *brpc.ClusterConfig) { c.Presence = nil },
+		"no advertise address": func(c *brpc.ClusterConfig) { c.Advertise = "" },
+		"a bad address":        func(c *brpc.ClusterConfig) { c.Advertise = "nowhere" },
+		"no TLS":               func(c *brpc.ClusterConfig) { c.TLS = nil },
+		"no certificate":       func(c *brpc.ClusterConfig) { c.TLS = &tls.Config{RootCAs: ca.Pool} },
+		"no CA":                func(c *brpc.ClusterConfig) { c.TLS = &tls.Config{Certificates: c.TLS.Certificates} },
+	}
+	stls, err := ca.ServerTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, mutate := range cases {
+		t.Run(name, func(t *testing.T) {
+			conf := good
+			mutate(&conf)
+			srv := brpc.NewServer(grpc.NewServer(), testpb.NewEchoClient, brpc.WithCluster(conf))
+			defer srv.Stop()
+			lis, err := brpc.ListenTCP("127.0.0.1:0", stls)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := srv.Serve(lis); err == nil || err == brpc.ErrServerStopped {
+				t.Fatalf("Serve with %s: %v, want the configuration's error", name, err)
+			}
+			rl, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := srv.ServeReplicas(rl); err == nil {
+				t.Fatalf("ServeReplicas with %s: nil error", name)
+			}
+		})
+	}
+	t.Run("no cluster", func(t *testing.T) {
+		srv := brpc.NewServer(grpc.NewServer(), testpb.NewEchoClient)
+		defer srv.Stop()
+		rl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.ServeReplicas(rl); err == nil {
+			t.Fatal("ServeReplicas without WithCluster: nil error")
+		}
+	})
+}
