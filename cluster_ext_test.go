@@ -95,6 +95,19 @@ func (l *eventLog) clusterEvents(kind brpc.ClusterEventKind) []brpc.ClusterEvent
 	return out
 }
 
+// waitCount waits until n cluster events of kind were logged.
+func (l *eventLog) waitCount(t *testing.T, kind brpc.ClusterEventKind, n int) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for len(l.clusterEvents(kind)) < n {
+		select {
+		case <-l.wake:
+		case <-deadline:
+			t.Fatalf("%d %v events within 10s, want %d", len(l.clusterEvents(kind)), kind, n)
+		}
+	}
+}
+
 // waitFor waits until an event s was logged.
 func (l *eventLog) waitFor(t *testing.T, s string) {
 	t.Helper()
@@ -597,20 +610,40 @@ func TestClusterStaleRouteRetried(t *testing.T) {
 	moved := tc.connect(r2, "tcp", "mover", "on-r2")
 	tc.waitPeers([]brpc.ClusterPeer{{ID: "mover", Replica: "r2"}}, r1, r2)
 
-	done := make(chan error, 1)
-	var got *testpb.EchoResponse
+	// A unary and a server-streaming call (which keeps its one request)
+	// are each made once more when the cache catches up.
+	unary := make(chan string, 1)
 	go func() {
-		var err error
-		got, err = stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "m"})
-		done <- err
+		r, err := stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "m"})
+		unary <- fmt.Sprint(r.GetMessage(), " ", err)
 	}()
-	r0.events.waitFor(t, "stale_route")
+	streamed := make(chan string, 1)
+	go func() {
+		ss, err := stub.ServerStream(testenv.Ctx(t), &testpb.EchoRequest{Message: "m", Count: 2})
+		if err != nil {
+			streamed <- err.Error()
+			return
+		}
+		var got []string
+		for {
+			r, err := ss.Recv()
+			if err != nil {
+				streamed <- fmt.Sprint(got, " ", err)
+				return
+			}
+			got = append(got, r.GetMessage())
+		}
+	}()
+	r0.events.waitCount(t, brpc.ClusterStaleRoute, 2)
 	r0ctl.release()
-	if err := <-done; err != nil || got.GetMessage() != "on-r2:m" {
-		t.Fatalf("a call on a stale route answered %q, %v; want one retry that reaches r2", got.GetMessage(), err)
+	if got := <-unary; got != "on-r2:m <nil>" {
+		t.Fatalf("a unary call on a stale route answered %q; want one retry that reaches r2", got)
 	}
-	if n := len(r0.events.clusterEvents(brpc.ClusterStaleRoute)); n != 1 {
-		t.Fatalf("%d stale routes reported, want 1", n)
+	if got := <-streamed; got != "[on-r2:m on-r2:m] EOF" {
+		t.Fatalf("a server-streaming call on a stale route got %q; want one retry that reaches r2", got)
+	}
+	if n := len(r0.events.clusterEvents(brpc.ClusterStaleRoute)); n != 2 {
+		t.Fatalf("%d stale routes reported, want 2", n)
 	}
 
 	// When the cache does not catch up, the call ends with NotFound
@@ -629,8 +662,20 @@ func TestClusterStaleRouteRetried(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = ss.Recv()
-	testenv.WantCode(t, err, codes.NotFound, "a stream on a stale route")
-	for k := range ss.Trailer() {
+	testenv.WantCode(t, err, codes.NotFound, "a server stream whose cache does not catch up")
+	// A bidirectional stream is not made again: NotFound at once.
+	start = time.Now()
+	bs, err := stub.BidiStream(testenv.Ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs.Send(&testpb.EchoRequest{Message: "m"})
+	_, err = bs.Recv()
+	testenv.WantCode(t, err, codes.NotFound, "a bidi stream on a stale route")
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Errorf("the bidi stream took %v to fail; it should not wait for the cache", d)
+	}
+	for k := range bs.Trailer() {
 		if strings.HasPrefix(k, "brpc-") {
 			t.Errorf("the stale stream's trailers hold the relay's %s", k)
 		}

@@ -50,16 +50,15 @@ func (f *forwardConn) Invoke(ctx context.Context, method string, args, reply any
 		var tr metadata.MD
 		err = cc.Invoke(f.c.outgoing(ctx, f.id), method, args, reply, append(opts, grpc.Trailer(&tr))...)
 		f.c.release(rm)
+		f.c.observeForwarded(rm.name, method, status.Code(err))
 		if !notHere(tr) {
 			for _, t := range userTrailers {
 				*t.TrailerAddr = tr
 			}
-			f.c.observeForwarded(rm.name, method, status.Code(err))
 			return err
 		}
 		f.c.observe(Event{Kind: EventStale, Replica: rm.name, Method: method})
 		if attempt > 0 || !f.c.awaitChange(ctx, f.id, rec) {
-			f.c.observeForwarded(rm.name, method, codes.NotFound)
 			return notFound(f.id)
 		}
 	}
@@ -84,17 +83,32 @@ func takeTrailers(opts []grpc.CallOption) ([]grpc.TrailerCallOption, []grpc.Call
 	return trailers, rest
 }
 
-// NewStream opens a stream wherever the client is. Streams are not made
-// again when the replica says the client is gone: the caller may have
-// sent messages already. The stream then fails, on its first receive,
-// with codes.NotFound.
+// NewStream opens a stream wherever the client is. When the replica says
+// the client is gone, a server-streaming call (one request, which it
+// keeps) is made once more as a unary call is; other streams are not (the
+// caller may have sent any number of messages) and fail, at their first
+// receive, with codes.NotFound.
 func (f *forwardConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-	cc, rm, _, err := f.c.route(f.id)
+	cs, rec, err := f.open(ctx, desc, method, opts)
 	if err != nil {
 		return nil, err
 	}
+	if _, remote := cs.(*forwardStream); !remote || desc.ClientStreams || !desc.ServerStreams {
+		return cs, nil
+	}
+	return &resendStream{f: f, ctx: ctx, desc: desc, method: method, opts: opts, cur: cs, rec: rec}, nil
+}
+
+// open opens one attempt of a stream: on a local session's connection, or
+// forwarded to the replica the cache names (a *forwardStream).
+func (f *forwardConn) open(ctx context.Context, desc *grpc.StreamDesc, method string, opts []grpc.CallOption) (grpc.ClientStream, ClientRecord, error) {
+	cc, rm, rec, err := f.c.route(f.id)
+	if err != nil {
+		return nil, rec, err
+	}
 	if rm == nil {
-		return cc.NewStream(ctx, desc, method, opts...)
+		cs, err := cc.NewStream(ctx, desc, method, opts...)
+		return cs, rec, err
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	cs, err := cc.NewStream(f.c.outgoing(sctx, f.id), desc, method, opts...)
@@ -102,7 +116,7 @@ func (f *forwardConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, meth
 		cancel()
 		f.c.release(rm)
 		f.c.observeForwarded(rm.name, method, status.Code(err))
-		return nil, err
+		return nil, rec, err
 	}
 	s := &forwardStream{ClientStream: cs, c: f.c, id: f.id, desc: desc, cancel: cancel}
 	// The stream is over when it ends or its context does; either way
@@ -113,9 +127,112 @@ func (f *forwardConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, meth
 		if r, ok := s.result(); ok {
 			code = r
 		}
+		if s.isStale() {
+			f.c.observe(Event{Kind: EventStale, Replica: rm.name, Method: method})
+		}
 		f.c.observeForwarded(rm.name, method, code)
 	})
-	return s, nil
+	return s, rec, nil
+}
+
+// resendStream is a server-streaming call forwarded to another replica:
+// it keeps its one request, so that when the replica says the client is
+// gone before anything was received, the call can be made once more
+// where the cache then says the client is.
+type resendStream struct {
+	f      *forwardConn
+	ctx    context.Context
+	desc   *grpc.StreamDesc
+	method string
+	opts   []grpc.CallOption
+
+	mu       sync.Mutex
+	cur      grpc.ClientStream
+	rec      ClientRecord
+	req      any
+	closed   bool // CloseSend was called
+	received bool
+	retried  bool
+}
+
+func (s *resendStream) current() grpc.ClientStream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur
+}
+
+func (s *resendStream) SendMsg(m any) error {
+	s.mu.Lock()
+	s.req = m
+	cur := s.cur
+	s.mu.Unlock()
+	return cur.SendMsg(m)
+}
+
+func (s *resendStream) CloseSend() error {
+	s.mu.Lock()
+	s.closed = true
+	cur := s.cur
+	s.mu.Unlock()
+	return cur.CloseSend()
+}
+
+func (s *resendStream) Header() (metadata.MD, error) {
+	for {
+		cur := s.current()
+		md, err := cur.Header()
+		if err == nil || !s.again(cur) {
+			return md, err
+		}
+	}
+}
+
+func (s *resendStream) RecvMsg(m any) error {
+	for {
+		cur := s.current()
+		err := cur.RecvMsg(m)
+		if err == nil {
+			s.mu.Lock()
+			s.received = true
+			s.mu.Unlock()
+			return nil
+		}
+		if !s.again(cur) {
+			return err
+		}
+	}
+}
+
+func (s *resendStream) Trailer() metadata.MD     { return s.current().Trailer() }
+func (s *resendStream) Context() context.Context { return s.current().Context() }
+
+// again reports whether the call goes on on a new attempt after cur
+// failed: cur was told the client is not there, nothing was received, and
+// the cache has changed since (waiting for that as a unary call does).
+func (s *resendStream) again(cur grpc.ClientStream) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur != cur {
+		return true // another receive made the new attempt already
+	}
+	fs, ok := cur.(*forwardStream)
+	if !ok || !fs.isStale() || s.retried || s.received {
+		return false
+	}
+	s.retried = true
+	if !s.f.c.awaitChange(s.ctx, s.f.id, s.rec) {
+		return false
+	}
+	next, rec, err := s.f.open(s.ctx, s.desc, s.method, s.opts)
+	if err != nil {
+		return false
+	}
+	// A failure to send shows on the new attempt's receive.
+	if s.req != nil && next.SendMsg(s.req) == nil && s.closed {
+		next.CloseSend()
+	}
+	s.cur, s.rec = next, rec
+	return true
 }
 
 // forwardStream is a stream forwarded to another replica.
@@ -129,6 +246,25 @@ type forwardStream struct {
 	mu    sync.Mutex
 	code  codes.Code
 	ended bool
+	stale bool // the replica said the client is not there
+}
+
+func (s *forwardStream) isStale() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stale
+}
+
+// checkStale turns the replica's not-here answer into the NotFound a local
+// lookup gives, and remembers it.
+func (s *forwardStream) checkStale(err error) error {
+	if !notHere(s.ClientStream.Trailer()) {
+		return err
+	}
+	s.mu.Lock()
+	s.stale = true
+	s.mu.Unlock()
+	return notFound(s.id)
 }
 
 func (s *forwardStream) result() (codes.Code, bool) {
@@ -156,10 +292,7 @@ func (s *forwardStream) end(err error) {
 func (s *forwardStream) RecvMsg(m any) error {
 	err := s.ClientStream.RecvMsg(m)
 	if err != nil {
-		if notHere(s.ClientStream.Trailer()) {
-			s.c.observe(Event{Kind: EventStale})
-			err = notFound(s.id)
-		}
+		err = s.checkStale(err)
 		s.end(err)
 		return err
 	}
@@ -173,8 +306,8 @@ func (s *forwardStream) RecvMsg(m any) error {
 // Header waits for the client's response headers.
 func (s *forwardStream) Header() (metadata.MD, error) {
 	md, err := s.ClientStream.Header()
-	if err != nil && notHere(s.ClientStream.Trailer()) {
-		return nil, notFound(s.id)
+	if err != nil {
+		return nil, s.checkStale(err)
 	}
 	return md, err
 }
