@@ -799,3 +799,55 @@ func TestClusterConfigErrors(t *testing.T) {
 		}
 	})
 }
+
+// blockingPresence never answers Join until its context ends.
+type blockingPresence struct{ entered chan struct{} }
+
+func (p blockingPresence) Join(ctx context.Context, _ brpc.Replica, _ func(brpc.PresenceUpdate)) (brpc.Membership, error) {
+	close(p.entered)
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+func TestClusterStopWhileJoining(t *testing.T) {
+	for _, graceful := range []bool{false, true} {
+		t.Run(fmt.Sprintf("graceful=%v", graceful), func(t *testing.T) {
+			ca, err := certs.NewCA()
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := blockingPresence{entered: make(chan struct{})}
+			srv := brpc.NewServer(grpc.NewServer(), testpb.NewEchoClient, brpc.WithCluster(brpc.ClusterConfig{
+				Replica: "r", Presence: p, Advertise: "127.0.0.1:1", TLS: replicaTLS(t, ca, "r"),
+			}))
+			stls, err := ca.ServerTLS()
+			if err != nil {
+				t.Fatal(err)
+			}
+			lis, err := brpc.ListenQUIC("127.0.0.1:0", stls)
+			if err != nil {
+				t.Fatal(err)
+			}
+			served := make(chan error, 1)
+			go func() { served <- srv.Serve(lis) }()
+			<-p.entered
+			stopped := make(chan struct{})
+			go func() {
+				if graceful {
+					srv.GracefulStop()
+				} else {
+					srv.Stop()
+				}
+				close(stopped)
+			}()
+			select {
+			case <-stopped:
+			case <-time.After(5 * time.Second):
+				t.Fatal("stopping waited for a Join that does not end")
+			}
+			if err := <-served; err != brpc.ErrServerStopped {
+				t.Fatalf("Serve, stopped while joining: %v, want ErrServerStopped", err)
+			}
+		})
+	}
+}

@@ -53,10 +53,10 @@ type Cluster struct {
 	life   context.Context // the membership's; ends at Close
 	cancel context.CancelFunc
 
-	joinMu sync.Mutex
-	member Membership // nil until joined
+	joinMu sync.Mutex // one Join at a time
 
 	mu       sync.Mutex
+	member   Membership // nil until joined
 	down     error
 	leaving  bool // no more claims: Leave has begun
 	closed   bool
@@ -123,32 +123,45 @@ func New(core *server.Server, conf Config) (*Cluster, error) {
 }
 
 // Join makes this replica a member of the cluster, once; later calls
-// return at once. The membership lives until Close.
+// return at once. The membership lives until Close. A Join still waiting
+// for the presence when the server stops returns server.ErrStopped.
 func (c *Cluster) Join() error {
 	c.joinMu.Lock()
 	defer c.joinMu.Unlock()
-	if c.member != nil {
+	c.mu.Lock()
+	joined, stopped := c.member != nil, c.closed || c.leaving
+	c.mu.Unlock()
+	if joined {
 		return nil
 	}
-	c.mu.Lock()
-	closed := c.closed || c.leaving
-	c.mu.Unlock()
-	if closed {
+	if stopped {
 		return server.ErrStopped
 	}
 	m, err := c.conf.Join(c.life, c.conf.Self, c.apply)
-	if err != nil {
-		c.observe(Event{Kind: EventPresenceError, Err: err})
-		return fmt.Errorf("brpc: joining the cluster as %q: %w", c.conf.Self.Name, err)
-	}
 	c.mu.Lock()
-	c.member = m
-	// Sessions welcomed before the membership existed are claimed now.
-	for id := range c.claims {
-		m.Claim(id)
-		c.observe(Event{Kind: EventClaim})
+	stopped = c.closed || c.leaving
+	if err == nil && !stopped {
+		c.member = m
+		// Sessions welcomed before the membership existed are claimed now.
+		for id := range c.claims {
+			m.Claim(id)
+			c.observe(Event{Kind: EventClaim})
+		}
 	}
 	c.mu.Unlock()
+	switch {
+	case err != nil && stopped:
+		return server.ErrStopped
+	case err != nil:
+		c.observe(Event{Kind: EventPresenceError, Err: err})
+		return fmt.Errorf("brpc: joining the cluster as %q: %w", c.conf.Self.Name, err)
+	case stopped:
+		// Stopping began while Join waited: leave at once.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		m.Leave(ctx)
+		return server.ErrStopped
+	}
 	return nil
 }
 
@@ -392,10 +405,8 @@ func (c *Cluster) Peers() []Peer {
 func (c *Cluster) Leave(d time.Duration) {
 	c.mu.Lock()
 	c.leaving = true
-	c.mu.Unlock()
-	c.joinMu.Lock()
 	m := c.member
-	c.joinMu.Unlock()
+	c.mu.Unlock()
 	if m == nil {
 		return
 	}
