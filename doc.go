@@ -38,6 +38,17 @@
 // credentials serves the same calls, with a nil AuthInfo; PeerFromContext
 // works either way.
 //
+// # Clusters
+//
+// Several servers can share one fleet as replicas of a cluster
+// (WithCluster): each client holds a session with one replica, a shared
+// Presence records which replica holds which client (NewMemoryPresence in
+// one process; github.com/brpc-go/brpc/brpcetcd across processes), and
+// Client(id) and Gateway on any replica reach the clients of all of them,
+// forwarding calls over mutual TLS to the replica endpoint that
+// ServeReplicas serves. ClusterPeers lists every replica's clients;
+// docs/cluster.md describes the topology and its failures.
+//
 // # Errors
 //
 // Errors at the public boundary are gRPC status errors: codes.Unavailable for
