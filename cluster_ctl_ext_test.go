@@ -14,6 +14,9 @@ import (
 type ctlPresence struct {
 	inner   brpc.Presence
 	onLeave func(replica string)
+	// crashed replicas' Leave does nothing: their records stay, as those
+	// of a replica killed before its lease expires.
+	crashed map[string]bool
 
 	mu      sync.Mutex
 	members map[string]*ctlMember
@@ -32,6 +35,9 @@ func (p *ctlPresence) Join(ctx context.Context, self brpc.Replica, updates func(
 	if err != nil {
 		return nil, err
 	}
+	m.mu.Lock()
+	m.membership = mb
+	m.mu.Unlock()
 	return ctlMembership{Membership: mb, name: self.Name, p: p}, nil
 }
 
@@ -47,7 +53,36 @@ type ctlMembership struct {
 	p    *ctlPresence
 }
 
+// crash makes the replica's Leave do nothing; the records are removed
+// when the test ends.
+func (p *ctlPresence) crash(t interface{ Cleanup(func()) }, name string) {
+	p.mu.Lock()
+	if p.crashed == nil {
+		p.crashed = map[string]bool{}
+	}
+	p.crashed[name] = true
+	p.mu.Unlock()
+	t.Cleanup(func() {
+		m := p.member(name)
+		if m == nil {
+			return
+		}
+		m.mu.Lock()
+		mb := m.membership
+		m.mu.Unlock()
+		if mb != nil {
+			mb.Leave(context.Background())
+		}
+	})
+}
+
 func (m ctlMembership) Leave(ctx context.Context) error {
+	m.p.mu.Lock()
+	crashed := m.p.crashed[m.name]
+	m.p.mu.Unlock()
+	if crashed {
+		return nil
+	}
 	err := m.Membership.Leave(ctx)
 	if m.p.onLeave != nil {
 		m.p.onLeave(m.name)
@@ -58,13 +93,14 @@ func (m ctlMembership) Leave(ctx context.Context) error {
 // ctlMember stands between the presence and one replica's callback; its
 // mutex also keeps the callback's calls one at a time.
 type ctlMember struct {
-	mu       sync.Mutex
-	fn       func(brpc.PresenceUpdate)
-	held     []brpc.PresenceUpdate
-	holding  bool
-	down     bool
-	clients  map[string]brpc.ClientRecord
-	replicas map[string]brpc.Replica
+	membership brpc.Membership // the inner presence's
+	mu         sync.Mutex
+	fn         func(brpc.PresenceUpdate)
+	held       []brpc.PresenceUpdate
+	holding    bool
+	down       bool
+	clients    map[string]brpc.ClientRecord
+	replicas   map[string]brpc.Replica
 }
 
 func (m *ctlMember) update(u brpc.PresenceUpdate) {

@@ -851,3 +851,33 @@ func TestClusterStopWhileJoining(t *testing.T) {
 		})
 	}
 }
+
+func TestClusterReplicaGoneWithoutLeaving(t *testing.T) {
+	presence := newCtlPresence(nil)
+	tc := newTestCluster(t, 2, presence, nil)
+	r0, r1 := tc.nodes[0], tc.nodes[1]
+	tc.connect(r1, "quic", "c1", "echo-c1")
+	tc.waitPeers([]brpc.ClusterPeer{{ID: "c1", Replica: "r1"}})
+	stub, err := r0.srv.Client("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Warm(t, stub)
+	// r1 stops without its records leaving the presence, as a killed
+	// replica's stay until its lease expires.
+	presence.crash(t, "r1")
+	r1.shutdown(t, false)
+	if got := r0.srv.ClusterPeers(); !slices.Equal(got, []brpc.ClusterPeer{{ID: "c1", Replica: "r1"}}) {
+		t.Fatalf("r0's ClusterPeers %v, want c1 still on r1", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = stub.Unary(ctx, &testpb.EchoRequest{Message: "m"})
+	testenv.WantCode(t, err, codes.Unavailable, "a call forwarded to a replica that is gone")
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("the call took %v to fail", d)
+	}
+	_, err = r0.gateway.Unary(to(ctx, "c1"), &testpb.EchoRequest{Message: "m"})
+	testenv.WantCode(t, err, codes.Unavailable, "a gateway call for a client of a replica that is gone")
+}
