@@ -1,6 +1,7 @@
 package brpc_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -224,10 +225,18 @@ func (n *replicaNode) shutdown(t *testing.T, graceful bool) {
 // connect dials a client named id to node over transport; its echo
 // service answers as echoName.
 func (tc *testCluster) connect(node *replicaNode, transport, id, echoName string, grpcOpts ...grpc.ServerOption) *brpc.ClientConn {
+	tc.t.Helper()
+	cc, _ := tc.connectEcho(node, transport, id, echoName, grpcOpts...)
+	return cc
+}
+
+// connectEcho is connect, returning the client's echo service too.
+func (tc *testCluster) connectEcho(node *replicaNode, transport, id, echoName string, grpcOpts ...grpc.ServerOption) (*brpc.ClientConn, *testenv.Echo) {
 	t := tc.t
 	t.Helper()
 	gs := grpc.NewServer(grpcOpts...)
-	testpb.RegisterEchoServer(gs, &testenv.Echo{Name: echoName})
+	echo := &testenv.Echo{Name: echoName}
+	testpb.RegisterEchoServer(gs, echo)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cc, err := brpc.Dial(ctx, node.targets[transport], brpc.WithTLSConfig(tc.ca.ClientTLS()), brpc.WithServer(gs),
@@ -240,7 +249,7 @@ func (tc *testCluster) connect(node *replicaNode, transport, id, echoName string
 		cc.Close()
 		gs.Stop()
 	})
-	return cc
+	return cc, echo
 }
 
 // waitPeers waits until every node's ClusterPeers is want.
@@ -880,4 +889,31 @@ func TestClusterReplicaGoneWithoutLeaving(t *testing.T) {
 	}
 	_, err = r0.gateway.Unary(to(ctx, "c1"), &testpb.EchoRequest{Message: "m"})
 	testenv.WantCode(t, err, codes.Unavailable, "a gateway call for a client of a replica that is gone")
+}
+
+func TestClusterForwardedCancelAndLargeMessages(t *testing.T) {
+	tc := newTestCluster(t, 2, brpc.NewMemoryPresence(), nil)
+	_, echo := tc.connectEcho(tc.nodes[1], "tcp", "c1", "echo-c1")
+	tc.waitPeers([]brpc.ClusterPeer{{ID: "c1", Replica: "r1"}})
+	stub, err := tc.nodes[0].srv.Client("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 3 MiB each way, under grpc-go's default 4 MiB limits on every hop.
+	big := bytes.Repeat([]byte("x"), 3<<20)
+	r, err := stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "m", Payload: big})
+	if err != nil || !bytes.Equal(r.GetPayload(), big) {
+		t.Fatalf("a 3 MiB forwarded call: %d bytes back, %v", len(r.GetPayload()), err)
+	}
+	// The caller's cancellation reaches the client's handler.
+	ctx, cancel := context.WithCancel(testenv.Ctx(t))
+	done := make(chan error, 1)
+	go func() {
+		_, err := stub.Unary(ctx, &testpb.EchoRequest{Message: "slow", SleepMs: 20000})
+		done <- err
+	}()
+	testenv.WaitFor(t, 5*time.Second, "the slow call to reach the client's handler", func() bool { return echo.Sleeping() == 1 })
+	cancel()
+	testenv.WantCode(t, <-done, codes.Canceled, "a canceled forwarded call")
+	testenv.WaitFor(t, 5*time.Second, "the client's handler to see the cancellation", func() bool { return echo.Sleeping() == 0 })
 }
