@@ -37,8 +37,8 @@ type Config struct {
 	Observe func(Event)
 }
 
-// Stale-route retry: how long a forwarded unary call that found its client
-// gone waits for the cache to learn where the client went.
+// staleWait is how long a forwarded unary or server-streaming call that
+// found its client gone waits for the cache to learn where it went.
 const staleWait = time.Second
 
 // Cluster is one replica: its membership, its cache of everyone's
@@ -282,7 +282,8 @@ func (c *Cluster) notifyLocked() {
 }
 
 // route says where calls for id go now: a local session's connection
-// (remote false), or the connection to the replica that holds it. Its
+// (rm nil), or the connection to the replica that holds it, with the call
+// counted on rm (release it when the call is over). Its
 // errors are gRPC statuses: NotFound when no replica holds id, Unavailable
 // when the presence is down or the replica is stopped.
 func (c *Cluster) route(id string) (cc grpc.ClientConnInterface, rm *remote, rec ClientRecord, err error) {
