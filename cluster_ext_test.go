@@ -265,6 +265,71 @@ func (tc *testCluster) waitPeers(want []brpc.ClusterPeer, nodes ...*replicaNode)
 	}
 }
 
+// allKindsErr makes a call of every RPC kind on stub at once, each
+// answered by the echo service named answerer, and reports each kind's
+// outcome as it ends.
+func allKindsErr(stub testpb.EchoClient, ctx context.Context, answerer string, report func(kind string, err error)) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	run := func(kind string, fn func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			report(kind, fn())
+		}()
+	}
+	want := answerer + ":m"
+	check := func(r *testpb.EchoResponse, err error) error {
+		if err == nil && r.GetMessage() != want {
+			err = fmt.Errorf("answered %q, want %q", r.GetMessage(), want)
+		}
+		return err
+	}
+	run("unary", func() error { return check(stub.Unary(ctx, &testpb.EchoRequest{Message: "m"})) })
+	run("server stream", func() error {
+		ss, err := stub.ServerStream(ctx, &testpb.EchoRequest{Message: "m", Count: 2})
+		if err != nil {
+			return err
+		}
+		for range 2 {
+			if err := check(ss.Recv()); err != nil {
+				return err
+			}
+		}
+		if _, err := ss.Recv(); err != io.EOF {
+			return fmt.Errorf("end: %v", err)
+		}
+		return nil
+	})
+	run("client stream", func() error {
+		cs, err := stub.ClientStream(ctx)
+		if err != nil {
+			return err
+		}
+		for range 2 {
+			cs.Send(&testpb.EchoRequest{Message: "m"})
+		}
+		return check(cs.CloseAndRecv())
+	})
+	run("bidi stream", func() error {
+		bs, err := stub.BidiStream(ctx)
+		if err != nil {
+			return err
+		}
+		if err := bs.Send(&testpb.EchoRequest{Message: "m"}); err != nil {
+			return err
+		}
+		if err := check(bs.Recv()); err != nil {
+			return err
+		}
+		bs.CloseSend()
+		if _, err := bs.Recv(); err != io.EOF {
+			return fmt.Errorf("end: %v", err)
+		}
+		return nil
+	})
+}
+
 // allKinds makes a call of every RPC kind on stub and checks that the
 // echo service named answerer answered each.
 func allKinds(t *testing.T, stub testpb.EchoClient, ctx context.Context, answerer, what string) {
@@ -619,40 +684,30 @@ func TestClusterStaleRouteRetried(t *testing.T) {
 	moved := tc.connect(r2, "tcp", "mover", "on-r2")
 	tc.waitPeers([]brpc.ClusterPeer{{ID: "mover", Replica: "r2"}}, r1, r2)
 
-	// A unary and a server-streaming call (which keeps its one request)
-	// are each made once more when the cache catches up.
-	unary := make(chan string, 1)
-	go func() {
-		r, err := stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "m"})
-		unary <- fmt.Sprint(r.GetMessage(), " ", err)
-	}()
-	streamed := make(chan string, 1)
-	go func() {
-		ss, err := stub.ServerStream(testenv.Ctx(t), &testpb.EchoRequest{Message: "m", Count: 2})
-		if err != nil {
-			streamed <- err.Error()
-			return
-		}
-		var got []string
-		for {
-			r, err := ss.Recv()
-			if err != nil {
-				streamed <- fmt.Sprint(got, " ", err)
-				return
-			}
-			got = append(got, r.GetMessage())
-		}
-	}()
-	r0.events.waitCount(t, brpc.ClusterStaleRoute, 2)
+	// Calls of every kind, through the stub and through r0's gateway
+	// (which relays every call as a bidirectional stream), are each made
+	// once more when the cache catches up.
+	type result struct {
+		what string
+		err  error
+	}
+	results := make(chan result, 8)
+	ctx := testenv.Ctx(t)
+	for what, stub := range map[string]testpb.EchoClient{"stub": stub, "gateway": r0.gateway} {
+		go allKindsErr(stub, to(ctx, "mover"), "on-r2", func(kind string, err error) { results <- result{what + " " + kind, err} })
+	}
+	r0.events.waitCount(t, brpc.ClusterStaleRoute, 8)
 	r0ctl.release()
-	if got := <-unary; got != "on-r2:m <nil>" {
-		t.Fatalf("a unary call on a stale route answered %q; want one retry that reaches r2", got)
+	for range 8 {
+		if r := <-results; r.err != nil {
+			t.Errorf("%s on a stale route: %v; want one retry that reaches r2", r.what, r.err)
+		}
 	}
-	if got := <-streamed; got != "[on-r2:m on-r2:m] EOF" {
-		t.Fatalf("a server-streaming call on a stale route got %q; want one retry that reaches r2", got)
+	if n := len(r0.events.clusterEvents(brpc.ClusterStaleRoute)); n != 8 {
+		t.Fatalf("%d stale routes reported, want 8", n)
 	}
-	if n := len(r0.events.clusterEvents(brpc.ClusterStaleRoute)); n != 2 {
-		t.Fatalf("%d stale routes reported, want 2", n)
+	if t.Failed() {
+		return
 	}
 
 	// When the cache does not catch up, the call ends with NotFound
@@ -672,13 +727,16 @@ func TestClusterStaleRouteRetried(t *testing.T) {
 	}
 	_, err = ss.Recv()
 	testenv.WantCode(t, err, codes.NotFound, "a server stream whose cache does not catch up")
-	// A bidirectional stream is not made again: NotFound at once.
+	// A stream that sent more than is kept before any response is not
+	// made again: NotFound at once.
 	start = time.Now()
 	bs, err := stub.BidiStream(testenv.Ctx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	bs.Send(&testpb.EchoRequest{Message: "m"})
+	for range 17 {
+		bs.Send(&testpb.EchoRequest{Message: "m"})
+	}
 	_, err = bs.Recv()
 	testenv.WantCode(t, err, codes.NotFound, "a bidi stream on a stale route")
 	if d := time.Since(start); d > 500*time.Millisecond {

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // forwardConn is the connection behind the stub Client(id) returns for a
@@ -84,20 +85,29 @@ func takeTrailers(opts []grpc.CallOption) ([]grpc.TrailerCallOption, []grpc.Call
 }
 
 // NewStream opens a stream wherever the client is. When the replica says
-// the client is gone, a server-streaming call (one request, which it
-// keeps) is made once more as a unary call is; other streams are not (the
-// caller may have sent any number of messages) and fail, at their first
-// receive, with codes.NotFound.
+// the client is gone before anything was received, the call is made once
+// more as a unary call is, with the messages sent so far: copies are kept
+// until the first response, up to resendMaxMessages and resendMaxBytes.
+// A stream that sent more, or messages that are not protobuf, is not made
+// again and fails, at its first receive, with codes.NotFound.
 func (f *forwardConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	cs, rec, err := f.open(ctx, desc, method, opts)
 	if err != nil {
 		return nil, err
 	}
-	if _, remote := cs.(*forwardStream); !remote || desc.ClientStreams || !desc.ServerStreams {
+	if _, remote := cs.(*forwardStream); !remote {
 		return cs, nil
 	}
 	return &resendStream{f: f, ctx: ctx, desc: desc, method: method, opts: opts, cur: cs, rec: rec}, nil
 }
+
+// What a forwarded stream keeps to make it again on a stale route: its
+// first messages (a unary or server-streaming call's one request, the
+// opening messages of a bidirectional one), until a response arrives.
+const (
+	resendMaxMessages = 16
+	resendMaxBytes    = 1 << 20
+)
 
 // open opens one attempt of a stream: on a local session's connection, or
 // forwarded to the replica the cache names (a *forwardStream).
@@ -135,10 +145,10 @@ func (f *forwardConn) open(ctx context.Context, desc *grpc.StreamDesc, method st
 	return s, rec, nil
 }
 
-// resendStream is a server-streaming call forwarded to another replica:
-// it keeps its one request, so that when the replica says the client is
-// gone before anything was received, the call can be made once more
-// where the cache then says the client is.
+// resendStream is a stream forwarded to another replica that keeps what
+// it sent until a response arrives, so that when the replica says the
+// client is gone, the call can be made once more where the cache then
+// says the client is.
 type resendStream struct {
 	f      *forwardConn
 	ctx    context.Context
@@ -149,9 +159,11 @@ type resendStream struct {
 	mu       sync.Mutex
 	cur      grpc.ClientStream
 	rec      ClientRecord
-	req      any
+	sent     []proto.Message // copies, while resending is possible
+	size     int
 	closed   bool // CloseSend was called
-	received bool
+	received bool // a response arrived: the call is past resending
+	noResend bool // too much was sent, or a message that is not protobuf
 	retried  bool
 }
 
@@ -161,9 +173,22 @@ func (s *resendStream) current() grpc.ClientStream {
 	return s.cur
 }
 
+// SendMsg keeps a copy of m while the call may still be made again. The
+// copy is taken under the lock that a new attempt replays under, so the
+// new attempt gets every message in order.
 func (s *resendStream) SendMsg(m any) error {
 	s.mu.Lock()
-	s.req = m
+	if !s.received && !s.noResend {
+		pm, ok := m.(proto.Message)
+		if ok {
+			s.size += proto.Size(pm)
+		}
+		if !ok || len(s.sent) == resendMaxMessages || s.size > resendMaxBytes {
+			s.noResend, s.sent = true, nil
+		} else {
+			s.sent = append(s.sent, proto.Clone(pm))
+		}
+	}
 	cur := s.cur
 	s.mu.Unlock()
 	return cur.SendMsg(m)
@@ -177,11 +202,18 @@ func (s *resendStream) CloseSend() error {
 	return cur.CloseSend()
 }
 
+// Header waits for the client's response headers. grpc-go reports a
+// response without headers (the replica's not-here answer is one) as no
+// headers and no error, the stream over.
 func (s *resendStream) Header() (metadata.MD, error) {
 	for {
 		cur := s.current()
 		md, err := cur.Header()
-		if err == nil || !s.again(cur) {
+		if md != nil {
+			s.gotResponse()
+			return md, err
+		}
+		if !s.again(cur) {
 			return md, err
 		}
 	}
@@ -192,9 +224,7 @@ func (s *resendStream) RecvMsg(m any) error {
 		cur := s.current()
 		err := cur.RecvMsg(m)
 		if err == nil {
-			s.mu.Lock()
-			s.received = true
-			s.mu.Unlock()
+			s.gotResponse()
 			return nil
 		}
 		if !s.again(cur) {
@@ -203,12 +233,20 @@ func (s *resendStream) RecvMsg(m any) error {
 	}
 }
 
+// gotResponse ends resending: the client has answered, on this attempt.
+func (s *resendStream) gotResponse() {
+	s.mu.Lock()
+	s.received, s.sent = true, nil
+	s.mu.Unlock()
+}
+
 func (s *resendStream) Trailer() metadata.MD     { return s.current().Trailer() }
 func (s *resendStream) Context() context.Context { return s.current().Context() }
 
 // again reports whether the call goes on on a new attempt after cur
-// failed: cur was told the client is not there, nothing was received, and
-// the cache has changed since (waiting for that as a unary call does).
+// ended: cur was told the client is not there, nothing was received, what
+// was sent was kept, and the cache has changed since (waiting for that as
+// a unary call does).
 func (s *resendStream) again(cur grpc.ClientStream) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -216,7 +254,7 @@ func (s *resendStream) again(cur grpc.ClientStream) bool {
 		return true // another receive made the new attempt already
 	}
 	fs, ok := cur.(*forwardStream)
-	if !ok || !fs.isStale() || s.retried || s.received {
+	if !ok || !fs.staleNow() || s.retried || s.received || s.noResend {
 		return false
 	}
 	s.retried = true
@@ -228,10 +266,18 @@ func (s *resendStream) again(cur grpc.ClientStream) bool {
 		return false
 	}
 	// A failure to send shows on the new attempt's receive.
-	if s.req != nil && next.SendMsg(s.req) == nil && s.closed {
+	replayed := true
+	for _, m := range s.sent {
+		if next.SendMsg(m) != nil {
+			replayed = false
+			break
+		}
+	}
+	if replayed && s.closed {
 		next.CloseSend()
 	}
-	s.cur, s.rec = next, rec
+	s.cur, s.rec, s.sent = next, rec, nil
+	s.noResend = true // one retry only
 	return true
 }
 
@@ -253,6 +299,22 @@ func (s *forwardStream) isStale() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.stale
+}
+
+// staleNow reports whether the stream, which is over, ended with the
+// replica's not-here answer, reading its trailers if no receive has.
+func (s *forwardStream) staleNow() bool {
+	if s.isStale() {
+		return true
+	}
+	if notHere(s.ClientStream.Trailer()) {
+		s.mu.Lock()
+		s.stale = true
+		s.mu.Unlock()
+		s.end(notFound(s.id))
+		return true
+	}
+	return false
 }
 
 // checkStale turns the replica's not-here answer into the NotFound a local
