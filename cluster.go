@@ -161,8 +161,8 @@ const (
 	// that holds its client ended, with Code.
 	ClusterForwarded ClusterEventKind = iota + 1
 	// ClusterStaleRoute: the replica a call was forwarded to no longer
-	// held the client (the cache was behind); a unary or server-streaming
-	// call is made once more when the cache catches up.
+	// held the client (the cache was behind); the call is made once more
+	// when the cache catches up.
 	ClusterStaleRoute
 	// ClusterClaim: this replica recorded a client as its own.
 	ClusterClaim

@@ -121,12 +121,12 @@ func (s *Server[C]) ClientFromContext(ctx context.Context) (C, error) {
 // presence is unreachable, a client not connected here is
 // codes.Unavailable. The stub of a client on another replica follows the
 // client: each call goes where the client is then (here, or another
-// replica). When the replica a unary or server-streaming call was
-// forwarded to no longer holds the client, the call is made once more as
-// soon as the cache learns where it went (waiting at most a second, or the
-// call's deadline); a client-streaming or bidirectional stream forwarded
-// to a replica that no longer holds the client fails with codes.NotFound
-// on its first receive.
+// replica). When the replica a call was forwarded to no longer holds the
+// client, the call is made once more as soon as the cache learns where it
+// went (waiting at most a second, or the call's deadline); a stream is,
+// with the messages it sent, if it sent at most 16 messages (1 MiB) before
+// the replica answered, and otherwise fails with codes.NotFound on its
+// first receive.
 func (s *Server[C]) Client(id string) (C, error) {
 	if s.cluster != nil {
 		if ss, ok := s.core.Lookup(id); ok {

@@ -37,8 +37,8 @@ type Config struct {
 	Observe func(Event)
 }
 
-// staleWait is how long a forwarded unary or server-streaming call that
-// found its client gone waits for the cache to learn where it went.
+// staleWait is how long a forwarded call that found its client gone waits
+// for the cache to learn where it went.
 const staleWait = time.Second
 
 // Cluster is one replica: its membership, its cache of everyone's
