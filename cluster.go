@@ -25,8 +25,9 @@ type ClusterConfig struct {
 	// TLS is the replicas' mutual TLS: Certificates holds this replica's
 	// certificate, presented both when serving the replica endpoint and
 	// when dialing the other replicas' (so it must allow both server and
-	// client authentication), RootCAs verifies the other replicas'
-	// endpoints and ClientCAs (RootCAs when nil) the replicas calling in.
+	// client authentication), RootCAs (ClientCAs when nil) verifies the
+	// other replicas' endpoints and ClientCAs (RootCAs when nil) the
+	// replicas calling in. brpc clones it and requires TLS 1.3.
 	// ClientAuth is brpc's: a peer without a certificate is answered with
 	// codes.Unauthenticated. Required.
 	TLS *tls.Config
@@ -40,7 +41,8 @@ type ClusterConfig struct {
 	// the same CA.
 	IsReplica func(ctx context.Context) error
 	// DialOptions are added to the connections to the other replicas
-	// (interceptors, stats handlers, message size limits).
+	// (interceptors, stats handlers, message size limits; their transport
+	// credentials are brpc's).
 	DialOptions []grpc.DialOption
 	// ServerOptions are added to the replica endpoint's *grpc.Server
 	// (its transport credentials and unknown-service handler are brpc's).

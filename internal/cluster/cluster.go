@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -110,8 +111,9 @@ func New(core *server.Server, conf Config) (*Cluster, error) {
 	if serveTLS.ClientCAs == nil {
 		serveTLS.ClientCAs = serveTLS.RootCAs
 	}
-	opts := append([]grpc.ServerOption{grpc.Creds(credentials.NewTLS(serveTLS))}, conf.ServerOptions...)
-	opts = append(opts, grpc.UnknownServiceHandler(c.relay))
+	// brpc's options come last, so that the application's cannot replace
+	// them.
+	opts := append(slices.Clone(conf.ServerOptions), grpc.Creds(credentials.NewTLS(serveTLS)), grpc.UnknownServiceHandler(c.relay))
 	c.endpoint = grpc.NewServer(opts...)
 
 	c.dialTLS = conf.TLS.Clone()

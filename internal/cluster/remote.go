@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"slices"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -23,7 +25,7 @@ type remote struct {
 // dial builds the connection to a replica endpoint; grpc-go connects on
 // the first call, so this does no network I/O.
 func (c *Cluster) dial(addr string) (*grpc.ClientConn, error) {
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(c.dialTLS))}, c.conf.DialOptions...)
+	opts := append(slices.Clone(c.conf.DialOptions), grpc.WithTransportCredentials(credentials.NewTLS(c.dialTLS)))
 	return grpc.NewClient("passthrough:///"+addr, opts...)
 }
 
