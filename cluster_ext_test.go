@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -974,4 +975,44 @@ func TestClusterForwardedCancelAndLargeMessages(t *testing.T) {
 	cancel()
 	testenv.WantCode(t, <-done, codes.Canceled, "a canceled forwarded call")
 	testenv.WaitFor(t, 5*time.Second, "the client's handler to see the cancellation", func() bool { return echo.Sleeping() == 0 })
+}
+
+func TestClusterOptionsKeepBrpcCredentials(t *testing.T) {
+	var intercepted, dialed atomic.Int64
+	tc := newTestCluster(t, 2, brpc.NewMemoryPresence(), func(c *brpc.ClusterConfig) {
+		c.ServerOptions = []grpc.ServerOption{
+			grpc.Creds(insecure.NewCredentials()),
+			grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+				intercepted.Add(1)
+				return h(srv, ss)
+			}),
+		}
+		c.DialOptions = []grpc.DialOption{
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+				dialed.Add(1)
+				return invoker(ctx, method, req, reply, cc, opts...)
+			}),
+		}
+	})
+	tc.connect(tc.nodes[1], "quic", "c1", "echo-c1")
+	tc.waitPeers([]brpc.ClusterPeer{{ID: "c1", Replica: "r1"}})
+	stub, err := tc.nodes[0].srv.Client("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "m"}); err != nil || r.GetMessage() != "echo-c1:m" {
+		t.Fatalf("forwarded call with the application's options: %q, %v", r.GetMessage(), err)
+	}
+	if intercepted.Load() != 1 || dialed.Load() != 1 {
+		t.Fatalf("the application's interceptors saw %d calls on the endpoint and %d on the link, want 1 and 1", intercepted.Load(), dialed.Load())
+	}
+	// The endpoint still speaks TLS only: a plaintext caller gets nowhere.
+	cc, err := grpc.NewClient(tc.nodes[1].repAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	_, err = testpb.NewEchoClient(cc).Unary(to(testenv.Ctx(t), "c1"), &testpb.EchoRequest{Message: "m"})
+	testenv.WantCode(t, err, codes.Unavailable, "a plaintext call to the replica endpoint")
 }
