@@ -49,6 +49,16 @@
 // clients and streams their connects and disconnects, and
 // RegisterGatewayReflection the reflection that lets tools explore both the
 // gateway's own services and, with the header, a client's.
+// # Clusters
+//
+// Several servers can share one fleet as replicas of a cluster
+// (WithCluster): each client holds a session with one replica, a shared
+// Presence records which replica holds which client (NewMemoryPresence in
+// one process; github.com/brpc-go/brpc/brpcetcd across processes), and
+// Client(id) and Gateway on any replica reach the clients of all of them,
+// forwarding calls over mutual TLS to the replica endpoint that
+// ServeReplicas serves. ClusterPeers lists every replica's clients;
+// docs/cluster.md describes the topology and its failures.
 //
 // # Errors
 //

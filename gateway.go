@@ -74,6 +74,10 @@ type GatewayAuthorizer func(ctx context.Context, clientID, fullMethod string) er
 // (WithGatewayLimits); a call beyond either bound fails with
 // codes.ResourceExhausted after authorize has admitted it and before the
 // client is called. Several handlers of one Server share the bounds.
+//
+// On a replica of a cluster (WithCluster), the gateway reaches the clients of
+// every replica: a call for a client on another replica is authorized here and
+// forwarded to that replica, as Client(id)'s calls are.
 func (s *Server[C]) Gateway(authorize GatewayAuthorizer) grpc.StreamHandler {
 	return gateway.Handler(gateway.Config{
 		TargetHeader:     GatewayTargetHeader,
@@ -83,6 +87,12 @@ func (s *Server[C]) Gateway(authorize GatewayAuthorizer) grpc.StreamHandler {
 		Limiter:          s.gwLimit,
 		Authorize:        authorize,
 		Resolve: func(id string) (grpc.ClientConnInterface, error) {
+			if s.cluster != nil {
+				if ss, ok := s.core.Lookup(id); ok {
+					return ss.Conn(), nil
+				}
+				return s.cluster.Conn(id)
+			}
 			ss, err := s.core.Client(id)
 			if err != nil {
 				return nil, err

@@ -130,6 +130,8 @@ type serverOptions struct {
 	reverseIdle      time.Duration
 	gwPerClient      int
 	gwTotal          int
+	cluster          *ClusterConfig
+	clusterEvents    []func(ClusterEvent)
 }
 
 func defaultServerOptions() serverOptions {

@@ -3,9 +3,11 @@ package brpc
 import (
 	"context"
 	"errors"
+	"time"
 
 	"google.golang.org/grpc"
 
+	"github.com/brpc-go/brpc/internal/cluster"
 	"github.com/brpc-go/brpc/internal/gateway"
 	"github.com/brpc-go/brpc/internal/server"
 )
@@ -17,8 +19,13 @@ var ErrServerStopped = errors.New("brpc: the server has been stopped")
 // Server accepts brpc clients. It serves the application's *grpc.Server to
 // them and reaches each of them through a typed stub C.
 type Server[C any] struct {
-	core    *server.Server
-	gwLimit *gateway.Limiter // shared by every Gateway handler
+	core      *server.Server
+	gwLimit   *gateway.Limiter // shared by every Gateway handler
+	newClient func(grpc.ClientConnInterface) C
+	// cluster is nil without WithCluster; clusterErr is what a
+	// WithCluster that could not be used makes Serve return.
+	cluster    *cluster.Cluster
+	clusterErr error
 }
 
 // NewServer wraps the application's own *grpc.Server (its services,
@@ -48,7 +55,20 @@ func NewServer[C any](gs *grpc.Server, newClient func(grpc.ClientConnInterface) 
 	}
 	conf := o.config()
 	conf.NewStub = func(cc grpc.ClientConnInterface) any { return newClient(reverseConn{cc}) }
-	return &Server[C]{core: server.New(gs, conf), gwLimit: gateway.NewLimiter(o.gwPerClient, o.gwTotal)}
+	s := &Server[C]{newClient: newClient, gwLimit: gateway.NewLimiter(o.gwPerClient, o.gwTotal)}
+	if o.cluster != nil {
+		s.clusterErr = o.cluster.validate()
+		if s.clusterErr == nil {
+			// The hooks run only once Serve has joined, after s.cluster is set.
+			conf.OnWelcome = func(ss *server.Session) { s.cluster.Welcomed(ss) }
+			conf.OnGone = func(ss *server.Session, removed bool) { s.cluster.Gone(ss, removed) }
+		}
+	}
+	s.core = server.New(gs, conf)
+	if o.cluster != nil && s.clusterErr == nil {
+		s.cluster, s.clusterErr = cluster.New(s.core, o.cluster.core(o.clusterEvents))
+	}
+	return s
 }
 
 // Serve accepts clients from lis until Stop/GracefulStop or lis fails. It may
@@ -58,6 +78,19 @@ func NewServer[C any](gs *grpc.Server, newClient func(grpc.ClientConnInterface) 
 func (s *Server[C]) Serve(lis Listener) error {
 	if lis == nil {
 		return errors.New("brpc: Serve needs a Listener")
+	}
+	if s.clusterErr != nil {
+		lis.Close()
+		return s.clusterErr
+	}
+	if s.cluster != nil {
+		if err := s.cluster.Join(); err != nil {
+			lis.Close()
+			if err == server.ErrStopped {
+				return ErrServerStopped
+			}
+			return err
+		}
 	}
 	err := s.core.Serve(coreListener{lis})
 	if err == server.ErrStopped {
@@ -82,7 +115,32 @@ func (s *Server[C]) ClientFromContext(ctx context.Context) (C, error) {
 
 // Client returns the stub of the connected client with this ID; the error is
 // a gRPC status error with codes.NotFound when no such client is connected.
+//
+// On a replica of a cluster (WithCluster), a client connected to another
+// replica is reached too: the stub forwards its calls to that replica,
+// which relays them to the client. Client does no network I/O for that:
+// the replica's cache of the presence says where the client is. While the
+// presence is unreachable, a client not connected here is
+// codes.Unavailable. The stub of a client on another replica follows the
+// client: each call goes where the client is then (here, or another
+// replica). When the replica a call was forwarded to no longer holds the
+// client, the call is made once more as soon as the cache learns where it
+// went (waiting at most a second, or the call's deadline); a stream is,
+// with the messages it sent, if it sent at most 16 messages (1 MiB) before
+// the replica answered, and otherwise fails with codes.NotFound on its
+// first receive.
 func (s *Server[C]) Client(id string) (C, error) {
+	if s.cluster != nil {
+		if ss, ok := s.core.Lookup(id); ok {
+			return stubOf[C](ss), nil
+		}
+		cc, err := s.cluster.Conn(id)
+		if err != nil {
+			var zero C
+			return zero, err
+		}
+		return s.newClient(reverseConn{cc}), nil
+	}
 	ss, err := s.core.Client(id)
 	if err != nil {
 		var zero C
@@ -123,9 +181,42 @@ func (s *Server[C]) Peers() []Peer {
 // took its notice and only then stalls with a call still open holds the
 // *grpc.Server's GracefulStop until its session dies (its keepalive
 // timeout, at the latest). Call Stop to cut that short.
-func (s *Server[C]) GracefulStop() { s.core.GracefulStop() }
+//
+// A replica of a cluster (WithCluster) leaves the presence first (waiting
+// at most 5 s), so the other replicas route no new calls here and
+// the clients can reconnect to another replica at once; calls already
+// forwarded here are drained with the rest, then the replica endpoint
+// stops.
+func (s *Server[C]) GracefulStop() {
+	if s.cluster != nil {
+		s.cluster.Leave(clusterLeaveTimeout)
+	}
+	s.core.GracefulStop()
+	if s.cluster != nil {
+		s.cluster.Close(true)
+	}
+}
 
 // Stop closes everything now: listeners, sessions and the *grpc.Server given
 // to NewServer. Calls in flight in either direction end with
 // codes.Unavailable.
-func (s *Server[C]) Stop() { s.core.Stop() }
+//
+// A replica of a cluster (WithCluster) leaves the presence first, waiting
+// at most 1 s, and stops its replica endpoint too.
+func (s *Server[C]) Stop() {
+	if s.cluster != nil {
+		s.cluster.Leave(clusterStopLeaveTimeout)
+	}
+	s.core.Stop()
+	if s.cluster != nil {
+		s.cluster.Close(false)
+	}
+}
+
+// How long stopping waits for a replica's records to be removed from the
+// presence. Past it, the presence forgets them on its own (brpcetcd: when
+// the lease expires).
+const (
+	clusterLeaveTimeout     = 5 * time.Second
+	clusterStopLeaveTimeout = time.Second
+)

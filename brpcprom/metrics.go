@@ -28,8 +28,10 @@ import (
 // handshakes by result, sessions closed by reason, session durations, and
 // reverse calls (server to client) by method and code, and the reverse
 // connections that carry them (built on a client's first call, closed after
-// brpc.WithReverseIdleTimeout without calls). It implements
-// prometheus.Collector.
+// brpc.WithReverseIdleTimeout without calls); on a replica of a cluster
+// (brpc.WithCluster), calls forwarded to other replicas by replica, method
+// and code, stale routes, presence writes and presence failures. It
+// implements prometheus.Collector.
 type Metrics struct {
 	connected   *prometheus.GaugeVec
 	handshakes  *prometheus.CounterVec
@@ -39,6 +41,10 @@ type Metrics struct {
 	callLatency *prometheus.HistogramVec
 	revConns    prometheus.Gauge
 	revOpened   prometheus.Counter
+	forwarded   *prometheus.CounterVec
+	stale       prometheus.Counter
+	presWrites  *prometheus.CounterVec
+	presErrors  *prometheus.CounterVec
 }
 
 // New creates the metrics, all under the "brpc_" prefix.
@@ -78,11 +84,28 @@ func New() *Metrics {
 			Name: "brpc_reverse_connections_opened_total",
 			Help: "Connections opened to carry calls from the server to a client.",
 		}),
+		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brpc_cluster_forwarded_calls_total",
+			Help: "Calls for clients of other replicas, forwarded to the replica holding the client, by replica, method and gRPC code.",
+		}, []string{"replica", "method", "code"}),
+		stale: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "brpc_cluster_stale_routes_total",
+			Help: "Forwarded calls that found their client gone from the replica the presence cache named.",
+		}),
+		presWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brpc_cluster_presence_writes_total",
+			Help: "Records this replica wrote to the cluster's presence, by operation (claim, release).",
+		}, []string{"op"}),
+		presErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "brpc_cluster_presence_errors_total",
+			Help: "Presence failures: the presence became unreachable (down), or joining or leaving it failed (error).",
+		}, []string{"kind"}),
 	}
 }
 
 func (m *Metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.connected, m.handshakes, m.closed, m.duration, m.calls, m.callLatency, m.revConns, m.revOpened}
+	return []prometheus.Collector{m.connected, m.handshakes, m.closed, m.duration, m.calls, m.callLatency, m.revConns, m.revOpened,
+		m.forwarded, m.stale, m.presWrites, m.presErrors}
 }
 
 // Describe implements prometheus.Collector.
@@ -99,12 +122,29 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// ServerOptions are the options that feed the metrics: peer events, and a
-// stats handler on the connections that carry reverse calls.
+// ServerOptions are the options that feed the metrics: peer events, a
+// stats handler on the connections that carry reverse calls, and cluster
+// events (which only a server WithCluster has).
 func (m *Metrics) ServerOptions() []brpc.ServerOption {
 	return []brpc.ServerOption{
 		brpc.WithPeerEvents(m.observe),
 		brpc.WithGRPCDialOptions(grpc.WithStatsHandler(reverseCalls{m})),
+		brpc.WithClusterEvents(m.observeCluster),
+	}
+}
+
+func (m *Metrics) observeCluster(ev brpc.ClusterEvent) {
+	switch ev.Kind {
+	case brpc.ClusterForwarded:
+		m.forwarded.WithLabelValues(ev.Replica, ev.Method, ev.Code).Inc()
+	case brpc.ClusterStaleRoute:
+		m.stale.Inc()
+	case brpc.ClusterClaim, brpc.ClusterRelease:
+		m.presWrites.WithLabelValues(ev.Kind.String()).Inc()
+	case brpc.ClusterPresenceDown:
+		m.presErrors.WithLabelValues("down").Inc()
+	case brpc.ClusterPresenceError:
+		m.presErrors.WithLabelValues("error").Inc()
 	}
 }
 

@@ -73,6 +73,18 @@ func (ca *CA) Server(names ...string) (tls.Certificate, error) {
 	return ca.issue(tmpl)
 }
 
+// Replica issues a certificate for a cluster replica named cn: valid for
+// both server and client authentication (a replica serves its endpoint and
+// dials the others' with it), for localhost, 127.0.0.1 and ::1.
+func (ca *CA) Replica(cn string) (tls.Certificate, error) {
+	return ca.issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: cn},
+		DNSNames:    []string{"localhost"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	})
+}
+
 // Client issues a client certificate whose subject common name is cn.
 func (ca *CA) Client(cn string) (tls.Certificate, error) {
 	return ca.issue(&x509.Certificate{

@@ -63,6 +63,14 @@ type Config struct {
 	// OnEvent, if set, is called for every peer event, on the session's
 	// goroutine.
 	OnEvent func(Event)
+	// OnWelcome, if set, is called on the session's goroutine once a
+	// session is welcomed and holds its ID in the registry (an older
+	// session under that ID was replaced before).
+	OnWelcome func(*Session)
+	// OnGone, if set, is called on the session's goroutine once a
+	// welcomed session has left the registry; removed is false when a
+	// newer session had taken its ID already.
+	OnGone func(ss *Session, removed bool)
 }
 
 type serverState int
@@ -231,6 +239,11 @@ func (s *Server) Client(id string) (*Session, error) {
 	}
 	return ss, nil
 }
+
+// Lookup returns the session of the connected client with this ID, if
+// any: Client without the error, for paths that look further when the
+// client is not here.
+func (s *Server) Lookup(id string) (*Session, bool) { return s.peers.Get(id) }
 
 // Peers lists the clients connected right now, ordered by ID.
 func (s *Server) Peers() []grpcglue.Peer {

@@ -74,6 +74,9 @@ func (ss *Session) run() {
 		s.wg.Done()
 		return
 	}
+	if s.conf.OnWelcome != nil {
+		s.conf.OnWelcome(ss)
+	}
 	s.emit(ss, Event{Type: Connected, Peer: ss.info.Snapshot()})
 	go ss.serve() // takes over this goroutine's count in s.wg
 }
@@ -84,7 +87,10 @@ func (ss *Session) serve() {
 	s := ss.srv
 	defer s.wg.Done()
 	defer func() {
-		s.peers.Remove(ss.info.Peer.ID, ss)
+		removed := s.peers.Remove(ss.info.Peer.ID, ss)
+		if s.conf.OnGone != nil {
+			s.conf.OnGone(ss, removed)
+		}
 		kind, reason, err := ss.disconnectReason()
 		s.emit(ss, Event{Type: Disconnected, Peer: ss.info.Snapshot(), Kind: kind, Reason: reason, Err: err})
 		ss.forget()
@@ -201,10 +207,18 @@ func (ss *Session) replace() {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		old.closeTold(session.CodeReplaced, "replaced by a newer session of the same client",
-			status.Errorf(codes.Unavailable, "brpc: client %q reconnected; this session was replaced", id),
-			time.Now().Add(handshake.Linger))
+		old.CloseReplaced()
 	}()
+}
+
+// CloseReplaced ends the session as one whose ID a newer session took, here
+// or on another replica of a cluster: the client is told so (and stops
+// instead of reconnecting) and its calls end with codes.Unavailable. It
+// returns once the session is closed, at most handshake.Linger from now.
+func (ss *Session) CloseReplaced() {
+	ss.closeTold(session.CodeReplaced, "replaced by a newer session of the same client",
+		status.Errorf(codes.Unavailable, "brpc: client %q reconnected; this session was replaced", ss.ID()),
+		time.Now().Add(handshake.Linger))
 }
 
 // dialGRPC builds the gRPC connection that carries the server's calls to
