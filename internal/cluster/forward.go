@@ -176,8 +176,16 @@ func (s *resendStream) current() grpc.ClientStream {
 // SendMsg keeps a copy of m while the call may still be made again. The
 // copy is taken under the lock that a new attempt replays under, so the
 // new attempt gets every message in order.
+//
+// An attempt that has ended (the replica's not-here answer among the ways)
+// fails its sends with io.EOF, grpc-go's "ask RecvMsg for the status".
+// While m is kept for a new attempt, that io.EOF is not the caller's: a
+// caller that stopped sending (and half-closing) at it would leave the new
+// attempt without its messages' end, and a generated stub would fail the
+// call. The next receive says whether the call goes on.
 func (s *resendStream) SendMsg(m any) error {
 	s.mu.Lock()
+	kept := false
 	if !s.received && !s.noResend {
 		pm, ok := m.(proto.Message)
 		if ok {
@@ -187,11 +195,16 @@ func (s *resendStream) SendMsg(m any) error {
 			s.noResend, s.sent = true, nil
 		} else {
 			s.sent = append(s.sent, proto.Clone(pm))
+			kept = true
 		}
 	}
 	cur := s.cur
 	s.mu.Unlock()
-	return cur.SendMsg(m)
+	err := cur.SendMsg(m)
+	if kept && errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
 }
 
 func (s *resendStream) CloseSend() error {
