@@ -54,7 +54,7 @@ const (
 	mIdle       = "idle"
 )
 
-var allMetrics = []string{mLat16, mLat64K, mCalls, mBulkUnary, mBulkStream, mIdle}
+var allMetrics = []string{mLat16, mLat64K, mCalls, mBulkUnary, mBulkStream, mGateway, mIdle}
 
 // rpcMetrics are the columns of the main table, in order.
 var rpcMetrics = []string{mLat16, mLat64K, mCalls, mBulkUnary, mBulkStream}
@@ -103,7 +103,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	groups := fs.String("tls-groups", "default", "TLS key exchanges of every path: default (Go's, post-quantum hybrid first) or x25519")
 	idleServers := fs.String("idle-servers", strings.Join(allIdle, ","), "comma-separated servers for the idle figures")
 	paths := fs.String("paths", "", "comma-separated paths to run (default all): "+strings.Join(pathKeys(), ","))
-	metrics := fs.String("metrics", "", "comma-separated figures to measure (default all): "+strings.Join(allMetrics, ","))
+	metrics := fs.String("metrics", "", "comma-separated figures to measure (default all): "+strings.Join(allMetrics, ",")+" (gateway: p50 16 B and calls/s through Server.Gateway against Client(id)'s stub, on each transport whose reverse path is in -paths)")
 	fs.StringVar(&c.png, "png", "", "write a chart of the results to this PNG file")
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	childProfile := fs.String("child-cpuprofile", "", "write CPU profiles of the client process: while it connects the idle clients to PREFIX-<server>.pprof, then while it serves the server's calls to PREFIX-<server>-serve.pprof")
@@ -325,6 +325,23 @@ func measureAll(ctx context.Context, cfg *config, logf func(string, ...any)) (*r
 				logf("round %d/%d %-7s %-14s %s", round+1, cfg.rounds, m, p.key, formatValue(m, v))
 			}
 		}
+		if cfg.metrics[mGateway] {
+			for _, t := range gatewayTransports {
+				if !slices.Contains(cfg.paths, t.path) {
+					continue
+				}
+				err := measureGatewayRound(ctx, cfg, ca, t.transport, round, func(key, m string, v float64) {
+					if rep.samples[key] == nil {
+						rep.samples[key] = map[string][]float64{}
+					}
+					rep.samples[key][m] = append(rep.samples[key][m], v)
+					logf("round %d/%d %-7s %-22s %s", round+1, cfg.rounds, m, key, formatValue(m, v))
+				})
+				if err != nil {
+					return nil, fmt.Errorf("gateway %s: %w", t.transport, err)
+				}
+			}
+		}
 	}
 	if cfg.metrics[mIdle] {
 		for _, kind := range cfg.idleServers {
@@ -411,7 +428,8 @@ func header(r *report) string {
 	return h
 }
 
-// rpcMeasured says whether any figure of the main table was measured.
+// rpcMeasured says whether any figure measured in rounds (the main table
+// or the gateway comparison) was measured.
 func (r *report) rpcMeasured() bool {
-	return slices.ContainsFunc(rpcMetrics, func(m string) bool { return r.cfg.metrics[m] })
+	return slices.ContainsFunc(rpcMetrics, func(m string) bool { return r.cfg.metrics[m] }) || r.cfg.metrics[mGateway]
 }
