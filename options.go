@@ -169,12 +169,11 @@ type dialOptions struct {
 
 // config fills the client core's configuration from the options and the
 // parsed target.
-func (o *dialOptions) config(target, scheme, hostport string, tlsConf *tls.Config) client.Config {
+func (o *dialOptions) config(target, scheme string, endpoints []client.Endpoint) client.Config {
 	return client.Config{
 		Target:        target,
 		Scheme:        scheme,
-		HostPort:      hostport,
-		TLS:           tlsConf,
+		Endpoints:     endpoints,
 		Session:       o.sessionConfig(),
 		DialOptions:   o.grpcDialOptions,
 		Server:        o.server,
