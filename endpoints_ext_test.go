@@ -205,11 +205,13 @@ func TestReconnectMovesToAnotherEndpointWhenTheServerStops(t *testing.T) {
 		if first == nil {
 			t.Fatalf("no replica holds client %q", cc.ID())
 		}
+		stopped := time.Now()
 		first.Srv.GracefulStop()
 		testenv.WaitFor(t, 15*time.Second, "the client to reconnect to another replica", func() bool {
 			h := rs.holder(cc.ID())
 			return h != nil && h != first
 		})
+		t.Logf("reconnected to another replica %v after GracefulStop began", time.Since(stopped).Round(time.Millisecond))
 		// The client's calls go to its new server.
 		stub := testpb.NewEchoClient(cc)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
