@@ -70,6 +70,15 @@ func TestShortRun(t *testing.T) {
 		}
 	}
 
+	for _, m := range gatewayMetrics {
+		if v, ok := rep.value(relayRefKey, m); !ok || !(v > 0) {
+			t.Errorf("relay in front of grpc-go %s = %v (measured: %v), want a positive figure", m, v, ok)
+		}
+	}
+	if !strings.Contains(table, "| relay in front of grpc-go TCP |") {
+		t.Error("no row for the relay in front of grpc-go")
+	}
+
 	if len(rep.idle) != 3 {
 		t.Fatalf("%d idle setups measured, want 3", len(rep.idle))
 	}

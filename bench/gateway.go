@@ -15,6 +15,7 @@ import (
 
 	"github.com/brpc-go/brpc"
 	"github.com/brpc-go/brpc/internal/certs"
+	"github.com/brpc-go/brpc/internal/gateway"
 	"github.com/brpc-go/brpc/internal/testpb"
 )
 
@@ -167,6 +168,95 @@ func serveGatewayOn(h grpc.StreamHandler, sopts []grpc.ServerOption) (string, fu
 	return lis.Addr().String(), func() { gs.Stop(); <-served }, nil
 }
 
+// relayRefKey is where the samples of the relay in front of plain grpc-go
+// are kept.
+const relayRefKey = "gateway-relay-grpc"
+
+// setupRelayRef runs brpc's relay (internal/gateway) in front of a plain
+// grpc-go echo server, both hops over loopback TCP without TLS: what a
+// message-by-message relay built on grpc-go costs, brpc's sessions aside.
+func setupRelayRef() (*gatewayCall, func(), error) {
+	var cleanups []func()
+	closeAll := func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	gs := grpc.NewServer(grpcServerOptions()...)
+	testpb.RegisterEchoServer(gs, echoServer{})
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = gs.Serve(lis)
+	}()
+	cleanups = append(cleanups, func() { gs.Stop(); <-served })
+	insecureCreds := grpc.WithTransportCredentials(insecure.NewCredentials())
+	up, err := grpc.NewClient(lis.Addr().String(), insecureCreds)
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	cleanups = append(cleanups, func() { up.Close() })
+	h := gateway.Handler(gateway.Config{
+		TargetHeader: brpc.GatewayTargetHeader,
+		Authorize:    allowAllCalls,
+		Resolve:      func(string) (grpc.ClientConnInterface, error) { return up, nil },
+	})
+	addr, stop, err := serveGatewayOn(h, nil)
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	cleanups = append(cleanups, stop)
+	gc, err := grpc.NewClient(addr, insecureCreds)
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	cleanups = append(cleanups, func() { gc.Close() })
+	target := metadata.Pairs(brpc.GatewayTargetHeader, "upstream")
+	return &gatewayCall{
+		echo: testpb.NewEchoClient(gc),
+		ctx:  func(ctx context.Context) context.Context { return metadata.NewOutgoingContext(ctx, target) },
+	}, closeAll, nil
+}
+
+// measureRelayRefRound measures the relay reference's figures for one
+// round, each on a fresh set-up.
+func measureRelayRefRound(ctx context.Context, cfg *config, record func(key, metric string, v float64)) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	for _, m := range gatewayMetrics {
+		c, closeAll, err := setupRelayRef()
+		if err != nil {
+			return fmt.Errorf("setup: %w", err)
+		}
+		v, err := measureGatewayCall(ctx, cfg, *c, m)
+		closeAll()
+		if err != nil {
+			return fmt.Errorf("%s: %w", m, err)
+		}
+		record(relayRefKey, m, v)
+	}
+	return nil
+}
+
+// measureGatewayCall measures figure m on call c.
+func measureGatewayCall(ctx context.Context, cfg *config, c gatewayCall, m string) (float64, error) {
+	switch m {
+	case mLat16:
+		d, err := measureLatency(c.ctx(ctx), c.echo, 16, cfg.warmCalls, cfg.calls)
+		return d.Seconds(), err
+	case mCalls:
+		return measureCallRate(c.ctx(ctx), c.echo, cfg.callers, 16, cfg.warmup, cfg.duration)
+	}
+	return 0, fmt.Errorf("unknown figure %q", m)
+}
+
 // measureGatewayRound measures every gateway figure on one transport for
 // one round: a fixture per figure, on which the variants take turns, in
 // an order that rotates with the round so that none always goes first.
@@ -180,16 +270,7 @@ func measureGatewayRound(ctx context.Context, cfg *config, ca *certs.CA, transpo
 		}
 		for i := range gatewayVariants {
 			variant := gatewayVariants[(i+round)%len(gatewayVariants)]
-			c := f.calls[variant]
-			var v float64
-			switch m {
-			case mLat16:
-				var d time.Duration
-				d, err = measureLatency(c.ctx(ctx), c.echo, 16, cfg.warmCalls, cfg.calls)
-				v = d.Seconds()
-			case mCalls:
-				v, err = measureCallRate(c.ctx(ctx), c.echo, cfg.callers, 16, cfg.warmup, cfg.duration)
-			}
+			v, err := measureGatewayCall(ctx, cfg, f.calls[variant], m)
 			if err != nil {
 				f.close()
 				return fmt.Errorf("%s %s: %w", variant, m, err)
@@ -278,6 +359,29 @@ func (r *report) printGateway(w io.Writer) {
 			fmt.Fprintf(w, "| brpc %s | %s | %s | %s |\n", tr, gatewayVariantLabels[variant], cells[0], cells[1])
 		}
 	}
+}
+
+// printRelayRef prints the relay in front of plain grpc-go against one
+// plain grpc-go call over TCP, when both ran.
+func (r *report) printRelayRef(w io.Writer) {
+	cells := make([]string, 0, len(gatewayMetrics))
+	for _, m := range gatewayMetrics {
+		v, ok := r.value(relayRefKey, m)
+		if !ok {
+			return
+		}
+		s := formatValue(m, v)
+		if m == mCalls {
+			s = fmt.Sprintf("%.0f", v)
+		}
+		if q, ok := r.ratioOf(relayRefKey, m, pathGRPCTCP, m); ok {
+			s += fmt.Sprintf(" (%.2fx)", q)
+		}
+		cells = append(cells, s)
+	}
+	fmt.Fprintf(w, "\nThe relay alone: brpc's gateway relay in front of a plain grpc-go server, both hops plain grpc-go over loopback TCP without TLS; ratios against one plain grpc-go TCP call in the same round (a relay that cost nothing would take 2.00x the latency and 0.50x the calls/s on 2 shared CPUs):\n\n")
+	fmt.Fprintf(w, "| path | %s | %s |\n|---|---|---|\n", r.metricTitle(mLat16), r.metricTitle(mCalls))
+	fmt.Fprintf(w, "| relay in front of grpc-go TCP | %s | %s |\n", cells[0], cells[1])
 }
 
 // gatewayTargets evaluates the gateway's targets: p50 at most 1.3x and

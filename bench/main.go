@@ -341,6 +341,18 @@ func measureAll(ctx context.Context, cfg *config, logf func(string, ...any)) (*r
 					return nil, fmt.Errorf("gateway %s: %w", t.transport, err)
 				}
 			}
+			if slices.Contains(cfg.paths, pathGRPCTCP) {
+				err := measureRelayRefRound(ctx, cfg, func(key, m string, v float64) {
+					if rep.samples[key] == nil {
+						rep.samples[key] = map[string][]float64{}
+					}
+					rep.samples[key][m] = append(rep.samples[key][m], v)
+					logf("round %d/%d %-7s %-22s %s", round+1, cfg.rounds, m, key, formatValue(m, v))
+				})
+				if err != nil {
+					return nil, fmt.Errorf("relay in front of grpc-go: %w", err)
+				}
+			}
 		}
 	}
 	if cfg.metrics[mIdle] {

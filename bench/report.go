@@ -96,6 +96,7 @@ func printReport(w io.Writer, r *report) {
 	if len(r.measuredGatewayTransports()) > 0 {
 		r.printGateway(w)
 	}
+	r.printRelayRef(w)
 
 	if len(r.idle) > 0 {
 		fmt.Fprintf(w, "\nIdle clients (held by a child process), cost on the server after GC (heap + goroutine stacks):\n\n")
