@@ -23,8 +23,17 @@ import (
 // Server.Gateway with the same call made directly on Client(id)'s stub.
 const mGateway = "gateway"
 
-// gatewayMetrics are the figures of the gateway comparison.
-var gatewayMetrics = []string{mLat16, mCalls}
+// mCPU is the CPU time the process uses per call while the calls/s figure
+// runs: every end of the path is in this process, so it is the whole
+// path's cost, however little of the machine the run gets.
+const mCPU = "cpu"
+
+// gatewayRuns are the measurements of the gateway comparison; the calls/s
+// one also gives mCPU.
+var gatewayRuns = []string{mLat16, mCalls}
+
+// gatewayFigures are the columns of the gateway tables.
+var gatewayFigures = []string{mLat16, mCalls, mCPU}
 
 // The ways the gateway comparison reaches a connected client's echo
 // service, all on one brpc server and one connected client.
@@ -168,14 +177,27 @@ func serveGatewayOn(h grpc.StreamHandler, sopts []grpc.ServerOption) (string, fu
 	return lis.Addr().String(), func() { gs.Stop(); <-served }, nil
 }
 
-// relayRefKey is where the samples of the relay in front of plain grpc-go
-// are kept.
-const relayRefKey = "gateway-relay-grpc"
+// The relay reference: a plain grpc-go echo server over loopback TCP
+// without TLS, called directly and through brpc's relay.
+const (
+	refPlain = "grpc"
+	refRelay = "relay"
+)
+
+var refVariants = []string{refPlain, refRelay}
+
+var refVariantLabels = map[string]string{
+	refPlain: "plain grpc-go over TCP (insecure), one hop",
+	refRelay: "the same server through the relay (both hops as the one above)",
+}
+
+// refKey is where a relay reference variant's samples are kept.
+func refKey(variant string) string { return "relay-ref-" + variant }
 
 // setupRelayRef runs brpc's relay (internal/gateway) in front of a plain
-// grpc-go echo server, both hops over loopback TCP without TLS: what a
-// message-by-message relay built on grpc-go costs, brpc's sessions aside.
-func setupRelayRef() (*gatewayCall, func(), error) {
+// grpc-go echo server: what a message-by-message relay built on grpc-go
+// costs, brpc's sessions aside. The server is reachable directly too.
+func setupRelayRef() (map[string]gatewayCall, func(), error) {
 	var cleanups []func()
 	closeAll := func() {
 		for i := len(cleanups) - 1; i >= 0; i-- {
@@ -195,12 +217,20 @@ func setupRelayRef() (*gatewayCall, func(), error) {
 	}()
 	cleanups = append(cleanups, func() { gs.Stop(); <-served })
 	insecureCreds := grpc.WithTransportCredentials(insecure.NewCredentials())
+	// The relay's connection to the server and the direct caller's are
+	// separate, as they would be on separate machines.
 	up, err := grpc.NewClient(lis.Addr().String(), insecureCreds)
 	if err != nil {
 		closeAll()
 		return nil, nil, err
 	}
 	cleanups = append(cleanups, func() { up.Close() })
+	direct, err := grpc.NewClient(lis.Addr().String(), insecureCreds)
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	cleanups = append(cleanups, func() { direct.Close() })
 	h := gateway.Handler(gateway.Config{
 		TargetHeader: brpc.GatewayTargetHeader,
 		Authorize:    allowAllCalls,
@@ -219,42 +249,62 @@ func setupRelayRef() (*gatewayCall, func(), error) {
 	}
 	cleanups = append(cleanups, func() { gc.Close() })
 	target := metadata.Pairs(brpc.GatewayTargetHeader, "upstream")
-	return &gatewayCall{
-		echo: testpb.NewEchoClient(gc),
-		ctx:  func(ctx context.Context) context.Context { return metadata.NewOutgoingContext(ctx, target) },
+	return map[string]gatewayCall{
+		refPlain: {echo: testpb.NewEchoClient(direct), ctx: func(ctx context.Context) context.Context { return ctx }},
+		refRelay: {
+			echo: testpb.NewEchoClient(gc),
+			ctx:  func(ctx context.Context) context.Context { return metadata.NewOutgoingContext(ctx, target) },
+		},
 	}, closeAll, nil
 }
 
-// measureRelayRefRound measures the relay reference's figures for one
-// round, each on a fresh set-up.
-func measureRelayRefRound(ctx context.Context, cfg *config, record func(key, metric string, v float64)) error {
+// measureRelayRefRound measures the relay reference for one round: a
+// set-up per measurement, on which the variants take turns, in an order
+// that rotates with the round.
+func measureRelayRefRound(ctx context.Context, cfg *config, round int, record func(key, metric string, v float64)) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	for _, m := range gatewayMetrics {
-		c, closeAll, err := setupRelayRef()
+	for _, m := range gatewayRuns {
+		calls, closeAll, err := setupRelayRef()
 		if err != nil {
 			return fmt.Errorf("setup: %w", err)
 		}
-		v, err := measureGatewayCall(ctx, cfg, *c, m)
-		closeAll()
-		if err != nil {
-			return fmt.Errorf("%s: %w", m, err)
+		for i := range refVariants {
+			variant := refVariants[(i+round)%len(refVariants)]
+			err := measureGatewayCall(ctx, cfg, calls[variant], m, func(metric string, v float64) { record(refKey(variant), metric, v) })
+			if err != nil {
+				closeAll()
+				return fmt.Errorf("%s %s: %w", variant, m, err)
+			}
 		}
-		record(relayRefKey, m, v)
+		closeAll()
 	}
 	return nil
 }
 
-// measureGatewayCall measures figure m on call c.
-func measureGatewayCall(ctx context.Context, cfg *config, c gatewayCall, m string) (float64, error) {
+// measureGatewayCall takes measurement m on call c and records its
+// figures: the latency, or the calls/s and the CPU time per call.
+func measureGatewayCall(ctx context.Context, cfg *config, c gatewayCall, m string, record func(metric string, v float64)) error {
 	switch m {
 	case mLat16:
 		d, err := measureLatency(c.ctx(ctx), c.echo, 16, cfg.warmCalls, cfg.calls)
-		return d.Seconds(), err
+		if err != nil {
+			return err
+		}
+		record(mLat16, d.Seconds())
+		return nil
 	case mCalls:
-		return measureCallRate(c.ctx(ctx), c.echo, cfg.callers, 16, cfg.warmup, cfg.duration)
+		rate, cpu, err := measureCallRateCPU(c.ctx(ctx), c.echo, cfg.callers, 16, cfg.warmup, cfg.duration)
+		if err != nil {
+			return err
+		}
+		record(mCalls, rate)
+		if cpu > 0 {
+			record(mCPU, cpu.Seconds())
+		}
+		return nil
 	}
-	return 0, fmt.Errorf("unknown figure %q", m)
+	return fmt.Errorf("unknown figure %q", m)
 }
 
 // measureGatewayRound measures every gateway figure on one transport for
@@ -263,19 +313,20 @@ func measureGatewayCall(ctx context.Context, cfg *config, c gatewayCall, m strin
 func measureGatewayRound(ctx context.Context, cfg *config, ca *certs.CA, transport string, round int, record func(key, metric string, v float64)) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	for _, m := range gatewayMetrics {
+	for _, m := range gatewayRuns {
 		f, err := setupGateway(ctx, ca, transport)
 		if err != nil {
 			return fmt.Errorf("setup: %w", err)
 		}
 		for i := range gatewayVariants {
 			variant := gatewayVariants[(i+round)%len(gatewayVariants)]
-			v, err := measureGatewayCall(ctx, cfg, f.calls[variant], m)
+			err := measureGatewayCall(ctx, cfg, f.calls[variant], m, func(metric string, v float64) {
+				record(gatewayKey(transport, variant), metric, v)
+			})
 			if err != nil {
 				f.close()
 				return fmt.Errorf("%s %s: %w", variant, m, err)
 			}
-			record(gatewayKey(transport, variant), m, v)
 		}
 		f.close()
 	}
@@ -302,11 +353,19 @@ func (r *report) gatewayRatio(transport, variant, metric string) (float64, bool)
 
 // gatewayFloor is, per round, what a relay that cost nothing would reach
 // against the direct call: the direct call plus a plain grpc-go call over
-// the same hop, measured in the same round. For latency the two add up;
-// for calls/s, on a machine whose CPUs every call shares, their CPU times
-// per call do.
+// the same hop, measured in the same round. Latencies and CPU times per
+// call add up; so do, on a machine whose CPUs every call shares, the
+// calls' CPU times, which sets the calls/s. The CPU time of a plain call
+// is the relay reference's, whose hop is the insecure TCP one.
 func (r *report) gatewayFloor(transport, variant, metric string) (float64, bool) {
-	d, g := r.samples[gatewayKey(transport, gwDirect)][metric], r.samples[gatewayHop[variant]][metric]
+	hop := gatewayHop[variant]
+	if metric == mCPU {
+		if variant != gwPlain {
+			return 0, false
+		}
+		hop = refKey(refPlain)
+	}
+	d, g := r.samples[gatewayKey(transport, gwDirect)][metric], r.samples[hop][metric]
 	if len(d) == 0 || len(d) != len(g) {
 		return 0, false
 	}
@@ -325,63 +384,100 @@ func (r *report) gatewayFloor(transport, variant, metric string) (float64, bool)
 	return median(q)
 }
 
+// gatewayCell formats one figure of a gateway table, with its ratios.
+func gatewayCell(v float64, m string, ratios ...string) string {
+	var s string
+	switch m {
+	case mCalls:
+		s = fmt.Sprintf("%.0f", v)
+	default:
+		s = fmt.Sprintf("%.1f µs", v*1e6)
+	}
+	if len(ratios) > 0 {
+		s += " (" + strings.Join(ratios, "; ") + ")"
+	}
+	return s
+}
+
 func (r *report) printGateway(w io.Writer) {
-	fmt.Fprintf(w, "\nGateway against a direct call (one brpc server and one connected client per figure; the gateway's *grpc.Server listens on loopback TCP; ratios in parentheses against the direct call in the same round; \"floor\": the direct call plus a plain grpc-go call over the same hop in the same round, latencies added, calls/s as CPU time per call added):\n\n")
-	fmt.Fprintf(w, "| transport | call | %s | %s |\n|---|---|---|---|\n", r.metricTitle(mLat16), r.metricTitle(mCalls))
+	fmt.Fprintf(w, "\nGateway against a direct call (one brpc server and one connected client per figure; the gateway's *grpc.Server listens on loopback TCP; ratios in parentheses against the direct call in the same round; \"floor\": the direct call plus a plain grpc-go call over the same hop in the same round, latencies and CPU times added, calls/s as the CPU times per call added; CPU: the process's CPU time per call while the calls/s figure ran, every end of the path included):\n\n")
+	r.gatewayHeader(w, "transport | call")
 	for _, tr := range r.measuredGatewayTransports() {
 		for _, variant := range gatewayVariants {
 			key := gatewayKey(tr, variant)
-			cells := make([]string, 0, len(gatewayMetrics))
-			for _, m := range gatewayMetrics {
+			fmt.Fprintf(w, "| brpc %s | %s |", tr, gatewayVariantLabels[variant])
+			for _, m := range gatewayFigures {
 				v, ok := r.value(key, m)
 				if !ok {
-					cells = append(cells, "not run")
+					fmt.Fprint(w, " not run |")
 					continue
 				}
-				s := formatValue(m, v)
-				if m == mCalls {
-					s = fmt.Sprintf("%.0f", v)
-				}
+				var ratios []string
 				if variant != gwDirect {
-					var ratios []string
 					if q, ok := r.gatewayRatio(tr, variant, m); ok {
 						ratios = append(ratios, fmt.Sprintf("%.2fx", q))
 					}
 					if q, ok := r.gatewayFloor(tr, variant, m); ok {
 						ratios = append(ratios, fmt.Sprintf("floor %.2fx", q))
 					}
-					if len(ratios) > 0 {
-						s += " (" + strings.Join(ratios, "; ") + ")"
-					}
 				}
-				cells = append(cells, s)
+				fmt.Fprintf(w, " %s |", gatewayCell(v, m, ratios...))
 			}
-			fmt.Fprintf(w, "| brpc %s | %s | %s | %s |\n", tr, gatewayVariantLabels[variant], cells[0], cells[1])
+			fmt.Fprintln(w)
 		}
 	}
 }
 
-// printRelayRef prints the relay in front of plain grpc-go against one
-// plain grpc-go call over TCP, when both ran.
+func (r *report) gatewayHeader(w io.Writer, first string) {
+	fmt.Fprintf(w, "| %s |", first)
+	for _, m := range gatewayFigures {
+		fmt.Fprintf(w, " %s |", r.gatewayTitle(m))
+	}
+	fmt.Fprint(w, "\n|---|")
+	if strings.Contains(first, "|") {
+		fmt.Fprint(w, "---|")
+	}
+	for range gatewayFigures {
+		fmt.Fprint(w, "---|")
+	}
+	fmt.Fprintln(w)
+}
+
+func (r *report) gatewayTitle(m string) string {
+	if m == mCPU {
+		return "CPU per call (process)"
+	}
+	return r.metricTitle(m)
+}
+
+// printRelayRef prints the relay in front of plain grpc-go against the
+// same server called directly, when it ran.
 func (r *report) printRelayRef(w io.Writer) {
-	cells := make([]string, 0, len(gatewayMetrics))
-	for _, m := range gatewayMetrics {
-		v, ok := r.value(relayRefKey, m)
-		if !ok {
+	if _, ok := r.value(refKey(refRelay), mLat16); !ok {
+		if _, ok := r.value(refKey(refRelay), mCalls); !ok {
 			return
 		}
-		s := formatValue(m, v)
-		if m == mCalls {
-			s = fmt.Sprintf("%.0f", v)
-		}
-		if q, ok := r.ratioOf(relayRefKey, m, pathGRPCTCP, m); ok {
-			s += fmt.Sprintf(" (%.2fx)", q)
-		}
-		cells = append(cells, s)
 	}
-	fmt.Fprintf(w, "\nThe relay alone: brpc's gateway relay in front of a plain grpc-go server, both hops plain grpc-go over loopback TCP without TLS; ratios against one plain grpc-go TCP call in the same round (a relay that cost nothing would take 2.00x the latency and 0.50x the calls/s on 2 shared CPUs):\n\n")
-	fmt.Fprintf(w, "| path | %s | %s |\n|---|---|---|\n", r.metricTitle(mLat16), r.metricTitle(mCalls))
-	fmt.Fprintf(w, "| relay in front of grpc-go TCP | %s | %s |\n", cells[0], cells[1])
+	fmt.Fprintf(w, "\nThe relay alone: brpc's gateway relay in front of a plain grpc-go server, both hops plain grpc-go over loopback TCP without TLS, against the same server called directly; ratios against the direct call in the same round (a relay that cost nothing would take 2.00x the latency and CPU and 0.50x the calls/s):\n\n")
+	r.gatewayHeader(w, "path")
+	for _, variant := range refVariants {
+		fmt.Fprintf(w, "| %s |", refVariantLabels[variant])
+		for _, m := range gatewayFigures {
+			v, ok := r.value(refKey(variant), m)
+			if !ok {
+				fmt.Fprint(w, " not run |")
+				continue
+			}
+			var ratios []string
+			if variant != refPlain {
+				if q, ok := r.ratioOf(refKey(variant), m, refKey(refPlain), m); ok {
+					ratios = append(ratios, fmt.Sprintf("%.2fx", q))
+				}
+			}
+			fmt.Fprintf(w, " %s |", gatewayCell(v, m, ratios...))
+		}
+		fmt.Fprintln(w)
+	}
 }
 
 // gatewayTargets evaluates the gateway's targets: p50 at most 1.3x and

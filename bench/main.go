@@ -342,7 +342,7 @@ func measureAll(ctx context.Context, cfg *config, logf func(string, ...any)) (*r
 				}
 			}
 			if slices.Contains(cfg.paths, pathGRPCTCP) {
-				err := measureRelayRefRound(ctx, cfg, func(key, m string, v float64) {
+				err := measureRelayRefRound(ctx, cfg, round, func(key, m string, v float64) {
 					if rep.samples[key] == nil {
 						rep.samples[key] = map[string][]float64{}
 					}
@@ -411,6 +411,8 @@ func formatValue(metric string, v float64) string {
 	switch metric {
 	case mLat16, mLat64K:
 		return fmt.Sprintf("%.1f µs", v*1e6)
+	case mCPU:
+		return fmt.Sprintf("%.1f µs CPU", v*1e6)
 	case mCalls:
 		return fmt.Sprintf("%.0f calls/s", v)
 	default:
