@@ -34,7 +34,7 @@ func (c *Conn) connect(ctx context.Context, avoid int) (*clientSession, error) {
 	order := endpointOrder(len(eps), avoid)
 	var (
 		errs      []string
-		exhausted = 0
+		exhausted int
 	)
 	for i, ep := range order {
 		actx, cancel := endpointContext(ctx, len(order)-i)
@@ -47,11 +47,10 @@ func (c *Conn) connect(ctx context.Context, avoid int) (*clientSession, error) {
 		if ctx.Err() != nil {
 			return nil, status.FromContextError(ctx.Err()).Err()
 		}
-		code := status.Code(err)
-		switch {
+		switch code := status.Code(err); {
 		case shareOver:
-			// Its share of ctx ran out: as unreachable as a refused dial.
-			code = codes.Unavailable
+			// Its share of ctx ran out: as unreachable as a refused dial,
+			// whatever the error says.
 		case code == codes.ResourceExhausted:
 			exhausted++
 		case code != codes.Unavailable:
