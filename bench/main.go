@@ -10,7 +10,10 @@
 // ratio), brpc over QUIC and over TCP (TLS + yamux), each forward (client to
 // server) and reverse (server to client through Server.Client), and raw
 // quic-go on one stream (an echo for latency, a transfer for bulk) as the
-// reference for QUIC. Everything runs in this process except the idle
+// reference for QUIC. The gateway figures (-metrics gateway) set a call
+// through Server.Gateway against the same call on Client(id)'s stub, with
+// the relay alone in front of plain grpc-go as a reference. Everything runs
+// in this process except the idle
 // clients, which a child process (this binary again, with a hidden
 // subcommand) holds.
 package main
