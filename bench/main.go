@@ -106,7 +106,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	groups := fs.String("tls-groups", "default", "TLS key exchanges of every path: default (Go's, post-quantum hybrid first) or x25519")
 	idleServers := fs.String("idle-servers", strings.Join(allIdle, ","), "comma-separated servers for the idle figures")
 	paths := fs.String("paths", "", "comma-separated paths to run (default all): "+strings.Join(pathKeys(), ","))
-	metrics := fs.String("metrics", "", "comma-separated figures to measure (default all): "+strings.Join(allMetrics, ",")+" (gateway: p50 16 B and calls/s through Server.Gateway against Client(id)'s stub, on each transport whose reverse path is in -paths)")
+	metrics := fs.String("metrics", "", "comma-separated figures to measure (default all): "+strings.Join(allMetrics, ",")+" (gateway: p50 16 B, calls/s and CPU per call through Server.Gateway against Client(id)'s stub, on each transport whose reverse path is in -paths, and of the relay alone in front of plain grpc-go when grpc-tcp is)")
 	fs.StringVar(&c.png, "png", "", "write a chart of the results to this PNG file")
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	childProfile := fs.String("child-cpuprofile", "", "write CPU profiles of the client process: while it connects the idle clients to PREFIX-<server>.pprof, then while it serves the server's calls to PREFIX-<server>-serve.pprof")
