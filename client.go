@@ -46,9 +46,9 @@ var _ grpc.ClientConnInterface = (*ClientConn)(nil)
 // or codes.ResourceExhausted (a server that is stopping or full), passes
 // the turn to the next; any other refusal (codes.PermissionDenied from the
 // authenticator, say) ends the attempt with that status. ctx bounds the
-// whole of Dial; when it has a deadline, each endpoint gets an equal share
-// of the time left, so that one that never answers leaves time for the
-// others. A tls.Config without ServerName verifies each endpoint's
+// whole of Dial; each endpoint gets at most 20 s and, when ctx has a
+// deadline, an equal share of the time left, so that one that never
+// answers leaves time for the others. A tls.Config without ServerName verifies each endpoint's
 // certificate for that endpoint's host.
 //
 // Dial does not retry: it fails within ctx's deadline when nothing answers.

@@ -82,8 +82,20 @@ func TestEndpointContextSharesTheDeadline(t *testing.T) {
 	}
 	nctx, ncancel := endpointContext(context.Background(), 3)
 	defer ncancel()
-	if _, ok := nctx.Deadline(); ok {
-		t.Error("without a deadline on ctx an endpoint attempt got one")
+	if dl, ok := nctx.Deadline(); !ok || time.Until(dl) > minConnectTimeout {
+		t.Errorf("without a deadline on ctx an endpoint attempt gets %v (deadline: %v), want at most %v", time.Until(dl), ok, minConnectTimeout)
+	}
+	lctx2, lcancel2 := endpointContext(context.WithoutCancel(ctx), 1)
+	defer lcancel2()
+	if dl, ok := lctx2.Deadline(); !ok || time.Until(dl) > minConnectTimeout {
+		t.Errorf("the last endpoint of a list without a deadline gets %v (deadline: %v), want at most %v", time.Until(dl), ok, minConnectTimeout)
+	}
+	long, lcancelLong := context.WithTimeout(context.Background(), time.Hour)
+	defer lcancelLong()
+	cctx, ccancel := endpointContext(long, 2)
+	defer ccancel()
+	if dl, _ := cctx.Deadline(); time.Until(dl) > minConnectTimeout {
+		t.Errorf("the first of 2 endpoints with an hour left gets %v, want at most %v", time.Until(dl), minConnectTimeout)
 	}
 }
 

@@ -23,9 +23,9 @@ import (
 // ended, if any, goes last), until one welcomes the client: one that
 // cannot be reached or refuses with codes.Unavailable or
 // codes.ResourceExhausted (stopping or full) passes the turn to the next;
-// any other refusal ends the attempt with its status. When ctx has a
-// deadline each endpoint gets an equal share of the time left, so that one
-// that never answers leaves time for the others.
+// any other refusal ends the attempt with its status. Each endpoint gets at
+// most minConnectTimeout and, when ctx has a deadline, an equal share of
+// the time left, so that one that never answers leaves time for the others.
 func (c *Conn) connect(ctx context.Context, avoid int) (*clientSession, error) {
 	eps := c.conf.Endpoints
 	if len(eps) == 1 {
@@ -84,14 +84,17 @@ func endpointOrder(n, avoid int) []int {
 	return order
 }
 
-// endpointContext bounds one of left endpoint attempts to an equal share of
-// what remains of ctx's deadline; without a deadline it only follows ctx.
+// endpointContext bounds one of left endpoint attempts (of a list of
+// several) to an equal share of what remains of ctx's deadline, and to
+// minConnectTimeout in any case: without the cap, a Dial whose ctx has no
+// deadline would wait for ever on an endpoint that accepts TCP connections
+// but never answers, and never try the next.
 func endpointContext(ctx context.Context, left int) (context.Context, context.CancelFunc) {
-	dl, ok := ctx.Deadline()
-	if !ok || left <= 1 {
-		return context.WithCancel(ctx)
+	d := minConnectTimeout
+	if dl, ok := ctx.Deadline(); ok && left > 0 {
+		d = min(d, time.Until(dl)/time.Duration(left))
 	}
-	return context.WithTimeout(ctx, time.Until(dl)/time.Duration(left))
+	return context.WithTimeout(ctx, d)
 }
 
 // connectTo establishes a session with endpoint ep and runs the handshake
