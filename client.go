@@ -40,16 +40,17 @@ var _ grpc.ClientConnInterface = (*ClientConn)(nil)
 // comma-separated after one optional scheme that applies to all of them:
 // "quic://a:4433,b:4433", "tcp://a:443,b:443" or "a:4433,b:4433" (each
 // endpoint then as a bare host:port is). Every connect and reconnect tries
-// them one after the other, starting at a random one (a reconnect tries the
-// endpoint whose session ended last), until one welcomes the client: an
-// endpoint that cannot be reached, or that refuses with codes.Unavailable
-// or codes.ResourceExhausted (a server that is stopping or full), passes
-// the turn to the next; any other refusal (codes.PermissionDenied from the
-// authenticator, say) ends the attempt with that status. ctx bounds the
-// whole of Dial; each endpoint gets at most 20 s and, when ctx has a
-// deadline, an equal share of the time left, so that one that never
-// answers leaves time for the others. A tls.Config without ServerName verifies each endpoint's
-// certificate for that endpoint's host.
+// them one after the other, starting at a random one (a reconnect keeps
+// the endpoint whose session ended for last), until one welcomes the
+// client: an endpoint that cannot be reached, or that refuses with
+// codes.Unavailable or codes.ResourceExhausted (a server that is stopping
+// or full), passes the turn to the next; any other refusal
+// (codes.PermissionDenied from the authenticator, say) ends the attempt
+// with that status. ctx bounds the whole of Dial; each endpoint gets at
+// most 20 s and, when ctx has a deadline, an equal share of the time left,
+// so that one that never answers leaves time for the others. A tls.Config
+// without ServerName verifies each endpoint's certificate for that
+// endpoint's host.
 //
 // Dial does not retry: it fails within ctx's deadline when nothing answers.
 // Errors are gRPC status errors: the server's rejection as it sent it,
