@@ -1,4 +1,4 @@
-package main
+package brpccmd
 
 import (
 	"bufio"
@@ -82,7 +82,7 @@ func TestEchoServerAndClient(t *testing.T) {
 	addr, ca := startEchoServer(t)
 	for _, target := range []string{addr, "quic://" + addr, "tcp://" + addr} {
 		var out, errOut bytes.Buffer
-		if code := run([]string{"echo-client", "-target", target, "-ca", ca, "-n", "5"}, &out, &errOut); code != exitOK {
+		if code := Run([]string{"echo-client", "-target", target, "-ca", ca, "-n", "5"}, &out, &errOut); code != exitOK {
 			t.Fatalf("echo-client -target %s exited %d: %s", target, code, errOut.String())
 		}
 		want := "quic"
@@ -154,7 +154,7 @@ func (e countingEcho) Echo(_ context.Context, r *echopb.EchoRequest) (*echopb.Ec
 func TestEchoServerStopsAfterItsDuration(t *testing.T) {
 	var out, errOut bytes.Buffer
 	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if code := run([]string{"echo-server", "-addr", "127.0.0.1:0", "-gateway", "127.0.0.1:0", "-ca-out", ca, "-duration", "300ms"}, &out, &errOut); code != exitOK {
+	if code := Run([]string{"echo-server", "-addr", "127.0.0.1:0", "-gateway", "127.0.0.1:0", "-ca-out", ca, "-duration", "300ms"}, &out, &errOut); code != exitOK {
 		t.Fatalf("echo-server -duration 300ms exited %d: %s", code, errOut.String())
 	}
 	if !strings.Contains(out.String(), "listening on 127.0.0.1:") || !strings.Contains(out.String(), "gateway on 127.0.0.1:") || !strings.Contains(out.String(), "stopped") {
@@ -181,7 +181,7 @@ func TestEchoCommandsRejectBadFlags(t *testing.T) {
 		{"echo-server", "-gateway", "", "-gateway-cert", "c.pem", "-gateway-key", "k.pem"},
 	} {
 		var out, errOut bytes.Buffer
-		if code := run(args, &out, &errOut); code != exitUsage {
+		if code := Run(args, &out, &errOut); code != exitUsage {
 			t.Errorf("brpc %v exited %d, want %d", args, code, exitUsage)
 		}
 		if !strings.Contains(errOut.String(), "Usage: brpc "+args[0]) {
@@ -189,12 +189,12 @@ func TestEchoCommandsRejectBadFlags(t *testing.T) {
 		}
 	}
 	var out, errOut bytes.Buffer
-	if code := run([]string{"echo-client", "-ca", filepath.Join(t.TempDir(), "missing.pem")}, &out, &errOut); code != exitError {
+	if code := Run([]string{"echo-client", "-ca", filepath.Join(t.TempDir(), "missing.pem")}, &out, &errOut); code != exitError {
 		t.Errorf("echo-client with a missing CA file exited %d, want %d", code, exitError)
 	}
 	for _, cmd := range []string{"echo-server", "echo-client"} {
 		out.Reset()
-		if code := run([]string{cmd, "-help"}, &out, &errOut); code != exitOK || !strings.Contains(out.String(), "Usage: brpc "+cmd) {
+		if code := Run([]string{cmd, "-help"}, &out, &errOut); code != exitOK || !strings.Contains(out.String(), "Usage: brpc "+cmd) {
 			t.Errorf("brpc %s -help exited %d with %q", cmd, code, out.String())
 		}
 	}
