@@ -32,5 +32,5 @@ import (
 )
 
 func main() {
-	os.Exit(brpccmd.Run(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(brpccmd.Run(os.Args[1:], os.Stdout, os.Stderr, brpccmd.Extensions{}))
 }

@@ -11,7 +11,24 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
+
+	"github.com/brpc-go/brpc"
 )
+
+// Extensions are what a build of the brpc command adds to what brpc's own
+// module can offer. The zero value is the command of cmd/brpc.
+type Extensions struct {
+	// Presence opens the presence that echo-server -replica joins. Nil:
+	// echo-server refuses -etcd, naming the build that has it.
+	Presence PresenceFunc
+}
+
+// PresenceFunc opens a cluster's presence in etcd: endpoints are
+// echo-server's -etcd, ttl its -etcd-ttl (a whole number of seconds). The
+// io.Closer releases what it opened, such as the etcd client; echo-server
+// closes it once the server has left the cluster.
+type PresenceFunc func(endpoints []string, ttl time.Duration) (brpc.Presence, io.Closer, error)
 
 // Exit statuses.
 const (
@@ -32,7 +49,7 @@ type command struct {
 	// flags returns the command's flag set; run then does the work once the
 	// flags are parsed. A *badUsage error from run is a command-line mistake
 	// that flag parsing could not catch.
-	flags func() (fs *flag.FlagSet, run func(stdout io.Writer) error)
+	flags func(ext Extensions) (fs *flag.FlagSet, run func(stdout io.Writer) error)
 }
 
 // badUsage is a command-line mistake found after the flags were parsed, such
@@ -82,10 +99,10 @@ func commands() []command {
 }
 
 // Run runs the brpc command with args (the command line without the
-// program name), printing to stdout and stderr, and returns the exit
-// status: 0 when the command succeeded, 1 when it ran and failed, 2 for a
-// mistake in the command line.
-func Run(args []string, stdout, stderr io.Writer) int {
+// program name), printing to stdout and stderr, with what ext adds, and
+// returns the exit status: 0 when the command succeeded, 1 when it ran and
+// failed, 2 for a mistake in the command line.
+func Run(args []string, stdout, stderr io.Writer, ext Extensions) int {
 	fs := flag.NewFlagSet("brpc", flag.ContinueOnError)
 	switch err := parse(fs, args); {
 	case errors.Is(err, flag.ErrHelp):
@@ -99,13 +116,13 @@ func Run(args []string, stdout, stderr io.Writer) int {
 	}
 	name, rest := fs.Arg(0), fs.Args()[1:]
 	if name == "help" {
-		return help(rest, stdout, stderr)
+		return help(rest, stdout, stderr, ext)
 	}
 	cmd, ok := lookup(name)
 	if !ok {
 		return usageError(stderr, fmt.Errorf("unknown command %q", name), printUsage)
 	}
-	cfs, runCmd := cmd.flags()
+	cfs, runCmd := cmd.flags(ext)
 	switch err := parse(cfs, rest); {
 	case errors.Is(err, flag.ErrHelp):
 		printCommandUsage(stdout, cmd, cfs)
@@ -133,7 +150,7 @@ func Run(args []string, stdout, stderr io.Writer) int {
 }
 
 // help answers "brpc help" and "brpc help <command>".
-func help(args []string, stdout, stderr io.Writer) int {
+func help(args []string, stdout, stderr io.Writer, ext Extensions) int {
 	switch len(args) {
 	case 0:
 		printUsage(stdout)
@@ -143,7 +160,7 @@ func help(args []string, stdout, stderr io.Writer) int {
 		if !ok {
 			return usageError(stderr, fmt.Errorf("unknown command %q", args[0]), printUsage)
 		}
-		fs, _ := cmd.flags()
+		fs, _ := cmd.flags(ext)
 		printCommandUsage(stdout, cmd, fs)
 		return exitOK
 	default:

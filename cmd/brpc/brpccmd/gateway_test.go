@@ -96,7 +96,7 @@ type brpcRun struct {
 
 func runBrpc(args ...string) brpcRun {
 	var stdout, stderr bytes.Buffer
-	code := Run(args, &stdout, &stderr)
+	code := Run(args, &stdout, &stderr, Extensions{})
 	return brpcRun{stdout.String(), stderr.String(), code}
 }
 

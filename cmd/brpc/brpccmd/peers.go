@@ -26,7 +26,7 @@ type peersConfig struct {
 	timeout  time.Duration
 }
 
-func peersFlags() (*flag.FlagSet, func(io.Writer) error) {
+func peersFlags(Extensions) (*flag.FlagSet, func(io.Writer) error) {
 	var cfg peersConfig
 	fs := flag.NewFlagSet("peers", flag.ContinueOnError)
 	cfg.gw.register(fs)
