@@ -118,7 +118,7 @@ type replicaSetup struct {
 
 // setUpReplica listens for the replica endpoint and opens the presence.
 // ca is the CA of -certs, or nil.
-func setUpReplica(c clusterFlags, ca *dirCA, open PresenceFunc, joined func(brpc.Replica)) (*replicaSetup, error) {
+func setUpReplica(c clusterFlags, ca *dirCA, open PresenceFunc, joinTimeout time.Duration, joined func(brpc.Replica)) (*replicaSetup, error) {
 	lis, err := net.Listen("tcp", c.listen)
 	if err != nil {
 		return nil, fmt.Errorf("replica endpoint: %w", err)

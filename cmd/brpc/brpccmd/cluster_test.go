@@ -2,6 +2,7 @@ package brpccmd
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc"
 )
@@ -40,12 +43,16 @@ func (f closerFunc) Close() error { return f() }
 // replicaConfig is an echo-server on free loopback ports that runs as the
 // replica name of the cluster in p, its certificates from certsDir.
 func replicaConfig(name, certsDir string, p *memoryPresence) echoServerConfig {
+	var open PresenceFunc
+	if p != nil {
+		open = p.open
+	}
 	return echoServerConfig{
 		addr:     "127.0.0.1:0",
 		certsDir: certsDir,
 		gateway:  gatewayServeFlags{addr: "127.0.0.1:0"},
 		cluster:  clusterFlags{replica: name, etcd: "etcd.invalid:2379", ttl: 10 * time.Second, listen: "127.0.0.1:0"},
-		presence: p.open,
+		presence: open,
 	}
 }
 
@@ -184,5 +191,32 @@ func TestCertsDirOpenedAtOnceHoldsOneCA(t *testing.T) {
 	again, err := openCertsDir(dir)
 	if err != nil || !again.cert.Equal(cas[0].cert) {
 		t.Errorf("opening the directory again: %v, or another CA", err)
+	}
+}
+
+// silentPresence is a presence whose Join never answers, as an etcd that
+// cannot be reached.
+type silentPresence struct{}
+
+func (silentPresence) Join(ctx context.Context, _ brpc.Replica, _ func(brpc.PresenceUpdate)) (brpc.Membership, error) {
+	<-ctx.Done()
+	return nil, status.FromContextError(ctx.Err()).Err()
+}
+
+func TestEchoServerGivesUpOnAPresenceThatDoesNotAnswer(t *testing.T) {
+	cfg := replicaConfig("a", filepath.Join(t.TempDir(), "certs"), nil)
+	cfg.presence = func([]string, time.Duration) (brpc.Presence, io.Closer, error) {
+		return silentPresence{}, closerFunc(func() error { return nil }), nil
+	}
+	cfg.joinTimeout = 200 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	err := echoServer(ctx, cfg, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "no answer from the presence within 200ms") {
+		t.Fatalf("echo-server with a presence that does not answer: %v, want its join to time out", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("echo-server gave up after %v, want about its join timeout", d)
 	}
 }

@@ -42,6 +42,8 @@ type echoServerConfig struct {
 	cluster  clusterFlags
 	// presence opens the presence of -etcd (Extensions.Presence).
 	presence PresenceFunc
+	// joinTimeout bounds joining the cluster; 0: joinTimeout.
+	joinTimeout time.Duration
 }
 
 func echoServerFlags(ext Extensions) (*flag.FlagSet, func(io.Writer) error) {
@@ -133,7 +135,11 @@ func echoServer(ctx context.Context, cfg echoServerConfig, stdout io.Writer) err
 		joined := func(self brpc.Replica) {
 			say("brpc echo-server replica %s joined the cluster, its endpoint advertised at %s", self.Name, self.Addr)
 		}
-		replica, err = setUpReplica(cfg.cluster, ca, cfg.presence, joined)
+		timeout := cfg.joinTimeout
+		if timeout == 0 {
+			timeout = joinTimeout
+		}
+		replica, err = setUpReplica(cfg.cluster, ca, cfg.presence, timeout, joined)
 		if err != nil {
 			gs.Stop()
 			return err
@@ -187,10 +193,10 @@ func echoServer(ctx context.Context, cfg echoServerConfig, stdout io.Writer) err
 		serving--
 	}
 	srv.GracefulStop()
+	// The others end because of the stop (a join cut short says so): what
+	// stopped the server is the error, if any.
 	for ; serving > 0; serving-- {
-		if e := <-errs; err == nil {
-			err = e
-		}
+		<-errs
 	}
 	gw.stop()
 	say("brpc echo-server stopped")
