@@ -90,9 +90,34 @@ func TestEchoServerReplicasReachEachOthersClients(t *testing.T) {
 			t.Errorf("brpc call through %s to %s printed:\n%s", c.gateway, c.id, r.stdout)
 		}
 	}
-	// brpc peers on a replica lists that replica's clients only.
-	if r := runBrpc("peers", "-gateway", gwA); r.code != exitOK || !strings.Contains(r.stdout, alice) || strings.Contains(r.stdout, bob) {
-		t.Errorf("brpc peers at replica a: exit %d, stdout:\n%s\nwant alice's ID (%s) and not bob's (%s)", r.code, r.stdout, alice, bob)
+	// brpc peers on a replica lists that replica's clients only, and says
+	// so; -cluster lists every replica's.
+	r := runBrpc("peers", "-gateway", gwA)
+	if r.code != exitOK || !strings.Contains(r.stdout, alice) || strings.Contains(r.stdout, bob) ||
+		!strings.HasSuffix(r.stdout, "1 client(s) connected to replica a (-cluster lists every replica's).\n") {
+		t.Errorf("brpc peers at replica a: exit %d, stdout:\n%s\nwant alice's ID (%s), not bob's (%s), and that they are replica a's", r.code, r.stdout, alice, bob)
+	}
+	r = runBrpc("peers", "-cluster", "-gateway", gwB)
+	rows := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		if f := strings.Fields(line); len(f) == 2 {
+			rows[f[0]] = f[1]
+		}
+	}
+	if r.code != exitOK || rows["ID"] != "REPLICA" || rows[alice] != "a" || rows[bob] != "b" || len(rows) != 3 ||
+		!strings.HasSuffix(r.stdout, "2 client(s) connected to the cluster, as replica b knows them.\n") {
+		t.Errorf("brpc peers -cluster at replica b: exit %d, stdout:\n%s\nwant alice (%s) on a and bob (%s) on b", r.code, r.stdout, alice, bob)
+	}
+}
+
+func TestPeersClusterOnAServerThatIsNoReplica(t *testing.T) {
+	_, gw, _ := startEchoGateway(t)
+	r := runBrpc("peers", "-cluster", "-gateway", gw)
+	if r.code != exitOK || r.stdout != "No clients connected to this server, which is no replica of a cluster.\n" {
+		t.Errorf("brpc peers -cluster at a server alone: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if r := runBrpc("peers", "-cluster", "-watch"); r.code != exitUsage || !strings.Contains(r.stderr, "-cluster and -watch do not go together") {
+		t.Errorf("brpc peers -cluster -watch: exit %d, stderr %q", r.code, r.stderr)
 	}
 }
 

@@ -85,7 +85,7 @@ func commands() []command {
 		},
 		{
 			name:    "peers",
-			summary: "list the clients connected to a server (its admin service), or watch them come and go",
+			summary: "list the clients connected to a server (its admin service) or to every replica of its cluster, or watch them come and go",
 			flags:   peersFlags,
 		},
 		{
