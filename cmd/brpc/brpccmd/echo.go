@@ -2,8 +2,10 @@ package brpccmd
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -44,6 +46,7 @@ type echoServerConfig struct {
 	presence PresenceFunc
 	// joinTimeout bounds joining the cluster; 0: joinTimeout.
 	joinTimeout time.Duration
+	idFromName  bool
 }
 
 func echoServerFlags(ext Extensions) (*flag.FlagSet, func(io.Writer) error) {
@@ -56,6 +59,8 @@ func echoServerFlags(ext Extensions) (*flag.FlagSet, func(io.Writer) error) {
 	fs.StringVar(&cfg.certsDir, "certs", "", "keep a CA in this directory (made on first use: ca-key.pem, and ca.pem for clients to trust) and issue the server's certificates from it, "+
 		"so that every echo-server started with the same directory is trusted by the same clients and, as replicas, by each other")
 	fs.DurationVar(&cfg.duration, "duration", 0, "stop after this long (0: run until interrupted)")
+	fs.BoolVar(&cfg.idFromName, "id-from-name", false, "admit each client under its \"name\" metadata (echo-client -name) as its ID, and one without a name under a random ID; "+
+		"any client may then take any name, replacing the client that had it, so this is for trying things (without it: a random ID each)")
 	cfg.gateway.register(fs)
 	cfg.cluster.register(fs)
 	cfg.presence = ext.Presence
@@ -130,6 +135,9 @@ func echoServer(ctx context.Context, cfg echoServerConfig, stdout io.Writer) err
 		// gateway's relayed calls ride on.
 		brpc.WithGRPCDialOptions(grpc.WithInitialWindowSize(256<<10), grpc.WithInitialConnWindowSize(4<<20)),
 	}
+	if cfg.idFromName {
+		opts = append(opts, brpc.WithAuthenticator(nameAsID))
+	}
 	var replica *replicaSetup
 	if cfg.cluster.replica != "" {
 		joined := func(self brpc.Replica) {
@@ -201,6 +209,19 @@ func echoServer(ctx context.Context, cfg echoServerConfig, stdout io.Writer) err
 	gw.stop()
 	say("brpc echo-server stopped")
 	return err
+}
+
+// nameAsID admits a client under the name it connects with, so that it
+// keeps its ID when it reconnects, to this server or to another replica.
+func nameAsID(_ context.Context, info brpc.AuthInfo) (string, error) {
+	if v := info.Metadata.Get("name"); len(v) > 0 && v[0] != "" {
+		return v[0], nil
+	}
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", status.Errorf(codes.Internal, "making an ID: %v", err)
+	}
+	return hex.EncodeToString(b), nil
 }
 
 // listenBoth listens for QUIC and TCP on one port number. When addr asks

@@ -211,3 +211,14 @@ func TestEchoCommandsRejectBadFlags(t *testing.T) {
 		}
 	}
 }
+
+func TestEchoServerIDFromName(t *testing.T) {
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	addr, _ := startEcho(t, echoServerConfig{addr: "127.0.0.1:0", caOut: caFile, idFromName: true, gateway: gatewayServeFlags{addr: "127.0.0.1:0"}})
+	if id := stayingClient(t, "quic://"+addr, caFile, "alice"); id != "alice" {
+		t.Errorf("a client named alice got the ID %q, want alice", id)
+	}
+	if id := stayingClient(t, "tcp://"+addr, caFile, ""); len(id) != 32 || id == "alice" {
+		t.Errorf("a client without a name got the ID %q, want a random one of 32 hex digits", id)
+	}
+}
