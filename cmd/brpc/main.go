@@ -8,11 +8,14 @@
 //
 //	demo         run a server and a few clients in one process and show
 //	             calls in both directions
-//	echo-server  serve an echo service on QUIC and TCP
+//	echo-server  serve an echo service on QUIC and TCP, alone or as a
+//	             replica of a cluster (-replica, -etcd: in the build of
+//	             brpcetcd/cmd/brpc)
 //	echo-client  connect to an echo-server and report the transport and
 //	             latency in both directions
-//	peers        list (or watch) the clients connected to a server, through
-//	             its gateway's admin service
+//	peers        list (or watch) the clients connected to a server, or to
+//	             every replica of its cluster, through its gateway's admin
+//	             service
 //	call         call a method of a connected client through a server's
 //	             gateway, with JSON, using the client's reflection
 //	help         print this help, or a command's: brpc help <command>
