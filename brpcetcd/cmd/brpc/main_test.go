@@ -92,6 +92,13 @@ func startChild(t *testing.T, name string, args ...string) *child {
 	}()
 	t.Cleanup(func() {
 		c.cmd.Process.Signal(syscall.SIGTERM)
+		// A graceful stop takes a moment (a replica leaves the presence
+		// first); one that hangs is a failure, and is killed.
+		hung := time.AfterFunc(20*time.Second, func() {
+			t.Errorf("%s did not end within 20s of SIGTERM; killing it", name)
+			c.cmd.Process.Kill()
+		})
+		defer hung.Stop()
 		for range c.lines { // until its stdout ends
 		}
 		if err := c.cmd.Wait(); err != nil {

@@ -171,9 +171,11 @@ func replicaTLS(c clusterFlags, ca *dirCA, listenAddr, advertise string) (*tls.C
 	}
 	var names []string
 	for _, addr := range []string{listenAddr, advertise} {
-		if host, _, err := net.SplitHostPort(addr); err == nil {
-			names = append(names, host)
+		host, _, err := net.SplitHostPort(addr)
+		if ip := net.ParseIP(host); err != nil || ip != nil && ip.IsUnspecified() {
+			continue // "every address" names no host to dial
 		}
+		names = append(names, host)
 	}
 	cert, err := ca.issue(names...)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,6 +25,10 @@ type memoryPresence struct {
 	p      brpc.Presence
 	opened atomic.Int32
 	closed atomic.Int32
+
+	mu        sync.Mutex
+	endpoints []string // as last opened
+	ttl       time.Duration
 }
 
 func newMemoryPresence() *memoryPresence { return &memoryPresence{p: brpc.NewMemoryPresence()} }
@@ -33,6 +38,9 @@ func (m *memoryPresence) open(endpoints []string, ttl time.Duration) (brpc.Prese
 		return nil, nil, fmt.Errorf("opened with endpoints %q and TTL %v", endpoints, ttl)
 	}
 	m.opened.Add(1)
+	m.mu.Lock()
+	m.endpoints, m.ttl = endpoints, ttl
+	m.mu.Unlock()
 	return m.p, closerFunc(func() error { m.closed.Add(1); return nil }), nil
 }
 
@@ -130,13 +138,18 @@ func TestEchoServerReplicaFlags(t *testing.T) {
 	if code := Run(args, &out, &errOut, Extensions{Presence: p.open}); code != exitOK {
 		t.Fatalf("brpc %q exited %d: %s", args, code, &errOut)
 	}
-	for _, want := range []string{"replica endpoint on 127.0.0.1:", "joining the cluster through etcd at 127.0.0.1:2379, 127.0.0.2:2379", "replica r1 joined the cluster", "stopped"} {
+	for _, want := range []string{"replica endpoint on 127.0.0.1:", "joining the cluster through etcd at 127.0.0.1:2379, 127.0.0.2:2379", "stopped"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("echo-server output lacks %q:\n%s", want, &out)
 		}
 	}
 	if p.opened.Load() != 1 || p.closed.Load() != 1 {
 		t.Errorf("the presence was opened %d and closed %d times, want once each", p.opened.Load(), p.closed.Load())
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if want := []string{"127.0.0.1:2379", "127.0.0.2:2379"}; !slices.Equal(p.endpoints, want) || p.ttl != 3*time.Second {
+		t.Errorf("the presence was opened with endpoints %q and TTL %v, want %q and 3s", p.endpoints, p.ttl, want)
 	}
 }
 
