@@ -3,8 +3,12 @@ package brpccmd
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -126,6 +130,58 @@ func TestPeersClusterOnAServerThatIsNoReplica(t *testing.T) {
 	}
 	if r := runBrpc("peers", "-cluster", "-watch"); r.code != exitUsage || !strings.Contains(r.stderr, "-cluster and -watch do not go together") {
 		t.Errorf("brpc peers -cluster -watch: exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+// writeReplicaCert issues a replica certificate from ca into files in dir
+// and returns their paths.
+func writeReplicaCert(t *testing.T, ca *dirCA, dir, name string) (certFile, keyFile string) {
+	t.Helper()
+	cert, err := ca.issue()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(cert.PrivateKey.(*ecdsa.PrivateKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
+	for file, block := range map[string]*pem.Block{certFile: {Type: "CERTIFICATE", Bytes: cert.Certificate[0]}, keyFile: {Type: "EC PRIVATE KEY", Bytes: keyDER}} {
+		if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return certFile, keyFile
+}
+
+func TestEchoServerReplicasWithTheirOwnCertificates(t *testing.T) {
+	// The replicas' PKI is the deployment's: certificates and a CA in
+	// files. The clients' side keeps throwaway certificates, a CA file
+	// for each server.
+	dir := t.TempDir()
+	pki, err := openCertsDir(filepath.Join(dir, "pki"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newMemoryPresence()
+	var gateways []string
+	var ids []string
+	for _, name := range []string{"a", "b"} {
+		cfg := replicaConfig(name, "", p)
+		cfg.caOut = filepath.Join(dir, name+"-clients-ca.pem")
+		cfg.cluster.certFile, cfg.cluster.keyFile = writeReplicaCert(t, pki, dir, name)
+		cfg.cluster.caFile = filepath.Join(dir, "pki", caCertFile)
+		addr, gw := startEcho(t, cfg)
+		gateways = append(gateways, gw)
+		ids = append(ids, stayingClient(t, "quic://"+addr, cfg.caOut, "client of "+name))
+	}
+	var r brpcRun
+	waitFor(t, 10*time.Second, "a call through replica a's gateway to reach the client on replica b", func() bool {
+		r = runBrpc("call", "-gateway", gateways[0], ids[1], "brpc.echo.v1.Echo/Echo", `{"message": "hi"}`)
+		return r.code == exitOK
+	})
+	if !strings.Contains(r.stdout, `"message": "hi"`) {
+		t.Errorf("brpc call through a to b's client printed:\n%s", r.stdout)
 	}
 }
 

@@ -76,6 +76,7 @@ func commands() []command {
 		{
 			name:    "echo-server",
 			summary: "serve an echo service on QUIC and TCP, for echo-client to check connectivity",
+			details: echoServerDetails,
 			flags:   echoServerFlags,
 		},
 		{

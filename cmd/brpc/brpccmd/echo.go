@@ -33,6 +33,16 @@ import (
 // client cannot keep the server calling for ever.
 const maxProbeCalls = 100000
 
+const echoServerDetails = `With -replica NAME and -etcd, the server is one replica of a cluster: etcd
+records which replica holds which client, the gateway reaches the clients
+of every replica, and the other replicas forward the calls for this one's
+clients to its replica endpoint (-replica-addr), over mutual TLS with
+certificates issued from the CA in -certs (or -replica-cert). -etcd needs
+the build of the command in brpc's brpcetcd module, which requires etcd
+as brpc's own module never does:
+
+	cd brpcetcd && go run ./cmd/brpc echo-server -replica NAME -etcd HOST:PORT -certs DIR ...`
+
 type echoServerConfig struct {
 	addr     string
 	certFile string
