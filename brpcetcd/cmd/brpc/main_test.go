@@ -178,4 +178,10 @@ func TestReplicasReachEachOthersClientsThroughTheirGateways(t *testing.T) {
 			t.Errorf("brpc call through %s to %s printed:\n%s", c.gateway, c.id, &stdout)
 		}
 	}
+	// Replica a has seen bob's claim: its cluster listing has both.
+	var stdout, stderr bytes.Buffer
+	if code := brpccmd.Run([]string{"peers", "-cluster", "-gateway", gwA}, &stdout, &stderr, ext); code != 0 ||
+		!strings.Contains(stdout.String(), alice+"  a\n") || !strings.Contains(stdout.String(), bob+"  b\n") {
+		t.Errorf("brpc peers -cluster at replica a: exit %d, stdout:\n%s\nstderr: %s\nwant alice (%s) on a and bob (%s) on b", code, &stdout, &stderr, alice, bob)
+	}
 }
