@@ -195,13 +195,16 @@ func echoServer(ctx context.Context, cfg echoServerConfig, stdout io.Writer) err
 	if gw != nil {
 		say("brpc echo-server gateway on %s (%s): the admin service brpc.admin.v1.Admin, and calls for a client named by the brpc-target header", gw.addr, gw.security)
 	}
+	if replica != nil {
+		// Before Serve, which joins: the join's own line comes after.
+		say("brpc echo-server replica %s: replica endpoint on %s, joining the cluster through etcd at %s", cfg.cluster.replica, replica.lis.Addr(), cfg.cluster.etcd)
+	}
 	serving := 2
 	errs := make(chan error, 3)
 	for _, l := range []brpc.Listener{qlis, tlis} {
 		go func() { errs <- srv.Serve(l) }()
 	}
 	if replica != nil {
-		say("brpc echo-server replica %s: replica endpoint on %s, joining the cluster through etcd at %s", cfg.cluster.replica, replica.lis.Addr(), cfg.cluster.etcd)
 		serving++
 		go func() { errs <- srv.ServeReplicas(replica.lis) }()
 	}
