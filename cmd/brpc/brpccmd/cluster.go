@@ -192,9 +192,9 @@ type announcedPresence struct {
 	joined  func(brpc.Replica)
 }
 
-// Join joins within the timeout. The membership outlives the context of
-// the call that made it (brpc.Presence's contract), so bounding the call
-// bounds only the waiting.
+// Join joins within the timeout. A membership lasts until it is left or
+// lost, not until the context of the call that made it ends (brpc.Presence,
+// Join), so bounding the call bounds only the waiting.
 func (p announcedPresence) Join(ctx context.Context, self brpc.Replica, updates func(brpc.PresenceUpdate)) (brpc.Membership, error) {
 	jctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
