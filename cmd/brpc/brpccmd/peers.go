@@ -161,7 +161,11 @@ func clusterPeers(ctx context.Context, cfg peersConfig, admin adminpb.AdminClien
 	for {
 		resp, err := admin.ListClusterPeers(ctx, req)
 		if err != nil {
-			return fmt.Errorf("listing the cluster's clients at %s%s: %w", cfg.gw.addr, noAdminHint(err), &rpcError{err})
+			hint := noAdminHint(err)
+			if status.Code(err) == codes.Unimplemented {
+				hint = " (does the server register the admin service there, of a brpc with ListClusterPeers?)"
+			}
+			return fmt.Errorf("listing the cluster's clients at %s%s: %w", cfg.gw.addr, hint, &rpcError{err})
 		}
 		list = append(list, resp.GetPeers()...)
 		replica = resp.GetReplica()
