@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,9 +18,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/adminpb"
 )
 
 // memoryPresence is an Extensions.Presence that joins every echo-server
@@ -312,5 +315,32 @@ func TestEchoServerGivesUpOnAPresenceThatDoesNotAnswer(t *testing.T) {
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("echo-server gave up after %v, want about its join timeout", d)
+	}
+}
+
+// oldAdmin is the admin service of a brpc without ListClusterPeers.
+type oldAdmin struct {
+	adminpb.UnimplementedAdminServer
+}
+
+func TestPeersClusterAtAnAdminServiceWithoutIt(t *testing.T) {
+	gs := grpc.NewServer()
+	adminpb.RegisterAdminServer(gs, oldAdmin{})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		gs.Serve(lis)
+	}()
+	defer func() {
+		gs.Stop()
+		<-served
+	}()
+	r := runBrpc("peers", "-cluster", "-gateway", lis.Addr().String())
+	if want := "of a brpc with ListClusterPeers?"; r.code != exitError || !strings.Contains(r.stderr, want) {
+		t.Errorf("brpc peers -cluster at an admin service without ListClusterPeers: exit %d, stderr %q; want %d and %q", r.code, r.stderr, exitError, want)
 	}
 }
