@@ -351,7 +351,7 @@ type echoClientConfig struct {
 func echoClientFlags(Extensions) (*flag.FlagSet, func(io.Writer) error) {
 	var cfg echoClientConfig
 	fs := flag.NewFlagSet("echo-client", flag.ContinueOnError)
-	fs.StringVar(&cfg.target, "target", "127.0.0.1:4433", "server: host:port (QUIC, falling back to TCP), quic://host:port or tcp://host:port")
+	fs.StringVar(&cfg.target, "target", "127.0.0.1:4433", "server: host:port (QUIC, falling back to TCP), quic://host:port or tcp://host:port; several, comma-separated (quic://a:4433,b:4433), to fail over between replicas")
 	fs.StringVar(&cfg.caFile, "ca", "brpc-echo-ca.pem", "CA that signed the server's certificate (PEM); empty: the system's roots")
 	fs.IntVar(&cfg.n, "n", 20, "round trips to time in each direction")
 	fs.IntVar(&cfg.size, "size", 16, "payload bytes per call")
