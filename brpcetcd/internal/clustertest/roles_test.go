@@ -1,0 +1,428 @@
+package clustertest
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/brpc-go/brpc"
+	"github.com/brpc-go/brpc/internal/certs"
+	"github.com/brpc-go/brpc/internal/testenv"
+	"github.com/brpc-go/brpc/internal/testpb"
+)
+
+// replicaRole is the child role "replica": a replica (startReplica) named
+// by the argument "name" on the etcd at "etcd", with the certificates of
+// the arguments. Its ready words are quic=TARGET, tcp=TARGET and
+// rep=ADDR. It answers:
+//
+//	reach ID ANSWERER                  a unary call to ID through Client(ID)
+//	converge PREFIX N BUDGET_MS SINCE  calls every client PREFIX%04d (i < N)
+//	                                   until each has answered once; reports
+//	                                   when the last one did (ms after SINCE,
+//	                                   unix nanoseconds) and how the calls
+//	                                   that failed meanwhile failed
+//	bench local|forwarded|plain CALLERS MS
+//	                                   unary calls by CALLERS goroutines for
+//	                                   MS: to this replica's clients, to the
+//	                                   other replicas' or to a plain grpc-go
+//	                                   server over TLS on loopback
+//	stats                              the presence's Stats
+//	peers                              local and cluster-wide client counts
+func replicaRole(c *testenv.ChildEnv) ([]string, error) {
+	fc, err := certsFromArgs(c.Arg)
+	if err != nil {
+		return nil, err
+	}
+	ttl, err := time.ParseDuration(c.Arg("ttl"))
+	if err != nil {
+		return nil, fmt.Errorf("ttl: %v", err)
+	}
+	r, err := startReplica(replicaConf{name: c.Arg("name"), etcd: c.Arg("etcd"), ttl: ttl, certs: fc})
+	if err != nil {
+		return nil, err
+	}
+	c.Cleanup(func() { r.stop(false) })
+	c.Handle("reach", func(args []string) (string, error) {
+		if len(args) != 2 {
+			return "", fmt.Errorf("reach takes an ID and the answerer's name")
+		}
+		return "", reach(r, args[0], args[1], 5*time.Second)
+	})
+	c.Handle("converge", func(args []string) (string, error) {
+		if len(args) != 4 {
+			return "", fmt.Errorf("converge takes a prefix, a count, a budget and a start")
+		}
+		n, err1 := strconv.Atoi(args[1])
+		budget, err2 := strconv.Atoi(args[2])
+		since, err3 := strconv.ParseInt(args[3], 10, 64)
+		if err1 != nil || err2 != nil || err3 != nil {
+			return "", fmt.Errorf("converge %v: bad numbers", args)
+		}
+		return converge(r, fleetIDs(args[0], n), time.Duration(budget)*time.Millisecond, time.Unix(0, since)), nil
+	})
+	var plain *plainServer
+	c.Cleanup(func() {
+		if plain != nil {
+			plain.stop()
+		}
+	})
+	c.Handle("bench", func(args []string) (string, error) {
+		if len(args) != 3 {
+			return "", fmt.Errorf("bench takes a mode, a caller count and a duration")
+		}
+		callers, err1 := strconv.Atoi(args[1])
+		ms, err2 := strconv.Atoi(args[2])
+		if err1 != nil || err2 != nil || callers < 1 {
+			return "", fmt.Errorf("bench %v: bad numbers", args)
+		}
+		var stubs []testpb.EchoClient
+		switch args[0] {
+		case "local":
+			for _, p := range r.srv.Peers() {
+				stubs = append(stubs, must(r.srv.Client(p.ID)))
+			}
+		case "forwarded":
+			for _, p := range r.srv.ClusterPeers() {
+				if p.Replica != r.name {
+					stubs = append(stubs, must(r.srv.Client(p.ID)))
+				}
+			}
+		case "plain":
+			if plain == nil {
+				if plain, err = startPlain(fc); err != nil {
+					return "", err
+				}
+			}
+			stubs = []testpb.EchoClient{plain.stub}
+		default:
+			return "", fmt.Errorf("bench mode %q", args[0])
+		}
+		if len(stubs) == 0 {
+			return "", fmt.Errorf("no clients to bench %s", args[0])
+		}
+		return bench(stubs, callers, time.Duration(ms)*time.Millisecond).String(), nil
+	})
+	c.Handle("stats", func([]string) (string, error) {
+		s := r.presence.Stats()
+		return fmt.Sprintf("txns=%d ops=%d maxops=%d errors=%d downs=%d snapshots=%d events=%d pending=%d records=%d",
+			s.Txns, s.Ops, s.MaxTxnOps, s.Errors, s.Downs, s.Snapshots, s.Events, s.Pending, s.Records), nil
+	})
+	c.Handle("peers", func([]string) (string, error) {
+		return fmt.Sprintf("local=%d cluster=%d", len(r.srv.Peers()), len(r.srv.ClusterPeers())), nil
+	})
+	return []string{"quic=" + r.targets["quic"], "tcp=" + r.targets["tcp"], "rep=" + r.repAddr}, nil
+}
+
+// must returns v, for a stub of a client just listed: a lookup that fails
+// yields a stub whose calls fail, which the caller counts.
+func must(v testpb.EchoClient, err error) testpb.EchoClient {
+	if err != nil {
+		return failingStub{err}
+	}
+	return v
+}
+
+type failingStub struct{ err error }
+
+func (f failingStub) Unary(context.Context, *testpb.EchoRequest, ...grpc.CallOption) (*testpb.EchoResponse, error) {
+	return nil, f.err
+}
+func (f failingStub) ServerStream(context.Context, *testpb.EchoRequest, ...grpc.CallOption) (grpc.ServerStreamingClient[testpb.EchoResponse], error) {
+	return nil, f.err
+}
+func (f failingStub) ClientStream(context.Context, ...grpc.CallOption) (grpc.ClientStreamingClient[testpb.EchoRequest, testpb.EchoResponse], error) {
+	return nil, f.err
+}
+func (f failingStub) BidiStream(context.Context, ...grpc.CallOption) (grpc.BidiStreamingClient[testpb.EchoRequest, testpb.EchoResponse], error) {
+	return nil, f.err
+}
+
+// fleetIDs are the IDs of a fleet's n clients.
+func fleetIDs(prefix string, n int) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%s%04d", prefix, i)
+	}
+	return ids
+}
+
+// converge calls each of ids (whose echo service answers under its ID)
+// from r, 64 at a time, round after round, until each has answered once
+// or budget has passed.
+func converge(r *replica, ids []string, budget time.Duration, since time.Time) string {
+	left := slices.Clone(ids)
+	deadline := time.Now().Add(budget)
+	var (
+		mu      sync.Mutex
+		last    time.Time
+		codes   = map[string]int{}
+		slowest time.Duration
+	)
+	rounds := 0
+	for len(left) > 0 && time.Now().Before(deadline) {
+		rounds++
+		var next []string
+		jobs := make(chan string)
+		var wg sync.WaitGroup
+		for range 64 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for id := range jobs {
+					start := time.Now()
+					err := reach(r, id, id, time.Second)
+					took := time.Since(start)
+					mu.Lock()
+					slowest = max(slowest, took)
+					if err != nil {
+						next = append(next, id)
+						codes[status.Code(err).String()]++
+					} else if now := time.Now(); now.After(last) {
+						last = now
+					}
+					mu.Unlock()
+				}
+			}()
+		}
+		for _, id := range left {
+			jobs <- id
+		}
+		close(jobs)
+		wg.Wait()
+		left = next
+		if len(left) > 0 {
+			// The next round once the clients have had a moment to move.
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	var failed []string
+	for c, n := range codes {
+		failed = append(failed, fmt.Sprintf("%s:%d", c, n))
+	}
+	slices.Sort(failed)
+	return fmt.Sprintf("ms=%d rounds=%d left=%d slowest_ms=%d failed=%s",
+		last.Sub(since).Milliseconds(), rounds, len(left), slowest.Milliseconds(), strings.Join(failed, ","))
+}
+
+// benchResult is what a bench run measured.
+type benchResult struct {
+	p50, p99 time.Duration
+	calls    int
+	errors   int
+	rate     float64 // calls per second
+}
+
+func (b benchResult) String() string {
+	return fmt.Sprintf("p50_us=%d p99_us=%d calls=%d errors=%d rate=%.0f",
+		b.p50.Microseconds(), b.p99.Microseconds(), b.calls, b.errors, b.rate)
+}
+
+// bench runs unary calls on stubs (caller i on stub i mod len) from
+// callers goroutines for d, after a warm-up of a tenth of d.
+func bench(stubs []testpb.EchoClient, callers int, d time.Duration) benchResult {
+	warm := time.Now().Add(d / 10)
+	end := warm.Add(d)
+	lat := make([][]time.Duration, callers)
+	errs := make([]int, callers)
+	var wg sync.WaitGroup
+	for i := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			stub := stubs[i%len(stubs)]
+			req := &testpb.EchoRequest{Message: "b"}
+			for {
+				start := time.Now()
+				if start.After(end) {
+					return
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_, err := stub.Unary(ctx, req)
+				cancel()
+				if start.Before(warm) {
+					continue
+				}
+				if err != nil {
+					errs[i]++
+					continue
+				}
+				lat[i] = append(lat[i], time.Since(start))
+			}
+		}()
+	}
+	wg.Wait()
+	all := slices.Concat(lat...)
+	slices.Sort(all)
+	res := benchResult{calls: len(all)}
+	for _, e := range errs {
+		res.errors += e
+	}
+	if len(all) > 0 {
+		res.p50, res.p99 = all[len(all)/2], all[len(all)*99/100]
+	}
+	res.rate = float64(res.calls) / d.Seconds()
+	return res
+}
+
+func parseBench(s string) (benchResult, error) {
+	var b benchResult
+	var p50, p99 int64
+	_, err := fmt.Sscanf(s, "p50_us=%d p99_us=%d calls=%d errors=%d rate=%f", &p50, &p99, &b.calls, &b.errors, &b.rate)
+	b.p50, b.p99 = time.Duration(p50)*time.Microsecond, time.Duration(p99)*time.Microsecond
+	return b, err
+}
+
+// plainServer is a plain grpc-go echo server over TLS on loopback and one
+// client of it: the baseline a forwarded call is compared with.
+type plainServer struct {
+	gs   *grpc.Server
+	cc   *grpc.ClientConn
+	stub testpb.EchoClient
+}
+
+func startPlain(fc fleetCerts) (*plainServer, error) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{fc.server}})))
+	testpb.RegisterEchoServer(gs, &testenv.Echo{Name: "plain"})
+	go gs.Serve(lis)
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: fc.pool})))
+	if err != nil {
+		gs.Stop()
+		return nil, err
+	}
+	return &plainServer{gs: gs, cc: cc, stub: testpb.NewEchoClient(cc)}, nil
+}
+
+func (p *plainServer) stop() {
+	p.cc.Close()
+	p.gs.Stop()
+}
+
+// remoteReplica is a replica in a child process (replicaRole).
+type remoteReplica struct {
+	*testenv.Child
+	name    string
+	targets map[string]string
+	repAddr string
+}
+
+// startReplicaChild starts a replica named name in a child process, on
+// the etcd at endpoint, with certificates of ca.
+func startReplicaChild(t testing.TB, ca *certs.CA, name, endpoint string, ttl time.Duration) *remoteReplica {
+	t.Helper()
+	fc, err := issueCerts(ca, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := map[string]string{"name": name, "etcd": endpoint, "ttl": ttl.String()}
+	if err := fc.args(args); err != nil {
+		t.Fatal(err)
+	}
+	c := testenv.StartChild(t, "replica", args)
+	rr := &remoteReplica{Child: c, name: name, targets: map[string]string{}}
+	for _, w := range c.Ready {
+		k, v, _ := strings.Cut(w, "=")
+		if k == "rep" {
+			rr.repAddr = v
+		} else {
+			rr.targets[k] = v
+		}
+	}
+	if rr.targets["quic"] == "" || rr.targets["tcp"] == "" || rr.repAddr == "" {
+		t.Fatalf("replica child %s reported %q", name, c.Ready)
+	}
+	return rr
+}
+
+// fleetRole is the child role "fleet": "n" failover clients named
+// PREFIX%04d ("prefix"), client i on transport i mod 2, starting at
+// replica i mod 3 of the lists "quic" and "tcp" (comma-separated targets,
+// in the same replica order), trusting the PEM CA "ca". Its ready words
+// are dial_ms=D, the time all took to connect. It answers "ready" (how
+// many are connected now) and "moves" (how many times they failed over).
+func fleetRole(c *testenv.ChildEnv) ([]string, error) {
+	n, err := strconv.Atoi(c.Arg("n"))
+	if err != nil {
+		return nil, fmt.Errorf("n: %v", err)
+	}
+	lists := map[string][]string{"quic": strings.Split(c.Arg("quic"), ","), "tcp": strings.Split(c.Arg("tcp"), ",")}
+	pool, err := certsPool(c.Arg("ca"))
+	if err != nil {
+		return nil, err
+	}
+	ids := fleetIDs(c.Arg("prefix"), n)
+	clients := make([]*failover, n)
+	c.Cleanup(func() {
+		var wg sync.WaitGroup
+		for _, f := range clients {
+			if f != nil {
+				wg.Go(f.Close)
+			}
+		}
+		wg.Wait()
+	})
+	start := time.Now()
+	jobs := make(chan int)
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for i := range jobs {
+				endpoints := lists[testenv.Transports[i%2]]
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				f, err := dialFailover(ctx, ids[i], endpoints, i%len(endpoints), brpc.WithTLSConfig(&tls.Config{RootCAs: pool}),
+					brpc.WithKeepalive(time.Second, 3*time.Second),
+					brpc.WithConnectBackoff(backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}))
+				cancel()
+				if err != nil {
+					errs <- fmt.Errorf("%s: %v", ids[i], err)
+					continue
+				}
+				clients[i] = f
+			}
+		})
+	}
+	for i := range n {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return nil, err
+	}
+	took := time.Since(start)
+	c.Handle("ready", func([]string) (string, error) {
+		k := 0
+		for _, f := range clients {
+			if f.ready() {
+				k++
+			}
+		}
+		return strconv.Itoa(k), nil
+	})
+	c.Handle("moves", func([]string) (string, error) {
+		var k int64
+		for _, f := range clients {
+			k += f.moves.Load()
+		}
+		return strconv.FormatInt(k, 10), nil
+	})
+	return []string{fmt.Sprintf("dial_ms=%d", took.Milliseconds())}, nil
+}
