@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"slices"
@@ -55,13 +56,17 @@ type etcdServer struct {
 	e   *embed.Etcd
 }
 
-func startEtcd(t testing.TB) *etcdServer {
+func startEtcd(t testing.TB) *etcdServer { return startEtcdSync(t, false) }
+
+// startEtcdSync is startEtcd whose writes reach the disk (fsync) when
+// fsync is set, as a production etcd's do.
+func startEtcdSync(t testing.TB, fsync bool) *etcdServer {
 	t.Helper()
 	cfg := embed.NewConfig()
 	cfg.Name = "clustertest"
 	cfg.Dir = t.TempDir()
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cfg.UnsafeNoFsync = true
+	cfg.UnsafeNoFsync = !fsync
 	setURLs := func(client, peer string) {
 		cu, pu := url.URL{Scheme: "http", Host: client}, url.URL{Scheme: "http", Host: peer}
 		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
@@ -448,6 +453,7 @@ func (l *eventLog) count0(s string) int {
 type failover struct {
 	id        string
 	endpoints []string
+	spread    time.Duration // the first dial after a loss waits up to this long
 	opts      []brpc.DialOption
 	gs        *grpc.Server
 	ctx       context.Context
@@ -465,10 +471,12 @@ type failover struct {
 
 // dialFailover connects a client named id, serving the echo service as
 // id, to endpoints[start] and keeps it connected to one of endpoints.
-func dialFailover(ctx context.Context, id string, endpoints []string, start int, opts ...brpc.DialOption) (*failover, error) {
+// After a loss it waits a random time up to spread before it dials again,
+// so that the clients of a lost replica do not all dial at once.
+func dialFailover(ctx context.Context, id string, endpoints []string, start int, spread time.Duration, opts ...brpc.DialOption) (*failover, error) {
 	gs := grpc.NewServer()
 	testpb.RegisterEchoServer(gs, &testenv.Echo{Name: id})
-	f := &failover{id: id, endpoints: endpoints, gs: gs, done: make(chan struct{}),
+	f := &failover{id: id, endpoints: endpoints, spread: spread, gs: gs, done: make(chan struct{}),
 		opts: append([]brpc.DialOption{brpc.WithServer(gs), brpc.WithMetadata(metadata.Pairs("name", id))}, opts...)}
 	cc, err := brpc.Dial(ctx, endpoints[start], f.opts...)
 	if err != nil {
@@ -504,9 +512,22 @@ func (f *failover) run() {
 		f.lost = time.Now()
 		f.mu.Unlock()
 		cc.Close()
+		// The others in a random order, so that the clients of a lost
+		// replica spread over the survivors, then the lost one again.
+		order := make([]int, 0, len(f.endpoints))
+		for _, i := range rand.Perm(len(f.endpoints)) {
+			if i != at {
+				order = append(order, i)
+			}
+		}
+		order = append(order, at)
+		if f.spread > 0 && !f.pause(rand.N(f.spread)) {
+			return
+		}
+		pause := 200 * time.Millisecond
 		for try := 1; ; try++ {
-			next := (at + try) % len(f.endpoints)
-			ctx, cancel := context.WithTimeout(f.ctx, 2*time.Second)
+			next := order[(try-1)%len(order)]
+			ctx, cancel := context.WithTimeout(f.ctx, 10*time.Second)
 			ncc, err := brpc.Dial(ctx, f.endpoints[next], f.opts...)
 			cancel()
 			if f.ctx.Err() != nil {
@@ -526,14 +547,26 @@ func (f *failover) run() {
 			f.err = err
 			f.mu.Unlock()
 			if try%len(f.endpoints) == 0 {
-				// Every endpoint refused: the next round after a pause.
-				select {
-				case <-time.After(200 * time.Millisecond):
-				case <-f.ctx.Done():
+				// Every endpoint refused: the next round after a pause
+				// that grows, with jitter, as a storm of them would
+				// otherwise keep the replicas busy with handshakes
+				// nobody waits for.
+				if !f.pause(pause/2 + rand.N(pause)) {
 					return
 				}
+				pause = min(2*pause, 5*time.Second)
 			}
 		}
+	}
+}
+
+// pause waits d, or reports false when the client is closed first.
+func (f *failover) pause(d time.Duration) bool {
+	select {
+	case <-time.After(d):
+		return true
+	case <-f.ctx.Done():
+		return false
 	}
 }
 
@@ -574,7 +607,7 @@ func connectFailover(t *testing.T, ca *certs.CA, id string, endpoints []string, 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	f, err := dialFailover(ctx, id, endpoints, start, brpc.WithTLSConfig(ca.ClientTLS()),
+	f, err := dialFailover(ctx, id, endpoints, start, 0, brpc.WithTLSConfig(ca.ClientTLS()),
 		brpc.WithKeepalive(250*time.Millisecond, time.Second),
 		brpc.WithConnectBackoff(backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond}))
 	if err != nil {

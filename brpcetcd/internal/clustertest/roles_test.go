@@ -29,11 +29,18 @@ import (
 // rep=ADDR. It answers:
 //
 //	reach ID ANSWERER                  a unary call to ID through Client(ID)
-//	converge PREFIX N BUDGET_MS SINCE  calls every client PREFIX%04d (i < N)
-//	                                   until each has answered once; reports
-//	                                   when the last one did (ms after SINCE,
-//	                                   unix nanoseconds) and how the calls
-//	                                   that failed meanwhile failed
+//	converge PREFIX N BUDGET_MS SINCE GONE
+//	                                   waits until the cache has every client
+//	                                   PREFIX%04d (i < N) on a replica other
+//	                                   than GONE, calling the ones still on
+//	                                   GONE meanwhile, then calls every client
+//	                                   until each has answered once (those
+//	                                   GONE held first); reports when the
+//	                                   cache was complete, when the last of
+//	                                   GONE's clients and the last of all
+//	                                   answered (ms after SINCE, unix
+//	                                   nanoseconds), and how the calls
+//	                                   failed meanwhile
 //	bench local|forwarded|plain CALLERS MS
 //	                                   unary calls by CALLERS goroutines for
 //	                                   MS: to this replica's clients, to the
@@ -62,8 +69,8 @@ func replicaRole(c *testenv.ChildEnv) ([]string, error) {
 		return "", reach(r, args[0], args[1], 5*time.Second)
 	})
 	c.Handle("converge", func(args []string) (string, error) {
-		if len(args) != 4 {
-			return "", fmt.Errorf("converge takes a prefix, a count, a budget and a start")
+		if len(args) != 5 {
+			return "", fmt.Errorf("converge takes a prefix, a count, a budget, a start and a replica")
 		}
 		n, err1 := strconv.Atoi(args[1])
 		budget, err2 := strconv.Atoi(args[2])
@@ -71,7 +78,7 @@ func replicaRole(c *testenv.ChildEnv) ([]string, error) {
 		if err1 != nil || err2 != nil || err3 != nil {
 			return "", fmt.Errorf("converge %v: bad numbers", args)
 		}
-		return converge(r, fleetIDs(args[0], n), time.Duration(budget)*time.Millisecond, time.Unix(0, since)), nil
+		return converge(r, fleetIDs(args[0], n), time.Duration(budget)*time.Millisecond, time.Unix(0, since), args[4]), nil
 	})
 	var plain *plainServer
 	c.Cleanup(func() {
@@ -159,18 +166,96 @@ func fleetIDs(prefix string, n int) []string {
 	return ids
 }
 
-// converge calls each of ids (whose echo service answers under its ID)
-// from r, 64 at a time, round after round, until each has answered once
-// or budget has passed.
-func converge(r *replica, ids []string, budget time.Duration, since time.Time) string {
-	left := slices.Clone(ids)
+// converge waits until r's cache has each of ids on a replica other than
+// gone, making calls meanwhile to the ids it still has on gone, then
+// calls each of ids (whose echo service answers under its ID), 64 at a
+// time, round after round, until each has answered once or budget has
+// passed.
+func converge(r *replica, ids []string, budget time.Duration, since time.Time, gone string) string {
 	deadline := time.Now().Add(budget)
 	var (
 		mu      sync.Mutex
-		last    time.Time
-		codes   = map[string]int{}
+		phase   = 1
+		codes   = [3]map[string]int{nil, {}, {}} // by phase
 		slowest time.Duration
 	)
+	call := func(id string) error {
+		start := time.Now()
+		err := reach(r, id, id, time.Second)
+		took := time.Since(start)
+		mu.Lock()
+		defer mu.Unlock()
+		slowest = max(slowest, took)
+		codes[phase][status.Code(err).String()]++
+		return err
+	}
+	want := map[string]bool{}
+	index := map[string]int{}
+	for i, id := range ids {
+		want[id] = true
+		index[id] = i
+	}
+	var movedBy [2]time.Time // when the cache had no QUIC (TCP) client left on gone
+	// The clients the lost replica held, as the cache has them at first.
+	moved := map[string]bool{}
+	for _, p := range r.srv.ClusterPeers() {
+		if want[p.ID] && p.Replica == gone {
+			moved[p.ID] = true
+		}
+	}
+	// Phase 1: the cache.
+	var cached time.Time
+	for time.Now().Before(deadline) {
+		var onGone []string
+		held := 0
+		var byTransport [2]int // clients still on gone, QUIC (even) and TCP (odd)
+		for _, p := range r.srv.ClusterPeers() {
+			if !want[p.ID] {
+				continue
+			}
+			if p.Replica == gone {
+				onGone = append(onGone, p.ID)
+				byTransport[index[p.ID]%2]++
+			} else {
+				held++
+			}
+		}
+		for tr, k := range byTransport {
+			if k == 0 && movedBy[tr].IsZero() {
+				movedBy[tr] = time.Now()
+			}
+		}
+		if held == len(ids) {
+			cached = time.Now()
+			break
+		}
+		// A few calls to the clients still recorded on the lost replica:
+		// they must fail, and fast.
+		// (An OK is a client that moved between the look and the call.)
+		for i, id := range onGone {
+			if i == 8 {
+				break
+			}
+			call(id)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	mu.Lock()
+	phase = 2
+	mu.Unlock()
+	// Phase 2: calls, to the clients that moved first.
+	left := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if moved[id] {
+			left = append(left, id)
+		}
+	}
+	for _, id := range ids {
+		if !moved[id] {
+			left = append(left, id)
+		}
+	}
+	var last, lastMoved time.Time
 	rounds := 0
 	for len(left) > 0 && time.Now().Before(deadline) {
 		rounds++
@@ -178,24 +263,22 @@ func converge(r *replica, ids []string, budget time.Duration, since time.Time) s
 		jobs := make(chan string)
 		var wg sync.WaitGroup
 		for range 64 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				for id := range jobs {
-					start := time.Now()
-					err := reach(r, id, id, time.Second)
-					took := time.Since(start)
+					err := call(id)
 					mu.Lock()
-					slowest = max(slowest, took)
 					if err != nil {
 						next = append(next, id)
-						codes[status.Code(err).String()]++
-					} else if now := time.Now(); now.After(last) {
-						last = now
+					} else {
+						now := time.Now()
+						last = later(last, now)
+						if moved[id] {
+							lastMoved = later(lastMoved, now)
+						}
 					}
 					mu.Unlock()
 				}
-			}()
+			})
 		}
 		for _, id := range left {
 			jobs <- id
@@ -208,13 +291,29 @@ func converge(r *replica, ids []string, budget time.Duration, since time.Time) s
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	var failed []string
-	for c, n := range codes {
-		failed = append(failed, fmt.Sprintf("%s:%d", c, n))
+	outcomes := func(m map[string]int) string {
+		var l []string
+		for c, n := range m {
+			l = append(l, fmt.Sprintf("%s:%d", c, n))
+		}
+		slices.Sort(l)
+		return strings.Join(l, ",")
 	}
-	slices.Sort(failed)
-	return fmt.Sprintf("ms=%d rounds=%d left=%d slowest_ms=%d failed=%s",
-		last.Sub(since).Milliseconds(), rounds, len(left), slowest.Milliseconds(), strings.Join(failed, ","))
+	ms := func(at time.Time) int64 {
+		if at.IsZero() {
+			return -1
+		}
+		return at.Sub(since).Milliseconds()
+	}
+	return fmt.Sprintf("moved=%d quic_cached_ms=%d tcp_cached_ms=%d cache_ms=%d moved_ms=%d all_ms=%d rounds=%d left=%d slowest_ms=%d calls_while_listed=%s calls_after=%s",
+		len(moved), ms(movedBy[0]), ms(movedBy[1]), ms(cached), ms(lastMoved), ms(last), rounds, len(left), slowest.Milliseconds(), outcomes(codes[1]), outcomes(codes[2]))
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // benchResult is what a bench run measured.
@@ -353,7 +452,9 @@ func startReplicaChild(t testing.TB, ca *certs.CA, name, endpoint string, ttl ti
 // fleetRole is the child role "fleet": "n" failover clients named
 // PREFIX%04d ("prefix"), client i on transport i mod 2, starting at
 // replica i mod 3 of the lists "quic" and "tcp" (comma-separated targets,
-// in the same replica order), trusting the PEM CA "ca". Its ready words
+// in the same replica order), trusting the PEM CA "ca", with the
+// keepalive timeout "keepalive" (probes every third of it) and the
+// failover's "spread" (dialFailover). Its ready words
 // are dial_ms=D, the time all took to connect. It answers "ready" (how
 // many are connected now) and "moves" (how many times they failed over).
 func fleetRole(c *testenv.ChildEnv) ([]string, error) {
@@ -365,6 +466,14 @@ func fleetRole(c *testenv.ChildEnv) ([]string, error) {
 	pool, err := certsPool(c.Arg("ca"))
 	if err != nil {
 		return nil, err
+	}
+	spread, err := time.ParseDuration(c.Arg("spread"))
+	if err != nil {
+		return nil, fmt.Errorf("spread: %v", err)
+	}
+	keepalive, err := time.ParseDuration(c.Arg("keepalive"))
+	if err != nil {
+		return nil, fmt.Errorf("keepalive: %v", err)
 	}
 	ids := fleetIDs(c.Arg("prefix"), n)
 	clients := make([]*failover, n)
@@ -386,8 +495,8 @@ func fleetRole(c *testenv.ChildEnv) ([]string, error) {
 			for i := range jobs {
 				endpoints := lists[testenv.Transports[i%2]]
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				f, err := dialFailover(ctx, ids[i], endpoints, i%len(endpoints), brpc.WithTLSConfig(&tls.Config{RootCAs: pool}),
-					brpc.WithKeepalive(time.Second, 3*time.Second),
+				f, err := dialFailover(ctx, ids[i], endpoints, i%len(endpoints), spread, brpc.WithTLSConfig(&tls.Config{RootCAs: pool}),
+					brpc.WithKeepalive(keepalive/3, keepalive),
 					brpc.WithConnectBackoff(backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}))
 				cancel()
 				if err != nil {
