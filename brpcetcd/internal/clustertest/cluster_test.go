@@ -310,15 +310,26 @@ func TestKilledReplica(t *testing.T) {
 	if expired > testTTL+3*time.Second {
 		t.Errorf("r2's lease expired %v after it was killed, TTL %v", expired, testTTL)
 	}
-	waitPeers(t, 10*time.Second, []brpc.ClusterPeer{{ID: "home", Replica: "r0"},
-		{ID: "mover0", Replica: "r0"}, {ID: "mover1", Replica: "r0"}, {ID: "mover2", Replica: "r0"}, {ID: "mover3", Replica: "r0"}}, r0, r1)
+	// Both caches list the home and the movers where they are now; the
+	// stayers' records went with r2's lease.
+	moved := []brpc.ClusterPeer{{ID: "home", Replica: "r0"}}
+	for _, id := range movers {
+		at := ""
+		for _, r := range []*replica{r0, r1} {
+			if ep := moverConns[id].endpoint(); ep == r.targets["quic"] || ep == r.targets["tcp"] {
+				at = r.name
+			}
+		}
+		moved = append(moved, brpc.ClusterPeer{ID: id, Replica: at})
+	}
+	waitPeers(t, 10*time.Second, moved, r0, r1)
 	probes.Wait()
 	close(probeErrs)
 	for err := range probeErrs {
 		t.Error(err)
 	}
-	if rec := records(t, cli); len(rec) != 5 {
-		t.Errorf("etcd holds %v, want the home and the movers on r0", rec)
+	if rec := records(t, cli); len(rec) != len(moved) {
+		t.Errorf("etcd holds %v, want %v", rec, moved)
 	}
 
 	// The stayers, dialed to a survivor, are reachable from both.
