@@ -608,7 +608,9 @@ func connectFailover(t *testing.T, ca *certs.CA, id string, endpoints []string, 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	f, err := dialFailover(ctx, id, endpoints, start, 0, brpc.WithTLSConfig(ca.ClientTLS()),
-		brpc.WithKeepalive(250*time.Millisecond, time.Second),
+		// QUIC clients notice a killed replica within the timeout; under
+		// -race on a loaded machine a shorter one drops live sessions too.
+		brpc.WithKeepalive(500*time.Millisecond, 3*time.Second),
 		brpc.WithConnectBackoff(backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond}))
 	if err != nil {
 		t.Fatalf("Dial %s to %s: %v", id, endpoints[start], err)
