@@ -49,6 +49,10 @@ const (
 //     codes.ResourceExhausted as soon as its last send returns: watch
 //     again, with include_current, to catch up. Every watch ends with codes.Unavailable once the server has
 //     stopped and reported its clients' disconnections.
+//   - ListClusterPeers lists the clients of every replica of the server's
+//     cluster (ClusterPeers) with the replica holding each and the name of
+//     the replica answering, paged as ListPeers; on a server without
+//     WithCluster, its own clients with an empty replica.
 //
 // The admin service decides nobody's access: anyone who can call r can list
 // the clients and their metadata. Guard it with r's own interceptors (or
@@ -56,7 +60,7 @@ const (
 // subscription to peer events, apart from WithPeerEvents, which keeps
 // receiving every event.
 func (s *Server[C]) RegisterAdmin(r grpc.ServiceRegistrar) {
-	adminpb.RegisterAdminServer(r, &adminService{core: s.core, buffer: AdminWatchBuffer})
+	adminpb.RegisterAdminServer(r, &adminService{core: s.core, buffer: AdminWatchBuffer, clusterPeers: s.ClusterPeers, replica: s.replica})
 }
 
 // adminService serves brpc.admin.v1.Admin for one server.
@@ -64,20 +68,31 @@ type adminService struct {
 	adminpb.UnimplementedAdminServer
 	core   *server.Server
 	buffer int // AdminWatchBuffer, or less in tests
+	// clusterPeers is the server's ClusterPeers; replica its replica name.
+	clusterPeers func() []ClusterPeer
+	replica      string
+}
+
+// adminPageSize is the page size a request asks for, within bounds.
+func adminPageSize(size int32) (int, error) {
+	switch {
+	case size < 0:
+		return 0, status.Errorf(codes.InvalidArgument, "brpc admin: page_size must not be negative, not %d", size)
+	case size == 0:
+		return adminDefaultPageSize, nil
+	case size > adminMaxPageSize:
+		return adminMaxPageSize, nil
+	}
+	return int(size), nil
 }
 
 // ListPeers lists a page of the connected clients. The page token is the
 // last ID of the previous page: the registry is ordered by ID, and a
 // client that connects or leaves between pages moves no other.
 func (a *adminService) ListPeers(_ context.Context, req *adminpb.ListPeersRequest) (*adminpb.ListPeersResponse, error) {
-	size := int(req.GetPageSize())
-	switch {
-	case size < 0:
-		return nil, status.Errorf(codes.InvalidArgument, "brpc admin: page_size must not be negative, not %d", size)
-	case size == 0:
-		size = adminDefaultPageSize
-	case size > adminMaxPageSize:
-		size = adminMaxPageSize
+	size, err := adminPageSize(req.GetPageSize())
+	if err != nil {
+		return nil, err
 	}
 	peers := a.core.Peers()
 	start := 0
@@ -88,6 +103,29 @@ func (a *adminService) ListPeers(_ context.Context, req *adminpb.ListPeersReques
 	resp := &adminpb.ListPeersResponse{Peers: make([]*adminpb.Peer, 0, end-start)}
 	for _, p := range peers[start:end] {
 		resp.Peers = append(resp.Peers, adminPeer(p))
+	}
+	if end < len(peers) {
+		resp.NextPageToken = peers[end-1].ID
+	}
+	return resp, nil
+}
+
+// ListClusterPeers lists a page of the cluster's clients, paged by ID as
+// ListPeers is: ClusterPeers is ordered by ID.
+func (a *adminService) ListClusterPeers(_ context.Context, req *adminpb.ListClusterPeersRequest) (*adminpb.ListClusterPeersResponse, error) {
+	size, err := adminPageSize(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	peers := a.clusterPeers()
+	start := 0
+	if tok := req.GetPageToken(); tok != "" {
+		start = sort.Search(len(peers), func(i int) bool { return peers[i].ID > tok })
+	}
+	end := min(start+size, len(peers))
+	resp := &adminpb.ListClusterPeersResponse{Peers: make([]*adminpb.ClusterPeer, 0, end-start), Replica: validUTF8(a.replica)}
+	for _, p := range peers[start:end] {
+		resp.Peers = append(resp.Peers, &adminpb.ClusterPeer{Id: validUTF8(p.ID), Replica: validUTF8(p.Replica)})
 	}
 	if end < len(peers) {
 		resp.NextPageToken = peers[end-1].ID

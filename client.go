@@ -34,11 +34,32 @@ var _ grpc.ClientConnInterface = (*ClientConn)(nil)
 // "tcp://host:port" (TLS over TCP) or "host:port": QUIC first, and TCP as
 // well when QUIC has not connected within the fallback delay
 // (WithFallbackDelay); whichever connects first is used, and tried first
-// when reconnecting. Dial does not retry: it fails within ctx's deadline
-// when nothing answers. Errors are gRPC status errors: the server's
-// rejection as it sent it, codes.InvalidArgument for a bad target or
-// options, codes.DeadlineExceeded or codes.Canceled when ctx ends first, and
-// codes.Unavailable when the server cannot be reached.
+// when reconnecting.
+//
+// The target may list several endpoints of one server (replicas),
+// comma-separated after one optional scheme that applies to all of them:
+// "quic://a:4433,b:4433", "tcp://a:443,b:443" or "a:4433,b:4433" (each
+// endpoint then as a bare host:port is). Every connect and reconnect tries
+// them one after the other, starting at a random one (a reconnect keeps
+// the endpoint whose session ended for last), until one welcomes the
+// client: an endpoint that cannot be reached, or that refuses with
+// codes.Unavailable or codes.ResourceExhausted (a server that is stopping
+// or full), passes the turn to the next; any other refusal
+// (codes.PermissionDenied from the authenticator, say) ends the attempt
+// with that status. ctx bounds the whole of Dial; each endpoint gets at
+// most 20 s and, when ctx has a deadline, an equal share of the time left,
+// so that one that never answers leaves time for the others. A tls.Config
+// without ServerName verifies each endpoint's certificate for that
+// endpoint's host.
+//
+// Dial does not retry: it fails within ctx's deadline when nothing answers.
+// Errors are gRPC status errors: the server's rejection as it sent it,
+// codes.InvalidArgument for a bad target (an unknown scheme, an endpoint
+// without a port, an empty endpoint in a list, a scheme on an endpoint
+// other than the first) or options, codes.DeadlineExceeded or
+// codes.Canceled when ctx ends first, and codes.Unavailable when the server
+// cannot be reached (with several endpoints: when none welcomed the
+// client, codes.ResourceExhausted if every one said it was full).
 func Dial(ctx context.Context, target string, opts ...DialOption) (*ClientConn, error) {
 	o := defaultDialOptions()
 	for _, opt := range opts {
@@ -47,19 +68,23 @@ func Dial(ctx context.Context, target string, opts ...DialOption) (*ClientConn, 
 	if o.tls == nil {
 		return nil, status.Error(codes.InvalidArgument, "brpc: Dial needs WithTLSConfig")
 	}
-	scheme, hostport, err := client.ParseTarget(target)
+	scheme, hostports, err := client.ParseTarget(target)
 	if err != nil {
 		return nil, err
 	}
-	host, _, err := net.SplitHostPort(hostport)
-	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "brpc: bad target %q: %v", target, err)
+	base := protocolTLS(o.tls)
+	endpoints := make([]client.Endpoint, len(hostports))
+	for i, hp := range hostports {
+		tlsConf := base
+		if base.ServerName == "" {
+			// As tls.Dial does: the certificate must be the host's.
+			host, _, _ := net.SplitHostPort(hp)
+			tlsConf = base.Clone()
+			tlsConf.ServerName = host
+		}
+		endpoints[i] = client.Endpoint{HostPort: hp, TLS: tlsConf}
 	}
-	tlsConf := protocolTLS(o.tls)
-	if tlsConf.ServerName == "" {
-		tlsConf.ServerName = host
-	}
-	c, err := client.Dial(ctx, o.config(target, scheme, hostport, tlsConf))
+	c, err := client.Dial(ctx, o.config(target, scheme, endpoints))
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -100,9 +101,13 @@ func TestServeAfterStop(t *testing.T) {
 }
 
 func TestOneServerServesQUICAndTCPOnOnePort(t *testing.T) {
-	e := testenv.NewPlain(t)          // QUIC
-	tcpAddr := e.ServeAlso("tcp", "") // on the QUIC listener's port number
+	e := testenv.NewPlain(t)
+	quicAddr, tcpAddr := e.ServeOnOnePort()
+	if quicAddr[strings.LastIndexByte(quicAddr, ':'):] != tcpAddr[strings.LastIndexByte(tcpAddr, ':'):] {
+		t.Fatalf("QUIC on %s and TCP on %s: not one port", quicAddr, tcpAddr)
+	}
 
+	e.Target = "quic://" + quicAddr
 	q := e.Connect(testenv.ClientConfig{Name: "over-quic"})
 	e.Target = "tcp://" + tcpAddr
 	tc := e.Connect(testenv.ClientConfig{Name: "over-tcp"})

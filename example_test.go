@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -207,4 +208,50 @@ func ExamplePeerFromContext() {
 		}
 	}
 	_ = handler
+}
+
+// A target may list several replicas of a server: the client connects to
+// one of them and, when that one stops, moves to another by itself.
+func ExampleDial_severalEndpoints() {
+	serverTLS, clientTLS := exampleTLS()
+	var (
+		replicas []*brpc.Server[greeterpb.NamerClient]
+		addrs    []string
+	)
+	for range 2 {
+		srv := brpc.NewServer(grpc.NewServer(grpc.Creds(brpc.TransportCredentials())), greeterpb.NewNamerClient)
+		lis, err := brpc.ListenTCP("127.0.0.1:0", serverTLS)
+		if err != nil {
+			log.Fatal(err)
+		}
+		go srv.Serve(lis)
+		defer srv.Stop()
+		replicas = append(replicas, srv)
+		addrs = append(addrs, lis.Addr().String())
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cc, err := brpc.Dial(ctx, "tcp://"+strings.Join(addrs, ","), brpc.WithTLSConfig(clientTLS))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cc.Close()
+	holder := func() int {
+		for i, srv := range replicas {
+			if _, err := srv.Client(cc.ID()); err == nil {
+				return i
+			}
+		}
+		return -1
+	}
+	first := holder()
+	replicas[first].GracefulStop()
+	for holder() != 1-first {
+		if !cc.WaitForStateChange(ctx, cc.GetState()) {
+			log.Fatal("the client did not reconnect")
+		}
+	}
+	fmt.Println("moved to the other replica")
+	// Output: moved to the other replica
 }

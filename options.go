@@ -191,12 +191,11 @@ type dialOptions struct {
 
 // config fills the client core's configuration from the options and the
 // parsed target.
-func (o *dialOptions) config(target, scheme, hostport string, tlsConf *tls.Config) client.Config {
+func (o *dialOptions) config(target, scheme string, endpoints []client.Endpoint) client.Config {
 	return client.Config{
 		Target:        target,
 		Scheme:        scheme,
-		HostPort:      hostport,
-		TLS:           tlsConf,
+		Endpoints:     endpoints,
 		Session:       o.sessionConfig(),
 		DialOptions:   o.grpcDialOptions,
 		Server:        o.server,
@@ -481,8 +480,9 @@ func WithHandshakeRateLimit(perSecond float64, burst int) ServerOption {
 
 // WithLogger makes brpc log to l: on a server, clients connecting and
 // disconnecting at Info and refused or lost clients at Warn; on a client,
-// sessions starting and ending at Info and failed reconnect attempts at
-// Warn. Records carry the peer ID, transport and remote address as
+// sessions starting and ending and, with several endpoints, each endpoint
+// passed over (its address and error) at Info, and failed reconnect
+// attempts at Warn. Records carry the peer ID, transport and remote address as
 // attributes. Without it, brpc logs nothing.
 func WithLogger(l *slog.Logger) Option {
 	return commonOption(func(o *common) { o.logger = l })

@@ -26,6 +26,7 @@ type Server[C any] struct {
 	// WithCluster that could not be used makes Serve return.
 	cluster    *cluster.Cluster
 	clusterErr error
+	replica    string // the replica's name (WithCluster); "" without
 }
 
 // NewServer wraps the application's own *grpc.Server (its services,
@@ -57,6 +58,7 @@ func NewServer[C any](gs *grpc.Server, newClient func(grpc.ClientConnInterface) 
 	conf.NewStub = func(cc grpc.ClientConnInterface) any { return newClient(reverseConn{cc}) }
 	s := &Server[C]{newClient: newClient, gwLimit: gateway.NewLimiter(o.gwPerClient, o.gwTotal)}
 	if o.cluster != nil {
+		s.replica = o.cluster.Replica
 		s.clusterErr = o.cluster.validate()
 		if s.clusterErr == nil {
 			// The hooks run only once Serve has joined, after s.cluster is set.

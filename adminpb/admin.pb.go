@@ -258,6 +258,181 @@ func (x *WatchPeersRequest) GetIncludeRejected() bool {
 	return false
 }
 
+type ListClusterPeersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// page_size caps the peers in one response: 0 means 1000, and more than
+	// 10000 means 10000.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token is a previous response's next_page_token, to go on from
+	// there; empty: from the start.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListClusterPeersRequest) Reset() {
+	*x = ListClusterPeersRequest{}
+	mi := &file_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListClusterPeersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListClusterPeersRequest) ProtoMessage() {}
+
+func (x *ListClusterPeersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListClusterPeersRequest.ProtoReflect.Descriptor instead.
+func (*ListClusterPeersRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ListClusterPeersRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListClusterPeersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListClusterPeersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Peers []*ClusterPeer         `protobuf:"bytes,1,rep,name=peers,proto3" json:"peers,omitempty"`
+	// next_page_token asks for the next page; empty on the last one.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// replica is the name of the replica that answered; empty when the
+	// server is no replica of a cluster.
+	Replica       string `protobuf:"bytes,3,opt,name=replica,proto3" json:"replica,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListClusterPeersResponse) Reset() {
+	*x = ListClusterPeersResponse{}
+	mi := &file_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListClusterPeersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListClusterPeersResponse) ProtoMessage() {}
+
+func (x *ListClusterPeersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListClusterPeersResponse.ProtoReflect.Descriptor instead.
+func (*ListClusterPeersResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ListClusterPeersResponse) GetPeers() []*ClusterPeer {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+func (x *ListClusterPeersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListClusterPeersResponse) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
+// ClusterPeer is a client connected to some replica of a cluster, as
+// brpc.ClusterPeer describes it.
+type ClusterPeer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the client's ID, unique in the cluster.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// replica is the name of the replica that holds the client's session.
+	Replica       string `protobuf:"bytes,2,opt,name=replica,proto3" json:"replica,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterPeer) Reset() {
+	*x = ClusterPeer{}
+	mi := &file_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterPeer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterPeer) ProtoMessage() {}
+
+func (x *ClusterPeer) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterPeer.ProtoReflect.Descriptor instead.
+func (*ClusterPeer) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ClusterPeer) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ClusterPeer) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
 // Peer is one connected client, as brpc.Peer describes it.
 type Peer struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -279,7 +454,7 @@ type Peer struct {
 
 func (x *Peer) Reset() {
 	*x = Peer{}
-	mi := &file_admin_proto_msgTypes[3]
+	mi := &file_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -291,7 +466,7 @@ func (x *Peer) String() string {
 func (*Peer) ProtoMessage() {}
 
 func (x *Peer) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[3]
+	mi := &file_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -304,7 +479,7 @@ func (x *Peer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Peer.ProtoReflect.Descriptor instead.
 func (*Peer) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{3}
+	return file_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Peer) GetId() string {
@@ -352,7 +527,7 @@ type MetadataValues struct {
 
 func (x *MetadataValues) Reset() {
 	*x = MetadataValues{}
-	mi := &file_admin_proto_msgTypes[4]
+	mi := &file_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -364,7 +539,7 @@ func (x *MetadataValues) String() string {
 func (*MetadataValues) ProtoMessage() {}
 
 func (x *MetadataValues) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[4]
+	mi := &file_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -377,7 +552,7 @@ func (x *MetadataValues) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataValues.ProtoReflect.Descriptor instead.
 func (*MetadataValues) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{4}
+	return file_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *MetadataValues) GetValues() []string {
@@ -409,7 +584,7 @@ type PeerEvent struct {
 
 func (x *PeerEvent) Reset() {
 	*x = PeerEvent{}
-	mi := &file_admin_proto_msgTypes[5]
+	mi := &file_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -421,7 +596,7 @@ func (x *PeerEvent) String() string {
 func (*PeerEvent) ProtoMessage() {}
 
 func (x *PeerEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[5]
+	mi := &file_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -434,7 +609,7 @@ func (x *PeerEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerEvent.ProtoReflect.Descriptor instead.
 func (*PeerEvent) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{5}
+	return file_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PeerEvent) GetType() PeerEventType {
@@ -493,7 +668,18 @@ const file_admin_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"g\n" +
 	"\x11WatchPeersRequest\x12'\n" +
 	"\x0finclude_current\x18\x01 \x01(\bR\x0eincludeCurrent\x12)\n" +
-	"\x10include_rejected\x18\x02 \x01(\bR\x0fincludeRejected\"\xaf\x02\n" +
+	"\x10include_rejected\x18\x02 \x01(\bR\x0fincludeRejected\"U\n" +
+	"\x17ListClusterPeersRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\x8e\x01\n" +
+	"\x18ListClusterPeersResponse\x120\n" +
+	"\x05peers\x18\x01 \x03(\v2\x1a.brpc.admin.v1.ClusterPeerR\x05peers\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x18\n" +
+	"\areplica\x18\x03 \x01(\tR\areplica\"7\n" +
+	"\vClusterPeer\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\areplica\x18\x02 \x01(\tR\areplica\"\xaf\x02\n" +
 	"\x04Peer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12=\n" +
 	"\bmetadata\x18\x02 \x03(\v2!.brpc.admin.v1.Peer.MetadataEntryR\bmetadata\x12\x1f\n" +
@@ -519,11 +705,12 @@ const file_admin_proto_rawDesc = "" +
 	"\x1cPEER_EVENT_TYPE_DISCONNECTED\x10\x02\x12\x1c\n" +
 	"\x18PEER_EVENT_TYPE_REJECTED\x10\x03\x12\x1b\n" +
 	"\x17PEER_EVENT_TYPE_CURRENT\x10\x04\x12\x1a\n" +
-	"\x16PEER_EVENT_TYPE_SYNCED\x10\x052\xa3\x01\n" +
+	"\x16PEER_EVENT_TYPE_SYNCED\x10\x052\x88\x02\n" +
 	"\x05Admin\x12N\n" +
 	"\tListPeers\x12\x1f.brpc.admin.v1.ListPeersRequest\x1a .brpc.admin.v1.ListPeersResponse\x12J\n" +
 	"\n" +
-	"WatchPeers\x12 .brpc.admin.v1.WatchPeersRequest\x1a\x18.brpc.admin.v1.PeerEvent0\x01B!Z\x1fgithub.com/brpc-go/brpc/adminpbb\x06proto3"
+	"WatchPeers\x12 .brpc.admin.v1.WatchPeersRequest\x1a\x18.brpc.admin.v1.PeerEvent0\x01\x12c\n" +
+	"\x10ListClusterPeers\x12&.brpc.admin.v1.ListClusterPeersRequest\x1a'.brpc.admin.v1.ListClusterPeersResponseB!Z\x1fgithub.com/brpc-go/brpc/adminpbb\x06proto3"
 
 var (
 	file_admin_proto_rawDescOnce sync.Once
@@ -538,35 +725,41 @@ func file_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_admin_proto_goTypes = []any{
-	(PeerEventType)(0),            // 0: brpc.admin.v1.PeerEventType
-	(*ListPeersRequest)(nil),      // 1: brpc.admin.v1.ListPeersRequest
-	(*ListPeersResponse)(nil),     // 2: brpc.admin.v1.ListPeersResponse
-	(*WatchPeersRequest)(nil),     // 3: brpc.admin.v1.WatchPeersRequest
-	(*Peer)(nil),                  // 4: brpc.admin.v1.Peer
-	(*MetadataValues)(nil),        // 5: brpc.admin.v1.MetadataValues
-	(*PeerEvent)(nil),             // 6: brpc.admin.v1.PeerEvent
-	nil,                           // 7: brpc.admin.v1.Peer.MetadataEntry
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(PeerEventType)(0),               // 0: brpc.admin.v1.PeerEventType
+	(*ListPeersRequest)(nil),         // 1: brpc.admin.v1.ListPeersRequest
+	(*ListPeersResponse)(nil),        // 2: brpc.admin.v1.ListPeersResponse
+	(*WatchPeersRequest)(nil),        // 3: brpc.admin.v1.WatchPeersRequest
+	(*ListClusterPeersRequest)(nil),  // 4: brpc.admin.v1.ListClusterPeersRequest
+	(*ListClusterPeersResponse)(nil), // 5: brpc.admin.v1.ListClusterPeersResponse
+	(*ClusterPeer)(nil),              // 6: brpc.admin.v1.ClusterPeer
+	(*Peer)(nil),                     // 7: brpc.admin.v1.Peer
+	(*MetadataValues)(nil),           // 8: brpc.admin.v1.MetadataValues
+	(*PeerEvent)(nil),                // 9: brpc.admin.v1.PeerEvent
+	nil,                              // 10: brpc.admin.v1.Peer.MetadataEntry
+	(*timestamppb.Timestamp)(nil),    // 11: google.protobuf.Timestamp
 }
 var file_admin_proto_depIdxs = []int32{
-	4, // 0: brpc.admin.v1.ListPeersResponse.peers:type_name -> brpc.admin.v1.Peer
-	7, // 1: brpc.admin.v1.Peer.metadata:type_name -> brpc.admin.v1.Peer.MetadataEntry
-	8, // 2: brpc.admin.v1.Peer.connected_at:type_name -> google.protobuf.Timestamp
-	0, // 3: brpc.admin.v1.PeerEvent.type:type_name -> brpc.admin.v1.PeerEventType
-	4, // 4: brpc.admin.v1.PeerEvent.peer:type_name -> brpc.admin.v1.Peer
-	8, // 5: brpc.admin.v1.PeerEvent.time:type_name -> google.protobuf.Timestamp
-	5, // 6: brpc.admin.v1.Peer.MetadataEntry.value:type_name -> brpc.admin.v1.MetadataValues
-	1, // 7: brpc.admin.v1.Admin.ListPeers:input_type -> brpc.admin.v1.ListPeersRequest
-	3, // 8: brpc.admin.v1.Admin.WatchPeers:input_type -> brpc.admin.v1.WatchPeersRequest
-	2, // 9: brpc.admin.v1.Admin.ListPeers:output_type -> brpc.admin.v1.ListPeersResponse
-	6, // 10: brpc.admin.v1.Admin.WatchPeers:output_type -> brpc.admin.v1.PeerEvent
-	9, // [9:11] is the sub-list for method output_type
-	7, // [7:9] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	7,  // 0: brpc.admin.v1.ListPeersResponse.peers:type_name -> brpc.admin.v1.Peer
+	6,  // 1: brpc.admin.v1.ListClusterPeersResponse.peers:type_name -> brpc.admin.v1.ClusterPeer
+	10, // 2: brpc.admin.v1.Peer.metadata:type_name -> brpc.admin.v1.Peer.MetadataEntry
+	11, // 3: brpc.admin.v1.Peer.connected_at:type_name -> google.protobuf.Timestamp
+	0,  // 4: brpc.admin.v1.PeerEvent.type:type_name -> brpc.admin.v1.PeerEventType
+	7,  // 5: brpc.admin.v1.PeerEvent.peer:type_name -> brpc.admin.v1.Peer
+	11, // 6: brpc.admin.v1.PeerEvent.time:type_name -> google.protobuf.Timestamp
+	8,  // 7: brpc.admin.v1.Peer.MetadataEntry.value:type_name -> brpc.admin.v1.MetadataValues
+	1,  // 8: brpc.admin.v1.Admin.ListPeers:input_type -> brpc.admin.v1.ListPeersRequest
+	3,  // 9: brpc.admin.v1.Admin.WatchPeers:input_type -> brpc.admin.v1.WatchPeersRequest
+	4,  // 10: brpc.admin.v1.Admin.ListClusterPeers:input_type -> brpc.admin.v1.ListClusterPeersRequest
+	2,  // 11: brpc.admin.v1.Admin.ListPeers:output_type -> brpc.admin.v1.ListPeersResponse
+	9,  // 12: brpc.admin.v1.Admin.WatchPeers:output_type -> brpc.admin.v1.PeerEvent
+	5,  // 13: brpc.admin.v1.Admin.ListClusterPeers:output_type -> brpc.admin.v1.ListClusterPeersResponse
+	11, // [11:14] is the sub-list for method output_type
+	8,  // [8:11] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_admin_proto_init() }
@@ -580,7 +773,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

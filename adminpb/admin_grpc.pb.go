@@ -23,8 +23,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Admin_ListPeers_FullMethodName  = "/brpc.admin.v1.Admin/ListPeers"
-	Admin_WatchPeers_FullMethodName = "/brpc.admin.v1.Admin/WatchPeers"
+	Admin_ListPeers_FullMethodName        = "/brpc.admin.v1.Admin/ListPeers"
+	Admin_WatchPeers_FullMethodName       = "/brpc.admin.v1.Admin/WatchPeers"
+	Admin_ListClusterPeers_FullMethodName = "/brpc.admin.v1.Admin/ListClusterPeers"
 )
 
 // AdminClient is the client API for Admin service.
@@ -45,6 +46,12 @@ type AdminClient interface {
 	// RESOURCE_EXHAUSTED (watch again); every watch ends with UNAVAILABLE
 	// when the brpc server stops.
 	WatchPeers(ctx context.Context, in *WatchPeersRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PeerEvent], error)
+	// ListClusterPeers lists the clients connected to every replica of the
+	// server's cluster, ordered by ID, with the replica that holds each, as
+	// this replica knows them now (its cache of the presence, no I/O), a
+	// page at a time. A server that is no replica lists its own clients,
+	// with an empty replica.
+	ListClusterPeers(ctx context.Context, in *ListClusterPeersRequest, opts ...grpc.CallOption) (*ListClusterPeersResponse, error)
 }
 
 type adminClient struct {
@@ -84,6 +91,16 @@ func (c *adminClient) WatchPeers(ctx context.Context, in *WatchPeersRequest, opt
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Admin_WatchPeersClient = grpc.ServerStreamingClient[PeerEvent]
 
+func (c *adminClient) ListClusterPeers(ctx context.Context, in *ListClusterPeersRequest, opts ...grpc.CallOption) (*ListClusterPeersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListClusterPeersResponse)
+	err := c.cc.Invoke(ctx, Admin_ListClusterPeers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -102,6 +119,12 @@ type AdminServer interface {
 	// RESOURCE_EXHAUSTED (watch again); every watch ends with UNAVAILABLE
 	// when the brpc server stops.
 	WatchPeers(*WatchPeersRequest, grpc.ServerStreamingServer[PeerEvent]) error
+	// ListClusterPeers lists the clients connected to every replica of the
+	// server's cluster, ordered by ID, with the replica that holds each, as
+	// this replica knows them now (its cache of the presence, no I/O), a
+	// page at a time. A server that is no replica lists its own clients,
+	// with an empty replica.
+	ListClusterPeers(context.Context, *ListClusterPeersRequest) (*ListClusterPeersResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -117,6 +140,9 @@ func (UnimplementedAdminServer) ListPeers(context.Context, *ListPeersRequest) (*
 }
 func (UnimplementedAdminServer) WatchPeers(*WatchPeersRequest, grpc.ServerStreamingServer[PeerEvent]) error {
 	return status.Error(codes.Unimplemented, "method WatchPeers not implemented")
+}
+func (UnimplementedAdminServer) ListClusterPeers(context.Context, *ListClusterPeersRequest) (*ListClusterPeersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListClusterPeers not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -168,6 +194,24 @@ func _Admin_WatchPeers_Handler(srv interface{}, stream grpc.ServerStream) error 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Admin_WatchPeersServer = grpc.ServerStreamingServer[PeerEvent]
 
+func _Admin_ListClusterPeers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListClusterPeersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListClusterPeers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListClusterPeers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListClusterPeers(ctx, req.(*ListClusterPeersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -178,6 +222,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListPeers",
 			Handler:    _Admin_ListPeers_Handler,
+		},
+		{
+			MethodName: "ListClusterPeers",
+			Handler:    _Admin_ListClusterPeers_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

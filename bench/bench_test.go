@@ -49,6 +49,40 @@ func TestShortRun(t *testing.T) {
 		}
 	}
 
+	if !strings.Contains(table, "Gateway against a direct call") {
+		t.Error("no gateway table")
+	}
+	for _, tr := range gatewayTransports {
+		for _, variant := range gatewayVariants {
+			for _, m := range gatewayFigures {
+				if v, ok := rep.value(gatewayKey(tr.transport, variant), m); !ok || !(v > 0) {
+					t.Errorf("gateway %s %s %s = %v (measured: %v), want a positive figure", tr.transport, variant, m, v, ok)
+				}
+			}
+			if variant == gwDirect {
+				continue
+			}
+			for _, m := range gatewayFigures {
+				if m == mCPU && variant != gwPlain {
+					continue
+				}
+				if q, ok := rep.gatewayFloor(tr.transport, variant, m); !ok || !(q > 0) {
+					t.Errorf("gateway %s %s %s: floor %v (computed: %v), want a positive ratio", tr.transport, variant, m, q, ok)
+				}
+			}
+		}
+	}
+	for _, variant := range refVariants {
+		for _, m := range gatewayFigures {
+			if v, ok := rep.value(refKey(variant), m); !ok || !(v > 0) {
+				t.Errorf("relay reference %s %s = %v (measured: %v), want a positive figure", variant, m, v, ok)
+			}
+		}
+		if !strings.Contains(table, "| "+refVariantLabels[variant]+" |") {
+			t.Errorf("no row for the relay reference's %s", variant)
+		}
+	}
+
 	if len(rep.idle) != 3 {
 		t.Fatalf("%d idle setups measured, want 3", len(rep.idle))
 	}

@@ -10,7 +10,10 @@
 // ratio), brpc over QUIC and over TCP (TLS + yamux), each forward (client to
 // server) and reverse (server to client through Server.Client), and raw
 // quic-go on one stream (an echo for latency, a transfer for bulk) as the
-// reference for QUIC. Everything runs in this process except the idle
+// reference for QUIC. The gateway figures (-metrics gateway) set a call
+// through Server.Gateway against the same call on Client(id)'s stub, with
+// the relay alone in front of plain grpc-go as a reference. Everything runs
+// in this process except the idle
 // clients, which a child process (this binary again, with a hidden
 // subcommand) holds.
 package main
@@ -54,7 +57,7 @@ const (
 	mIdle       = "idle"
 )
 
-var allMetrics = []string{mLat16, mLat64K, mCalls, mBulkUnary, mBulkStream, mIdle}
+var allMetrics = []string{mLat16, mLat64K, mCalls, mBulkUnary, mBulkStream, mGateway, mIdle}
 
 // rpcMetrics are the columns of the main table, in order.
 var rpcMetrics = []string{mLat16, mLat64K, mCalls, mBulkUnary, mBulkStream}
@@ -103,7 +106,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	groups := fs.String("tls-groups", "default", "TLS key exchanges of every path: default (Go's, post-quantum hybrid first) or x25519")
 	idleServers := fs.String("idle-servers", strings.Join(allIdle, ","), "comma-separated servers for the idle figures")
 	paths := fs.String("paths", "", "comma-separated paths to run (default all): "+strings.Join(pathKeys(), ","))
-	metrics := fs.String("metrics", "", "comma-separated figures to measure (default all): "+strings.Join(allMetrics, ","))
+	metrics := fs.String("metrics", "", "comma-separated figures to measure (default all): "+strings.Join(allMetrics, ",")+" (gateway: p50 16 B, calls/s and CPU per call through Server.Gateway against Client(id)'s stub, on each transport whose reverse path is in -paths, and of the relay alone in front of plain grpc-go when grpc-tcp is)")
 	fs.StringVar(&c.png, "png", "", "write a chart of the results to this PNG file")
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	childProfile := fs.String("child-cpuprofile", "", "write CPU profiles of the client process: while it connects the idle clients to PREFIX-<server>.pprof, then while it serves the server's calls to PREFIX-<server>-serve.pprof")
@@ -325,6 +328,35 @@ func measureAll(ctx context.Context, cfg *config, logf func(string, ...any)) (*r
 				logf("round %d/%d %-7s %-14s %s", round+1, cfg.rounds, m, p.key, formatValue(m, v))
 			}
 		}
+		if cfg.metrics[mGateway] {
+			for _, t := range gatewayTransports {
+				if !slices.Contains(cfg.paths, t.path) {
+					continue
+				}
+				err := measureGatewayRound(ctx, cfg, ca, t.transport, round, func(key, m string, v float64) {
+					if rep.samples[key] == nil {
+						rep.samples[key] = map[string][]float64{}
+					}
+					rep.samples[key][m] = append(rep.samples[key][m], v)
+					logf("round %d/%d %-7s %-22s %s", round+1, cfg.rounds, m, key, formatValue(m, v))
+				})
+				if err != nil {
+					return nil, fmt.Errorf("gateway %s: %w", t.transport, err)
+				}
+			}
+			if slices.Contains(cfg.paths, pathGRPCTCP) {
+				err := measureRelayRefRound(ctx, cfg, round, func(key, m string, v float64) {
+					if rep.samples[key] == nil {
+						rep.samples[key] = map[string][]float64{}
+					}
+					rep.samples[key][m] = append(rep.samples[key][m], v)
+					logf("round %d/%d %-7s %-22s %s", round+1, cfg.rounds, m, key, formatValue(m, v))
+				})
+				if err != nil {
+					return nil, fmt.Errorf("relay in front of grpc-go: %w", err)
+				}
+			}
+		}
 	}
 	if cfg.metrics[mIdle] {
 		for _, kind := range cfg.idleServers {
@@ -382,6 +414,8 @@ func formatValue(metric string, v float64) string {
 	switch metric {
 	case mLat16, mLat64K:
 		return fmt.Sprintf("%.1f µs", v*1e6)
+	case mCPU:
+		return fmt.Sprintf("%.1f µs CPU", v*1e6)
 	case mCalls:
 		return fmt.Sprintf("%.0f calls/s", v)
 	default:
@@ -411,7 +445,8 @@ func header(r *report) string {
 	return h
 }
 
-// rpcMeasured says whether any figure of the main table was measured.
+// rpcMeasured says whether any figure measured in rounds (the main table
+// or the gateway comparison) was measured.
 func (r *report) rpcMeasured() bool {
-	return slices.ContainsFunc(rpcMetrics, func(m string) bool { return r.cfg.metrics[m] })
+	return slices.ContainsFunc(rpcMetrics, func(m string) bool { return r.cfg.metrics[m] }) || r.cfg.metrics[mGateway]
 }

@@ -52,6 +52,13 @@ func measureLatency(ctx context.Context, c testpb.EchoClient, size, warm, n int)
 // warm-up and the time from the end of the warm-up until every worker
 // returned, so that calls still in flight at the stop are counted in both.
 func runWorkers(ctx context.Context, callers int, warm, dur time.Duration, call func(ctx context.Context, worker int) (int64, error)) (int64, time.Duration, error) {
+	n, elapsed, _, err := runWorkersCPU(ctx, callers, warm, dur, call)
+	return n, elapsed, err
+}
+
+// runWorkersCPU is runWorkers that also returns the CPU time the whole
+// process used over the same span (0 where the system does not tell).
+func runWorkersCPU(ctx context.Context, callers int, warm, dur time.Duration, call func(ctx context.Context, worker int) (int64, error)) (int64, time.Duration, time.Duration, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -84,34 +91,49 @@ func runWorkers(ctx context.Context, callers int, warm, dur time.Duration, call 
 	if warm > 0 {
 		time.Sleep(warm)
 	}
+	cpu0, _ := processCPU()
 	measuring.Store(true)
 	t0 := time.Now()
 	time.Sleep(dur)
 	stop.Store(true)
 	wg.Wait()
 	elapsed := time.Since(t0)
+	cpu1, ok := processCPU()
 	if firstErr != nil {
-		return 0, 0, firstErr
+		return 0, 0, 0, firstErr
 	}
-	return units.Load(), elapsed, nil
+	var cpu time.Duration
+	if ok {
+		cpu = cpu1 - cpu0
+	}
+	return units.Load(), elapsed, cpu, nil
 }
 
 // measureCallRate returns unary calls per second with callers concurrent
 // callers and size-byte payloads echoed.
 func measureCallRate(ctx context.Context, c testpb.EchoClient, callers, size int, warm, dur time.Duration) (float64, error) {
+	rate, _, err := measureCallRateCPU(ctx, c, callers, size, warm, dur)
+	return rate, err
+}
+
+// measureCallRateCPU is measureCallRate that also returns the CPU time the
+// process used per call meanwhile (0 where the system does not tell): both
+// ends of every call run in this process, so it is the whole path's cost,
+// whatever else shares the machine's CPUs.
+func measureCallRateCPU(ctx context.Context, c testpb.EchoClient, callers, size int, warm, dur time.Duration) (float64, time.Duration, error) {
 	data := payload(size)
 	reqs := make([]*testpb.EchoRequest, callers)
 	for i := range reqs {
 		reqs[i] = &testpb.EchoRequest{Payload: data}
 	}
-	n, elapsed, err := runWorkers(ctx, callers, warm, dur, func(ctx context.Context, w int) (int64, error) {
+	n, elapsed, cpu, err := runWorkersCPU(ctx, callers, warm, dur, func(ctx context.Context, w int) (int64, error) {
 		_, err := c.Unary(ctx, reqs[w])
 		return 1, err
 	})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return float64(n) / elapsed.Seconds(), nil
+	return float64(n) / elapsed.Seconds(), cpu / time.Duration(max(n, 1)), nil
 }
 
 // measureBulkUnary returns payload bytes per second moved by unary calls of

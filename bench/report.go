@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 )
@@ -89,9 +90,13 @@ func (r *report) cell(p pathSpec, m string) string {
 
 func printReport(w io.Writer, r *report) {
 	fmt.Fprintf(w, "brpc vs grpc-go, loopback: %s\n", header(r))
-	if r.rpcMeasured() {
+	if slices.ContainsFunc(rpcMetrics, func(m string) bool { return r.cfg.metrics[m] }) {
 		r.printMain(w)
 	}
+	if len(r.measuredGatewayTransports()) > 0 {
+		r.printGateway(w)
+	}
+	r.printRelayRef(w)
 
 	if len(r.idle) > 0 {
 		fmt.Fprintf(w, "\nIdle clients (held by a child process), cost on the server after GC (heap + goroutine stacks):\n\n")
@@ -120,7 +125,7 @@ func printReport(w io.Writer, r *report) {
 
 	targets := r.targets()
 	if len(targets) > 0 {
-		fmt.Fprintf(w, "\nTargets (issue 4):\n\n")
+		fmt.Fprintf(w, "\nTargets:\n\n")
 		fmt.Fprintln(w, "| target | path | measured | needed | verdict |")
 		fmt.Fprintln(w, "|---|---|---|---|---|")
 		for _, t := range targets {
@@ -211,6 +216,7 @@ func (r *report) targets() []targetRow {
 			}
 		}
 	}
+	out = append(out, r.gatewayTargets()...)
 	for _, x := range r.idle {
 		if x.kind == idleGRPC {
 			continue

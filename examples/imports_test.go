@@ -47,7 +47,7 @@ func TestExamplesAndCommandsImportNoInternalPackage(t *testing.T) {
 		}
 	}
 	// A pattern that matched nothing would check nothing.
-	for _, want := range []string{module + "/examples/greeter", module + "/cmd/brpc"} {
+	for _, want := range []string{module + "/examples/greeter", module + "/cmd/brpc", module + "/cmd/brpc/brpccmd"} {
 		if !listed[want] {
 			t.Errorf("go list did not list %s; it listed:\n%s", want, out)
 		}

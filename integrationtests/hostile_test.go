@@ -552,23 +552,39 @@ func TestHostileManyHalfOpen(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	// The server's handshake timeout bounds the TLS handshake too: on a
+	// loaded machine it may drop a raw dial before the dial completes,
+	// which that dial sees as silence (an idle timeout). That is the bound
+	// at work; any other dial error is not.
+	dialed := 0
 	for i, err := range errs {
-		if err != nil {
+		var idle *quic.IdleTimeoutError
+		switch {
+		case err == nil:
+			dialed++
+		case conns[i] == nil && errors.As(err, &idle):
+			t.Logf("half-open connection %d was dropped during its TLS handshake: %v", i, err)
+		default:
 			t.Fatalf("half-open connection %d: %v", i, err)
 		}
+	}
+	if dialed < n/5 {
+		t.Fatalf("only %d of %d half-open connections got through their TLS handshake", dialed, n)
 	}
 
 	c := e.WantServes(t, "alice")
 	open := 0
 	for _, conn := range conns {
-		if conn.Context().Err() == nil {
+		if conn != nil && conn.Context().Err() == nil {
 			open++
 		}
 	}
 	t.Logf("%d of %d half-open connections were still open when the ordinary call completed", open, n)
 
 	for _, conn := range conns {
-		wantServerClose(t, conn, session.CodeHandshakeTimeout, hostileBound)
+		if conn != nil {
+			wantServerClose(t, conn, session.CodeHandshakeTimeout, hostileBound)
+		}
 	}
 	if p := e.Srv.Peers(); len(p) != 1 || p[0].ID != c.ID() {
 		t.Fatalf("Peers() = %v, want only %q", p, c.ID())

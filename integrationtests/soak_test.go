@@ -452,10 +452,10 @@ func TestSoak(t *testing.T) {
 			return fmt.Sprintf("%s/%016x", info.Metadata.Get("name")[0], rand.Uint64()), nil
 		}),
 	}})
-	// The same server on TCP too, on the QUIC port's number.
-	e.ServeAlso("tcp", "")
+	// The same server on QUIC and TCP on one port number.
+	quicAddr, tcpAddr := e.ServeOnOnePort()
 	s := &soak{e: e, l: newSoakLedger(), dialErrs: map[codes.Code]int64{},
-		targets: map[string]string{"quic": "quic://" + e.Addr, "tcp": "tcp://" + e.Addr}}
+		targets: map[string]string{"quic": "quic://" + quicAddr, "tcp": "tcp://" + tcpAddr}}
 
 	// Warm up: one client per transport, so that the listeners' and the
 	// server's own goroutines and pools exist before the baseline.
@@ -654,13 +654,13 @@ func (s *soak) session(ctx context.Context, rng *rand.Rand, name string) {
 		via = "through a relay"
 		if tr == "quic" {
 			var r *testenv.UDPRelay
-			if r, err = testenv.StartUDPRelay(s.e.Addr, testenv.Faults{Drop: 0.01, Reorder: 0.01, Duplicate: 0.01}, rng.Uint64()); err == nil {
+			if r, err = testenv.StartUDPRelay(strings.TrimPrefix(s.targets["quic"], "quic://"), testenv.Faults{Drop: 0.01, Reorder: 0.01, Duplicate: 0.01}, rng.Uint64()); err == nil {
 				defer r.Close()
 				target, vanish = "quic://"+r.Addr(), r.Blackhole
 			}
 		} else {
 			var r *testenv.TCPRelay
-			if r, err = testenv.StartTCPRelay("127.0.0.1:0", s.e.Addr); err == nil {
+			if r, err = testenv.StartTCPRelay("127.0.0.1:0", strings.TrimPrefix(s.targets["tcp"], "tcp://")); err == nil {
 				defer r.Close()
 				target, vanish, cut = "tcp://"+r.Addr(), r.Blackhole, r.Cut
 			}

@@ -18,7 +18,7 @@ import (
 // certificate and the CA's certificate as PEM, for clients to trust. A real
 // deployment brings its own certificates. The example carries this code
 // rather than importing it from brpc so that it can be copied out of brpc's
-// module; cmd/brpc/certs.go is a copy of it.
+// module; cmd/brpc/brpccmd/certs.go is a copy of it.
 func throwawayCertificate(names ...string) (cert tls.Certificate, caPEM []byte, err error) {
 	// An hour of slack for clocks that run behind.
 	notBefore, notAfter := time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour)

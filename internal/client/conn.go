@@ -35,10 +35,11 @@ const minConnectTimeout = 20 * time.Second
 // Config is a client's configuration, filled by the public dial options and
 // the parsed target.
 type Config struct {
-	Target   string      // as given to Dial, for errors and logs
-	Scheme   string      // "quic", "tcp" or "" (race both)
-	HostPort string      // the server's address
-	TLS      *tls.Config // with brpc's protocol settings and ServerName set
+	Target string // as given to Dial, for errors and logs
+	Scheme string // "quic", "tcp" or "" (race both), for every endpoint
+	// Endpoints are the server's addresses: every connect tries them in
+	// turn, starting at a random one, until one welcomes the client.
+	Endpoints []Endpoint
 
 	Session       session.Settings
 	DialOptions   []grpc.DialOption
@@ -75,9 +76,16 @@ type Conn struct {
 	closed  bool
 }
 
+// Endpoint is one address a Conn may reach its server at.
+type Endpoint struct {
+	HostPort string
+	TLS      *tls.Config // with brpc's protocol settings and ServerName set
+}
+
 // clientSession is one session of a Conn.
 type clientSession struct {
 	sess      session.Session
+	endpoint  int // index in Config.Endpoints
 	id        string
 	ctrl      net.Conn
 	info      *grpcglue.SessionInfo // describes the server
@@ -90,12 +98,15 @@ var _ grpc.ClientConnInterface = (*Conn)(nil)
 // client (or the error that rejected it). It does not retry. Errors are
 // gRPC status errors.
 func Dial(ctx context.Context, conf Config) (*Conn, error) {
+	if len(conf.Endpoints) == 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "brpc: target %q names no endpoint", conf.Target)
+	}
 	c := &Conn{
 		conf:    conf,
 		state:   connectivity.Connecting,
 		stateCh: make(chan struct{}),
 	}
-	cs, err := c.connect(ctx)
+	cs, err := c.connect(ctx, -1)
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +122,9 @@ func Dial(ctx context.Context, conf Config) (*Conn, error) {
 	)
 	c.forward = &sessionResolver{}
 	dialOpts = append(dialOpts, grpc.WithResolvers(c.forward))
-	c.cc, err = grpc.NewClient(sessionScheme+":///"+conf.HostPort, dialOpts...)
+	// The first endpoint names the server for grpc-go (its :authority);
+	// every address the resolver gives reaches the current session.
+	c.cc, err = grpc.NewClient(sessionScheme+":///"+conf.Endpoints[0].HostPort, dialOpts...)
 	if err != nil {
 		cs.sess.Close(session.CodeNormal, "client setup failed")
 		return nil, status.Errorf(codes.InvalidArgument, "brpc: %v", err)
@@ -134,19 +147,34 @@ func Dial(ctx context.Context, conf Config) (*Conn, error) {
 	return c, nil
 }
 
-// ParseTarget returns the scheme ("" for a bare host:port) and host:port of
-// a Dial target. Its error is a codes.InvalidArgument status.
-func ParseTarget(target string) (scheme, hostport string, err error) {
-	scheme, rest, ok := strings.Cut(target, "://")
-	if !ok {
-		return "", target, nil
+// ParseTarget returns the scheme ("" for bare host:port endpoints) and the
+// endpoints of a Dial target: one host:port or several, comma-separated,
+// after one optional scheme that applies to all. Blanks around an endpoint
+// are ignored. Its error is a codes.InvalidArgument status.
+func ParseTarget(target string) (scheme string, hostports []string, err error) {
+	rest := target
+	if sch, after, ok := strings.Cut(target, "://"); ok {
+		switch sch {
+		case session.TransportQUIC, session.TransportTCP:
+			scheme, rest = sch, after
+		default:
+			return "", nil, status.Errorf(codes.InvalidArgument, "brpc: unknown scheme %q in target %q (want quic://, tcp:// or host:port)", sch, target)
+		}
 	}
-	switch scheme {
-	case session.TransportQUIC, session.TransportTCP:
-		return scheme, rest, nil
-	default:
-		return "", "", status.Errorf(codes.InvalidArgument, "brpc: unknown scheme %q in target %q (want quic://, tcp:// or host:port)", scheme, target)
+	for _, ep := range strings.Split(rest, ",") {
+		ep = strings.TrimSpace(ep)
+		switch {
+		case ep == "":
+			return "", nil, status.Errorf(codes.InvalidArgument, "brpc: bad target %q: an empty endpoint in the list", target)
+		case strings.Contains(ep, "://"):
+			return "", nil, status.Errorf(codes.InvalidArgument, "brpc: bad target %q: endpoint %q has a scheme of its own (a scheme goes once, before the first endpoint, and applies to all)", target, ep)
+		}
+		if _, _, err := net.SplitHostPort(ep); err != nil {
+			return "", nil, status.Errorf(codes.InvalidArgument, "brpc: bad target %q: %v", target, err)
+		}
+		hostports = append(hostports, ep)
 	}
+	return scheme, hostports, nil
 }
 
 // setSession makes cs (nil: none) the current session. It reports false,

@@ -36,7 +36,7 @@ func (c *Conn) supervise(cs *clientSession) {
 			c.stop(err)
 			return
 		}
-		if cs = c.reconnect(); cs == nil || !c.setSession(cs) {
+		if cs = c.reconnect(cs.endpoint); cs == nil || !c.setSession(cs) {
 			return
 		}
 	}
@@ -95,8 +95,9 @@ func (c *Conn) sessionEnded(cs *clientSession) error {
 
 // reconnect dials until a session is welcomed, with grpc-go's backoff
 // semantics: the first attempt at once, then exponentially growing,
-// jittered delays. It returns nil once the Conn is closed.
-func (c *Conn) reconnect() *clientSession {
+// jittered delays. Each attempt tries every endpoint, the one of the
+// session that ended (prev) last. It returns nil once the Conn is closed.
+func (c *Conn) reconnect(prev int) *clientSession {
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			t := time.NewTimer(backoffDelay(c.conf.Backoff, attempt-1))
@@ -109,7 +110,7 @@ func (c *Conn) reconnect() *clientSession {
 		}
 		c.setState(connectivity.Connecting)
 		ctx, cancel := context.WithTimeout(c.ctx, minConnectTimeout)
-		cs, err := c.connect(ctx)
+		cs, err := c.connect(ctx, prev)
 		cancel()
 		if err == nil {
 			return cs

@@ -120,8 +120,7 @@ func TestCoreRelaysUntypedCalls(t *testing.T) {
 	conf := client.Config{
 		Target:        "quic://" + ul.Addr().String(),
 		Scheme:        session.TransportQUIC,
-		HostPort:      ul.Addr().String(),
-		TLS:           clientTLS,
+		Endpoints:     []client.Endpoint{{HostPort: ul.Addr().String(), TLS: clientTLS}},
 		Session:       settings(),
 		Server:        clientGS,
 		Metadata:      metadata.Pairs("id", "c1"),

@@ -173,6 +173,12 @@ func (e *Env) ServeAlso(transport, addr string) string {
 	if err != nil {
 		e.t.Fatalf("listening on %s at %s too: %v", transport, addr, err)
 	}
+	e.serveOn(transport, lis)
+	return lis.Addr().String()
+}
+
+// serveOn serves lis with e's server until the test ends.
+func (e *Env) serveOn(transport string, lis brpc.Listener) {
 	served := make(chan error, 1)
 	go func() { served <- e.Srv.Serve(lis) }()
 	e.t.Cleanup(func() {
@@ -181,7 +187,36 @@ func (e *Env) ServeAlso(transport, addr string) string {
 			e.t.Errorf("Serve(%s) = %v after Stop", transport, err)
 		}
 	})
-	return lis.Addr().String()
+}
+
+// ServeOnOnePort serves, besides e's own listener, a QUIC and a TCP
+// listener that share one port number, and returns their addresses. The
+// port number UDP gives may be taken for TCP by another socket on the
+// machine: then both are given back and another is tried.
+func (e *Env) ServeOnOnePort() (quicAddr, tcpAddr string) {
+	e.t.Helper()
+	stls, err := e.CA.ServerTLS()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for attempt := 0; ; attempt++ {
+		ql, err := Listen("quic", "127.0.0.1:0", stls)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		_, port, _ := net.SplitHostPort(ql.Addr().String())
+		tl, err := Listen("tcp", "127.0.0.1:"+port, stls)
+		if err != nil {
+			ql.Close()
+			if attempt < 20 {
+				continue
+			}
+			e.t.Fatalf("no port number free for both UDP and TCP after %d tries: %v", attempt+1, err)
+		}
+		e.serveOn("quic", ql)
+		e.serveOn("tcp", tl)
+		return ql.Addr().String(), tl.Addr().String()
+	}
 }
 
 // NewPlain is a QUIC Env whose server does not call back from Unary, so

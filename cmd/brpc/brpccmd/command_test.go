@@ -1,4 +1,4 @@
-package main
+package brpccmd
 
 import (
 	"bytes"
@@ -16,7 +16,7 @@ func TestMain(m *testing.M) {
 func TestDemoShowsCallsInBothDirections(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	start := time.Now()
-	code := run([]string{"demo"}, &stdout, &stderr)
+	code := Run([]string{"demo"}, &stdout, &stderr, Extensions{})
 	if code != exitOK {
 		t.Fatalf("brpc demo exited %d, want %d\nstderr:\n%s\nstdout:\n%s", code, exitOK, &stderr, &stdout)
 	}
@@ -47,7 +47,7 @@ func TestDemoShowsCallsInBothDirections(t *testing.T) {
 
 func TestDemoWithOneClient(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	if code := run([]string{"demo", "-clients", "1"}, &stdout, &stderr); code != exitOK {
+	if code := Run([]string{"demo", "-clients", "1"}, &stdout, &stderr, Extensions{}); code != exitOK {
 		t.Fatalf("brpc demo -clients 1 exited %d\nstderr:\n%s", code, &stderr)
 	}
 	if want := "Peers() lists 1 connected client(s)"; !strings.Contains(stdout.String(), want) {
@@ -57,7 +57,7 @@ func TestDemoWithOneClient(t *testing.T) {
 
 func TestDemoThatRunsOutOfTimeFailsAndCleansUp(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	code := run([]string{"demo", "-timeout", "1ns"}, &stdout, &stderr)
+	code := Run([]string{"demo", "-timeout", "1ns"}, &stdout, &stderr, Extensions{})
 	if code != exitError {
 		t.Fatalf("brpc demo -timeout 1ns exited %d, want %d\nstderr:\n%s", code, exitError, &stderr)
 	}
@@ -103,7 +103,7 @@ func TestCommandLine(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
-			code := run(tt.args, &stdout, &stderr)
+			code := Run(tt.args, &stdout, &stderr, Extensions{})
 			if code != tt.wantCode {
 				t.Errorf("brpc %q exited %d, want %d\nstdout:\n%s\nstderr:\n%s", tt.args, code, tt.wantCode, &stdout, &stderr)
 			}
@@ -127,7 +127,7 @@ func TestCommandLine(t *testing.T) {
 
 func TestDemoServesMetricsAndShowsLogs(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	if code := run([]string{"demo", "-metrics-addr", "127.0.0.1:0"}, &stdout, &stderr); code != exitOK {
+	if code := Run([]string{"demo", "-metrics-addr", "127.0.0.1:0"}, &stdout, &stderr, Extensions{}); code != exitOK {
 		t.Fatalf("brpc demo -metrics-addr exited %d\nstderr:\n%s", code, &stderr)
 	}
 	for _, want := range []string{
@@ -143,7 +143,7 @@ func TestDemoServesMetricsAndShowsLogs(t *testing.T) {
 		}
 	}
 	stdout.Reset()
-	if code := run([]string{"demo", "-log=false"}, &stdout, &stderr); code != exitOK || strings.Contains(stdout.String(), "log:") {
+	if code := Run([]string{"demo", "-log=false"}, &stdout, &stderr, Extensions{}); code != exitOK || strings.Contains(stdout.String(), "log:") {
 		t.Errorf("brpc demo -log=false exited %d and printed log records:\n%s", code, &stdout)
 	}
 }

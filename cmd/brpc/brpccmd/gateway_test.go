@@ -1,4 +1,4 @@
-package main
+package brpccmd
 
 import (
 	"bufio"
@@ -96,7 +96,7 @@ type brpcRun struct {
 
 func runBrpc(args ...string) brpcRun {
 	var stdout, stderr bytes.Buffer
-	code := run(args, &stdout, &stderr)
+	code := Run(args, &stdout, &stderr, Extensions{})
 	return brpcRun{stdout.String(), stderr.String(), code}
 }
 

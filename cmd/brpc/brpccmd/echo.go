@@ -1,9 +1,11 @@
-package main
+package brpccmd
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,6 +13,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"sync"
 	"syscall"
@@ -30,29 +33,60 @@ import (
 // client cannot keep the server calling for ever.
 const maxProbeCalls = 100000
 
+const echoServerDetails = `With -replica NAME and -etcd, the server is one replica of a cluster: etcd
+records which replica holds which client, the gateway reaches the clients
+of every replica, and the other replicas forward the calls for this one's
+clients to its replica endpoint (-replica-addr), over mutual TLS with
+certificates issued from the CA in -certs (or -replica-cert). -etcd needs
+the build of the command in brpc's brpcetcd module, which requires etcd
+as brpc's own module never does:
+
+	cd brpcetcd && go run ./cmd/brpc echo-server -replica NAME -etcd HOST:PORT -certs DIR ...`
+
 type echoServerConfig struct {
 	addr     string
 	certFile string
 	keyFile  string
 	caOut    string
+	certsDir string
 	duration time.Duration
 	gateway  gatewayServeFlags
+	cluster  clusterFlags
+	// presence opens the presence of -etcd (Extensions.Presence).
+	presence PresenceFunc
+	// joinTimeout bounds joining the cluster; 0: joinTimeout.
+	joinTimeout time.Duration
+	idFromName  bool
 }
 
-func echoServerFlags() (*flag.FlagSet, func(io.Writer) error) {
+func echoServerFlags(ext Extensions) (*flag.FlagSet, func(io.Writer) error) {
 	var cfg echoServerConfig
 	fs := flag.NewFlagSet("echo-server", flag.ContinueOnError)
 	fs.StringVar(&cfg.addr, "addr", ":4433", "address to listen on, for QUIC (UDP) and TCP alike")
 	fs.StringVar(&cfg.certFile, "cert", "", "server certificate (PEM); without it a throwaway CA and certificate are made")
 	fs.StringVar(&cfg.keyFile, "key", "", "server key (PEM), with -cert")
-	fs.StringVar(&cfg.caOut, "ca-out", "brpc-echo-ca.pem", "where to write the throwaway CA for clients (-ca of echo-client), without -cert")
+	fs.StringVar(&cfg.caOut, "ca-out", "brpc-echo-ca.pem", "where to write the throwaway CA for clients (-ca of echo-client), without -cert and -certs")
+	fs.StringVar(&cfg.certsDir, "certs", "", "keep a CA in this directory (made on first use: ca-key.pem, and ca.pem for clients to trust) and issue the server's certificates from it, "+
+		"so that every echo-server started with the same directory is trusted by the same clients and, as replicas, by each other")
 	fs.DurationVar(&cfg.duration, "duration", 0, "stop after this long (0: run until interrupted)")
+	fs.BoolVar(&cfg.idFromName, "id-from-name", false, "admit each client under its \"name\" metadata (echo-client -name) as its ID, and one without a name under a random ID; "+
+		"any client may then take any name, replacing the client that had it, so this is for trying things (without it: a random ID each)")
 	cfg.gateway.register(fs)
+	cfg.cluster.register(fs)
+	cfg.presence = ext.Presence
 	return fs, func(stdout io.Writer) error {
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		if (cfg.certFile == "") != (cfg.keyFile == "") {
 			return &badUsage{"-cert and -key go together"}
 		}
+		if cfg.certsDir != "" && set["ca-out"] {
+			return &badUsage{"-ca-out is for the throwaway CA; with -certs, clients trust " + filepath.Join(cfg.certsDir, caCertFile)}
+		}
 		if err := cfg.gateway.check(); err != nil {
+			return err
+		}
+		if err := cfg.cluster.check(set, cfg.certsDir, cfg.presence); err != nil {
 			return err
 		}
 		if cfg.duration < 0 {
@@ -70,9 +104,17 @@ func echoServerFlags() (*flag.FlagSet, func(io.Writer) error) {
 }
 
 // echoServer serves the Echo service on QUIC and TCP on one port number and
-// answers reverse probes, until ctx ends.
+// answers reverse probes, until ctx ends; with -replica, as a replica of a
+// cluster.
 func echoServer(ctx context.Context, cfg echoServerConfig, stdout io.Writer) error {
-	tlsConf, err := echoServerTLS(cfg)
+	var ca *dirCA
+	if cfg.certsDir != "" {
+		var err error
+		if ca, err = openCertsDir(cfg.certsDir); err != nil {
+			return err
+		}
+	}
+	tlsConf, err := echoServerTLS(cfg, ca)
 	if err != nil {
 		return err
 	}
@@ -92,17 +134,50 @@ func echoServer(ctx context.Context, cfg echoServerConfig, stdout io.Writer) err
 		fmt.Fprintf(stdout, "%s %s client %s over %s from %v\n",
 			time.Now().Format(time.TimeOnly), ev.Type, ev.Peer.ID, ev.Peer.Transport, ev.Peer.RemoteAddr)
 	}
-	srv := brpc.NewServer(gs, echopb.NewEchoClient,
+	say := func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(stdout, format+"\n", args...)
+	}
+	opts := []brpc.ServerOption{
 		brpc.WithPeerEvents(logEvent),
 		// The same static windows on the calls to clients, which the
 		// gateway's relayed calls ride on.
 		brpc.WithGRPCDialOptions(grpc.WithInitialWindowSize(256<<10), grpc.WithInitialConnWindowSize(4<<20)),
-	)
+	}
+	if cfg.idFromName {
+		opts = append(opts, brpc.WithAuthenticator(nameAsID))
+	}
+	var replica *replicaSetup
+	if cfg.cluster.replica != "" {
+		joined := func(self brpc.Replica) {
+			say("brpc echo-server replica %s joined the cluster, its endpoint advertised at %s", self.Name, self.Addr)
+		}
+		timeout := cfg.joinTimeout
+		if timeout == 0 {
+			timeout = joinTimeout
+		}
+		replica, err = setUpReplica(cfg.cluster, ca, cfg.presence, timeout, joined)
+		if err != nil {
+			gs.Stop()
+			return err
+		}
+		defer replica.presence.Close() // after the server has left the cluster
+		opts = append(opts, brpc.WithCluster(replica.conf), brpc.WithClusterEvents(func(ev brpc.ClusterEvent) {
+			if line := clusterEventLine(ev); line != "" {
+				say("%s replica %s: %s", time.Now().Format(time.TimeOnly), cfg.cluster.replica, line)
+			}
+		}))
+	}
+	srv := brpc.NewServer(gs, echopb.NewEchoClient, opts...)
 	echopb.RegisterEchoServer(gs, echoService{})
 	echopb.RegisterProbeServer(gs, &probeService{srv: srv})
 
 	qlis, tlis, err := listenBoth(cfg.addr, tlsConf)
 	if err != nil {
+		if replica != nil {
+			replica.lis.Close()
+		}
 		gs.Stop()
 		return err
 	}
@@ -110,25 +185,56 @@ func echoServer(ctx context.Context, cfg echoServerConfig, stdout io.Writer) err
 	if err != nil {
 		qlis.Close()
 		tlis.Close()
+		if replica != nil {
+			replica.lis.Close()
+		}
 		gs.Stop()
 		return err
 	}
-	fmt.Fprintf(stdout, "brpc echo-server listening on %s (QUIC and TCP)\n", qlis.Addr())
+	say("brpc echo-server listening on %s (QUIC and TCP)", qlis.Addr())
 	if gw != nil {
-		fmt.Fprintf(stdout, "brpc echo-server gateway on %s (%s): the admin service brpc.admin.v1.Admin, and calls for a client named by the brpc-target header\n", gw.addr, gw.security)
+		say("brpc echo-server gateway on %s (%s): the admin service brpc.admin.v1.Admin, and calls for a client named by the brpc-target header", gw.addr, gw.security)
 	}
-	errs := make(chan error, 2)
+	if replica != nil {
+		// Before Serve, which joins: the join's own line comes after.
+		say("brpc echo-server replica %s: replica endpoint on %s, joining the cluster through etcd at %s", cfg.cluster.replica, replica.lis.Addr(), cfg.cluster.etcd)
+	}
+	serving := 2
+	errs := make(chan error, 3)
 	for _, l := range []brpc.Listener{qlis, tlis} {
 		go func() { errs <- srv.Serve(l) }()
+	}
+	if replica != nil {
+		serving++
+		go func() { errs <- srv.ServeReplicas(replica.lis) }()
 	}
 	select {
 	case <-ctx.Done():
 	case err = <-errs:
+		serving--
 	}
 	srv.GracefulStop()
+	// The others end because of the stop (a join cut short says so): what
+	// stopped the server is the error, if any.
+	for ; serving > 0; serving-- {
+		<-errs
+	}
 	gw.stop()
-	fmt.Fprintln(stdout, "brpc echo-server stopped")
+	say("brpc echo-server stopped")
 	return err
+}
+
+// nameAsID admits a client under the name it connects with, so that it
+// keeps its ID when it reconnects, to this server or to another replica.
+func nameAsID(_ context.Context, info brpc.AuthInfo) (string, error) {
+	if v := info.Metadata.Get("name"); len(v) > 0 && v[0] != "" {
+		return v[0], nil
+	}
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", status.Errorf(codes.Internal, "making an ID: %v", err)
+	}
+	return hex.EncodeToString(b), nil
 }
 
 // listenBoth listens for QUIC and TCP on one port number. When addr asks
@@ -159,7 +265,9 @@ func listenBoth(addr string, tlsConf *tls.Config) (brpc.Listener, brpc.Listener,
 	}
 }
 
-func echoServerTLS(cfg echoServerConfig) (*tls.Config, error) {
+// echoServerTLS is the TLS the server shows its clients: -cert and -key,
+// or a certificate issued from the CA of -certs, or else a throwaway one.
+func echoServerTLS(cfg echoServerConfig, ca *dirCA) (*tls.Config, error) {
 	if cfg.certFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.certFile, cfg.keyFile)
 		if err != nil {
@@ -174,6 +282,13 @@ func echoServerTLS(cfg echoServerConfig) (*tls.Config, error) {
 	var names []string
 	if host != "" {
 		names = append(names, host)
+	}
+	if ca != nil {
+		cert, err := ca.issue(names...)
+		if err != nil {
+			return nil, fmt.Errorf("issuing the server's certificate: %w", err)
+		}
+		return &tls.Config{Certificates: []tls.Certificate{cert}}, nil
 	}
 	cert, caPEM, err := throwawayCertificate(names...)
 	if err != nil {
@@ -233,7 +348,7 @@ type echoClientConfig struct {
 	stay    bool
 }
 
-func echoClientFlags() (*flag.FlagSet, func(io.Writer) error) {
+func echoClientFlags(Extensions) (*flag.FlagSet, func(io.Writer) error) {
 	var cfg echoClientConfig
 	fs := flag.NewFlagSet("echo-client", flag.ContinueOnError)
 	fs.StringVar(&cfg.target, "target", "127.0.0.1:4433", "server: host:port (QUIC, falling back to TCP), quic://host:port or tcp://host:port")

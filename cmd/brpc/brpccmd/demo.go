@@ -1,4 +1,4 @@
-package main
+package brpccmd
 
 import (
 	"context"
@@ -41,7 +41,7 @@ type demoConfig struct {
 }
 
 // demoFlags defines the demo's flags and returns what runs it.
-func demoFlags() (*flag.FlagSet, func(stdout io.Writer) error) {
+func demoFlags(Extensions) (*flag.FlagSet, func(stdout io.Writer) error) {
 	var cfg demoConfig
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.IntVar(&cfg.clients, "clients", 3, fmt.Sprintf("how many clients to connect (1 to %d)", len(demoNames)))

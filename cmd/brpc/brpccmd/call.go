@@ -1,4 +1,4 @@
-package main
+package brpccmd
 
 import (
 	"bytes"
@@ -67,7 +67,7 @@ Exit status: 0 when the call succeeds, 1 when it fails (its gRPC status is
 printed: code and message), 2 for a mistake in the command line, an
 unknown service or method, or JSON that does not fit the request type.`
 
-func callFlags() (*flag.FlagSet, func(io.Writer) error) {
+func callFlags(Extensions) (*flag.FlagSet, func(io.Writer) error) {
 	var cfg callConfig
 	fs := flag.NewFlagSet("call", flag.ContinueOnError)
 	cfg.gw.register(fs)

@@ -1,4 +1,4 @@
-package main
+package brpccmd
 
 import (
 	"context"
@@ -23,15 +23,17 @@ type peersConfig struct {
 	gw       gatewayFlags
 	watch    bool
 	rejected bool
+	cluster  bool
 	timeout  time.Duration
 }
 
-func peersFlags() (*flag.FlagSet, func(io.Writer) error) {
+func peersFlags(Extensions) (*flag.FlagSet, func(io.Writer) error) {
 	var cfg peersConfig
 	fs := flag.NewFlagSet("peers", flag.ContinueOnError)
 	cfg.gw.register(fs)
 	fs.BoolVar(&cfg.watch, "watch", false, "after the list, print clients connecting and disconnecting as it happens, until interrupted")
 	fs.BoolVar(&cfg.rejected, "rejected", false, "with -watch, also print clients refused while connecting")
+	fs.BoolVar(&cfg.cluster, "cluster", false, "on a replica of a cluster, list the clients of every replica, with the replica holding each, as this one knows them")
 	fs.DurationVar(&cfg.timeout, "timeout", 10*time.Second, "give up on the list after this long (without -watch)")
 	return fs, func(stdout io.Writer) error {
 		if err := cfg.gw.check(); err != nil {
@@ -42,6 +44,9 @@ func peersFlags() (*flag.FlagSet, func(io.Writer) error) {
 		}
 		if cfg.rejected && !cfg.watch {
 			return &badUsage{"-rejected goes with -watch"}
+		}
+		if cfg.cluster && cfg.watch {
+			return &badUsage{"-cluster lists, it does not watch: -cluster and -watch do not go together"}
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
@@ -58,6 +63,16 @@ func peers(ctx context.Context, cfg peersConfig, w io.Writer) error {
 	}
 	defer cc.Close()
 	admin := adminpb.NewAdminClient(cc)
+	if cfg.cluster {
+		lctx, cancel := context.WithTimeout(ctx, cfg.timeout)
+		defer cancel()
+		return clusterPeers(lctx, cfg, admin, w)
+	}
+	// A replica's own clients are not the cluster's: say so. A server
+	// without ListClusterPeers is no replica.
+	rctx, cancel := context.WithTimeout(ctx, cfg.timeout)
+	replica := replicaName(rctx, admin)
+	cancel()
 	if !cfg.watch {
 		lctx, cancel := context.WithTimeout(ctx, cfg.timeout)
 		defer cancel()
@@ -74,7 +89,7 @@ func peers(ctx context.Context, cfg peersConfig, w io.Writer) error {
 			}
 			req.PageToken = resp.GetNextPageToken()
 		}
-		return printPeers(w, list, time.Now())
+		return printPeers(w, list, time.Now(), replica)
 	}
 
 	// The watch lives until the user interrupts it: then ctx ends, and so
@@ -94,7 +109,7 @@ func peers(ctx context.Context, cfg peersConfig, w io.Writer) error {
 			current = append(current, ev.GetPeer())
 			continue
 		case adminpb.PeerEventType_PEER_EVENT_TYPE_SYNCED:
-			if err := printPeers(w, current, ev.GetTime().AsTime()); err != nil {
+			if err := printPeers(w, current, ev.GetTime().AsTime(), replica); err != nil {
 				return err
 			}
 			current = nil
@@ -127,10 +142,67 @@ func noAdminHint(err error) string {
 	return ""
 }
 
-// printPeers prints a table of the clients, with their connection times
-// relative to now.
-func printPeers(w io.Writer, list []*adminpb.Peer, now time.Time) error {
+// replicaName asks the admin service which replica it belongs to; "" when
+// the server is none, or cannot say.
+func replicaName(ctx context.Context, admin adminpb.AdminClient) string {
+	resp, err := admin.ListClusterPeers(ctx, &adminpb.ListClusterPeersRequest{PageSize: 1})
+	if err != nil {
+		return ""
+	}
+	return resp.GetReplica()
+}
+
+// clusterPeers prints the clients of every replica of the server's
+// cluster.
+func clusterPeers(ctx context.Context, cfg peersConfig, admin adminpb.AdminClient, w io.Writer) error {
+	var list []*adminpb.ClusterPeer
+	var replica string
+	req := &adminpb.ListClusterPeersRequest{}
+	for {
+		resp, err := admin.ListClusterPeers(ctx, req)
+		if err != nil {
+			hint := noAdminHint(err)
+			if status.Code(err) == codes.Unimplemented {
+				hint = " (does the server register the admin service there, of a brpc with ListClusterPeers?)"
+			}
+			return fmt.Errorf("listing the cluster's clients at %s%s: %w", cfg.gw.addr, hint, &rpcError{err})
+		}
+		list = append(list, resp.GetPeers()...)
+		replica = resp.GetReplica()
+		if resp.GetNextPageToken() == "" {
+			break
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
+	where := fmt.Sprintf("the cluster, as replica %s knows them", replica)
+	if replica == "" {
+		where = "this server, which is no replica of a cluster"
+	}
 	if len(list) == 0 {
+		_, err := fmt.Fprintf(w, "No clients connected to %s.\n", where)
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tREPLICA")
+	for _, p := range list {
+		fmt.Fprintf(tw, "%s\t%s\n", p.GetId(), p.GetReplica())
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(w, "%d client(s) connected to %s.\n", len(list), where)
+	return err
+}
+
+// printPeers prints a table of the clients, with their connection times
+// relative to now. replica names the replica whose clients they are, if
+// the server is one.
+func printPeers(w io.Writer, list []*adminpb.Peer, now time.Time, replica string) error {
+	if len(list) == 0 {
+		if replica != "" {
+			_, err := fmt.Fprintf(w, "No clients connected to replica %s (-cluster lists every replica's).\n", replica)
+			return err
+		}
 		_, err := fmt.Fprintln(w, "No clients connected.")
 		return err
 	}
@@ -155,6 +227,10 @@ func printPeers(w io.Writer, list []*adminpb.Peer, now time.Time) error {
 				return err
 			}
 		}
+	}
+	if replica != "" {
+		_, err := fmt.Fprintf(w, "%d client(s) connected to replica %s (-cluster lists every replica's).\n", len(list), replica)
+		return err
 	}
 	_, err := fmt.Fprintf(w, "%d client(s) connected.\n", len(list))
 	return err

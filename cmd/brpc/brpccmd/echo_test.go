@@ -1,4 +1,4 @@
-package main
+package brpccmd
 
 import (
 	"bufio"
@@ -41,11 +41,19 @@ func startEchoGateway(t *testing.T) (addr, gateway, caFile string) {
 func startEchoGatewayWith(t *testing.T, gw gatewayServeFlags) (addr, gateway, caFile string) {
 	t.Helper()
 	caFile = filepath.Join(t.TempDir(), "ca.pem")
+	addr, gateway = startEcho(t, echoServerConfig{addr: "127.0.0.1:0", caOut: caFile, gateway: gw})
+	return addr, gateway, caFile
+}
+
+// startEcho runs echoServer with cfg until the test ends and returns its
+// address and its gateway's, once it has said where it listens and, as a
+// replica, that it joined the cluster.
+func startEcho(t *testing.T, cfg echoServerConfig) (addr, gateway string) {
+	t.Helper()
 	pr, pw := io.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		cfg := echoServerConfig{addr: "127.0.0.1:0", caOut: caFile, gateway: gw}
 		done <- echoServer(ctx, cfg, pw)
 		pw.Close()
 	}()
@@ -60,29 +68,33 @@ func startEchoGatewayWith(t *testing.T, gw gatewayServeFlags) (addr, gateway, ca
 			t.Error("echo-server did not stop within 10s of its context ending")
 		}
 	})
+	joined := cfg.cluster.replica == ""
 	lines := bufio.NewScanner(pr)
-	for (addr == "" || gateway == "") && lines.Scan() {
+	for (addr == "" || gateway == "" || !joined) && lines.Scan() {
 		if rest, ok := strings.CutPrefix(lines.Text(), "brpc echo-server listening on "); ok {
 			addr = strings.Fields(rest)[0]
 		}
 		if rest, ok := strings.CutPrefix(lines.Text(), "brpc echo-server gateway on "); ok {
 			gateway = strings.Fields(rest)[0]
 		}
+		if strings.HasPrefix(lines.Text(), "brpc echo-server replica "+cfg.cluster.replica+" joined the cluster") {
+			joined = true
+		}
 	}
-	if addr == "" || gateway == "" {
+	if addr == "" || gateway == "" || !joined {
 		err := <-done
 		done <- err // for the cleanup
-		t.Fatalf("echo-server did not say where it listens: %v", err)
+		t.Fatalf("echo-server did not say where it listens (or that it joined its cluster): %v", err)
 	}
 	go io.Copy(io.Discard, pr) // the pipe ends when echoServer returns
-	return addr, gateway, caFile
+	return addr, gateway
 }
 
 func TestEchoServerAndClient(t *testing.T) {
 	addr, ca := startEchoServer(t)
 	for _, target := range []string{addr, "quic://" + addr, "tcp://" + addr} {
 		var out, errOut bytes.Buffer
-		if code := run([]string{"echo-client", "-target", target, "-ca", ca, "-n", "5"}, &out, &errOut); code != exitOK {
+		if code := Run([]string{"echo-client", "-target", target, "-ca", ca, "-n", "5"}, &out, &errOut, Extensions{}); code != exitOK {
 			t.Fatalf("echo-client -target %s exited %d: %s", target, code, errOut.String())
 		}
 		want := "quic"
@@ -154,7 +166,7 @@ func (e countingEcho) Echo(_ context.Context, r *echopb.EchoRequest) (*echopb.Ec
 func TestEchoServerStopsAfterItsDuration(t *testing.T) {
 	var out, errOut bytes.Buffer
 	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if code := run([]string{"echo-server", "-addr", "127.0.0.1:0", "-gateway", "127.0.0.1:0", "-ca-out", ca, "-duration", "300ms"}, &out, &errOut); code != exitOK {
+	if code := Run([]string{"echo-server", "-addr", "127.0.0.1:0", "-gateway", "127.0.0.1:0", "-ca-out", ca, "-duration", "300ms"}, &out, &errOut, Extensions{}); code != exitOK {
 		t.Fatalf("echo-server -duration 300ms exited %d: %s", code, errOut.String())
 	}
 	if !strings.Contains(out.String(), "listening on 127.0.0.1:") || !strings.Contains(out.String(), "gateway on 127.0.0.1:") || !strings.Contains(out.String(), "stopped") {
@@ -181,7 +193,7 @@ func TestEchoCommandsRejectBadFlags(t *testing.T) {
 		{"echo-server", "-gateway", "", "-gateway-cert", "c.pem", "-gateway-key", "k.pem"},
 	} {
 		var out, errOut bytes.Buffer
-		if code := run(args, &out, &errOut); code != exitUsage {
+		if code := Run(args, &out, &errOut, Extensions{}); code != exitUsage {
 			t.Errorf("brpc %v exited %d, want %d", args, code, exitUsage)
 		}
 		if !strings.Contains(errOut.String(), "Usage: brpc "+args[0]) {
@@ -189,13 +201,24 @@ func TestEchoCommandsRejectBadFlags(t *testing.T) {
 		}
 	}
 	var out, errOut bytes.Buffer
-	if code := run([]string{"echo-client", "-ca", filepath.Join(t.TempDir(), "missing.pem")}, &out, &errOut); code != exitError {
+	if code := Run([]string{"echo-client", "-ca", filepath.Join(t.TempDir(), "missing.pem")}, &out, &errOut, Extensions{}); code != exitError {
 		t.Errorf("echo-client with a missing CA file exited %d, want %d", code, exitError)
 	}
 	for _, cmd := range []string{"echo-server", "echo-client"} {
 		out.Reset()
-		if code := run([]string{cmd, "-help"}, &out, &errOut); code != exitOK || !strings.Contains(out.String(), "Usage: brpc "+cmd) {
+		if code := Run([]string{cmd, "-help"}, &out, &errOut, Extensions{}); code != exitOK || !strings.Contains(out.String(), "Usage: brpc "+cmd) {
 			t.Errorf("brpc %s -help exited %d with %q", cmd, code, out.String())
 		}
+	}
+}
+
+func TestEchoServerIDFromName(t *testing.T) {
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	addr, _ := startEcho(t, echoServerConfig{addr: "127.0.0.1:0", caOut: caFile, idFromName: true, gateway: gatewayServeFlags{addr: "127.0.0.1:0"}})
+	if id := stayingClient(t, "quic://"+addr, caFile, "alice"); id != "alice" {
+		t.Errorf("a client named alice got the ID %q, want alice", id)
+	}
+	if id := stayingClient(t, "tcp://"+addr, caFile, ""); len(id) != 32 || id == "alice" {
+		t.Errorf("a client without a name got the ID %q, want a random one of 32 hex digits", id)
 	}
 }
