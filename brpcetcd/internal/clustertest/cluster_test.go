@@ -90,7 +90,7 @@ func TestEveryClientFromEveryReplica(t *testing.T) {
 	}{{0, "quic", "c0"}, {1, "tcp", "c1"}, {2, "quic", "c2"}, {2, "tcp", "c3"}}
 	var want []brpc.ClusterPeer
 	for _, c := range clients {
-		connectFailover(t, ca, c.id, []string{rs[c.at].targets[c.transport]}, 0)
+		dialClient(t, ca, c.id, rs[c.at].targets[c.transport])
 		want = append(want, brpc.ClusterPeer{ID: c.id, Replica: rs[c.at].name})
 	}
 	waitPeers(t, 10*time.Second, want, rs...)
@@ -156,19 +156,35 @@ func TestGracefulStopMovesClients(t *testing.T) {
 	r0 := newReplica(t, ca, "r0", etcd.endpoint(), nil)
 	r1 := newReplica(t, ca, "r1", etcd.endpoint(), firstDisconnect)
 	r2 := newReplica(t, ca, "r2", etcd.endpoint(), nil)
-	connectFailover(t, ca, "home", []string{r0.targets["quic"]}, 0)
+	// Clients of all three replicas, each dialed with the three endpoints
+	// of its transport (brpc's Dial starts at a random one), until three
+	// of each transport are on r1.
 	var moving []string
-	clients := map[string]*failover{}
-	want := []brpc.ClusterPeer{{ID: "home", Replica: "r0"}}
-	for i := range 6 {
+	clients := map[string]*brpc.ClientConn{}
+	var want []brpc.ClusterPeer
+	onR1 := map[string]int{}
+	for i := 0; onR1["quic"] < 3 || onR1["tcp"] < 3; i++ {
+		if i == 60 {
+			t.Fatalf("60 clients dialed, %v of them on r1", onR1)
+		}
 		tr := testenv.Transports[i%2]
-		id := fmt.Sprintf("m%d", i)
-		clients[id] = connectFailover(t, ca, id, []string{r1.targets[tr], r2.targets[tr], r0.targets[tr]}, 0)
-		moving = append(moving, id)
-		want = append(want, brpc.ClusterPeer{ID: id, Replica: "r1"})
+		id := fmt.Sprintf("m%02d", i)
+		cc := dialClient(t, ca, id, endpointList(tr, r0.targets, r1.targets, r2.targets))
+		at := ""
+		for _, r := range []*replica{r0, r1, r2} {
+			if connectedTo(cc, r.targets) {
+				at = r.name
+			}
+		}
+		if at == "r1" {
+			onR1[tr]++
+			moving = append(moving, id)
+			clients[id] = cc
+		}
+		want = append(want, brpc.ClusterPeer{ID: id, Replica: at})
 	}
 	waitPeers(t, 10*time.Second, want, r0, r1, r2)
-	kept, err := r0.srv.Client("m0")
+	kept, err := r0.srv.Client(moving[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,13 +205,14 @@ func TestGracefulStopMovesClients(t *testing.T) {
 	if d := reached.Sub(start); d > 8*time.Second {
 		t.Errorf("the clients took %v to be reachable again", d)
 	}
-	for id, f := range clients {
-		if ep := f.endpoint(); ep == r1.targets["quic"] || ep == r1.targets["tcp"] {
-			t.Errorf("%s is still on r1's endpoint %s", id, ep)
+	for id, cc := range clients {
+		if connectedTo(cc, r1.targets) || (!connectedTo(cc, r0.targets) && !connectedTo(cc, r2.targets)) {
+			p, _ := cc.ServerPeer()
+			t.Errorf("%s is connected to %v, not to r0 or r2", id, p.RemoteAddr)
 		}
 	}
 	// The stub kept from before follows its client.
-	if r, err := kept.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "m"}); err != nil || r.GetMessage() != "m0:m" {
+	if r, err := kept.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "m"}); err != nil || r.GetMessage() != moving[0]+":m" {
 		t.Errorf("the stub kept from before answered %q, %v", r.GetMessage(), err)
 	}
 	for id, at := range records(t, cli) {
@@ -213,30 +230,49 @@ func TestKilledReplica(t *testing.T) {
 	r1 := newReplica(t, ca, "r1", etcd.endpoint(), nil)
 	r2 := startReplicaChild(t, ca, "r2", etcd.endpoint(), testTTL)
 
-	connectFailover(t, ca, "home", []string{r0.targets["tcp"]}, 0)
-	// Movers fail over to the others; stayers keep trying r2 alone, so
-	// that their records stay until r2's lease expires.
-	var movers, stayers []string
-	moverConns := map[string]*failover{}
-	want := []brpc.ClusterPeer{{ID: "home", Replica: "r0"}}
-	for i := range 4 {
+	// Movers are dialed with the three endpoints of their transport
+	// (brpc's Dial starts at a random one) until two of each transport
+	// are on r2; the others stay where they landed. Stayers are dialed
+	// to r2 alone: they keep trying it, and their records stay until
+	// r2's lease expires.
+	var movers, stayers, others []string
+	moverConns := map[string]*brpc.ClientConn{}
+	moverStates := map[string]*stateLog{}
+	var want []brpc.ClusterPeer
+	onR2 := map[string]int{}
+	for i := 0; onR2["quic"] < 2 || onR2["tcp"] < 2; i++ {
+		if i == 60 {
+			t.Fatalf("60 clients dialed, %v of them on r2", onR2)
+		}
 		tr := testenv.Transports[i%2]
-		id := fmt.Sprintf("mover%d", i)
-		moverConns[id] = connectFailover(t, ca, id, []string{r2.targets[tr], r0.targets[tr], r1.targets[tr]}, 0)
-		movers = append(movers, id)
-		want = append(want, brpc.ClusterPeer{ID: id, Replica: "r2"})
+		id := fmt.Sprintf("mover%02d", i)
+		cc := dialClient(t, ca, id, endpointList(tr, r0.targets, r1.targets, r2.targets))
+		switch {
+		case connectedTo(cc, r2.targets):
+			onR2[tr]++
+			movers = append(movers, id)
+			moverConns[id] = cc
+			moverStates[id] = watchStates(t, cc)
+			want = append(want, brpc.ClusterPeer{ID: id, Replica: "r2"})
+		case connectedTo(cc, r0.targets):
+			others = append(others, id)
+			want = append(want, brpc.ClusterPeer{ID: id, Replica: "r0"})
+		default:
+			others = append(others, id)
+			want = append(want, brpc.ClusterPeer{ID: id, Replica: "r1"})
+		}
 	}
-	stayerConns := map[string]*failover{}
+	stayerConns := map[string]*brpc.ClientConn{}
 	for i := range 2 {
 		tr := testenv.Transports[i%2]
 		id := fmt.Sprintf("stayer%d", i)
-		stayerConns[id] = connectFailover(t, ca, id, []string{r2.targets[tr]}, 0)
+		stayerConns[id] = dialClient(t, ca, id, r2.targets[tr])
 		stayers = append(stayers, id)
 		want = append(want, brpc.ClusterPeer{ID: id, Replica: "r2"})
 	}
 	waitPeers(t, 10*time.Second, want, r0, r1)
 	// The child replica reaches the test's clients too.
-	r2.Do(t, "reach", "home", "home")
+	r2.Do(t, "reach", others[0], others[0])
 	waitReachable(t, 10*time.Second, append(append([]string{}, movers...), stayers...), r0, r1)
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -294,11 +330,11 @@ func TestKilledReplica(t *testing.T) {
 	}()
 	movedAt := waitReachable(t, 10*time.Second, movers, r0, r1)
 	var lostMax, movedMax time.Duration
-	for _, f := range moverConns {
-		lost, moved := f.times()
+	for _, l := range moverStates {
+		lost, moved := l.times()
 		lostMax, movedMax = max(lostMax, lost.Sub(killed)), max(movedMax, moved.Sub(killed))
 	}
-	t.Logf("killed replica: its failing-over clients saw their sessions lost within %v, had dialed another replica within %v and were reachable from both survivors %v after SIGKILL",
+	t.Logf("killed replica: its clients dialed with every endpoint saw their sessions lost within %v, were connected to another replica within %v and reachable from both survivors %v after SIGKILL",
 		lostMax.Round(time.Millisecond), movedMax.Round(time.Millisecond), movedAt.Sub(killed).Round(time.Millisecond))
 	if d := movedAt.Sub(killed); d > 10*time.Second {
 		t.Errorf("the movers took %v to be reachable again", d)
@@ -312,15 +348,18 @@ func TestKilledReplica(t *testing.T) {
 	}
 	// Both caches list the home and the movers where they are now; the
 	// stayers' records went with r2's lease.
-	moved := []brpc.ClusterPeer{{ID: "home", Replica: "r0"}}
-	for _, id := range movers {
-		at := ""
-		for _, r := range []*replica{r0, r1} {
-			if ep := moverConns[id].endpoint(); ep == r.targets["quic"] || ep == r.targets["tcp"] {
-				at = r.name
+	var moved []brpc.ClusterPeer
+	for _, p := range want {
+		if cc := moverConns[p.ID]; cc != nil {
+			for _, r := range []*replica{r0, r1} {
+				if connectedTo(cc, r.targets) {
+					p.Replica = r.name
+				}
 			}
 		}
-		moved = append(moved, brpc.ClusterPeer{ID: id, Replica: at})
+		if p.Replica != "r2" {
+			moved = append(moved, p)
+		}
 	}
 	waitPeers(t, 10*time.Second, moved, r0, r1)
 	probes.Wait()
@@ -333,9 +372,9 @@ func TestKilledReplica(t *testing.T) {
 	}
 
 	// The stayers, dialed to a survivor, are reachable from both.
-	for id, f := range stayerConns {
-		f.Close()
-		connectFailover(t, ca, id, []string{r1.targets[testenv.Transports[0]]}, 0)
+	for id, cc := range stayerConns {
+		cc.Close()
+		dialClient(t, ca, id, r1.targets[testenv.Transports[0]])
 	}
 	waitReachable(t, 10*time.Second, stayers, r0, r1)
 }
@@ -355,7 +394,7 @@ func TestEtcdOutage(t *testing.T) {
 	etcd, ca, rs := threeReplicas(t)
 	r0, r1 := rs[0], rs[1]
 	for i, r := range rs {
-		connectFailover(t, ca, fmt.Sprintf("c%d", i), []string{r.targets[testenv.Transports[i%2]]}, 0)
+		dialClient(t, ca, fmt.Sprintf("c%d", i), r.targets[testenv.Transports[i%2]])
 	}
 	waitPeers(t, 10*time.Second, []brpc.ClusterPeer{{ID: "c0", Replica: "r0"}, {ID: "c1", Replica: "r1"}, {ID: "c2", Replica: "r2"}}, rs...)
 	kept, err := r0.srv.Client("c1")
@@ -390,7 +429,7 @@ func TestEtcdOutage(t *testing.T) {
 	_, err = r0.gateway.Unary(to(ctx, "c1"), &testpb.EchoRequest{Message: "m"})
 	testenv.WantCode(t, err, codes.Unavailable, "r0's gateway to c1 while etcd is down")
 	// A client that connects during the outage is served where it is.
-	connectFailover(t, ca, "late", []string{r1.targets["tcp"]}, 0)
+	dialClient(t, ca, "late", r1.targets["tcp"])
 	if err := reach(r1, "late", "late", 5*time.Second); err != nil {
 		t.Errorf("r1's client that connected while etcd was down: %v", err)
 	}

@@ -601,24 +601,6 @@ func (f *failover) Close() {
 	f.gs.Stop()
 }
 
-// connectFailover is dialFailover for a test: the client is closed by the
-// test's cleanup.
-func connectFailover(t *testing.T, ca *certs.CA, id string, endpoints []string, start int) *failover {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	f, err := dialFailover(ctx, id, endpoints, start, 0, brpc.WithTLSConfig(ca.ClientTLS()),
-		// QUIC clients notice a killed replica within the timeout; under
-		// -race on a loaded machine a shorter one drops live sessions too.
-		brpc.WithKeepalive(500*time.Millisecond, 3*time.Second),
-		brpc.WithConnectBackoff(backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond}))
-	if err != nil {
-		t.Fatalf("Dial %s to %s: %v", id, endpoints[start], err)
-	}
-	t.Cleanup(f.Close)
-	return f
-}
-
 // clusterPeersOf formats a replica's ClusterPeers for messages.
 func clusterPeersOf(r *replica) string {
 	var b strings.Builder
@@ -645,4 +627,98 @@ func certsPool(caPEM string) (*x509.CertPool, error) {
 		return nil, errors.New("no CA certificate")
 	}
 	return pool, nil
+}
+
+// clientOpts are the dial options of the tests' clients.
+func clientOpts(ca *certs.CA, id, answerer string) ([]brpc.DialOption, *grpc.Server) {
+	gs := grpc.NewServer()
+	testpb.RegisterEchoServer(gs, &testenv.Echo{Name: answerer})
+	return []brpc.DialOption{
+		brpc.WithTLSConfig(ca.ClientTLS()), brpc.WithServer(gs), brpc.WithMetadata(metadata.Pairs("name", id)),
+		// QUIC clients notice a killed replica within the timeout; under
+		// -race on a loaded machine a shorter one drops live sessions too.
+		brpc.WithKeepalive(500*time.Millisecond, 3*time.Second),
+		brpc.WithConnectBackoff(backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond}),
+	}, gs
+}
+
+// dialClient connects a client named id, whose echo service answers as
+// id, to target: one endpoint, or several (comma-separated), among which
+// brpc's Dial picks one at random and moves on when it fails. The test's
+// cleanup closes it.
+func dialClient(t *testing.T, ca *certs.CA, id, target string) *brpc.ClientConn {
+	t.Helper()
+	opts, gs := clientOpts(ca, id, id)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cc, err := brpc.Dial(ctx, target, opts...)
+	if err != nil {
+		gs.Stop()
+		t.Fatalf("Dial %s to %s: %v", id, target, err)
+	}
+	t.Cleanup(func() {
+		cc.Close()
+		gs.Stop()
+	})
+	return cc
+}
+
+// endpointList is the target listing the endpoints of transport tr of
+// replicas with the given targets, in that order.
+func endpointList(tr string, targets ...map[string]string) string {
+	var hps []string
+	for _, m := range targets {
+		hps = append(hps, strings.TrimPrefix(m[tr], tr+"://"))
+	}
+	return tr + "://" + strings.Join(hps, ",")
+}
+
+// connectedTo reports whether cc's session is with the server at one of
+// targets' endpoints.
+func connectedTo(cc *brpc.ClientConn, targets map[string]string) bool {
+	p, ok := cc.ServerPeer()
+	if !ok {
+		return false
+	}
+	return targets[p.Transport] == p.Transport+"://"+p.RemoteAddr.String()
+}
+
+// stateLog records when a client first left Ready and when it was Ready
+// again after that.
+type stateLog struct {
+	mu          sync.Mutex
+	lost, again time.Time
+}
+
+func watchStates(t *testing.T, cc *brpc.ClientConn) *stateLog {
+	l := &stateLog{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	go func() {
+		defer close(done)
+		for s := cc.GetState(); ; s = cc.GetState() {
+			l.mu.Lock()
+			switch {
+			case s != connectivity.Ready && l.lost.IsZero():
+				l.lost = time.Now()
+			case s == connectivity.Ready && !l.lost.IsZero() && l.again.IsZero():
+				l.again = time.Now()
+			}
+			l.mu.Unlock()
+			if !cc.WaitForStateChange(ctx, s) {
+				return
+			}
+		}
+	}()
+	return l
+}
+
+func (l *stateLog) times() (lost, again time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lost, l.again
 }
