@@ -8,13 +8,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/url"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -445,160 +443,6 @@ func (l *eventLog) count0(s string) int {
 		}
 	}
 	return n
-}
-
-// failover is a client that, when its session with one replica is lost,
-// dials the next replica of its list instead of waiting for the lost one
-// to come back, as a fleet client without a load balancer does.
-type failover struct {
-	id        string
-	endpoints []string
-	spread    time.Duration // the first dial after a loss waits up to this long
-	opts      []brpc.DialOption
-	gs        *grpc.Server
-	ctx       context.Context
-	cancel    context.CancelFunc
-	done      chan struct{}
-	moves     atomic.Int64
-
-	mu    sync.Mutex
-	cc    *brpc.ClientConn
-	at    int       // the endpoint cc is connected to
-	err   error     // the last failed dial's
-	lost  time.Time // when the last session was seen lost
-	moved time.Time // when the client last connected elsewhere
-}
-
-// dialFailover connects a client named id, serving the echo service as
-// id, to endpoints[start] and keeps it connected to one of endpoints.
-// After a loss it waits a random time up to spread before it dials again,
-// so that the clients of a lost replica do not all dial at once.
-func dialFailover(ctx context.Context, id string, endpoints []string, start int, spread time.Duration, opts ...brpc.DialOption) (*failover, error) {
-	gs := grpc.NewServer()
-	testpb.RegisterEchoServer(gs, &testenv.Echo{Name: id})
-	f := &failover{id: id, endpoints: endpoints, spread: spread, gs: gs, done: make(chan struct{}),
-		opts: append([]brpc.DialOption{brpc.WithServer(gs), brpc.WithMetadata(metadata.Pairs("name", id))}, opts...)}
-	cc, err := brpc.Dial(ctx, endpoints[start], f.opts...)
-	if err != nil {
-		gs.Stop()
-		return nil, err
-	}
-	f.cc, f.at = cc, start
-	f.ctx, f.cancel = context.WithCancel(context.Background())
-	go f.run()
-	return f, nil
-}
-
-func (f *failover) run() {
-	defer close(f.done)
-	for {
-		f.mu.Lock()
-		cc, at := f.cc, f.at
-		f.mu.Unlock()
-		for cc.GetState() == connectivity.Ready {
-			if !cc.WaitForStateChange(f.ctx, connectivity.Ready) {
-				return
-			}
-		}
-		if f.ctx.Err() != nil {
-			return
-		}
-		if cc.GetState() == connectivity.Shutdown {
-			// Replaced by a newer session of the same ID: that one is
-			// the client now.
-			return
-		}
-		f.mu.Lock()
-		f.lost = time.Now()
-		f.mu.Unlock()
-		cc.Close()
-		// The others in a random order, so that the clients of a lost
-		// replica spread over the survivors, then the lost one again.
-		order := make([]int, 0, len(f.endpoints))
-		for _, i := range rand.Perm(len(f.endpoints)) {
-			if i != at {
-				order = append(order, i)
-			}
-		}
-		order = append(order, at)
-		if f.spread > 0 && !f.pause(rand.N(f.spread)) {
-			return
-		}
-		pause := 200 * time.Millisecond
-		for try := 1; ; try++ {
-			next := order[(try-1)%len(order)]
-			ctx, cancel := context.WithTimeout(f.ctx, 10*time.Second)
-			ncc, err := brpc.Dial(ctx, f.endpoints[next], f.opts...)
-			cancel()
-			if f.ctx.Err() != nil {
-				if ncc != nil {
-					ncc.Close()
-				}
-				return
-			}
-			if err == nil {
-				f.mu.Lock()
-				f.cc, f.at, f.moved = ncc, next, time.Now()
-				f.mu.Unlock()
-				f.moves.Add(1)
-				break
-			}
-			f.mu.Lock()
-			f.err = err
-			f.mu.Unlock()
-			if try%len(f.endpoints) == 0 {
-				// Every endpoint refused: the next round after a pause
-				// that grows, with jitter, as a storm of them would
-				// otherwise keep the replicas busy with handshakes
-				// nobody waits for.
-				if !f.pause(pause/2 + rand.N(pause)) {
-					return
-				}
-				pause = min(2*pause, 5*time.Second)
-			}
-		}
-	}
-}
-
-// pause waits d, or reports false when the client is closed first.
-func (f *failover) pause(d time.Duration) bool {
-	select {
-	case <-time.After(d):
-		return true
-	case <-f.ctx.Done():
-		return false
-	}
-}
-
-// times says when the client last lost its session and when it last
-// connected elsewhere.
-func (f *failover) times() (lost, moved time.Time) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.lost, f.moved
-}
-
-// endpoint is the target the client is connected to (or dialing last).
-func (f *failover) endpoint() string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.endpoints[f.at]
-}
-
-func (f *failover) ready() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.cc.GetState() == connectivity.Ready
-}
-
-// Close closes the client and stops its failing over.
-func (f *failover) Close() {
-	f.cancel()
-	<-f.done
-	f.mu.Lock()
-	f.cc.Close()
-	f.mu.Unlock()
-	f.gs.Stop()
 }
 
 // clusterPeersOf formats a replica's ClusterPeers for messages.

@@ -14,7 +14,9 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc"
@@ -449,43 +451,53 @@ func startReplicaChild(t testing.TB, ca *certs.CA, name, endpoint string, ttl ti
 	return rr
 }
 
-// fleetRole is the child role "fleet": "n" failover clients named
-// PREFIX%04d ("prefix"), client i on transport i mod 2, starting at
-// replica i mod 3 of the lists "quic" and "tcp" (comma-separated targets,
-// in the same replica order), trusting the PEM CA "ca", with the
-// keepalive timeout "keepalive" (probes every third of it) and the
-// failover's "spread" (dialFailover). Its ready words
-// are dial_ms=D, the time all took to connect. It answers "ready" (how
-// many are connected now) and "moves" (how many times they failed over).
+// fleetRole is the child role "fleet": "n" clients named PREFIX%04d
+// ("prefix"), client i on transport i mod 2, each dialed with the target
+// "quic" or "tcp" (every replica's endpoint of that transport, so that
+// brpc's Dial picks one at random and moves on when it fails), trusting
+// the PEM CA "ca", with the keepalive timeout "keepalive" (probes every
+// third of it). Its ready words are dial_ms=D, the time all took to
+// connect. It answers "ready" (how many are connected now) and "moves"
+// (how many are connected to another server than the one they first
+// were).
 func fleetRole(c *testenv.ChildEnv) ([]string, error) {
 	n, err := strconv.Atoi(c.Arg("n"))
 	if err != nil {
 		return nil, fmt.Errorf("n: %v", err)
 	}
-	lists := map[string][]string{"quic": strings.Split(c.Arg("quic"), ","), "tcp": strings.Split(c.Arg("tcp"), ",")}
 	pool, err := certsPool(c.Arg("ca"))
 	if err != nil {
 		return nil, err
-	}
-	spread, err := time.ParseDuration(c.Arg("spread"))
-	if err != nil {
-		return nil, fmt.Errorf("spread: %v", err)
 	}
 	keepalive, err := time.ParseDuration(c.Arg("keepalive"))
 	if err != nil {
 		return nil, fmt.Errorf("keepalive: %v", err)
 	}
 	ids := fleetIDs(c.Arg("prefix"), n)
-	clients := make([]*failover, n)
+	type member struct {
+		cc    *brpc.ClientConn
+		gs    *grpc.Server
+		first string // the server it first connected to
+	}
+	fleet := make([]member, n)
 	c.Cleanup(func() {
 		var wg sync.WaitGroup
-		for _, f := range clients {
-			if f != nil {
-				wg.Go(f.Close)
+		for _, m := range fleet {
+			if m.cc != nil {
+				wg.Go(func() {
+					m.cc.Close()
+					m.gs.Stop()
+				})
 			}
 		}
 		wg.Wait()
 	})
+	server := func(cc *brpc.ClientConn) string {
+		if p, ok := cc.ServerPeer(); ok {
+			return p.RemoteAddr.String()
+		}
+		return ""
+	}
 	start := time.Now()
 	jobs := make(chan int)
 	errs := make(chan error, n)
@@ -493,17 +505,20 @@ func fleetRole(c *testenv.ChildEnv) ([]string, error) {
 	for range 16 {
 		wg.Go(func() {
 			for i := range jobs {
-				endpoints := lists[testenv.Transports[i%2]]
+				gs := grpc.NewServer()
+				testpb.RegisterEchoServer(gs, &testenv.Echo{Name: ids[i]})
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				f, err := dialFailover(ctx, ids[i], endpoints, i%len(endpoints), spread, brpc.WithTLSConfig(&tls.Config{RootCAs: pool}),
+				cc, err := brpc.Dial(ctx, c.Arg(testenv.Transports[i%2]),
+					brpc.WithTLSConfig(&tls.Config{RootCAs: pool}), brpc.WithServer(gs), brpc.WithMetadata(metadata.Pairs("name", ids[i])),
 					brpc.WithKeepalive(keepalive/3, keepalive),
 					brpc.WithConnectBackoff(backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}))
 				cancel()
 				if err != nil {
+					gs.Stop()
 					errs <- fmt.Errorf("%s: %v", ids[i], err)
 					continue
 				}
-				clients[i] = f
+				fleet[i] = member{cc: cc, gs: gs, first: server(cc)}
 			}
 		})
 	}
@@ -519,19 +534,21 @@ func fleetRole(c *testenv.ChildEnv) ([]string, error) {
 	took := time.Since(start)
 	c.Handle("ready", func([]string) (string, error) {
 		k := 0
-		for _, f := range clients {
-			if f.ready() {
+		for _, m := range fleet {
+			if m.cc.GetState() == connectivity.Ready {
 				k++
 			}
 		}
 		return strconv.Itoa(k), nil
 	})
 	c.Handle("moves", func([]string) (string, error) {
-		var k int64
-		for _, f := range clients {
-			k += f.moves.Load()
+		k := 0
+		for _, m := range fleet {
+			if now := server(m.cc); now != "" && now != m.first {
+				k++
+			}
 		}
-		return strconv.FormatInt(k, 10), nil
+		return strconv.Itoa(k), nil
 	})
 	return []string{fmt.Sprintf("dial_ms=%d", took.Milliseconds())}, nil
 }

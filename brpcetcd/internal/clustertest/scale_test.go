@@ -19,7 +19,7 @@ import (
 // TestScale is the bounded scale run of docs/cluster.md ("Measured on
 // etcd"): an etcd (with fsync) in the test process, three replicas in
 // child processes, a fleet of 3,000 clients in another (half on QUIC,
-// half on TCP, spread over the replicas), unary round trips from one
+// half on TCP, each dialed with every replica's endpoint), unary round trips from one
 // replica to its own clients, to the others' and of plain grpc-go, and
 // then one replica killed with SIGKILL: the time until every client
 // answers again from both survivors, and what the presence wrote to etcd
@@ -43,8 +43,6 @@ func TestScale(t *testing.T) {
 		// to notice its replica is gone (a TCP client sees the
 		// connection closed at once).
 		keepalive = 6 * time.Second
-		// The clients of a lost replica dial the others over this long.
-		spread = time.Second
 	)
 	logf := func(format string, args ...any) { t.Logf(format, args...) }
 	logf("machine: %d cores, load average %s", runtime.NumCPU(), loadavg())
@@ -56,18 +54,18 @@ func TestScale(t *testing.T) {
 		rs = append(rs, startReplicaChild(t, ca, fmt.Sprintf("r%d", i), etcd.endpoint(), ttl))
 	}
 	targets := func(tr string) string {
-		var l []string
+		var l []map[string]string
 		for _, r := range rs {
-			l = append(l, r.targets[tr])
+			l = append(l, r.targets)
 		}
-		return strings.Join(l, ",")
+		return endpointList(tr, l...)
 	}
 
 	// The fleet connects.
 	start := time.Now()
 	fleet := testenv.StartChild(t, "fleet", map[string]string{
 		"n": strconv.Itoa(n), "prefix": prefix, "quic": targets("quic"), "tcp": targets("tcp"), "ca": string(ca.CertPEM()),
-		"keepalive": keepalive.String(), "spread": spread.String(),
+		"keepalive": keepalive.String(),
 	})
 	dialed := time.Since(start)
 	waitCluster(t, rs, n, 60*time.Second)
@@ -122,7 +120,7 @@ func TestScale(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	logf("SIGKILL of %s (TTL %v, clients' keepalive timeout %v, failover spread %v): load average %s", victim.name, ttl, keepalive, spread, loadavg())
+	logf("SIGKILL of %s (TTL %v, clients' keepalive timeout %v): load average %s", victim.name, ttl, keepalive, loadavg())
 	for i, r := range survivors {
 		logf("  every client answered %s: %s", r.name, results[i])
 		if !strings.Contains(results[i], " left=0 ") || strings.Contains(results[i], "ms=-1 ") {
