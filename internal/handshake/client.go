@@ -32,7 +32,10 @@ func SendHello(ctx context.Context, sess session.Session, md metadata.MD) (ctrl 
 	if dl, ok := ctx.Deadline(); ok {
 		ctrl.SetDeadline(dl)
 	}
-	stop := context.AfterFunc(ctx, func() { ctrl.SetDeadline(time.Unix(1, 0)) })
+	// The function may run after SendHello has returned, when ctrl, the
+	// named result, is nil: it keeps the stream itself.
+	stream := ctrl
+	stop := context.AfterFunc(ctx, func() { stream.SetDeadline(time.Unix(1, 0)) })
 	fail := func(err error) (net.Conn, string, error) {
 		stop()
 		ctrl.Close()
