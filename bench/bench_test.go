@@ -77,6 +77,19 @@ func TestShortRun(t *testing.T) {
 			}
 		}
 	}
+	if len(rep.used) != len(allUsed) {
+		t.Fatalf("%d used-client setups measured, want %d", len(rep.used), len(allUsed))
+	}
+	for _, x := range rep.used {
+		if !(x.bytesPerClient > 0) || !(x.goroutinesPerClient > 0) || x.reverseErrors != 0 {
+			t.Errorf("used %s: %v bytes, %v goroutines per client, %d reverse calls failed: want positive figures and no failure",
+				x.kind, x.bytesPerClient, x.goroutinesPerClient, x.reverseErrors)
+		}
+		if isBRPC(x.kind) && (!x.released || !(x.goroutinesAfterRelease < x.goroutinesPerClient)) {
+			t.Errorf("used %s: goroutines per client %.2f used, %.2f after the idle timeouts (measured: %v): want fewer after",
+				x.kind, x.goroutinesPerClient, x.goroutinesAfterRelease, x.released)
+		}
+	}
 	if !strings.Contains(table, "Targets") {
 		t.Error("no targets table")
 	}

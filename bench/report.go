@@ -118,9 +118,13 @@ func printReport(w io.Writer, r *report) {
 		}
 	}
 
-	targets := r.targets()
+	if len(r.used) > 0 {
+		r.printUsed(w)
+	}
+
+	targets := append(r.targets(), r.usedTargets()...)
 	if len(targets) > 0 {
-		fmt.Fprintf(w, "\nTargets (issue 4):\n\n")
+		fmt.Fprintf(w, "\nTargets:\n\n")
 		fmt.Fprintln(w, "| target | path | measured | needed | verdict |")
 		fmt.Fprintln(w, "|---|---|---|---|---|")
 		for _, t := range targets {

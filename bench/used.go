@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/brpc-go/brpc/internal/certs"
+)
+
+// allUsed are the servers of the used-client figures: brpc on both
+// transports and plain grpc-go with and without TLS as the reference.
+var allUsed = []string{idleQUIC, idleTCP, idleGRPCTCP, idleGRPC}
+
+// usedResult is what N clients that have been used cost one server: each
+// made one forward call and (brpc) served one reverse call, and then all
+// stay idle with their gRPC connections open.
+type usedResult struct {
+	kind    string
+	clients int
+	// Per used client on the server after GC: heap plus goroutine stacks,
+	// the stacks alone, and goroutines.
+	bytesPerClient, stacksPerClient, goroutinesPerClient float64
+	// reverseErrors counts the reverse calls that failed (brpc only).
+	reverseErrors int64
+	// brpc only: the same once both directions' idle timeouts have passed
+	// (releaseWait after the calls).
+	released                              bool
+	releaseWait                           time.Duration
+	bytesAfterRelease, stacksAfterRelease float64
+	goroutinesAfterRelease                float64
+	// What each client costs the client process, measured as on the server.
+	clientBytes, clientStacks, clientGoroutines float64
+}
+
+// measureUsed runs a server of the given kind, connects n clients to it
+// from a child process, each of which makes one forward call; a brpc
+// server then calls every client once. It measures what the used clients
+// cost the server, and (brpc) again once both directions' idle timeouts
+// have passed.
+func measureUsed(ctx context.Context, ca *certs.CA, kind string, n, dialers int, heapProfile string, logf func(string, ...any)) (*usedResult, error) {
+	res := &usedResult{kind: kind, clients: n}
+	target, b, stop, err := startIdleServer(ctx, ca, kind)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	settle()
+	u0 := footprint()
+
+	child, err := startChild(ctx, ca, kind, target, n, dialers, childOptions{used: true})
+	if err != nil {
+		return nil, err
+	}
+	defer child.stop()
+	res.clientBytes, res.clientStacks, res.clientGoroutines = child.clientBytes, child.clientStacks, child.clientGoroutines
+	if b != nil {
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := b.waitPeers(wctx, n)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		errs, took := fanout(ctx, b, 0, logf)
+		res.reverseErrors = errs
+		logf("  %s: reverse call to each of %d clients: %v, %d errors", kind, n, took.Round(time.Millisecond), errs)
+	}
+	settle()
+	res.goroutinesPerClient, res.bytesPerClient, res.stacksPerClient = perClient(u0, footprint(), n)
+	logf("  %s: %d used clients: %.1f KiB (%.1f KiB stacks), %.3f goroutines each; the client process: %.1f KiB (%.1f KiB stacks), %.3f goroutines per client",
+		kind, n, res.bytesPerClient/1024, res.stacksPerClient/1024, res.goroutinesPerClient,
+		res.clientBytes/1024, res.clientStacks/1024, res.clientGoroutines)
+	if heapProfile != "" {
+		if err := writeHeapProfile(heapProfile + "-used-" + kind + ".pprof"); err != nil {
+			return nil, err
+		}
+	}
+	if b != nil {
+		res.releaseWait = reverseIdle + time.Second
+		time.Sleep(res.releaseWait)
+		settle()
+		res.released = true
+		res.goroutinesAfterRelease, res.bytesAfterRelease, res.stacksAfterRelease = perClient(u0, footprint(), n)
+		logf("  %s: %v later (idle timeouts passed): %.1f KiB (%.1f KiB stacks), %.3f goroutines each",
+			kind, res.releaseWait, res.bytesAfterRelease/1024, res.stacksAfterRelease/1024, res.goroutinesAfterRelease)
+	}
+	return res, nil
+}
+
+func (r *report) printUsed(w io.Writer) {
+	fmt.Fprintf(w, "\nUsed clients (held by a child process; each made one forward call and, on brpc, served one reverse call, then idle with both gRPC connections open), cost on the server after GC (heap + goroutine stacks):\n\n")
+	fmt.Fprintln(w, "| server | clients | KiB/client (stacks) | goroutines/client | KiB/client after the idle timeouts (stacks) | goroutines/client after the idle timeouts | client process: KiB/client (stacks), goroutines/client |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+	for _, x := range r.used {
+		kib, g := "n/a", "n/a"
+		if x.released {
+			kib = fmt.Sprintf("%.1f (%.1f)", x.bytesAfterRelease/1024, x.stacksAfterRelease/1024)
+			g = fmt.Sprintf("%.3f", x.goroutinesAfterRelease)
+		}
+		used := fmt.Sprintf("%.1f (%.1f)", x.bytesPerClient/1024, x.stacksPerClient/1024)
+		if x.reverseErrors > 0 {
+			used += fmt.Sprintf(" (%d reverse calls failed)", x.reverseErrors)
+		}
+		fmt.Fprintf(w, "| %s | %d | %s | %.3f | %s | %s | %.1f (%.1f), %.3f |\n",
+			idleLabels[x.kind], x.clients, used, x.goroutinesPerClient, kib, g,
+			x.clientBytes/1024, x.clientStacks/1024, x.clientGoroutines)
+	}
+}
+
+// usedTargets evaluates the used-client targets on what this run measured.
+func (r *report) usedTargets() []targetRow {
+	var out []targetRow
+	for _, x := range r.used {
+		if !isBRPC(x.kind) {
+			continue
+		}
+		label := idleLabels[x.kind]
+		at := fmt.Sprintf(" (at %d clients)", x.clients)
+		maxKiB := 64.0
+		if x.kind == idleQUIC {
+			maxKiB = 80
+		}
+		kib := x.bytesPerClient / 1024
+		slack := 2 / float64(x.clients)
+		out = append(out,
+			targetRow{"server heap+stacks per used client" + at, label, fmt.Sprintf("%.1f KiB", kib), fmt.Sprintf("≤ %.0f KiB", maxKiB), verdict(kib <= maxKiB && x.reverseErrors == 0)},
+			targetRow{"goroutines per used client" + at, label, fmt.Sprintf("%.3f", x.goroutinesPerClient), "≤ 8", verdict(x.goroutinesPerClient <= 8+slack)},
+		)
+		if x.released {
+			out = append(out, targetRow{"goroutines per used client after the idle timeouts" + at, label,
+				fmt.Sprintf("%.3f", x.goroutinesAfterRelease), "≤ 3 (the session alone)", verdict(x.goroutinesAfterRelease <= 3+slack)})
+		}
+	}
+	return out
+}
