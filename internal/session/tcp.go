@@ -407,6 +407,22 @@ func (s *tcpStream) Read(p []byte) (int, error) {
 	return n, s.netError(err)
 }
 
+// WaitReadable blocks until the stream holds data to read, or until a Read
+// would fail at once (the stream ended, was reset or closed, or its read
+// deadline passed), and then returns Read's error. It consumes nothing, so
+// a reader need not hold a buffer while it waits: yamux's Read of no bytes
+// waits for data like any Read and then returns without taking any.
+func (s *tcpStream) WaitReadable() error {
+	if s.closed.Load() {
+		return net.ErrClosed
+	}
+	if passed(&s.readDeadline) {
+		return os.ErrDeadlineExceeded
+	}
+	_, err := s.Stream.Read(nil)
+	return s.netError(err)
+}
+
 func (s *tcpStream) Write(p []byte) (int, error) {
 	if s.closed.Load() {
 		return 0, net.ErrClosed
