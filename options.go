@@ -51,6 +51,9 @@ const (
 	// DefaultReverseIdleTimeout is how long the server keeps a client's
 	// reverse-call connection open after its last call ended.
 	DefaultReverseIdleTimeout = time.Minute
+	// DefaultForwardIdleTimeout is how long a client keeps its gRPC
+	// connection to the server open after its last call ended.
+	DefaultForwardIdleTimeout = time.Minute
 	// DefaultFallbackDelay is how long a host:port target gives QUIC before
 	// trying TCP as well (Happy Eyeballs' usual head start).
 	DefaultFallbackDelay = 300 * time.Millisecond
@@ -165,6 +168,7 @@ type dialOptions struct {
 	metadata      metadata.MD
 	backoff       backoff.Config
 	fallbackDelay time.Duration
+	forwardIdle   time.Duration
 }
 
 // config fills the client core's configuration from the options and the
@@ -181,6 +185,7 @@ func (o *dialOptions) config(target, scheme, hostport string, tlsConf *tls.Confi
 		Metadata:      o.metadata,
 		Backoff:       o.backoff,
 		FallbackDelay: o.fallbackDelay,
+		ForwardIdle:   o.forwardIdle,
 		Logger:        o.logger,
 	}
 }
@@ -190,6 +195,7 @@ func defaultDialOptions() dialOptions {
 		common:        defaultCommon(),
 		backoff:       backoff.DefaultConfig,
 		fallbackDelay: DefaultFallbackDelay,
+		forwardIdle:   DefaultForwardIdleTimeout,
 	}
 }
 
@@ -359,6 +365,23 @@ func WithConnectBackoff(bc backoff.Config) DialOption {
 	return dialOptionFunc(func(o *dialOptions) {
 		if bc.BaseDelay > 0 && bc.MaxDelay >= bc.BaseDelay && bc.Multiplier >= 1 && bc.Jitter >= 0 && bc.Jitter <= 1 {
 			o.backoff = bc
+		}
+	})
+}
+
+// WithForwardIdleTimeout sets how long the client keeps the gRPC connection
+// that carries its calls to the server once no call is in flight. After d
+// without calls (a streaming call counts until it ends) the connection and
+// its stream on the session are closed, so a client that called once costs
+// the server only its session again; the next call opens a new one on the
+// same session, which costs it one stream and one HTTP/2 set-up (no new TLS
+// or brpc handshake). The session itself, and the server's calls to the
+// client, are not affected. 0 keeps the connection open while the session
+// lasts. The default is DefaultForwardIdleTimeout.
+func WithForwardIdleTimeout(d time.Duration) DialOption {
+	return dialOptionFunc(func(o *dialOptions) {
+		if d >= 0 {
+			o.forwardIdle = d
 		}
 	})
 }

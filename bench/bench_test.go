@@ -85,6 +85,10 @@ func TestShortRun(t *testing.T) {
 			t.Errorf("used %s: %v bytes, %v goroutines per client, %d reverse calls failed: want positive figures and no failure",
 				x.kind, x.bytesPerClient, x.goroutinesPerClient, x.reverseErrors)
 		}
+		if isBRPC(x.kind) && (x.warmForward <= 0 || x.coldForward <= 0 || x.warmReverse <= 0 || x.coldReverse <= 0) {
+			t.Errorf("used %s: warm and first-after-release calls: forward %v, %v, reverse %v, %v: want all timed",
+				x.kind, x.warmForward, x.coldForward, x.warmReverse, x.coldReverse)
+		}
 		if isBRPC(x.kind) && (!x.released || !(x.goroutinesAfterRelease < x.goroutinesPerClient)) {
 			t.Errorf("used %s: goroutines per client %.2f used, %.2f after the idle timeouts (measured: %v): want fewer after",
 				x.kind, x.goroutinesPerClient, x.goroutinesAfterRelease, x.released)

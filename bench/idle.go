@@ -340,6 +340,7 @@ func startChild(ctx context.Context, ca *certs.CA, kind, target string, n, diale
 	if o.used {
 		args = append(args, "-used")
 	}
+	args = append(args, "-forward-idle", forwardIdle.String())
 	cmd := exec.Command(exe, args...)
 	cmd.Env = append(os.Environ(), childCAEnv+"="+string(ca.CertPEM()))
 	cmd.Stderr = os.Stderr
@@ -415,7 +416,7 @@ func dialBRPC(ctx context.Context, ca *certs.CA, target string, gs *grpc.Server)
 func dialBRPCWith(ctx context.Context, roots *x509.CertPool, target string, gs *grpc.Server) (*brpc.ClientConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	opts := []brpc.DialOption{brpc.WithTLSConfig(tlsWithRoots(roots))}
+	opts := []brpc.DialOption{brpc.WithTLSConfig(tlsWithRoots(roots)), brpc.WithForwardIdleTimeout(forwardIdle)}
 	if gs != nil {
 		opts = append(opts, brpc.WithServer(gs))
 	}
@@ -477,6 +478,7 @@ func childMain(args []string) int {
 	kind := fs.String("kind", idleQUIC, "brpc-quic, brpc-tcp, grpc-go-tls or grpc-go-tcp")
 	target := fs.String("target", "", "server address")
 	used := fs.Bool("used", false, "every brpc client makes one forward call once connected")
+	fs.DurationVar(&forwardIdle, "forward-idle", brpc.DefaultForwardIdleTimeout, "the brpc clients' WithForwardIdleTimeout")
 	n := fs.Int("n", 1, "clients")
 	dialers := fs.Int("dialers", 32, "concurrent dialers")
 	if err := fs.Parse(args); err != nil {

@@ -102,6 +102,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.dialers, "dialers", 32, "concurrent dialers connecting the idle clients (quic-go refuses connections beyond an accept queue of 32)")
 	fs.IntVar(&c.fanWorkers, "fanout-workers", 0, "goroutines making the fan-out calls (0: one per client, all at once)")
 	fs.DurationVar(&reverseIdle, "reverse-idle", brpc.DefaultReverseIdleTimeout, "the brpc servers' WithReverseIdleTimeout (longer than the first fan-out, so that the second finds every connection open); the idle figures measure memory again once it has passed after the fan-outs")
+	fs.DurationVar(&forwardIdle, "forward-idle", brpc.DefaultForwardIdleTimeout, "the brpc clients' WithForwardIdleTimeout; the used-client figures measure memory again once it and -reverse-idle have passed")
 	fs.IntVar(&grpcWindow, "grpc-window", 0, "static HTTP/2 stream receive window in bytes of every *grpc.Server (grpc.InitialWindowSize; 0: grpc-go's default, sized by its BDP estimation)")
 	fs.IntVar(&grpcConnWindow, "grpc-conn-window", 0, "static HTTP/2 connection receive window in bytes of every *grpc.Server (grpc.InitialConnWindowSize; 0: grpc-go's default)")
 	groups := fs.String("tls-groups", "default", "TLS key exchanges of every path: default (Go's, post-quantum hybrid first) or x25519")
@@ -132,7 +133,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 			"used":         func() { c.used = 5 },
 			"dialers":      func() { c.dialers = 4 },
 			"reverse-idle": func() { reverseIdle = time.Second },
+			"forward-idle": func() { forwardIdle = time.Second },
 		}
+		releaseRounds = 2
 		for name, apply := range short {
 			if !set[name] {
 				apply()

@@ -4,10 +4,19 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+
+	"github.com/brpc-go/brpc"
 	"github.com/brpc-go/brpc/internal/certs"
+	"github.com/brpc-go/brpc/internal/testpb"
 )
+
+// releaseRounds is how many first calls after a release are timed each way.
+var releaseRounds = 15
 
 // allUsed are the servers of the used-client figures: brpc on both
 // transports and plain grpc-go with and without TLS as the reference.
@@ -32,7 +41,76 @@ type usedResult struct {
 	goroutinesAfterRelease                float64
 	// What each client costs the client process, measured as on the server.
 	clientBytes, clientStacks, clientGoroutines float64
+	// brpc only, on one client of its own: the median round trip of a warm
+	// 16 B call and of the first call after the idle release, forward and
+	// reverse, and the slowest first call.
+	warmForward, coldForward, coldForwardMax time.Duration
+	warmReverse, coldReverse, coldReverseMax time.Duration
 }
+
+// releaseIdle is the idle timeout, both ways, of the client on which the
+// first call after a release is timed.
+const releaseIdle = 200 * time.Millisecond
+
+// measureAfterRelease times, on one brpc client of its own, warm calls and
+// the first call once the idle timeouts have released the connection, in
+// both directions.
+func measureAfterRelease(ctx context.Context, ca *certs.CA, transport string, rounds int, res *usedResult) error {
+	b, err := startBRPCServerIdle(ca, transport, releaseIdle)
+	if err != nil {
+		return err
+	}
+	defer b.stop()
+	cgs := grpc.NewServer(grpcServerOptions()...)
+	testpb.RegisterEchoServer(cgs, echoServer{})
+	defer cgs.Stop()
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cc, err := brpc.Dial(dctx, b.target, brpc.WithTLSConfig(clientTLS(ca)), brpc.WithServer(cgs), brpc.WithForwardIdleTimeout(releaseIdle))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	rev, err := b.srv.Client(cc.ID())
+	if err != nil {
+		return err
+	}
+	fwd := testpb.NewEchoClient(cc)
+	if res.warmForward, err = measureLatency(ctx, fwd, 16, 50, 200); err != nil {
+		return fmt.Errorf("warm forward calls: %w", err)
+	}
+	if res.warmReverse, err = measureLatency(ctx, rev, 16, 50, 200); err != nil {
+		return fmt.Errorf("warm reverse calls: %w", err)
+	}
+	req := &testpb.EchoRequest{Payload: payload(16)}
+	first := func(stub testpb.EchoClient) (time.Duration, error) {
+		// Both directions' connections are released by then (grpc-go's
+		// idle check and brpc's timer run within the timeout).
+		time.Sleep(2*releaseIdle + 100*time.Millisecond)
+		t := time.Now()
+		_, err := stub.Unary(ctx, req)
+		return time.Since(t), err
+	}
+	var fs, rs []float64
+	for range rounds {
+		d, err := first(fwd)
+		if err != nil {
+			return fmt.Errorf("forward call after the release: %w", err)
+		}
+		fs = append(fs, d.Seconds())
+		if d, err = first(rev); err != nil {
+			return fmt.Errorf("reverse call after the release: %w", err)
+		}
+		rs = append(rs, d.Seconds())
+	}
+	m, _ := median(fs)
+	res.coldForward, res.coldForwardMax = secs(m), secs(slices.Max(fs))
+	m, _ = median(rs)
+	res.coldReverse, res.coldReverseMax = secs(m), secs(slices.Max(rs))
+	return nil
+}
+
+func secs(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
 // measureUsed runs a server of the given kind, connects n clients to it
 // from a child process, each of which makes one forward call; a brpc
@@ -77,13 +155,19 @@ func measureUsed(ctx context.Context, ca *certs.CA, kind string, n, dialers int,
 		}
 	}
 	if b != nil {
-		res.releaseWait = reverseIdle + time.Second
+		res.releaseWait = max(reverseIdle, forwardIdle) + time.Second
 		time.Sleep(res.releaseWait)
 		settle()
 		res.released = true
 		res.goroutinesAfterRelease, res.bytesAfterRelease, res.stacksAfterRelease = perClient(u0, footprint(), n)
 		logf("  %s: %v later (idle timeouts passed): %.1f KiB (%.1f KiB stacks), %.3f goroutines each",
 			kind, res.releaseWait, res.bytesAfterRelease/1024, res.stacksAfterRelease/1024, res.goroutinesAfterRelease)
+		child.stop()
+		if err := measureAfterRelease(ctx, ca, strings.TrimPrefix(kind, "brpc-"), releaseRounds, res); err != nil {
+			return nil, err
+		}
+		logf("  %s: one client, 16 B: warm forward %v, first forward after the release %v (max %v); warm reverse %v, first reverse after the release %v (max %v)",
+			kind, res.warmForward, res.coldForward, res.coldForwardMax, res.warmReverse, res.coldReverse, res.coldReverseMax)
 	}
 	return res, nil
 }
@@ -106,6 +190,23 @@ func (r *report) printUsed(w io.Writer) {
 			idleLabels[x.kind], x.clients, used, x.goroutinesPerClient, kib, g,
 			x.clientBytes/1024, x.clientStacks/1024, x.clientGoroutines)
 	}
+	if !slices.ContainsFunc(r.used, func(x *usedResult) bool { return x.released }) {
+		return
+	}
+	fmt.Fprintf(w, "\nWhat the next call pays once a connection was released (one client, 16 B echo; median of %d first calls after both idle timeouts passed, slowest in parentheses, against the median of 200 warm calls):\n\n", releaseRounds)
+	fmt.Fprintln(w, "| server | forward warm | forward first after release | reverse warm | reverse first after release |")
+	fmt.Fprintln(w, "|---|---|---|---|---|")
+	for _, x := range r.used {
+		if x.released {
+			fmt.Fprintf(w, "| %s | %s | %s (%s) | %s | %s (%s) |\n", idleLabels[x.kind],
+				fmtMicros(x.warmForward), fmtMicros(x.coldForward), fmtMicros(x.coldForwardMax),
+				fmtMicros(x.warmReverse), fmtMicros(x.coldReverse), fmtMicros(x.coldReverseMax))
+		}
+	}
+}
+
+func fmtMicros(d time.Duration) string {
+	return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
 }
 
 // usedTargets evaluates the used-client targets on what this run measured.
