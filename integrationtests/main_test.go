@@ -19,6 +19,7 @@ var childRoles = map[string]testenv.Role{
 	attackRole:         attackServerRole,
 	grpcFloodRole:      grpcFloodServerRole,
 	raisedHelloRole:    raisedHelloServerRole,
+	usedClientsRole:    usedClientsRoleFn,
 }
 
 func TestMain(m *testing.M) {
