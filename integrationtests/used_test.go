@@ -22,12 +22,13 @@ import (
 // forward call and served a reverse call, both gRPC connections still open.
 // The session's 3 (as idle), the HTTP/2 server transport of the forward
 // connection (its reader, writer and keepalive loops: the application's
-// *grpc.Server's), and the reverse connection's: its HTTP/2 client
-// transport (reader and writer) and the grpc.ClientConn's three callback
+// *grpc.Server's), and the reverse connection's HTTP/2 client transport
+// (reader and writer), a subchannel of the server's one shared
+// grpc.ClientConn. A grpc.ClientConn per client would add its three callback
 // serializers.
 const (
 	usedClients              = 50
-	maxUsedGoroutinesPerPeer = 11
+	maxUsedGoroutinesPerPeer = 8
 	// Both directions' idle timeouts: short, so that the test waits little
 	// for the release, yet long enough for the 50 clients' calls to be made
 	// and counted before the first connection is released.
