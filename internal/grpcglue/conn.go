@@ -44,17 +44,23 @@ type SessionInfo struct {
 	Owner any
 
 	conn SessionConn
+	// authInfo is TLS as an interface value, made once: boxing the large
+	// struct for every gRPC connection of the session would copy it each
+	// time.
+	authInfo credentials.AuthInfo
 }
 
 // NewSessionInfo describes the session on conn, whose peer is p.
 func NewSessionInfo(p Peer, conn SessionConn, owner any) *SessionInfo {
 	p.RemoteAddr = nil
-	return &SessionInfo{
+	i := &SessionInfo{
 		Peer:  p,
 		TLS:   tlsInfoOf(conn.TLS()),
 		Owner: owner,
 		conn:  conn,
 	}
+	i.authInfo = i.TLS
+	return i
 }
 
 // Snapshot returns the peer as it is now, with the address its packets come

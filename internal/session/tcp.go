@@ -411,7 +411,10 @@ func (s *tcpStream) Read(p []byte) (int, error) {
 // would fail at once (the stream ended, was reset or closed, or its read
 // deadline passed), and then returns Read's error. It consumes nothing, so
 // a reader need not hold a buffer while it waits: yamux's Read of no bytes
-// waits for data like any Read and then returns without taking any.
+// waits for data like any Read and then returns without taking any. The
+// stream's receive buffer, once read empty, is dropped first (yamux keeps
+// it otherwise, sized by the largest burst the stream ever buffered) and
+// made again, to fit, when the next frame arrives.
 func (s *tcpStream) WaitReadable() error {
 	if s.closed.Load() {
 		return net.ErrClosed
@@ -419,6 +422,7 @@ func (s *tcpStream) WaitReadable() error {
 	if passed(&s.readDeadline) {
 		return os.ErrDeadlineExceeded
 	}
+	s.Stream.Shrink()
 	_, err := s.Stream.Read(nil)
 	return s.netError(err)
 }
