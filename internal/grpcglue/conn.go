@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/credentials"
@@ -44,23 +45,31 @@ type SessionInfo struct {
 	Owner any
 
 	conn SessionConn
-	// authInfo is TLS as an interface value, made once: boxing the large
-	// struct for every gRPC connection of the session would copy it each
-	// time.
-	authInfo credentials.AuthInfo
+	// authInfo is TLS as an interface value, made on the session's first
+	// gRPC connection: boxing the large struct for every connection would
+	// copy it each time, and an idle session needs it never.
+	authInfo atomic.Pointer[credentials.AuthInfo]
+}
+
+// auth returns TLS as the credentials' AuthInfo, boxed once.
+func (i *SessionInfo) auth() credentials.AuthInfo {
+	if a := i.authInfo.Load(); a != nil {
+		return *a
+	}
+	a := credentials.AuthInfo(i.TLS)
+	i.authInfo.CompareAndSwap(nil, &a)
+	return *i.authInfo.Load()
 }
 
 // NewSessionInfo describes the session on conn, whose peer is p.
 func NewSessionInfo(p Peer, conn SessionConn, owner any) *SessionInfo {
 	p.RemoteAddr = nil
-	i := &SessionInfo{
+	return &SessionInfo{
 		Peer:  p,
 		TLS:   tlsInfoOf(conn.TLS()),
 		Owner: owner,
 		conn:  conn,
 	}
-	i.authInfo = i.TLS
-	return i
 }
 
 // Snapshot returns the peer as it is now, with the address its packets come
