@@ -255,22 +255,29 @@ func (r *Route) ensureLocked(b *routeBalancer) error {
 	if r.sc != nil {
 		return nil
 	}
-	var sc balancer.SubConn
+	// The listener learns which subchannel it reports on under r.mu, as
+	// NewSubConn returns only after the listener was handed over.
+	mine := new(subConnRef)
 	sc, err := b.cc.NewSubConn([]resolver.Address{{Addr: r.addr}}, balancer.NewSubConnOptions{
-		StateListener: func(st balancer.SubConnState) { r.onState(b, sc, st) },
+		StateListener: func(st balancer.SubConnState) { r.onState(b, mine, st) },
 	})
 	if err != nil {
 		return err
 	}
+	mine.sc = sc
 	r.sc, r.state, r.connErr = sc, connectivity.Idle, nil
 	return nil
 }
 
-// onState records a state change of the subchannel sc of the route, and
-// has grpc-go pick again the calls that wait for a pick.
-func (r *Route) onState(b *routeBalancer, sc balancer.SubConn, st balancer.SubConnState) {
+// subConnRef names a subchannel for its state listener; r.mu guards it.
+type subConnRef struct{ sc balancer.SubConn }
+
+// onState records a state change of a subchannel of the route, and has
+// grpc-go pick again the calls that wait for a pick. A subchannel the route
+// has replaced or dropped only wakes them.
+func (r *Route) onState(b *routeBalancer, mine *subConnRef, st balancer.SubConnState) {
 	r.mu.Lock()
-	if r.sc == sc {
+	if mine.sc != nil && r.sc == mine.sc {
 		r.state = st.ConnectivityState
 		switch st.ConnectivityState {
 		case connectivity.TransientFailure:
