@@ -305,11 +305,15 @@ func WithKeepalive(interval, timeout time.Duration) Option {
 }
 
 // WithGRPCDialOptions adds grpc.DialOptions to the gRPC connections brpc
-// builds: on a server, the connection to each client that carries reverse
-// calls; on a client, its connection to the server. Use it for interceptors,
-// stats handlers, default call options and message size limits. The
+// builds: on a server, the one connection that carries its calls to every
+// client (each client has an HTTP/2 connection of its own in it); on a
+// client, its connection to the server. Use it for interceptors, stats
+// handlers, default call options and message size limits. The
 // transport-level options (dialer, transport credentials, authority) are
-// brpc's and cannot be overridden.
+// brpc's and cannot be overridden, and so are, on a server, the resolver,
+// the service config and the idle timeout of its connection: brpc's
+// balancer sends each call to its client, so a default service config
+// given here does not apply to reverse calls.
 func WithGRPCDialOptions(opts ...grpc.DialOption) Option {
 	return commonOption(func(o *common) {
 		o.grpcDialOptions = append(o.grpcDialOptions, opts...)
