@@ -70,8 +70,10 @@ func TestShortRun(t *testing.T) {
 					x.kind, x.fanoutCold, x.fanoutWarm, x.fanoutColdErrors, x.fanoutWarmErrors)
 			}
 			// Each client's reverse connection adds goroutines while it is
-			// open and none once the server has released it.
-			if !(x.goroutinesAfterFanout > x.goroutinesPerClient+1) || !(x.goroutinesAfterRelease < x.goroutinesPerClient+0.5) {
+			// open and none once the server has released it; the server's
+			// one shared reverse connection keeps its own three.
+			shared := 3 / float64(x.clients)
+			if !(x.goroutinesAfterFanout > x.goroutinesPerClient+1) || !(x.goroutinesAfterRelease < x.goroutinesPerClient+0.5+shared) {
 				t.Errorf("idle %s: goroutines per client %.2f idle, %.2f after the fan-outs, %.2f after the release: want more after the fan-outs and back to the idle count after the release",
 					x.kind, x.goroutinesPerClient, x.goroutinesAfterFanout, x.goroutinesAfterRelease)
 			}
