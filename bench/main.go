@@ -136,6 +136,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 			"forward-idle": func() { forwardIdle = time.Second },
 		}
 		releaseRounds = 2
+		usedQuiet = 0
 		for name, apply := range short {
 			if !set[name] {
 				apply()

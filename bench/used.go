@@ -18,6 +18,10 @@ import (
 // releaseRounds is how many first calls after a release are timed each way.
 var releaseRounds = 15
 
+// usedQuiet is how long the used clients stay quiet before they are
+// counted: one keepalive interval (brpc's default) and a second.
+var usedQuiet = 11 * time.Second
+
 // allUsed are the servers of the used-client figures: brpc on both
 // transports and plain grpc-go with and without TLS as the reference.
 var allUsed = []string{idleQUIC, idleTCP, idleGRPCTCP, idleGRPC}
@@ -144,6 +148,10 @@ func measureUsed(ctx context.Context, ca *certs.CA, kind string, n, dialers int,
 		res.reverseErrors = errs
 		logf("  %s: reverse call to each of %d clients: %v, %d errors", kind, n, took.Round(time.Millisecond), errs)
 	}
+	// Quiet for a keepalive interval first: a used fleet stays idle far
+	// longer than that with its connections open, and the TCP sessions
+	// drop their streams' empty receive buffers at each keepalive ping.
+	time.Sleep(usedQuiet)
 	settle()
 	res.goroutinesPerClient, res.bytesPerClient, res.stacksPerClient = perClient(u0, footprint(), n)
 	logf("  %s: %d used clients: %.1f KiB (%.1f KiB stacks), %.3f goroutines each; the client process: %.1f KiB (%.1f KiB stacks), %.3f goroutines per client",
