@@ -531,6 +531,13 @@ func childMain(args []string) int {
 				default:
 					var cc *brpc.ClientConn
 					cc, err = dialBRPCWith(ctx, pool, *target, gs)
+					// A handshake that timed out on a machine too busy to
+					// answer it in time is tried again, as a reconnecting
+					// client would, once; it is reported.
+					if status.Code(err) == codes.Unavailable {
+						fmt.Fprintf(os.Stderr, "idle-child: client %d: %v; dialing again\n", i, err)
+						cc, err = dialBRPCWith(ctx, pool, *target, gs)
+					}
 					if err == nil {
 						c = cc
 						if *used {
