@@ -67,6 +67,9 @@ const (
 	// about 1 to 4 GiB, what the pending-handshake cap allows too; a
 	// fleet-wide sweep of short calls rarely needs more at once.
 	DefaultGatewayMaxCalls = 1024
+	// DefaultForwardIdleTimeout is how long a client keeps its gRPC
+	// connection to the server open after its last call ended.
+	DefaultForwardIdleTimeout = time.Minute
 	// DefaultFallbackDelay is how long a host:port target gives QUIC before
 	// trying TCP as well (Happy Eyeballs' usual head start).
 	DefaultFallbackDelay = 300 * time.Millisecond
@@ -187,6 +190,7 @@ type dialOptions struct {
 	metadata      metadata.MD
 	backoff       backoff.Config
 	fallbackDelay time.Duration
+	forwardIdle   time.Duration
 }
 
 // config fills the client core's configuration from the options and the
@@ -202,6 +206,7 @@ func (o *dialOptions) config(target, scheme string, endpoints []client.Endpoint)
 		Metadata:      o.metadata,
 		Backoff:       o.backoff,
 		FallbackDelay: o.fallbackDelay,
+		ForwardIdle:   o.forwardIdle,
 		Logger:        o.logger,
 	}
 }
@@ -211,6 +216,7 @@ func defaultDialOptions() dialOptions {
 		common:        defaultCommon(),
 		backoff:       backoff.DefaultConfig,
 		fallbackDelay: DefaultFallbackDelay,
+		forwardIdle:   DefaultForwardIdleTimeout,
 	}
 }
 
@@ -341,11 +347,15 @@ func WithKeepalive(interval, timeout time.Duration) Option {
 }
 
 // WithGRPCDialOptions adds grpc.DialOptions to the gRPC connections brpc
-// builds: on a server, the connection to each client that carries reverse
-// calls; on a client, its connection to the server. Use it for interceptors,
-// stats handlers, default call options and message size limits. The
+// builds: on a server, the one connection that carries its calls to every
+// client (each client has an HTTP/2 connection of its own in it); on a
+// client, its connection to the server. Use it for interceptors, stats
+// handlers, default call options and message size limits. The
 // transport-level options (dialer, transport credentials, authority) are
-// brpc's and cannot be overridden.
+// brpc's and cannot be overridden, and so are, on a server, the resolver,
+// the service config and the idle timeout of its connection: brpc's
+// balancer sends each call to its client, so a default service config
+// given here does not apply to reverse calls.
 func WithGRPCDialOptions(opts ...grpc.DialOption) Option {
 	return commonOption(func(o *common) {
 		o.grpcDialOptions = append(o.grpcDialOptions, opts...)
@@ -401,6 +411,23 @@ func WithConnectBackoff(bc backoff.Config) DialOption {
 	return dialOptionFunc(func(o *dialOptions) {
 		if bc.BaseDelay > 0 && bc.MaxDelay >= bc.BaseDelay && bc.Multiplier >= 1 && bc.Jitter >= 0 && bc.Jitter <= 1 {
 			o.backoff = bc
+		}
+	})
+}
+
+// WithForwardIdleTimeout sets how long the client keeps the gRPC connection
+// that carries its calls to the server once no call is in flight. After d
+// without calls (a streaming call counts until it ends) the connection and
+// its stream on the session are closed, so a client that called once costs
+// the server only its session again; the next call opens a new one on the
+// same session, which costs it one stream and one HTTP/2 set-up (no new TLS
+// or brpc handshake). The session itself, and the server's calls to the
+// client, are not affected. 0 keeps the connection open while the session
+// lasts. The default is DefaultForwardIdleTimeout.
+func WithForwardIdleTimeout(d time.Duration) DialOption {
+	return dialOptionFunc(func(o *dialOptions) {
+		if d >= 0 {
+			o.forwardIdle = d
 		}
 	})
 }

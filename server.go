@@ -40,7 +40,12 @@ type Server[C any] struct {
 // brpc's sessions, which are TLS already. grpc-go's defaults let one
 // client's calls that its handlers do not read make gs hold without limit:
 // build it with grpc.MaxConcurrentStreams, grpc.InitialWindowSize and
-// grpc.InitialConnWindowSize too, as docs/security.md recommends.
+// grpc.InitialConnWindowSize too, as docs/security.md recommends. Leave
+// its write and read buffer options at grpc-go's defaults: its write buffers
+// are shared (taken from a pool only while a connection writes), and brpc's
+// streams let it read into pooled buffers only while data waits, so a quiet
+// client's connection holds neither; grpc.SharedWriteBuffer(false) would
+// keep 32 KiB per connection.
 // The Server owns gs from now on: GracefulStop and Stop stop it too.
 //
 // Without WithAuthenticator, anyone who reaches the server's port and

@@ -173,7 +173,17 @@ func grpcServerOptions() []grpc.ServerOption {
 // keep a client's reverse connection without calls.
 var reverseIdle = brpc.DefaultReverseIdleTimeout
 
+// forwardIdle is the -forward-idle flag: how long the bench's brpc clients
+// keep their forward connection without calls.
+var forwardIdle = brpc.DefaultForwardIdleTimeout
+
 func startBRPCServer(ca *certs.CA, transport string) (*brpcServer, error) {
+	return startBRPCServerIdle(ca, transport, reverseIdle)
+}
+
+// startBRPCServerIdle is startBRPCServer with a reverse idle timeout of its
+// own.
+func startBRPCServerIdle(ca *certs.CA, transport string, idle time.Duration) (*brpcServer, error) {
 	stls, err := serverTLS(ca)
 	if err != nil {
 		return nil, err
@@ -189,7 +199,7 @@ func startBRPCServer(ca *certs.CA, transport string) (*brpcServer, error) {
 	gs := grpc.NewServer(grpcServerOptions()...)
 	testpb.RegisterEchoServer(gs, echoServer{})
 	b := &brpcServer{
-		srv:    brpc.NewServer(gs, testpb.NewEchoClient, brpc.WithReverseIdleTimeout(reverseIdle)),
+		srv:    brpc.NewServer(gs, testpb.NewEchoClient, brpc.WithReverseIdleTimeout(idle)),
 		target: transport + "://" + lis.Addr().String(),
 		served: make(chan struct{}),
 	}

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc"
@@ -42,15 +43,22 @@ const (
 	idleQUIC = "brpc-quic"
 	idleTCP  = "brpc-tcp"
 	idleGRPC = "grpc-go-tls"
+	// idleGRPCTCP is plain grpc-go without TLS: a reference of the used
+	// clients' figures only.
+	idleGRPCTCP = "grpc-go-tcp"
 )
 
 var allIdle = []string{idleQUIC, idleTCP, idleGRPC}
 
 var idleLabels = map[string]string{
-	idleQUIC: "brpc QUIC",
-	idleTCP:  "brpc TCP",
-	idleGRPC: "grpc-go TLS-TCP",
+	idleQUIC:    "brpc QUIC",
+	idleTCP:     "brpc TCP",
+	idleGRPC:    "grpc-go TLS-TCP",
+	idleGRPCTCP: "grpc-go TCP (insecure)",
 }
+
+// isBRPC says whether an idle or used setup is a brpc server.
+func isBRPC(kind string) bool { return kind == idleQUIC || kind == idleTCP }
 
 // idleResult is what N idle clients cost one server.
 type idleResult struct {
@@ -117,65 +125,15 @@ func settle() { time.Sleep(300 * time.Millisecond) }
 // idle clients to it from a child process and measures what they cost it.
 func measureIdle(ctx context.Context, ca *certs.CA, kind string, n, dialers, fanWorkers int, heapProfile string, logf func(string, ...any)) (*idleResult, error) {
 	res := &idleResult{kind: kind, clients: n}
-	var (
-		target string
-		stop   func()
-		b      *brpcServer
-	)
-	switch kind {
-	case idleQUIC, idleTCP:
-		var err error
-		b, err = startBRPCServer(ca, strings.TrimPrefix(kind, "brpc-"))
-		if err != nil {
-			return nil, err
-		}
-		stop = b.stop
-		target = b.target
-		// One client first, so that the listener's own goroutines run
-		// before the baseline is taken.
-		f, err := dialBRPC(ctx, ca, target, nil)
-		if err != nil {
-			stop()
-			return nil, err
-		}
-		f.Close()
-		if err := b.waitPeers(ctx, 0); err != nil {
-			stop()
-			return nil, err
-		}
-	case idleGRPC:
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		stls, err := serverTLS(ca)
-		if err != nil {
-			lis.Close()
-			return nil, err
-		}
-		gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(stls)))
-		testpb.RegisterEchoServer(gs, echoServer{})
-		served := make(chan struct{})
-		go func() {
-			defer close(served)
-			_ = gs.Serve(lis)
-		}()
-		stop = func() { gs.Stop(); <-served }
-		target = lis.Addr().String()
-		cc, err := dialGRPCIdle(ctx, credentials.NewTLS(clientTLS(ca)), target)
-		if err != nil {
-			stop()
-			return nil, err
-		}
-		cc.Close()
-	default:
-		return nil, fmt.Errorf("unknown idle setup %q", kind)
+	target, b, stop, err := startIdleServer(ctx, ca, kind)
+	if err != nil {
+		return nil, err
 	}
 	defer stop()
 	settle()
 	u0 := footprint()
 
-	child, err := startChild(ctx, ca, kind, target, n, dialers)
+	child, err := startChild(ctx, ca, kind, target, n, dialers, childOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -223,6 +181,62 @@ func measureIdle(ctx context.Context, ca *certs.CA, kind string, n, dialers, fan
 			kind, reverseIdle+time.Second, res.bytesAfterRelease/1024, res.stacksAfterRelease/1024, res.goroutinesAfterRelease)
 	}
 	return res, nil
+}
+
+// startIdleServer runs a server of the given kind in this process, with a
+// first client connected and gone, so that the server's own goroutines run
+// before a baseline is taken. b is nil for the plain grpc-go servers.
+func startIdleServer(ctx context.Context, ca *certs.CA, kind string) (target string, b *brpcServer, stop func(), err error) {
+	switch kind {
+	case idleQUIC, idleTCP:
+		b, err = startBRPCServer(ca, strings.TrimPrefix(kind, "brpc-"))
+		if err != nil {
+			return "", nil, nil, err
+		}
+		f, err := dialBRPC(ctx, ca, b.target, nil)
+		if err != nil {
+			b.stop()
+			return "", nil, nil, err
+		}
+		f.Close()
+		if err := b.waitPeers(ctx, 0); err != nil {
+			b.stop()
+			return "", nil, nil, err
+		}
+		return b.target, b, b.stop, nil
+	case idleGRPC, idleGRPCTCP:
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", nil, nil, err
+		}
+		var opts []grpc.ServerOption
+		creds := insecure.NewCredentials()
+		if kind == idleGRPC {
+			stls, err := serverTLS(ca)
+			if err != nil {
+				lis.Close()
+				return "", nil, nil, err
+			}
+			opts = append(opts, grpc.Creds(credentials.NewTLS(stls)))
+			creds = credentials.NewTLS(clientTLS(ca))
+		}
+		gs := grpc.NewServer(opts...)
+		testpb.RegisterEchoServer(gs, echoServer{})
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			_ = gs.Serve(lis)
+		}()
+		stop = func() { gs.Stop(); <-served }
+		cc, err := dialGRPCIdle(ctx, creds, lis.Addr().String())
+		if err != nil {
+			stop()
+			return "", nil, nil, err
+		}
+		cc.Close()
+		return lis.Addr().String(), nil, stop, nil
+	}
+	return "", nil, nil, fmt.Errorf("unknown idle setup %q", kind)
 }
 
 func writeHeapProfile(path string) error {
@@ -309,13 +323,25 @@ type child struct {
 	clientBytes, clientStacks, clientGoroutines float64
 }
 
-func startChild(ctx context.Context, ca *certs.CA, kind, target string, n, dialers int) (*child, error) {
+// childOptions are what the client process does besides connecting.
+type childOptions struct {
+	// used: every brpc client makes one forward call once connected (a
+	// plain grpc-go client always makes one, which connects it).
+	used bool
+}
+
+func startChild(ctx context.Context, ca *certs.CA, kind, target string, n, dialers int, o childOptions) (*child, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, childCommand, "-kind", kind, "-target", target,
-		"-n", strconv.Itoa(n), "-dialers", strconv.Itoa(dialers))
+	args := []string{childCommand, "-kind", kind, "-target", target,
+		"-n", strconv.Itoa(n), "-dialers", strconv.Itoa(dialers)}
+	if o.used {
+		args = append(args, "-used")
+	}
+	args = append(args, "-forward-idle", forwardIdle.String())
+	cmd := exec.Command(exe, args...)
 	cmd.Env = append(os.Environ(), childCAEnv+"="+string(ca.CertPEM()))
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
@@ -390,7 +416,7 @@ func dialBRPC(ctx context.Context, ca *certs.CA, target string, gs *grpc.Server)
 func dialBRPCWith(ctx context.Context, roots *x509.CertPool, target string, gs *grpc.Server) (*brpc.ClientConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	opts := []brpc.DialOption{brpc.WithTLSConfig(tlsWithRoots(roots))}
+	opts := []brpc.DialOption{brpc.WithTLSConfig(tlsWithRoots(roots)), brpc.WithForwardIdleTimeout(forwardIdle)}
 	if gs != nil {
 		opts = append(opts, brpc.WithServer(gs))
 	}
@@ -403,13 +429,19 @@ func dialGRPCIdle(ctx context.Context, creds credentials.TransportCredentials, t
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if _, err := testpb.NewEchoClient(cc).Unary(ctx, &testpb.EchoRequest{Payload: payload(16)}, grpc.WaitForReady(true)); err != nil {
+	if err := callOnce(ctx, testpb.NewEchoClient(cc)); err != nil {
 		cc.Close()
 		return nil, err
 	}
 	return cc, nil
+}
+
+// callOnce makes one 16 B unary call, waiting for the connection.
+func callOnce(ctx context.Context, stub testpb.EchoClient) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_, err := stub.Unary(ctx, &testpb.EchoRequest{Payload: payload(16)}, grpc.WaitForReady(true))
+	return err
 }
 
 // childProfileEnv names the file prefix of the child's CPU profiles
@@ -443,8 +475,10 @@ func startChildProfile(name string) (stop func()) {
 // them), holds the clients until its stdin closes, then closes them.
 func childMain(args []string) int {
 	fs := flag.NewFlagSet(childCommand, flag.ContinueOnError)
-	kind := fs.String("kind", idleQUIC, "brpc-quic, brpc-tcp or grpc-go-tls")
+	kind := fs.String("kind", idleQUIC, "brpc-quic, brpc-tcp, grpc-go-tls or grpc-go-tcp")
 	target := fs.String("target", "", "server address")
+	used := fs.Bool("used", false, "every brpc client makes one forward call once connected")
+	fs.DurationVar(&forwardIdle, "forward-idle", brpc.DefaultForwardIdleTimeout, "the brpc clients' WithForwardIdleTimeout")
 	n := fs.Int("n", 1, "clients")
 	dialers := fs.Int("dialers", 32, "concurrent dialers")
 	if err := fs.Parse(args); err != nil {
@@ -461,7 +495,7 @@ func childMain(args []string) int {
 		gs      *grpc.Server
 		closers = make([]io.Closer, *n)
 	)
-	if *kind != idleGRPC {
+	if isBRPC(*kind) {
 		// One server for all clients: the fan-out calls land here.
 		gs = grpc.NewServer()
 		testpb.RegisterEchoServer(gs, echoServer{})
@@ -489,12 +523,32 @@ func childMain(args []string) int {
 					c   io.Closer
 					err error
 				)
-				if *kind == idleGRPC {
+				switch *kind {
+				case idleGRPC:
 					c, err = dialGRPCIdle(ctx, credentials.NewTLS(tlsWithRoots(pool)), *target)
-				} else {
-					c, err = dialBRPCWith(ctx, pool, *target, gs)
+				case idleGRPCTCP:
+					c, err = dialGRPCIdle(ctx, insecure.NewCredentials(), *target)
+				default:
+					var cc *brpc.ClientConn
+					cc, err = dialBRPCWith(ctx, pool, *target, gs)
+					// A handshake that timed out on a machine too busy to
+					// answer it in time is tried again, as a reconnecting
+					// client would, once; it is reported.
+					if status.Code(err) == codes.Unavailable {
+						fmt.Fprintf(os.Stderr, "idle-child: client %d: %v; dialing again\n", i, err)
+						cc, err = dialBRPCWith(ctx, pool, *target, gs)
+					}
+					if err == nil {
+						c = cc
+						if *used {
+							err = callOnce(ctx, testpb.NewEchoClient(cc))
+						}
+					}
 				}
 				if err != nil {
+					if c != nil {
+						c.Close()
+					}
 					errOnce.Do(func() { firstErr = fmt.Errorf("client %d: %w", i, err) })
 					next.Store(int64(*n))
 					return

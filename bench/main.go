@@ -55,9 +55,10 @@ const (
 	mBulkUnary  = "bulk"
 	mBulkStream = "stream"
 	mIdle       = "idle"
+	mUsed       = "used"
 )
 
-var allMetrics = []string{mLat16, mLat64K, mCalls, mBulkUnary, mBulkStream, mGateway, mIdle}
+var allMetrics = []string{mLat16, mLat64K, mCalls, mBulkUnary, mBulkStream, mGateway, mIdle, mUsed}
 
 // rpcMetrics are the columns of the main table, in order.
 var rpcMetrics = []string{mLat16, mLat64K, mCalls, mBulkUnary, mBulkStream}
@@ -73,10 +74,12 @@ type config struct {
 	bulkCallers int
 	bulkSize    int
 	idle        int
+	used        int
 	dialers     int
 	fanWorkers  int
 	tlsGroups   string
 	idleServers []string
+	usedServers []string
 	paths       []string
 	metrics     map[string]bool
 	png         string
@@ -98,19 +101,22 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.bulkCallers, "bulk-callers", 8, "concurrent callers for the unary bulk figure")
 	fs.IntVar(&c.bulkSize, "bulk-size", 1<<20, "message size in bytes of the bulk figures")
 	fs.IntVar(&c.idle, "idle", 2000, "idle clients connected for the memory and scale figures (0: skip)")
+	fs.IntVar(&c.used, "used", 2000, "used clients (one call each way, then idle) for the used-fleet figures (0: skip)")
 	fs.IntVar(&c.dialers, "dialers", 32, "concurrent dialers connecting the idle clients (quic-go refuses connections beyond an accept queue of 32)")
 	fs.IntVar(&c.fanWorkers, "fanout-workers", 0, "goroutines making the fan-out calls (0: one per client, all at once)")
 	fs.DurationVar(&reverseIdle, "reverse-idle", brpc.DefaultReverseIdleTimeout, "the brpc servers' WithReverseIdleTimeout (longer than the first fan-out, so that the second finds every connection open); the idle figures measure memory again once it has passed after the fan-outs")
+	fs.DurationVar(&forwardIdle, "forward-idle", brpc.DefaultForwardIdleTimeout, "the brpc clients' WithForwardIdleTimeout; the used-client figures measure memory again once it and -reverse-idle have passed")
 	fs.IntVar(&grpcWindow, "grpc-window", 0, "static HTTP/2 stream receive window in bytes of every *grpc.Server (grpc.InitialWindowSize; 0: grpc-go's default, sized by its BDP estimation)")
 	fs.IntVar(&grpcConnWindow, "grpc-conn-window", 0, "static HTTP/2 connection receive window in bytes of every *grpc.Server (grpc.InitialConnWindowSize; 0: grpc-go's default)")
 	groups := fs.String("tls-groups", "default", "TLS key exchanges of every path: default (Go's, post-quantum hybrid first) or x25519")
 	idleServers := fs.String("idle-servers", strings.Join(allIdle, ","), "comma-separated servers for the idle figures")
+	usedServers := fs.String("used-servers", strings.Join(allUsed, ","), "comma-separated servers for the used-client figures")
 	paths := fs.String("paths", "", "comma-separated paths to run (default all): "+strings.Join(pathKeys(), ","))
 	metrics := fs.String("metrics", "", "comma-separated figures to measure (default all): "+strings.Join(allMetrics, ",")+" (gateway: p50 16 B, calls/s and CPU per call through Server.Gateway against Client(id)'s stub, on each transport whose reverse path is in -paths, and of the relay alone in front of plain grpc-go when grpc-tcp is)")
 	fs.StringVar(&c.png, "png", "", "write a chart of the results to this PNG file")
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	childProfile := fs.String("child-cpuprofile", "", "write CPU profiles of the client process: while it connects the idle clients to PREFIX-<server>.pprof, then while it serves the server's calls to PREFIX-<server>-serve.pprof")
-	fs.StringVar(&c.heapprofile, "heapprofile", "", "write a heap profile of the server holding its idle clients to PREFIX-<server>.pprof")
+	fs.StringVar(&c.heapprofile, "heapprofile", "", "write heap profiles of the server holding its idle clients to PREFIX-<server>.pprof, and its used clients to PREFIX-used-<server>.pprof")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -127,16 +133,20 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 			"warm-calls":   func() { c.warmCalls = 5 },
 			"rounds":       func() { c.rounds = 1 },
 			"idle":         func() { c.idle = 5 },
+			"used":         func() { c.used = 5 },
 			"dialers":      func() { c.dialers = 4 },
 			"reverse-idle": func() { reverseIdle = time.Second },
+			"forward-idle": func() { forwardIdle = time.Second },
 		}
+		releaseRounds = 2
+		usedQuiet = 0
 		for name, apply := range short {
 			if !set[name] {
 				apply()
 			}
 		}
 	}
-	if c.rounds < 1 || c.calls < 1 || c.callers < 1 || c.bulkCallers < 1 || c.bulkSize < 1 || c.duration <= 0 || c.idle < 0 || c.fanWorkers < 0 {
+	if c.rounds < 1 || c.calls < 1 || c.callers < 1 || c.bulkCallers < 1 || c.bulkSize < 1 || c.duration <= 0 || c.idle < 0 || c.used < 0 || c.fanWorkers < 0 {
 		return nil, errors.New("counts, sizes and durations must be positive")
 	}
 	if *childProfile != "" {
@@ -165,6 +175,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		}
 		c.idleServers = append(c.idleServers, k)
 	}
+	for _, k := range strings.Split(*usedServers, ",") {
+		if !slices.Contains(allUsed, k) {
+			return nil, fmt.Errorf("unknown used-client server %q (known: %s)", k, strings.Join(allUsed, ","))
+		}
+		c.usedServers = append(c.usedServers, k)
+	}
 	c.metrics = map[string]bool{}
 	if *metrics == "" {
 		for _, m := range allMetrics {
@@ -180,6 +196,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.idle == 0 {
 		c.metrics[mIdle] = false
+	}
+	if c.used == 0 {
+		c.metrics[mUsed] = false
 	}
 	return c, nil
 }
@@ -200,6 +219,7 @@ type report struct {
 	// seconds for latencies, per-second rates otherwise.
 	samples map[string]map[string][]float64
 	idle    []*idleResult
+	used    []*usedResult
 	started time.Time
 	elapsed time.Duration
 	// load averages of the machine (1, 5, 15 min) at the start and the end
@@ -368,6 +388,16 @@ func measureAll(ctx context.Context, cfg *config, logf func(string, ...any)) (*r
 			rep.idle = append(rep.idle, res)
 		}
 	}
+	if cfg.metrics[mUsed] {
+		for _, kind := range cfg.usedServers {
+			logf("used %s: connecting %d clients from a child process, one call each way", kind, cfg.used)
+			res, err := measureUsed(ctx, ca, kind, cfg.used, cfg.dialers, cfg.heapprofile, logf)
+			if err != nil {
+				return nil, fmt.Errorf("used %s: %w", kind, err)
+			}
+			rep.used = append(rep.used, res)
+		}
+	}
 	rep.elapsed = time.Since(rep.started)
 	rep.loadEnd = loadAvg()
 	return rep, nil
@@ -433,8 +463,8 @@ func header(r *report) string {
 		h += fmt.Sprintf("; %d round(s), medians shown (ratios: median of the per-round ratios); latency: %d sequential calls after %d warm-up; throughput and bulk: %v each after %v warm-up",
 			c.rounds, c.calls, c.warmCalls, c.duration, c.warmup)
 	}
-	if len(r.idle) > 0 {
-		h += fmt.Sprintf("; idle clients connected by %d concurrent dialers", c.dialers)
+	if len(r.idle) > 0 || len(r.used) > 0 {
+		h += fmt.Sprintf("; idle and used clients connected by %d concurrent dialers", c.dialers)
 		if c.fanWorkers > 0 {
 			h += fmt.Sprintf("; fan-out by %d workers", c.fanWorkers)
 		} else {

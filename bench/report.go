@@ -123,7 +123,11 @@ func printReport(w io.Writer, r *report) {
 		}
 	}
 
-	targets := r.targets()
+	if len(r.used) > 0 {
+		r.printUsed(w)
+	}
+
+	targets := append(r.targets(), r.usedTargets()...)
 	if len(targets) > 0 {
 		fmt.Fprintf(w, "\nTargets:\n\n")
 		fmt.Fprintln(w, "| target | path | measured | needed | verdict |")

@@ -20,6 +20,7 @@ var childRoles = map[string]testenv.Role{
 	grpcFloodRole:      grpcFloodServerRole,
 	raisedHelloRole:    raisedHelloServerRole,
 	gatewayRole:        gatewayServerRole,
+	usedClientsRole:    usedClientsRoleFn,
 }
 
 func TestMain(m *testing.M) {

@@ -47,7 +47,10 @@ type Config struct {
 	Metadata      metadata.MD  // sent in every hello
 	Backoff       backoff.Config
 	FallbackDelay time.Duration
-	Logger        *slog.Logger // nil: no logging
+	// ForwardIdle is how long the forward gRPC connection stays open
+	// without calls (grpc-go's idle mode); 0: for as long as the session.
+	ForwardIdle time.Duration
+	Logger      *slog.Logger // nil: no logging
 }
 
 // Conn is a client's connection to a brpc server, across sessions: when a
@@ -119,6 +122,10 @@ func Dial(ctx context.Context, conf Config) (*Conn, error) {
 		// reaches grpc-go at once as a new address (forward). The
 		// network-facing backoff is the Conn's own (Config.Backoff).
 		grpc.WithConnectParams(grpcglue.ConnectParams),
+		// grpc-go's idle mode closes the connection's transport (its
+		// stream, and the HTTP/2 server transport on the server) and
+		// reopens one on the current session at the next call.
+		grpc.WithIdleTimeout(conf.ForwardIdle),
 	)
 	c.forward = &sessionResolver{}
 	dialOpts = append(dialOpts, grpc.WithResolvers(c.forward))

@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 )
@@ -43,6 +45,20 @@ type SessionInfo struct {
 	Owner any
 
 	conn SessionConn
+	// authInfo is TLS as an interface value, made on the session's first
+	// gRPC connection: boxing the large struct for every connection would
+	// copy it each time, and an idle session needs it never.
+	authInfo atomic.Pointer[credentials.AuthInfo]
+}
+
+// auth returns TLS as the credentials' AuthInfo, boxed once.
+func (i *SessionInfo) auth() credentials.AuthInfo {
+	if a := i.authInfo.Load(); a != nil {
+		return *a
+	}
+	a := credentials.AuthInfo(i.TLS)
+	i.authInfo.CompareAndSwap(nil, &a)
+	return *i.authInfo.Load()
 }
 
 // NewSessionInfo describes the session on conn, whose peer is p.
@@ -111,6 +127,36 @@ func InfoFromContext(ctx context.Context) *SessionInfo {
 type streamConn struct {
 	net.Conn
 	local, remote *SessionAddr
+	ready         readyWaiter // the stream's own, or nil
+}
+
+// readyWaiter is a stream that can wait for data without reading it, as both
+// session streams can.
+type readyWaiter interface {
+	// WaitReadable blocks until a Read would return at once, and returns
+	// the error that Read would, or nil when there is data.
+	WaitReadable() error
+}
+
+// ReadOnReady waits until the stream holds data, and only then takes a
+// buffer of bufSize bytes from pool and reads into it. grpc-go's HTTP/2
+// framers read through it (it implements grpc-go's ready reader) instead of
+// keeping a bufio.Reader of their own per transport: an idle transport,
+// waiting for its peer's next frame, holds no read buffer. A stream that
+// cannot wait without reading is read into the pool's buffer at once.
+func (c *streamConn) ReadOnReady(bufSize int, pool mem.BufferPool) (*[]byte, int, error) {
+	if c.ready != nil {
+		if err := c.ready.WaitReadable(); err != nil {
+			return nil, 0, err
+		}
+	}
+	buf := pool.Get(bufSize)
+	n, err := c.Conn.Read(*buf)
+	if n == 0 {
+		pool.Put(buf)
+		return nil, 0, err
+	}
+	return buf, n, err
 }
 
 func (c *streamConn) LocalAddr() net.Addr  { return c.local }
@@ -119,9 +165,11 @@ func (c *streamConn) RemoteAddr() net.Addr { return c.remote }
 // NewStreamConn wraps a stream of the session described by info for
 // grpc-go: both its addresses point at info.
 func NewStreamConn(c net.Conn, info *SessionInfo) net.Conn {
+	ready, _ := c.(readyWaiter)
 	return &streamConn{
 		Conn:   c,
 		local:  &SessionAddr{Info: info, Local: true},
 		remote: &SessionAddr{Info: info},
+		ready:  ready,
 	}
 }

@@ -51,7 +51,7 @@ func handshakeStream(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	if !ok {
 		return nil, nil, errNotSessionStream
 	}
-	return c, sc.remote.Info.TLS, nil
+	return c, sc.remote.Info.auth(), nil
 }
 
 // tlsInfoOf is what the credentials report of a session whose TLS handshake

@@ -14,21 +14,28 @@ import (
 // ErrPeerGone is what calls get once their session has ended.
 var ErrPeerGone = status.Error(codes.Unavailable, "brpc: peer disconnected")
 
-// LazyConn is a grpc.ClientConnInterface whose grpc.ClientConn is created on
-// first use, so an idle peer costs nothing for it. It also tracks calls in
+// Channel is the connection a LazyConn makes its calls on: a
+// *grpc.ClientConn, or a client's Route through a SharedConn.
+type Channel interface {
+	grpc.ClientConnInterface
+	Close() error
+}
+
+// LazyConn is a grpc.ClientConnInterface whose Channel is created on first
+// use, so an idle peer costs nothing for it. It also tracks calls in
 // flight so that a graceful stop can wait for them, and it reports calls cut
 // off by the end of their session as codes.Unavailable.
 //
-// With a positive idle time, a grpc.ClientConn that has carried no call for
-// that long is closed (its stream on the session with it), so a peer called
+// With a positive idle time, a Channel that has carried no call for that
+// long is closed (its stream on the session with it), so a peer called
 // once in a while costs nothing between calls; the next call builds a new
 // one.
 type LazyConn struct {
-	build func() (*grpc.ClientConn, error)
+	build func() (Channel, error)
 	idle  time.Duration // 0: keep the connection until close
 
 	mu       sync.Mutex
-	cc       *grpc.ClientConn
+	cc       Channel
 	closeErr error // set once closed: new calls fail with it
 	inflight int
 	drained  chan struct{} // made by drain; closed when no call is in flight
@@ -38,12 +45,12 @@ type LazyConn struct {
 
 // NewLazyConn returns a LazyConn that creates its gRPC connection with
 // build; idle is as described on LazyConn.
-func NewLazyConn(build func() (*grpc.ClientConn, error), idle time.Duration) *LazyConn {
+func NewLazyConn(build func() (Channel, error), idle time.Duration) *LazyConn {
 	return &LazyConn{build: build, idle: idle}
 }
 
 // begin registers a call and returns the connection to make it on.
-func (l *LazyConn) begin() (*grpc.ClientConn, error) {
+func (l *LazyConn) begin() (Channel, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closeErr != nil {
@@ -52,6 +59,9 @@ func (l *LazyConn) begin() (*grpc.ClientConn, error) {
 	if l.cc == nil {
 		cc, err := l.build()
 		if err != nil {
+			if _, ok := status.FromError(err); ok {
+				return nil, err
+			}
 			return nil, status.Errorf(codes.Internal, "brpc: creating the gRPC connection: %v", err)
 		}
 		l.cc = cc
@@ -100,21 +110,27 @@ func (l *LazyConn) releaseIdle() {
 
 // fixErr maps grpc-go's "connection is closing" (codes.Canceled although the
 // caller did not cancel) to codes.Unavailable: the call was cut off because
-// its session ended.
+// its session ended. A call that failed with Unavailable once the LazyConn
+// was closed gets the close's error: why the session ended (replaced, the
+// server stopping) rather than which read of the connection failed.
 func (l *LazyConn) fixErr(ctx context.Context, err error) error {
 	if err == nil || errors.Is(ctx.Err(), context.Canceled) {
 		return err
 	}
-	// Canceled although the caller did not cancel (its deadline may have
-	// passed since, but it was not what ended the call).
-	if status.Code(err) == codes.Canceled {
-		l.mu.Lock()
-		cerr := l.closeErr
-		l.mu.Unlock()
-		if cerr == nil {
-			cerr = ErrPeerGone
-		}
+	code := status.Code(err)
+	if code != codes.Canceled && code != codes.Unavailable {
+		return err
+	}
+	l.mu.Lock()
+	cerr := l.closeErr
+	l.mu.Unlock()
+	switch {
+	case cerr != nil:
 		return cerr
+	case code == codes.Canceled:
+		// Canceled although the caller did not cancel (its deadline may
+		// have passed since, but it was not what ended the call).
+		return ErrPeerGone
 	}
 	return err
 }

@@ -81,7 +81,7 @@ func newFixture(t *testing.T, idle time.Duration) *fixture {
 		defer close(served)
 		_ = gs.Serve(lis)
 	}()
-	f.lazy = NewLazyConn(func() (*grpc.ClientConn, error) {
+	f.lazy = NewLazyConn(func() (Channel, error) {
 		cc, err := grpc.NewClient("passthrough:///bufconn",
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }))
@@ -310,7 +310,7 @@ func TestLazyConnKeepsTheCallersOwnCancellation(t *testing.T) {
 }
 
 func TestLazyConnBuildFailureIsInternal(t *testing.T) {
-	l := NewLazyConn(func() (*grpc.ClientConn, error) { return nil, errors.New("no") }, 0)
+	l := NewLazyConn(func() (Channel, error) { return nil, errors.New("no") }, 0)
 	err := l.Invoke(context.Background(), "/m", &testpb.EchoRequest{}, &testpb.EchoResponse{})
 	if status.Code(err) != codes.Internal {
 		t.Fatalf("a call whose connection cannot be built: %v, want codes.Internal", err)

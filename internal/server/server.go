@@ -87,7 +87,8 @@ type Server struct {
 	gs   *grpc.Server
 	conf Config
 
-	streams *grpcglue.Listener // feeds gs the streams clients open
+	streams *grpcglue.Listener   // feeds gs the streams clients open
+	reverse *grpcglue.SharedConn // carries the calls to every client
 	peers   *registry.Registry[*Session]
 	limiter *addressLimiter // nil: no per-address limit
 	pending gate            // sessions between accept and welcome
@@ -107,6 +108,7 @@ func New(gs *grpc.Server, conf Config) *Server {
 		gs:        gs,
 		conf:      conf,
 		streams:   grpcglue.NewListener(&net.UnixAddr{Name: "brpc", Net: "brpc"}),
+		reverse:   grpcglue.NewSharedConn(conf.DialOptions),
 		peers:     registry.New[*Session](),
 		listeners: make(map[Listener]Acceptor),
 		sessions:  make(map[*Session]struct{}),
@@ -397,6 +399,7 @@ func (s *Server) Stop() {
 	s.wg.Wait()
 	// Every session has reported its disconnect by now.
 	s.watch.stop()
+	s.reverse.Close()
 }
 
 func (s *Server) stopAcceptingLocked() {

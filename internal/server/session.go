@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"net"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -221,22 +220,17 @@ func (ss *Session) CloseReplaced() {
 		time.Now().Add(handshake.Linger))
 }
 
-// dialGRPC builds the gRPC connection that carries the server's calls to
-// this client: each time grpc-go dials, a new stream opens on the session.
-func (ss *Session) dialGRPC() (*grpc.ClientConn, error) {
-	opts := append(slices.Clone(ss.srv.conf.DialOptions),
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-			c, err := ss.sess.OpenStream(ctx)
-			if err != nil {
-				return nil, err
-			}
-			return grpcglue.NewStreamConn(c, ss.info), nil
-		}),
-		grpc.WithTransportCredentials(grpcglue.Credentials{}),
-		grpc.WithAuthority("brpc-client"),
-		grpc.WithConnectParams(grpcglue.ConnectParams),
-	)
-	return grpc.NewClient("passthrough:///brpc-client", opts...)
+// dialGRPC returns the route of the server's calls to this client through
+// the server's shared reverse connection: a subchannel of its own, each of
+// whose connections is a new stream on the session.
+func (ss *Session) dialGRPC() (grpcglue.Channel, error) {
+	return ss.srv.reverse.NewRoute(func(ctx context.Context) (net.Conn, error) {
+		c, err := ss.sess.OpenStream(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return grpcglue.NewStreamConn(c, ss.info), nil
+	})
 }
 
 // goAway tells the client that the server is going away, giving up at

@@ -1110,3 +1110,85 @@ func TestListenerCloseWithoutStart(t *testing.T) {
 		})
 	}
 }
+
+// readyWaiter is what grpc-go's framers reach through brpc's stream adapter
+// to wait for data without holding a read buffer.
+type readyWaiter interface{ WaitReadable() error }
+
+// blockedWait starts WaitReadable on c.
+func blockedWait(c net.Conn) <-chan ioResult {
+	ch := make(chan ioResult, 1)
+	go func() { ch <- ioResult{err: c.(readyWaiter).WaitReadable()} }()
+	return ch
+}
+
+// TestWaitReadable: a stream waits for data without consuming it, and
+// returns at once with Read's error once reading would fail.
+func TestWaitReadable(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, tr transport) {
+		client, server := setup(t, tr)
+		for _, side := range []string{"opened", "accepted"} {
+			t.Run(side+"/data", func(t *testing.T) {
+				opened, accepted := streamPair(t, client, server)
+				r, w := accepted, opened
+				if side == "opened" {
+					r, w = opened, accepted
+				}
+				if _, ok := r.(readyWaiter); !ok {
+					t.Fatalf("%T has no WaitReadable", r)
+				}
+				ch := blockedWait(r)
+				stillBlocked(t, "WaitReadable on an empty stream", ch)
+				if _, err := w.Write([]byte("hello")); err != nil {
+					t.Fatalf("Write: %v", err)
+				}
+				if res := await(t, "WaitReadable after a Write", ch); res.err != nil {
+					t.Fatalf("WaitReadable with data = %v, want nil", res.err)
+				}
+				// Data is there: it returns again at once, and the data is
+				// all still there to read.
+				if res := await(t, "WaitReadable with data", blockedWait(r)); res.err != nil {
+					t.Fatalf("second WaitReadable = %v", res.err)
+				}
+				got := make([]byte, 5)
+				if _, err := io.ReadFull(r, got); err != nil || string(got) != "hello" {
+					t.Fatalf("read after WaitReadable: %q, %v; want all of %q", got, err, "hello")
+				}
+			})
+		}
+		t.Run("peer-closes", func(t *testing.T) {
+			opened, accepted := streamPair(t, client, server)
+			ch := blockedWait(accepted)
+			stillBlocked(t, "WaitReadable", ch)
+			if err := opened.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			if res := await(t, "WaitReadable across the peer's Close", ch); res.err == nil {
+				t.Fatal("WaitReadable after the peer closed = nil, want Read's error")
+			}
+		})
+		t.Run("local-close", func(t *testing.T) {
+			opened, _ := streamPair(t, client, server)
+			ch := blockedWait(opened)
+			stillBlocked(t, "WaitReadable", ch)
+			if err := opened.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			res := await(t, "WaitReadable across Close", ch)
+			if res.err == nil || res.err == io.EOF {
+				t.Fatalf("WaitReadable after a local Close = %v, want an error other than io.EOF", res.err)
+			}
+		})
+		t.Run("deadline", func(t *testing.T) {
+			opened, _ := streamPair(t, client, server)
+			ch := blockedWait(opened)
+			stillBlocked(t, "WaitReadable", ch)
+			if err := opened.SetReadDeadline(time.Now().Add(-time.Second)); err != nil {
+				t.Fatalf("SetReadDeadline: %v", err)
+			}
+			if res := await(t, "WaitReadable after SetReadDeadline(past)", ch); !isTimeout(res.err) {
+				t.Fatalf("WaitReadable after SetReadDeadline(past) = %v, want a timeout net.Error", res.err)
+			}
+		})
+	})
+}

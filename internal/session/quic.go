@@ -177,6 +177,7 @@ type quicStream struct {
 	wmu       sync.Mutex // serialises Write and the final Close of the send side
 	closeOnce sync.Once
 	closed    chan struct{}
+	peek      [1]byte // WaitReadable's, kept here so that waiting allocates nothing
 }
 
 func newQUICStream(st *quic.Stream, conn *quic.Conn) *quicStream {
@@ -184,6 +185,17 @@ func newQUICStream(st *quic.Stream, conn *quic.Conn) *quicStream {
 }
 
 func (s *quicStream) Read(b []byte) (int, error) { return s.st.Read(b) }
+
+// WaitReadable blocks until the stream holds data to read, or until a Read
+// would fail at once (the stream ended, was reset or closed, or its read
+// deadline passed), and then returns Read's error. It consumes nothing, so
+// a reader need not hold a buffer while it waits: quic-go's Peek of one byte
+// waits for it, and the next Read returns at least that byte without
+// blocking.
+func (s *quicStream) WaitReadable() error {
+	_, err := s.st.Peek(s.peek[:])
+	return err
+}
 
 func (s *quicStream) Write(b []byte) (int, error) {
 	s.wmu.Lock()

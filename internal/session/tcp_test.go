@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -254,5 +255,64 @@ func TestTCPWriteStackGuard(t *testing.T) {
 				t.Fatalf("the socket write holds records of %v plaintext bytes, want %d bytes in all (one record: %v)", recs, yamuxHeaderSize+tt.body, tt.oneRecord)
 			}
 		})
+	}
+}
+
+// recvBufHeld reports whether yamux still holds a receive buffer for st
+// (its unexported recvBuf): yamux has no accessor for it.
+func recvBufHeld(t *testing.T, st *tcpStream) bool {
+	t.Helper()
+	f := reflect.ValueOf(st.Stream).Elem().FieldByName("recvBuf")
+	if !f.IsValid() {
+		t.Fatal("yamux.Stream has no recvBuf field any more: this check needs updating")
+	}
+	return !f.IsNil()
+}
+
+// TestTCPShrinkStreams: the session drops the receive buffers its streams
+// have read empty (the keepalive timer calls shrinkStreams every
+// interval), keeps those that hold unread data, and forgets a closed
+// stream.
+func TestTCPShrinkStreams(t *testing.T) {
+	client, server := setup(t, tcpTransport)
+	opened, accepted := streamPair(t, client, server)
+	burst := make([]byte, 64<<10)
+	if _, err := opened.Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(accepted, make([]byte, len(burst))); err != nil {
+		t.Fatal(err)
+	}
+	st := accepted.(*tcpStream)
+	if !recvBufHeld(t, st) {
+		t.Fatal("yamux dropped the receive buffer by itself: shrinkStreams has nothing to do")
+	}
+	// Unread data stays.
+	if _, err := opened.Write([]byte("unread")); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.WaitReadable(); err != nil {
+		t.Fatalf("waiting for the unread data: %v", err)
+	}
+	ss := server.(*tcpSession)
+	ss.shrinkStreams()
+	got := make([]byte, 6)
+	if _, err := io.ReadFull(accepted, got); err != nil || string(got) != "unread" {
+		t.Fatalf("reading after shrinkStreams: %q, %v; want the unread data", got, err)
+	}
+	ss.shrinkStreams()
+	if recvBufHeld(t, st) {
+		t.Fatal("after shrinkStreams the stream read empty still holds its receive buffer")
+	}
+	// A closed stream is forgotten.
+	if err := accepted.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ss.streamsMu.Lock()
+	defer ss.streamsMu.Unlock()
+	for _, o := range ss.streams {
+		if o == st {
+			t.Fatal("the session still lists a closed stream")
+		}
 	}
 }
