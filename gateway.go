@@ -85,6 +85,7 @@ func (s *Server[C]) Gateway(authorize GatewayAuthorizer) grpc.StreamHandler {
 		CallerHeader:     GatewayCallerHeader,
 		CallerAddrHeader: GatewayCallerAddrHeader,
 		Limiter:          s.gwLimit,
+		Kinds:            s.gwKinds,
 		Authorize:        authorize,
 		Resolve: func(id string) (grpc.ClientConnInterface, error) {
 			if s.cluster != nil {
