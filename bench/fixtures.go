@@ -173,7 +173,7 @@ func grpcServerOptions() []grpc.ServerOption {
 // keep a client's reverse connection without calls.
 var reverseIdle = brpc.DefaultReverseIdleTimeout
 
-func startBRPCServer(ca *certs.CA, transport string) (*brpcServer, error) {
+func startBRPCServer(ca *certs.CA, transport string, opts ...brpc.ServerOption) (*brpcServer, error) {
 	stls, err := serverTLS(ca)
 	if err != nil {
 		return nil, err
@@ -189,7 +189,7 @@ func startBRPCServer(ca *certs.CA, transport string) (*brpcServer, error) {
 	gs := grpc.NewServer(grpcServerOptions()...)
 	testpb.RegisterEchoServer(gs, echoServer{})
 	b := &brpcServer{
-		srv:    brpc.NewServer(gs, testpb.NewEchoClient, brpc.WithReverseIdleTimeout(reverseIdle)),
+		srv:    brpc.NewServer(gs, testpb.NewEchoClient, append([]brpc.ServerOption{brpc.WithReverseIdleTimeout(reverseIdle)}, opts...)...),
 		target: transport + "://" + lis.Addr().String(),
 		served: make(chan struct{}),
 	}
