@@ -47,21 +47,27 @@ const (
 	// gwTLS does the same over TLS, as a gateway facing other machines
 	// is deployed.
 	gwTLS = "gw-tls"
+	// gwDescribed is gwPlain on a second brpc server, built with the echo
+	// service described to its gateway (brpc.WithGatewayServices), and
+	// its own connected client: the same round compares the relays.
+	gwDescribed = "gw-tcp-described"
 )
 
-var gatewayVariants = []string{gwDirect, gwPlain, gwTLS}
+var gatewayVariants = []string{gwDirect, gwPlain, gwTLS, gwDescribed}
 
 // gatewayHop is, for each gateway variant, the plain grpc-go path that
 // makes the same hop from the caller to the gateway's *grpc.Server.
 var gatewayHop = map[string]string{
-	gwPlain: pathGRPCTCP,
-	gwTLS:   pathGRPCTLS,
+	gwPlain:     pathGRPCTCP,
+	gwTLS:       pathGRPCTLS,
+	gwDescribed: pathGRPCTCP,
 }
 
 var gatewayVariantLabels = map[string]string{
-	gwDirect: "direct, Client(id) stub",
-	gwPlain:  "gateway, grpc-go over TCP (insecure)",
-	gwTLS:    "gateway, grpc-go over TLS-TCP",
+	gwDirect:    "direct, Client(id) stub",
+	gwPlain:     "gateway, grpc-go over TCP (insecure)",
+	gwTLS:       "gateway, grpc-go over TLS-TCP",
+	gwDescribed: "gateway, grpc-go over TCP (insecure), echo service described",
 }
 
 // gatewayTransports are the brpc transports of the comparison, each with
@@ -160,6 +166,36 @@ func setupGateway(ctx context.Context, ca *certs.CA, transport string, describe 
 			echo: testpb.NewEchoClient(gc),
 			ctx:  func(ctx context.Context) context.Context { return metadata.NewOutgoingContext(ctx, target) },
 		}
+	}
+	// The described relay: a second brpc server and client, so that the
+	// first server's gateway stays the general relay.
+	b2, err := startBRPCServer(ca, transport, brpc.WithGatewayServices(&testpb.Echo_ServiceDesc))
+	if err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, b2.stop)
+	cgs2 := grpc.NewServer(grpcServerOptions()...)
+	testpb.RegisterEchoServer(cgs2, echoServer{})
+	cleanups = append(cleanups, cgs2.Stop)
+	cc2, err := brpc.Dial(dctx, b2.target, brpc.WithTLSConfig(clientTLS(ca)), brpc.WithServer(cgs2))
+	if err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, func() { cc2.Close() })
+	addr, stop, err := serveGatewayOn(b2.srv.Gateway(allowAllCalls), nil)
+	if err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, stop)
+	gc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, func() { gc.Close() })
+	target2 := metadata.Pairs(brpc.GatewayTargetHeader, cc2.ID())
+	f.calls[gwDescribed] = gatewayCall{
+		echo: testpb.NewEchoClient(gc),
+		ctx:  func(ctx context.Context) context.Context { return metadata.NewOutgoingContext(ctx, target2) },
 	}
 	f.close = closeAll
 	return f, nil
@@ -373,7 +409,7 @@ func (r *report) gatewayRatio(transport, variant, metric string) (float64, bool)
 func (r *report) gatewayFloor(transport, variant, metric string) (float64, bool) {
 	hop := gatewayHop[variant]
 	if metric == mCPU {
-		if variant != gwPlain {
+		if variant != gwPlain && variant != gwDescribed {
 			return 0, false
 		}
 		hop = refKey(refPlain)
