@@ -15,11 +15,12 @@ import (
 // childRoles are the child processes this package's tests start, besides
 // testenv's built-in ones.
 var childRoles = map[string]testenv.Role{
-	"streaming-client": streamingClientRole,
-	attackRole:         attackServerRole,
-	grpcFloodRole:      grpcFloodServerRole,
-	raisedHelloRole:    raisedHelloServerRole,
-	gatewayRole:        gatewayServerRole,
+	"streaming-client":   streamingClientRole,
+	attackRole:           attackServerRole,
+	grpcFloodRole:        grpcFloodServerRole,
+	raisedHelloRole:      raisedHelloServerRole,
+	gatewayRole:          gatewayServerRole,
+	gatewayDescribedRole: gatewayDescribedServerRole,
 }
 
 func TestMain(m *testing.M) {
