@@ -267,6 +267,11 @@ func TestGatewayRequestHeaders(t *testing.T) {
 				t.Errorf("the client saw the caller's %s header %q", k, v)
 			}
 		}
+		for _, k := range []string{brpc.GatewayCallerHeader, brpc.GatewayCallerAddrHeader} {
+			if v := md.Get(k); len(v) != 1 {
+				t.Errorf("the client saw the gateway's %s header %q, want one value", k, v)
+			}
+		}
 	})
 }
 
