@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/brpc-go/brpc/internal/cluster"
+	"github.com/brpc-go/brpc/internal/gateway"
 )
 
 // ClusterConfig makes a Server one replica of a cluster (WithCluster).
@@ -84,7 +85,7 @@ func (c *ClusterConfig) validate() error {
 }
 
 // core is the cluster core's view of c.
-func (c *ClusterConfig) core(observe []func(ClusterEvent)) cluster.Config {
+func (c *ClusterConfig) core(observe []func(ClusterEvent), kinds map[string]gateway.Kind) cluster.Config {
 	p := c.Presence
 	conf := cluster.Config{
 		Self:          cluster.Replica{Name: c.Replica, Addr: c.Advertise},
@@ -93,6 +94,7 @@ func (c *ClusterConfig) core(observe []func(ClusterEvent)) cluster.Config {
 		DialOptions:   c.DialOptions,
 		ServerOptions: c.ServerOptions,
 		TargetHeader:  GatewayTargetHeader,
+		Kinds:         kinds,
 		Join: func(ctx context.Context, self cluster.Replica, updates func(cluster.Update)) (cluster.Membership, error) {
 			return p.Join(ctx, Replica(self), func(u PresenceUpdate) { updates(coreUpdate(u)) })
 		},

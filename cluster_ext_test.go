@@ -129,6 +129,8 @@ type testCluster struct {
 	ca       *certs.CA
 	presence brpc.Presence
 	nodes    []*replicaNode
+	// srvOpts are further options of every replica's brpc server.
+	srvOpts []brpc.ServerOption
 }
 
 // authByName admits a client under the ID its "name" metadata gives.
@@ -150,11 +152,18 @@ func replicaTLS(t *testing.T, ca *certs.CA, name string) *tls.Config {
 
 func newTestCluster(t *testing.T, n int, presence brpc.Presence, conf func(*brpc.ClusterConfig)) *testCluster {
 	t.Helper()
+	return newTestClusterWith(t, n, presence, conf, nil)
+}
+
+// newTestClusterWith is newTestCluster with srvOpts for every replica's
+// brpc server.
+func newTestClusterWith(t *testing.T, n int, presence brpc.Presence, conf func(*brpc.ClusterConfig), srvOpts []brpc.ServerOption) *testCluster {
+	t.Helper()
 	ca, err := certs.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc := &testCluster{t: t, ca: ca, presence: presence}
+	tc := &testCluster{t: t, ca: ca, presence: presence, srvOpts: srvOpts}
 	for i := range n {
 		tc.nodes = append(tc.nodes, tc.start(fmt.Sprintf("r%d", i), conf))
 	}
@@ -180,8 +189,8 @@ func (tc *testCluster) start(name string, conf func(*brpc.ClusterConfig)) *repli
 	}
 	gs := grpc.NewServer()
 	testpb.RegisterEchoServer(gs, &testenv.Echo{Name: name})
-	node.srv = brpc.NewServer(gs, testpb.NewEchoClient, brpc.WithAuthenticator(authByName),
-		brpc.WithCluster(cc), brpc.WithPeerEvents(node.events.peer), brpc.WithClusterEvents(node.events.cluster))
+	node.srv = brpc.NewServer(gs, testpb.NewEchoClient, append([]brpc.ServerOption{brpc.WithAuthenticator(authByName),
+		brpc.WithCluster(cc), brpc.WithPeerEvents(node.events.peer), brpc.WithClusterEvents(node.events.cluster)}, tc.srvOpts...)...)
 	stls, err := tc.ca.ServerTLS()
 	if err != nil {
 		t.Fatal(err)
@@ -676,9 +685,19 @@ func TestClusterGracefulStopLeavesFirst(t *testing.T) {
 	}
 }
 
+// With the echo service described (WithGatewayServices), the gateway and
+// the replica endpoints relay its unary calls as unary calls, which the
+// stale route retries too.
 func TestClusterStaleRouteRetried(t *testing.T) {
+	t.Run("general", func(t *testing.T) { testClusterStaleRouteRetried(t, nil) })
+	t.Run("described", func(t *testing.T) {
+		testClusterStaleRouteRetried(t, []brpc.ServerOption{brpc.WithGatewayServices(&testpb.Echo_ServiceDesc)})
+	})
+}
+
+func testClusterStaleRouteRetried(t *testing.T, srvOpts []brpc.ServerOption) {
 	presence := newCtlPresence(nil)
-	tc := newTestCluster(t, 3, presence, nil)
+	tc := newTestClusterWith(t, 3, presence, nil, srvOpts)
 	r0, r1, r2 := tc.nodes[0], tc.nodes[1], tc.nodes[2]
 	mover := tc.connect(r1, "quic", "mover", "on-r1")
 	tc.waitPeers([]brpc.ClusterPeer{{ID: "mover", Replica: "r1"}})
@@ -697,7 +716,8 @@ func TestClusterStaleRouteRetried(t *testing.T) {
 	tc.waitPeers([]brpc.ClusterPeer{{ID: "mover", Replica: "r2"}}, r1, r2)
 
 	// Calls of every kind, through the stub and through r0's gateway
-	// (which relays every call as a bidirectional stream), are each made
+	// (which relays them as bidirectional streams, or as calls of their
+	// kind when described), are each made
 	// once more when the cache catches up.
 	type result struct {
 		what string

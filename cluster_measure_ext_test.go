@@ -22,14 +22,21 @@ import (
 // round trip to a client on this replica, on another replica (through
 // Client(id) and through the gateway) and of plain grpc-go over TLS on
 // loopback, and how long a graceful stop of a replica takes to reach the
-// others. It runs only with BRPC_CLUSTER_MEASURE=1 (the figures need a
-// quiet machine, not a test run).
+// others. It runs only with BRPC_CLUSTER_MEASURE=1, or =described (the
+// figures need a quiet machine, not a test run).
 func TestClusterMeasure(t *testing.T) {
 	if os.Getenv("BRPC_CLUSTER_MEASURE") == "" {
 		t.Skip("set BRPC_CLUSTER_MEASURE=1 to measure")
 	}
 	const calls = 3000
-	tc := newTestCluster(t, 3, brpc.NewMemoryPresence(), nil)
+	// BRPC_CLUSTER_MEASURE=described describes the echo service to the
+	// replicas (WithGatewayServices): the gateway and the replica
+	// endpoints relay its unary calls as unary calls.
+	var srvOpts []brpc.ServerOption
+	if os.Getenv("BRPC_CLUSTER_MEASURE") == "described" {
+		srvOpts = append(srvOpts, brpc.WithGatewayServices(&testpb.Echo_ServiceDesc))
+	}
+	tc := newTestClusterWith(t, 3, brpc.NewMemoryPresence(), nil, srvOpts)
 	r0, r1, r2 := tc.nodes[0], tc.nodes[1], tc.nodes[2]
 	tc.connect(r0, "quic", "near", "near")
 	tc.connect(r1, "quic", "far", "far")

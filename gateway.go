@@ -75,6 +75,11 @@ type GatewayAuthorizer func(ctx context.Context, clientID, fullMethod string) er
 // codes.ResourceExhausted after authorize has admitted it and before the
 // client is called. Several handlers of one Server share the bounds.
 //
+// A call is relayed as one bidirectional stream to the client whatever its
+// kind, unless WithGatewayServices describes its method: then a unary
+// method's call goes to the client as a unary call, which costs the server
+// less.
+//
 // On a replica of a cluster (WithCluster), the gateway reaches the clients of
 // every replica: a call for a client on another replica is authorized here and
 // forwarded to that replica, as Client(id)'s calls are.
@@ -85,6 +90,7 @@ func (s *Server[C]) Gateway(authorize GatewayAuthorizer) grpc.StreamHandler {
 		CallerHeader:     GatewayCallerHeader,
 		CallerAddrHeader: GatewayCallerAddrHeader,
 		Limiter:          s.gwLimit,
+		Kinds:            s.gwKinds,
 		Authorize:        authorize,
 		Resolve: func(id string) (grpc.ClientConnInterface, error) {
 			if s.cluster != nil {

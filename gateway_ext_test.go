@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -68,11 +71,23 @@ type gatewayEnv struct {
 	Alice *testenv.Client
 	Seen  *seen
 	Stub  testpb.EchoClient
+	// gatewayAddr is where the gateway's *grpc.Server listens.
+	gatewayAddr string
 }
 
 func newGatewayEnv(t *testing.T, transport string, authorize brpc.GatewayAuthorizer, gwOpts ...grpc.ServerOption) *gatewayEnv {
 	t.Helper()
-	e := testenv.NewPlainOn(t, transport)
+	return newGatewayEnvWith(t, transport, nil, authorize, gwOpts...)
+}
+
+// newGatewayEnvWith is newGatewayEnv with srvOpts for the brpc server.
+func newGatewayEnvWith(t *testing.T, transport string, srvOpts []brpc.ServerOption, authorize brpc.GatewayAuthorizer, gwOpts ...grpc.ServerOption) *gatewayEnv {
+	t.Helper()
+	e := testenv.New(t, testenv.Config{
+		Transport:  transport,
+		ServerOpts: srvOpts,
+		Call:       func(*testenv.Env) func(context.Context) (string, error) { return nil },
+	})
 	sn := &seen{}
 	alice := e.Connect(testenv.ClientConfig{Name: "alice", GRPCOpts: sn.options()})
 	addr := serveGateway(t, e.Srv.Gateway(authorize), gwOpts...)
@@ -81,7 +96,7 @@ func newGatewayEnv(t *testing.T, transport string, authorize brpc.GatewayAuthori
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return &gatewayEnv{Env: e, Alice: alice, Seen: sn, Stub: testpb.NewEchoClient(cc)}
+	return &gatewayEnv{Env: e, Alice: alice, Seen: sn, Stub: testpb.NewEchoClient(cc), gatewayAddr: addr}
 }
 
 // serveGateway serves handler as the unknown-service handler of a
@@ -108,6 +123,18 @@ func serveGateway(t *testing.T, handler grpc.StreamHandler, opts ...grpc.ServerO
 
 func allowAll(context.Context, string, string) error { return nil }
 
+// eachGatewayRelay runs fn on each transport twice: with the general relay,
+// and with the echo service described (WithGatewayServices), so that its
+// unary and server-streaming methods take the relay's shortcuts.
+func eachGatewayRelay(t *testing.T, fn func(t *testing.T, transport string, srvOpts []brpc.ServerOption)) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
+		t.Run("general", func(t *testing.T) { fn(t, tr, nil) })
+		t.Run("described", func(t *testing.T) {
+			fn(t, tr, []brpc.ServerOption{brpc.WithGatewayServices(&testpb.Echo_ServiceDesc)})
+		})
+	})
+}
+
 // to is a context for a gateway call to the client with this ID, with md
 // as further request headers.
 func to(ctx context.Context, id string, kv ...string) context.Context {
@@ -115,8 +142,8 @@ func to(ctx context.Context, id string, kv ...string) context.Context {
 }
 
 func TestGatewayAllRPCKinds(t *testing.T) {
-	testenv.EachTransport(t, func(t *testing.T, tr string) {
-		g := newGatewayEnv(t, tr, allowAll)
+	eachGatewayRelay(t, func(t *testing.T, tr string, srvOpts []brpc.ServerOption) {
+		g := newGatewayEnvWith(t, tr, srvOpts, allowAll)
 		ctx := to(testenv.Ctx(t), g.Alice.ID(), "x-echo-k", "v")
 		wantMD := func(kind, what string, md metadata.MD) {
 			t.Helper()
@@ -222,8 +249,8 @@ func TestGatewayAllRPCKinds(t *testing.T) {
 }
 
 func TestGatewayRequestHeaders(t *testing.T) {
-	testenv.EachTransport(t, func(t *testing.T, tr string) {
-		g := newGatewayEnv(t, tr, allowAll)
+	eachGatewayRelay(t, func(t *testing.T, tr string, srvOpts []brpc.ServerOption) {
+		g := newGatewayEnvWith(t, tr, srvOpts, allowAll)
 		ctx := to(testenv.Ctx(t), g.Alice.ID(), "x-app", "1", "x-bin-bin", "\x00\xff", "brpc-client-id", "forged")
 		if _, err := g.Stub.Unary(ctx, &testpb.EchoRequest{}); err != nil {
 			t.Fatalf("Unary: %v", err)
@@ -240,12 +267,17 @@ func TestGatewayRequestHeaders(t *testing.T) {
 				t.Errorf("the client saw the caller's %s header %q", k, v)
 			}
 		}
+		for _, k := range []string{brpc.GatewayCallerHeader, brpc.GatewayCallerAddrHeader} {
+			if v := md.Get(k); len(v) != 1 {
+				t.Errorf("the client saw the gateway's %s header %q, want one value", k, v)
+			}
+		}
 	})
 }
 
 func TestGatewayStatusDetails(t *testing.T) {
-	testenv.EachTransport(t, func(t *testing.T, tr string) {
-		g := newGatewayEnv(t, tr, allowAll)
+	eachGatewayRelay(t, func(t *testing.T, tr string, srvOpts []brpc.ServerOption) {
+		g := newGatewayEnvWith(t, tr, srvOpts, allowAll)
 		ctx := to(testenv.Ctx(t), g.Alice.ID())
 		_, err := g.Stub.Unary(ctx, &testpb.EchoRequest{FailCode: int32(codes.FailedPrecondition)})
 		st := status.Convert(err)
@@ -263,8 +295,8 @@ func TestGatewayStatusDetails(t *testing.T) {
 }
 
 func TestGatewayDeadline(t *testing.T) {
-	testenv.EachTransport(t, func(t *testing.T, tr string) {
-		g := newGatewayEnv(t, tr, allowAll)
+	eachGatewayRelay(t, func(t *testing.T, tr string, srvOpts []brpc.ServerOption) {
+		g := newGatewayEnvWith(t, tr, srvOpts, allowAll)
 		ctx, cancel := context.WithTimeout(to(testenv.Ctx(t), g.Alice.ID()), 5*time.Second)
 		defer cancel()
 		want, _ := ctx.Deadline()
@@ -294,8 +326,8 @@ func TestGatewayDeadline(t *testing.T) {
 }
 
 func TestGatewayCancel(t *testing.T) {
-	testenv.EachTransport(t, func(t *testing.T, tr string) {
-		g := newGatewayEnv(t, tr, allowAll)
+	eachGatewayRelay(t, func(t *testing.T, tr string, srvOpts []brpc.ServerOption) {
+		g := newGatewayEnvWith(t, tr, srvOpts, allowAll)
 		ctx, cancel := context.WithCancel(to(testenv.Ctx(t), g.Alice.ID()))
 		done := make(chan error, 1)
 		go func() {
@@ -382,8 +414,8 @@ func TestGatewayRefusals(t *testing.T) {
 }
 
 func TestGatewayLargeMessages(t *testing.T) {
-	testenv.EachTransport(t, func(t *testing.T, tr string) {
-		g := newGatewayEnv(t, tr, allowAll)
+	eachGatewayRelay(t, func(t *testing.T, tr string, srvOpts []brpc.ServerOption) {
+		g := newGatewayEnvWith(t, tr, srvOpts, allowAll)
 		payload := make([]byte, 3<<20)
 		for i := range payload {
 			payload[i] = byte(i * 7)
@@ -401,8 +433,8 @@ func TestGatewayLargeMessages(t *testing.T) {
 // A relayed call the client's side cuts off (its session ends) ends for
 // the caller too, with Unavailable, instead of hanging.
 func TestGatewayClientGoneEndsCall(t *testing.T) {
-	testenv.EachTransport(t, func(t *testing.T, tr string) {
-		g := newGatewayEnv(t, tr, allowAll)
+	eachGatewayRelay(t, func(t *testing.T, tr string, srvOpts []brpc.ServerOption) {
+		g := newGatewayEnvWith(t, tr, srvOpts, allowAll)
 		done := make(chan error, 1)
 		go func() {
 			_, err := g.Stub.Unary(to(testenv.Ctx(t), g.Alice.ID()), &testpb.EchoRequest{SleepMs: 20000})
@@ -417,6 +449,124 @@ func TestGatewayClientGoneEndsCall(t *testing.T) {
 			testenv.WantCode(t, err, codes.Unavailable, "a call whose client went away")
 		case <-time.After(10 * time.Second):
 			t.Fatal("the caller's call still runs 10s after its client went away")
+		}
+	})
+}
+
+// The methods WithGatewayServices describes reach the client as calls of
+// their kind: a unary method as a unary call, a server-streaming one as a
+// stream without client streams; the others, and every method of a
+// service not described, as the general relay's bidirectional stream.
+func TestGatewayDescribedMethodsCallTheirKind(t *testing.T) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
+		var mu sync.Mutex
+		var kinds []string
+		record := func(k string) {
+			mu.Lock()
+			kinds = append(kinds, k)
+			mu.Unlock()
+		}
+		dial := brpc.WithGRPCDialOptions(
+			grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, inv grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+				record("unary " + method)
+				return inv(ctx, method, req, reply, cc, opts...)
+			}),
+			grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, st grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+				record(fmt.Sprintf("stream client=%v server=%v %s", desc.ClientStreams, desc.ServerStreams, method))
+				return st(ctx, desc, cc, method, opts...)
+			}),
+		)
+		for _, c := range []struct {
+			name string
+			opts []brpc.ServerOption
+			want []string
+		}{
+			{"general", []brpc.ServerOption{dial}, []string{
+				"stream client=true server=true /brpc.test.v1.Echo/Unary",
+				"stream client=true server=true /brpc.test.v1.Echo/ServerStream",
+				"stream client=true server=true /brpc.test.v1.Echo/ClientStream",
+			}},
+			{"described", []brpc.ServerOption{dial, brpc.WithGatewayServices(&testpb.Echo_ServiceDesc)}, []string{
+				"unary /brpc.test.v1.Echo/Unary",
+				"stream client=false server=true /brpc.test.v1.Echo/ServerStream",
+				"stream client=true server=true /brpc.test.v1.Echo/ClientStream",
+			}},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				mu.Lock()
+				kinds = nil
+				mu.Unlock()
+				g := newGatewayEnvWith(t, tr, c.opts, allowAll)
+				ctx := to(testenv.Ctx(t), g.Alice.ID())
+				if _, err := g.Stub.Unary(ctx, &testpb.EchoRequest{Message: "u"}); err != nil {
+					t.Fatalf("Unary: %v", err)
+				}
+				ss, err := g.Stub.ServerStream(ctx, &testpb.EchoRequest{Message: "s", Count: 2})
+				if err != nil {
+					t.Fatalf("ServerStream: %v", err)
+				}
+				for n := 0; ; n++ {
+					if _, err := ss.Recv(); err != nil {
+						if !errors.Is(err, io.EOF) || n != 2 {
+							t.Fatalf("ServerStream: %v after %d responses, want io.EOF after 2", err, n)
+						}
+						break
+					}
+				}
+				cs, err := g.Stub.ClientStream(ctx)
+				if err != nil {
+					t.Fatalf("ClientStream: %v", err)
+				}
+				if err := cs.Send(&testpb.EchoRequest{Message: "c"}); err != nil {
+					t.Fatalf("ClientStream Send: %v", err)
+				}
+				if _, err := cs.CloseAndRecv(); err != nil {
+					t.Fatalf("ClientStream: %v", err)
+				}
+				mu.Lock()
+				got := slices.Clone(kinds)
+				mu.Unlock()
+				if !slices.Equal(got, c.want) {
+					t.Fatalf("the client was called with\n%q\nwant\n%q", got, c.want)
+				}
+			})
+		}
+	})
+}
+
+// A caller that sends no request, or two, to a described method without
+// client streams gets Internal from the gateway, as from a gRPC server,
+// and the client's handler never runs.
+func TestGatewayDescribedMethodCardinality(t *testing.T) {
+	testenv.EachTransport(t, func(t *testing.T, tr string) {
+		g := newGatewayEnvWith(t, tr, []brpc.ServerOption{brpc.WithGatewayServices(&testpb.Echo_ServiceDesc)}, allowAll)
+		cc, err := grpc.NewClient(g.gatewayAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		ctx := to(testenv.Ctx(t), g.Alice.ID())
+		both := &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}
+		for _, method := range []string{"/brpc.test.v1.Echo/Unary", "/brpc.test.v1.Echo/ServerStream"} {
+			for _, n := range []int{0, 2} {
+				cs, err := cc.NewStream(ctx, both, method)
+				if err != nil {
+					t.Fatalf("%s: %v", method, err)
+				}
+				for range n {
+					if err := cs.SendMsg(&testpb.EchoRequest{Message: "m"}); err != nil {
+						t.Fatalf("%s: send: %v", method, err)
+					}
+				}
+				cs.CloseSend()
+				err = cs.RecvMsg(new(testpb.EchoResponse))
+				if status.Code(err) != codes.Internal || !strings.Contains(status.Convert(err).Message(), "brpc gateway: cardinality violation") {
+					t.Errorf("%s with %d requests: %v, want the gateway's Internal", method, n, err)
+				}
+			}
+		}
+		if n := g.Seen.calls.Load(); n != 0 {
+			t.Errorf("the client's handler ran %d times, want never", n)
 		}
 	})
 }

@@ -30,10 +30,10 @@ type limitsEnv struct {
 
 const limitPerClient, limitTotal = 2, 3
 
-func newLimitsEnv(t *testing.T, tr string) *limitsEnv {
+func newLimitsEnv(t *testing.T, tr string, srvOpts ...brpc.ServerOption) *limitsEnv {
 	e := testenv.New(t, testenv.Config{
 		Transport:  tr,
-		ServerOpts: []brpc.ServerOption{brpc.WithGatewayLimits(limitPerClient, limitTotal)},
+		ServerOpts: append([]brpc.ServerOption{brpc.WithGatewayLimits(limitPerClient, limitTotal)}, srvOpts...),
 		Call:       func(*testenv.Env) func(context.Context) (string, error) { return nil },
 	})
 	l := &limitsEnv{Env: e, seen: map[string]*seen{}}
@@ -190,8 +190,8 @@ func TestGatewayLimits(t *testing.T) {
 
 // Every kind of call, however it ends, gives its slot back.
 func TestGatewayLimitsReleasedByEveryEnd(t *testing.T) {
-	testenv.EachTransport(t, func(t *testing.T, tr string) {
-		l := newLimitsEnv(t, tr)
+	eachGatewayRelay(t, func(t *testing.T, tr string, srvOpts []brpc.ServerOption) {
+		l := newLimitsEnv(t, tr, srvOpts...)
 		alice := l.alice.ID()
 		// Each scenario runs limitPerClient calls to alice, one after the
 		// other or at once, that end one way.

@@ -133,6 +133,7 @@ type serverOptions struct {
 	reverseIdle      time.Duration
 	gwPerClient      int
 	gwTotal          int
+	gwServices       []*grpc.ServiceDesc
 	cluster          *ClusterConfig
 	clusterEvents    []func(ClusterEvent)
 }
@@ -254,6 +255,31 @@ func WithReverseIdleTimeout(d time.Duration) ServerOption {
 		if d >= 0 {
 			o.reverseIdle = d
 		}
+	})
+}
+
+// WithGatewayServices describes, to the server's gateway (Server.Gateway)
+// and, on a replica of a cluster, to its replica endpoint, services that
+// connected clients serve, so that calls of their methods without client
+// streams are relayed more cheaply: the one request is received before
+// the client is called, and a unary method's call goes to the client as
+// a unary call (no goroutine of the relay's own and fewer of grpc-go's).
+// A generated service's description is its _ServiceDesc variable (e.g.
+// &pb.Echo_ServiceDesc, the one RegisterEchoServer registers). Methods of
+// other services are relayed as before, message by message, whatever
+// their kind.
+//
+// The descriptions must match the clients' services: a method described
+// as unary or server-streaming but served as client- or bidirectionally
+// streaming gets only one request, and one described as unary but served
+// as server-streaming fails with codes.Internal when the client sends a
+// second response. A caller that sends no request, or more than one, to a
+// described method without client streams gets codes.Internal, as from a
+// gRPC server. The option may be given several times; the services add
+// up.
+func WithGatewayServices(services ...*grpc.ServiceDesc) ServerOption {
+	return serverOptionFunc(func(o *serverOptions) {
+		o.gwServices = append(o.gwServices, services...)
 	})
 }
 

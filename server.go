@@ -20,7 +20,8 @@ var ErrServerStopped = errors.New("brpc: the server has been stopped")
 // them and reaches each of them through a typed stub C.
 type Server[C any] struct {
 	core      *server.Server
-	gwLimit   *gateway.Limiter // shared by every Gateway handler
+	gwLimit   *gateway.Limiter        // shared by every Gateway handler
+	gwKinds   map[string]gateway.Kind // WithGatewayServices
 	newClient func(grpc.ClientConnInterface) C
 	// cluster is nil without WithCluster; clusterErr is what a
 	// WithCluster that could not be used makes Serve return.
@@ -62,6 +63,9 @@ func NewServer[C any](gs *grpc.Server, newClient func(grpc.ClientConnInterface) 
 	conf := o.config()
 	conf.NewStub = func(cc grpc.ClientConnInterface) any { return newClient(reverseConn{cc}) }
 	s := &Server[C]{newClient: newClient, gwLimit: gateway.NewLimiter(o.gwPerClient, o.gwTotal)}
+	if len(o.gwServices) > 0 {
+		s.gwKinds = gateway.MethodKinds(o.gwServices...)
+	}
 	if o.cluster != nil {
 		s.replica = o.cluster.Replica
 		s.clusterErr = o.cluster.validate()
@@ -73,7 +77,7 @@ func NewServer[C any](gs *grpc.Server, newClient func(grpc.ClientConnInterface) 
 	}
 	s.core = server.New(gs, conf)
 	if o.cluster != nil && s.clusterErr == nil {
-		s.cluster, s.clusterErr = cluster.New(s.core, o.cluster.core(o.clusterEvents))
+		s.cluster, s.clusterErr = cluster.New(s.core, o.cluster.core(o.clusterEvents, s.gwKinds))
 	}
 	return s
 }

@@ -177,13 +177,13 @@ var reverseIdle = brpc.DefaultReverseIdleTimeout
 // keep their forward connection without calls.
 var forwardIdle = brpc.DefaultForwardIdleTimeout
 
-func startBRPCServer(ca *certs.CA, transport string) (*brpcServer, error) {
-	return startBRPCServerIdle(ca, transport, reverseIdle)
+func startBRPCServer(ca *certs.CA, transport string, opts ...brpc.ServerOption) (*brpcServer, error) {
+	return startBRPCServerIdle(ca, transport, reverseIdle, opts...)
 }
 
 // startBRPCServerIdle is startBRPCServer with a reverse idle timeout of its
 // own.
-func startBRPCServerIdle(ca *certs.CA, transport string, idle time.Duration) (*brpcServer, error) {
+func startBRPCServerIdle(ca *certs.CA, transport string, idle time.Duration, opts ...brpc.ServerOption) (*brpcServer, error) {
 	stls, err := serverTLS(ca)
 	if err != nil {
 		return nil, err
@@ -199,7 +199,7 @@ func startBRPCServerIdle(ca *certs.CA, transport string, idle time.Duration) (*b
 	gs := grpc.NewServer(grpcServerOptions()...)
 	testpb.RegisterEchoServer(gs, echoServer{})
 	b := &brpcServer{
-		srv:    brpc.NewServer(gs, testpb.NewEchoClient, brpc.WithReverseIdleTimeout(idle)),
+		srv:    brpc.NewServer(gs, testpb.NewEchoClient, append([]brpc.ServerOption{brpc.WithReverseIdleTimeout(idle)}, opts...)...),
 		target: transport + "://" + lis.Addr().String(),
 		served: make(chan struct{}),
 	}

@@ -47,21 +47,27 @@ const (
 	// gwTLS does the same over TLS, as a gateway facing other machines
 	// is deployed.
 	gwTLS = "gw-tls"
+	// gwDescribed is gwPlain on a second brpc server, built with the echo
+	// service described to its gateway (brpc.WithGatewayServices), and
+	// its own connected client: the same round compares the relays.
+	gwDescribed = "gw-tcp-described"
 )
 
-var gatewayVariants = []string{gwDirect, gwPlain, gwTLS}
+var gatewayVariants = []string{gwDirect, gwPlain, gwTLS, gwDescribed}
 
 // gatewayHop is, for each gateway variant, the plain grpc-go path that
 // makes the same hop from the caller to the gateway's *grpc.Server.
 var gatewayHop = map[string]string{
-	gwPlain: pathGRPCTCP,
-	gwTLS:   pathGRPCTLS,
+	gwPlain:     pathGRPCTCP,
+	gwTLS:       pathGRPCTLS,
+	gwDescribed: pathGRPCTCP,
 }
 
 var gatewayVariantLabels = map[string]string{
-	gwDirect: "direct, Client(id) stub",
-	gwPlain:  "gateway, grpc-go over TCP (insecure)",
-	gwTLS:    "gateway, grpc-go over TLS-TCP",
+	gwDirect:    "direct, Client(id) stub",
+	gwPlain:     "gateway, grpc-go over TCP (insecure)",
+	gwTLS:       "gateway, grpc-go over TLS-TCP",
+	gwDescribed: "gateway, grpc-go over TCP (insecure), echo service described",
 }
 
 // gatewayTransports are the brpc transports of the comparison, each with
@@ -93,7 +99,7 @@ type gatewayCall struct {
 
 func allowAllCalls(context.Context, string, string) error { return nil }
 
-func setupGateway(ctx context.Context, ca *certs.CA, transport string) (_ *gatewayFixture, err error) {
+func setupGateway(ctx context.Context, ca *certs.CA, transport string, describe bool) (_ *gatewayFixture, err error) {
 	var cleanups []func()
 	closeAll := func() {
 		for i := len(cleanups) - 1; i >= 0; i-- {
@@ -105,7 +111,11 @@ func setupGateway(ctx context.Context, ca *certs.CA, transport string) (_ *gatew
 			closeAll()
 		}
 	}()
-	b, err := startBRPCServer(ca, transport)
+	var sopts []brpc.ServerOption
+	if describe {
+		sopts = append(sopts, brpc.WithGatewayServices(&testpb.Echo_ServiceDesc))
+	}
+	b, err := startBRPCServer(ca, transport, sopts...)
 	if err != nil {
 		return nil, err
 	}
@@ -157,6 +167,36 @@ func setupGateway(ctx context.Context, ca *certs.CA, transport string) (_ *gatew
 			ctx:  func(ctx context.Context) context.Context { return metadata.NewOutgoingContext(ctx, target) },
 		}
 	}
+	// The described relay: a second brpc server and client, so that the
+	// first server's gateway stays the general relay.
+	b2, err := startBRPCServer(ca, transport, brpc.WithGatewayServices(&testpb.Echo_ServiceDesc))
+	if err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, b2.stop)
+	cgs2 := grpc.NewServer(grpcServerOptions()...)
+	testpb.RegisterEchoServer(cgs2, echoServer{})
+	cleanups = append(cleanups, cgs2.Stop)
+	cc2, err := brpc.Dial(dctx, b2.target, brpc.WithTLSConfig(clientTLS(ca)), brpc.WithServer(cgs2))
+	if err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, func() { cc2.Close() })
+	addr, stop, err := serveGatewayOn(b2.srv.Gateway(allowAllCalls), nil)
+	if err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, stop)
+	gc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, func() { gc.Close() })
+	target2 := metadata.Pairs(brpc.GatewayTargetHeader, cc2.ID())
+	f.calls[gwDescribed] = gatewayCall{
+		echo: testpb.NewEchoClient(gc),
+		ctx:  func(ctx context.Context) context.Context { return metadata.NewOutgoingContext(ctx, target2) },
+	}
 	f.close = closeAll
 	return f, nil
 }
@@ -180,15 +220,17 @@ func serveGatewayOn(h grpc.StreamHandler, sopts []grpc.ServerOption) (string, fu
 // The relay reference: a plain grpc-go echo server over loopback TCP
 // without TLS, called directly and through brpc's relay.
 const (
-	refPlain = "grpc"
-	refRelay = "relay"
+	refPlain     = "grpc"
+	refRelay     = "relay"
+	refDescribed = "relay-described"
 )
 
-var refVariants = []string{refPlain, refRelay}
+var refVariants = []string{refPlain, refRelay, refDescribed}
 
 var refVariantLabels = map[string]string{
-	refPlain: "plain grpc-go over TCP (insecure), one hop",
-	refRelay: "the same server through the relay (both hops as the one above)",
+	refPlain:     "plain grpc-go over TCP (insecure), one hop",
+	refRelay:     "the same server through the relay (both hops as the one above)",
+	refDescribed: "the same through the relay with the echo service described (its unary calls relayed as unary calls)",
 }
 
 // refKey is where a relay reference variant's samples are kept.
@@ -231,31 +273,38 @@ func setupRelayRef() (map[string]gatewayCall, func(), error) {
 		return nil, nil, err
 	}
 	cleanups = append(cleanups, func() { direct.Close() })
-	h := gateway.Handler(gateway.Config{
-		TargetHeader: brpc.GatewayTargetHeader,
-		Authorize:    allowAllCalls,
-		Resolve:      func(string) (grpc.ClientConnInterface, error) { return up, nil },
-	})
-	addr, stop, err := serveGatewayOn(h, nil)
-	if err != nil {
-		closeAll()
-		return nil, nil, err
-	}
-	cleanups = append(cleanups, stop)
-	gc, err := grpc.NewClient(addr, insecureCreds)
-	if err != nil {
-		closeAll()
-		return nil, nil, err
-	}
-	cleanups = append(cleanups, func() { gc.Close() })
 	target := metadata.Pairs(brpc.GatewayTargetHeader, "upstream")
-	return map[string]gatewayCall{
+	calls := map[string]gatewayCall{
 		refPlain: {echo: testpb.NewEchoClient(direct), ctx: func(ctx context.Context) context.Context { return ctx }},
-		refRelay: {
+	}
+	for variant, kinds := range map[string]map[string]gateway.Kind{
+		refRelay:     nil,
+		refDescribed: gateway.MethodKinds(&testpb.Echo_ServiceDesc),
+	} {
+		h := gateway.Handler(gateway.Config{
+			TargetHeader: brpc.GatewayTargetHeader,
+			Authorize:    allowAllCalls,
+			Resolve:      func(string) (grpc.ClientConnInterface, error) { return up, nil },
+			Kinds:        kinds,
+		})
+		addr, stop, err := serveGatewayOn(h, nil)
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		cleanups = append(cleanups, stop)
+		gc, err := grpc.NewClient(addr, insecureCreds)
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		cleanups = append(cleanups, func() { gc.Close() })
+		calls[variant] = gatewayCall{
 			echo: testpb.NewEchoClient(gc),
 			ctx:  func(ctx context.Context) context.Context { return metadata.NewOutgoingContext(ctx, target) },
-		},
-	}, closeAll, nil
+		}
+	}
+	return calls, closeAll, nil
 }
 
 // measureRelayRefRound measures the relay reference for one round: a
@@ -314,7 +363,7 @@ func measureGatewayRound(ctx context.Context, cfg *config, ca *certs.CA, transpo
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	for _, m := range gatewayRuns {
-		f, err := setupGateway(ctx, ca, transport)
+		f, err := setupGateway(ctx, ca, transport, cfg.gwServices)
 		if err != nil {
 			return fmt.Errorf("setup: %w", err)
 		}
@@ -360,7 +409,7 @@ func (r *report) gatewayRatio(transport, variant, metric string) (float64, bool)
 func (r *report) gatewayFloor(transport, variant, metric string) (float64, bool) {
 	hop := gatewayHop[variant]
 	if metric == mCPU {
-		if variant != gwPlain {
+		if variant != gwPlain && variant != gwDescribed {
 			return 0, false
 		}
 		hop = refKey(refPlain)
@@ -400,7 +449,7 @@ func gatewayCell(v float64, m string, ratios ...string) string {
 }
 
 func (r *report) printGateway(w io.Writer) {
-	fmt.Fprintf(w, "\nGateway against a direct call (one brpc server and one connected client per figure; the gateway's *grpc.Server listens on loopback TCP; ratios in parentheses against the direct call in the same round; \"floor\": the direct call plus a plain grpc-go call over the same hop in the same round, latencies and CPU times added, calls/s as the CPU times per call added; CPU: the process's CPU time per call while the calls/s figure ran, every end of the path included):\n\n")
+	fmt.Fprintf(w, "\nGateway against a direct call (one brpc server and one connected client per figure; the gateway's *grpc.Server listens on loopback TCP; ratios in parentheses against the direct call in the same round; \"floor\": the direct call plus a plain grpc-go call over the same hop in the same round, latencies and CPU times added, calls/s as the CPU times per call added; CPU: the process's CPU time per call while the calls/s figure ran, every end of the path included; echo service described to the gateway, -gateway-services: %v):\n\n", r.cfg.gwServices)
 	r.gatewayHeader(w, "transport | call")
 	for _, tr := range r.measuredGatewayTransports() {
 		for _, variant := range gatewayVariants {

@@ -85,6 +85,9 @@ type config struct {
 	png         string
 	cpuprofile  string
 	heapprofile string
+	// gwServices describes the echo service to the gateway's brpc server
+	// (brpc.WithGatewayServices).
+	gwServices bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -96,6 +99,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.warmup, "warmup", 250*time.Millisecond, "warm-up before each throughput and bulk figure")
 	fs.IntVar(&c.calls, "calls", 2000, "sequential calls per latency figure, per round")
 	fs.IntVar(&c.warmCalls, "warm-calls", 200, "sequential warm-up calls before each latency figure")
+	fs.BoolVar(&c.gwServices, "gateway-services", false, "describe the echo service to the gateway (brpc.WithGatewayServices), so that its unary calls are relayed as unary calls")
 	fs.IntVar(&c.rounds, "rounds", 7, "rounds over all paths; each figure is the median of its rounds")
 	fs.IntVar(&c.callers, "callers", 64, "concurrent callers for the calls/s figure")
 	fs.IntVar(&c.bulkCallers, "bulk-callers", 8, "concurrent callers for the unary bulk figure")

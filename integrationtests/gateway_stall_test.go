@@ -80,7 +80,19 @@ var maxSessionBuffer = map[string]int{"quic": 1 << 20, "tcp": 4 << 20}
 // gateway=ADDR.
 const gatewayRole = "gateway-server"
 
-func gatewayServerRole(c *testenv.ChildEnv) ([]string, error) {
+// gatewayDescribedRole is gatewayRole with the echo service described to
+// the gateway (WithGatewayServices): its server-streaming calls take the
+// relay's path for methods with one request, its bidi ones the general
+// relay.
+const gatewayDescribedRole = "gateway-server-described"
+
+func gatewayServerRole(c *testenv.ChildEnv) ([]string, error) { return serveGatewayChild(c) }
+
+func gatewayDescribedServerRole(c *testenv.ChildEnv) ([]string, error) {
+	return serveGatewayChild(c, brpc.WithGatewayServices(&testpb.Echo_ServiceDesc))
+}
+
+func serveGatewayChild(c *testenv.ChildEnv, opts ...brpc.ServerOption) ([]string, error) {
 	transport := c.Arg("transport")
 	ca, err := certs.NewCA()
 	if err != nil {
@@ -90,9 +102,9 @@ func gatewayServerRole(c *testenv.ChildEnv) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := testenv.StartServing(transport, "127.0.0.1:0", stls, &testenv.Echo{Name: "server"}, nil, []brpc.ServerOption{
+	s, err := testenv.StartServing(transport, "127.0.0.1:0", stls, &testenv.Echo{Name: "server"}, nil, append([]brpc.ServerOption{
 		brpc.WithGRPCDialOptions(grpc.WithInitialWindowSize(stallWindow), grpc.WithInitialConnWindowSize(stallConnWindow)),
-	})
+	}, opts...))
 	if err != nil {
 		return nil, err
 	}
@@ -173,117 +185,122 @@ func (f *firehose) BidiStream(st testpb.Echo_BidiStreamServer) error {
 // keep working meanwhile.
 func TestGatewayCallerThatStopsReading(t *testing.T) {
 	testenv.EachTransport(t, func(t *testing.T, tr string) {
-		const streams, bidis = 8, 8
-		srv := testenv.StartServerChildAs(t, gatewayRole, tr)
-		var gwAddr string
-		for _, w := range srv.Ready {
-			if v, ok := strings.CutPrefix(w, "gateway="); ok {
-				gwAddr = v
-			}
-		}
+		t.Run("general", func(t *testing.T) { testGatewayCallerThatStopsReading(t, tr, gatewayRole) })
+		t.Run("described", func(t *testing.T) { testGatewayCallerThatStopsReading(t, tr, gatewayDescribedRole) })
+	})
+}
 
-		fh := &firehose{}
-		fhGS := grpc.NewServer(grpc.InitialWindowSize(stallWindow), grpc.InitialConnWindowSize(stallConnWindow))
-		testpb.RegisterEchoServer(fhGS, fh)
-		defer fhGS.Stop()
-		dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer dcancel()
-		fhConn, err := brpc.Dial(dctx, srv.Target, brpc.WithTLSConfig(srv.ClientTLS()), brpc.WithServer(fhGS))
-		if err != nil {
-			t.Fatal(err)
+func testGatewayCallerThatStopsReading(t *testing.T, tr, role string) {
+	const streams, bidis = 8, 8
+	srv := testenv.StartServerChildAs(t, role, tr)
+	var gwAddr string
+	for _, w := range srv.Ready {
+		if v, ok := strings.CutPrefix(w, "gateway="); ok {
+			gwAddr = v
 		}
-		defer fhConn.Close()
-		politeGS := grpc.NewServer()
-		testpb.RegisterEchoServer(politeGS, &testenv.Echo{Name: "polite"})
-		defer politeGS.Stop()
-		politeConn, err := brpc.Dial(dctx, srv.Target, brpc.WithTLSConfig(srv.ClientTLS()), brpc.WithServer(politeGS))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer politeConn.Close()
+	}
 
-		// The caller's own windows are small and static, so that it stops
-		// taking data soon; what it holds is its own business.
-		cc, err := grpc.NewClient(gwAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(1<<20))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cc.Close()
-		caller := testpb.NewEchoClient(cc)
-		callTo := func(ctx context.Context, id string) context.Context {
-			return metadata.AppendToOutgoingContext(ctx, brpc.GatewayTargetHeader, id)
-		}
-		politeCallOK := func(what string) {
-			t.Helper()
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			r, err := caller.Unary(callTo(ctx, politeConn.ID()), &testpb.EchoRequest{Message: "hi"})
-			if err != nil || r.GetMessage() != "polite:hi" {
-				t.Fatalf("a call through the gateway to another client %s: %v, %q", what, err, r.GetMessage())
-			}
-		}
-		// Both clients' reverse connections and the caller's connection are
-		// up before the baseline is taken.
-		wctx, wcancel := context.WithTimeout(context.Background(), 5*time.Second)
-		if _, err := caller.Unary(callTo(wctx, fhConn.ID()), &testpb.EchoRequest{}); err != nil {
-			t.Fatalf("warm-up call to the firehose: %v", err)
-		}
-		wcancel()
-		politeCallOK("before")
-		f0 := srv.Footprint(t)
+	fh := &firehose{}
+	fhGS := grpc.NewServer(grpc.InitialWindowSize(stallWindow), grpc.InitialConnWindowSize(stallConnWindow))
+	testpb.RegisterEchoServer(fhGS, fh)
+	defer fhGS.Stop()
+	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer dcancel()
+	fhConn, err := brpc.Dial(dctx, srv.Target, brpc.WithTLSConfig(srv.ClientTLS()), brpc.WithServer(fhGS))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fhConn.Close()
+	politeGS := grpc.NewServer()
+	testpb.RegisterEchoServer(politeGS, &testenv.Echo{Name: "polite"})
+	defer politeGS.Stop()
+	politeConn, err := brpc.Dial(dctx, srv.Target, brpc.WithTLSConfig(srv.ClientTLS()), brpc.WithServer(politeGS))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer politeConn.Close()
 
-		ctx, cancel := context.WithCancel(context.Background())
-		var wg sync.WaitGroup
-		defer func() {
-			cancel()
-			wg.Wait()
-		}()
-		payload := bytes.Repeat([]byte("f"), stallMsg)
-		for range streams {
-			if _, err := caller.ServerStream(callTo(ctx, fhConn.ID()), &testpb.EchoRequest{Payload: payload}); err != nil {
-				t.Fatalf("ServerStream: %v", err)
-			}
+	// The caller's own windows are small and static, so that it stops
+	// taking data soon; what it holds is its own business.
+	cc, err := grpc.NewClient(gwAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(1<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	caller := testpb.NewEchoClient(cc)
+	callTo := func(ctx context.Context, id string) context.Context {
+		return metadata.AppendToOutgoingContext(ctx, brpc.GatewayTargetHeader, id)
+	}
+	politeCallOK := func(what string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		r, err := caller.Unary(callTo(ctx, politeConn.ID()), &testpb.EchoRequest{Message: "hi"})
+		if err != nil || r.GetMessage() != "polite:hi" {
+			t.Fatalf("a call through the gateway to another client %s: %v, %q", what, err, r.GetMessage())
 		}
-		var callerSends atomic.Int64
-		for range bidis {
-			bs, err := caller.BidiStream(callTo(ctx, fhConn.ID()))
-			if err != nil {
-				t.Fatalf("BidiStream: %v", err)
-			}
-			// The caller sends as fast as it can too, and reads nothing.
-			wg.Go(func() {
-				for bs.Send(&testpb.EchoRequest{Payload: payload}) == nil {
-					callerSends.Add(1)
-				}
-			})
-		}
-		testenv.WaitFor(t, 10*time.Second, "every firehose handler to run", func() bool { return fh.running.Load() == streams+bidis })
-		testenv.WaitFor(t, 20*time.Second, "flow control to stop the firehose and the caller", func() bool {
-			return stuck(&fh.sends) && stuck(&callerSends)
-		})
-		f1 := srv.Footprint(t)
-		politeCallOK("while one caller does not read")
-		srv.WantServes(t, "during")
+	}
+	// Both clients' reverse connections and the caller's connection are
+	// up before the baseline is taken.
+	wctx, wcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if _, err := caller.Unary(callTo(wctx, fhConn.ID()), &testpb.EchoRequest{}); err != nil {
+		t.Fatalf("warm-up call to the firehose: %v", err)
+	}
+	wcancel()
+	politeCallOK("before")
+	f0 := srv.Footprint(t)
 
-		grown := float64(f1.Held()) - float64(f0.Held())
-		// A server-streaming call stalls one way; a bidi call both ways,
-		// since the caller sends as fast as it can too and the client's
-		// handler reads nothing. Toward the caller the gateway's
-		// *grpc.Server marshals each message into a pooled buffer; toward
-		// the client the relay hands grpc-go the message's own bytes.
-		down := maxStalledDirection(stallWindow, stallMsg, pooled(stallWire))
-		up := maxStalledDirection(stallWindow, stallMsg, stallWire)
-		bound := streams*down + bidis*(down+up) + maxSessionBuffer[tr]
-		t.Logf("%s: the firehose sent %d messages of %d KiB and the caller %d before flow control stopped them; the server holds %.1f MiB more (%d -> %d goroutines), bound %.1f MiB",
-			tr, fh.sends.Load(), stallMsg>>10, callerSends.Load(), grown/(1<<20), f0.Goroutines, f1.Goroutines, float64(bound)/(1<<20))
-		if grown > float64(bound) {
-			t.Errorf("%d stalled relayed calls make the server hold %.1f MiB, more than flow control allows (%.1f MiB)", streams+bidis, grown/(1<<20), float64(bound)/(1<<20))
-		}
-
-		// Ending the caller's calls ends the client's handlers.
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() {
 		cancel()
 		wg.Wait()
-		testenv.WaitFor(t, 10*time.Second, "the firehose handlers to end", func() bool { return fh.running.Load() == 0 })
+	}()
+	payload := bytes.Repeat([]byte("f"), stallMsg)
+	for range streams {
+		if _, err := caller.ServerStream(callTo(ctx, fhConn.ID()), &testpb.EchoRequest{Payload: payload}); err != nil {
+			t.Fatalf("ServerStream: %v", err)
+		}
+	}
+	var callerSends atomic.Int64
+	for range bidis {
+		bs, err := caller.BidiStream(callTo(ctx, fhConn.ID()))
+		if err != nil {
+			t.Fatalf("BidiStream: %v", err)
+		}
+		// The caller sends as fast as it can too, and reads nothing.
+		wg.Go(func() {
+			for bs.Send(&testpb.EchoRequest{Payload: payload}) == nil {
+				callerSends.Add(1)
+			}
+		})
+	}
+	testenv.WaitFor(t, 10*time.Second, "every firehose handler to run", func() bool { return fh.running.Load() == streams+bidis })
+	testenv.WaitFor(t, 20*time.Second, "flow control to stop the firehose and the caller", func() bool {
+		return stuck(&fh.sends) && stuck(&callerSends)
 	})
+	f1 := srv.Footprint(t)
+	politeCallOK("while one caller does not read")
+	srv.WantServes(t, "during")
+
+	grown := float64(f1.Held()) - float64(f0.Held())
+	// A server-streaming call stalls one way; a bidi call both ways,
+	// since the caller sends as fast as it can too and the client's
+	// handler reads nothing. Toward the caller the gateway's
+	// *grpc.Server marshals each message into a pooled buffer; toward
+	// the client the relay hands grpc-go the message's own bytes.
+	down := maxStalledDirection(stallWindow, stallMsg, pooled(stallWire))
+	up := maxStalledDirection(stallWindow, stallMsg, stallWire)
+	bound := streams*down + bidis*(down+up) + maxSessionBuffer[tr]
+	t.Logf("%s: the firehose sent %d messages of %d KiB and the caller %d before flow control stopped them; the server holds %.1f MiB more (%d -> %d goroutines), bound %.1f MiB",
+		tr, fh.sends.Load(), stallMsg>>10, callerSends.Load(), grown/(1<<20), f0.Goroutines, f1.Goroutines, float64(bound)/(1<<20))
+	if grown > float64(bound) {
+		t.Errorf("%d stalled relayed calls make the server hold %.1f MiB, more than flow control allows (%.1f MiB)", streams+bidis, grown/(1<<20), float64(bound)/(1<<20))
+	}
+
+	// Ending the caller's calls ends the client's handlers.
+	cancel()
+	wg.Wait()
+	testenv.WaitFor(t, 10*time.Second, "the firehose handlers to end", func() bool { return fh.running.Load() == 0 })
 }

@@ -15,12 +15,13 @@ import (
 // childRoles are the child processes this package's tests start, besides
 // testenv's built-in ones.
 var childRoles = map[string]testenv.Role{
-	"streaming-client": streamingClientRole,
-	attackRole:         attackServerRole,
-	grpcFloodRole:      grpcFloodServerRole,
-	raisedHelloRole:    raisedHelloServerRole,
-	gatewayRole:        gatewayServerRole,
-	usedClientsRole:    usedClientsRoleFn,
+	"streaming-client":   streamingClientRole,
+	attackRole:           attackServerRole,
+	grpcFloodRole:        grpcFloodServerRole,
+	raisedHelloRole:      raisedHelloServerRole,
+	gatewayRole:          gatewayServerRole,
+	gatewayDescribedRole: gatewayDescribedServerRole,
+	usedClientsRole:      usedClientsRoleFn,
 }
 
 func TestMain(m *testing.M) {

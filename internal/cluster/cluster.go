@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/brpc-go/brpc/internal/gateway"
 	"github.com/brpc-go/brpc/internal/server"
 )
 
@@ -34,6 +35,9 @@ type Config struct {
 	ServerOptions []grpc.ServerOption
 	// TargetHeader names the client a forwarded call is for.
 	TargetHeader string
+	// Kinds are the method kinds the endpoint's relay knows
+	// (gateway.Config.Kinds).
+	Kinds map[string]gateway.Kind
 	// Observe, when set, is told of forwarded calls and presence changes.
 	Observe func(Event)
 }
@@ -49,7 +53,9 @@ type Cluster struct {
 	conf     Config
 	core     *server.Server
 	endpoint *grpc.Server
-	dialTLS  *tls.Config
+	// relayHandler relays the endpoint's calls (relay.go).
+	relayHandler grpc.StreamHandler
+	dialTLS      *tls.Config
 
 	life   context.Context // the membership's; ends at Close
 	cancel context.CancelFunc
@@ -115,6 +121,7 @@ func New(core *server.Server, conf Config) (*Cluster, error) {
 	// them.
 	opts := append(slices.Clone(conf.ServerOptions), grpc.Creds(credentials.NewTLS(serveTLS)), grpc.UnknownServiceHandler(c.relay))
 	c.endpoint = grpc.NewServer(opts...)
+	c.relayHandler = c.newRelayHandler()
 
 	c.dialTLS = conf.TLS.Clone()
 	c.dialTLS.MinVersion = tls.VersionTLS13

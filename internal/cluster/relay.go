@@ -32,25 +32,37 @@ func (c *Cluster) relay(srv any, ss grpc.ServerStream) error {
 	if err := c.authorize(ss.Context()); err != nil {
 		return err
 	}
-	var missing bool
-	h := gateway.Handler(gateway.Config{
-		TargetHeader: c.conf.TargetHeader,
-		Authorize:    func(context.Context, string, string) error { return nil },
-		Resolve: func(id string) (grpc.ClientConnInterface, error) {
-			s, ok := c.core.Lookup(id)
-			if !ok {
-				missing = true
-				return nil, notFound(id)
-			}
-			return s.Conn(), nil
-		},
-	})
-	err := h(srv, replicaStream{ss})
-	if missing {
+	err := c.relayHandler(srv, replicaStream{ss})
+	if _, missing := err.(notHereError); missing {
 		ss.SetTrailer(metadata.Pairs(notHereKey, "1"))
 	}
 	return err
 }
+
+// newRelayHandler builds the endpoint's relay, once per Cluster: the
+// gateway handler and its Config are the same for every call.
+func (c *Cluster) newRelayHandler() grpc.StreamHandler {
+	return gateway.Handler(gateway.Config{
+		TargetHeader: c.conf.TargetHeader,
+		Kinds:        c.conf.Kinds,
+		Authorize:    func(context.Context, string, string) error { return nil },
+		Resolve: func(id string) (grpc.ClientConnInterface, error) {
+			s, ok := c.core.Lookup(id)
+			if !ok {
+				return nil, notHereError{notFound(id)}
+			}
+			return s.Conn(), nil
+		},
+	})
+}
+
+// notHereError is the endpoint's own NotFound, for a client not connected
+// here; the relay returns Resolve's error as it is, so relay can tell it
+// from a NotFound the client's handler answered.
+type notHereError struct{ error }
+
+// GRPCStatus is the NotFound status the caller receives.
+func (e notHereError) GRPCStatus() *status.Status { return status.Convert(e.error) }
 
 // replicaStream keeps the not-here marker out of the trailers the client
 // sends back.

@@ -47,6 +47,53 @@ type Config struct {
 	// Limiter, when set, bounds the calls in flight: a call beyond it is
 	// refused with ResourceExhausted before the client is called.
 	Limiter *Limiter
+	// Kinds, when set, holds the kinds of methods the application says its
+	// clients serve (MethodKinds), by full method name. The relay cannot
+	// tell a method's kind from the call itself: a caller's single message
+	// and half-close look the same for a unary, a server-streaming and a
+	// client- or bidirectional-streaming call, and a bidirectional caller
+	// may wait for the client to speak first. For a method listed here
+	// without client streams, the relay receives the one request before it
+	// calls the client, and a unary one goes out as a unary call. Methods
+	// not listed take the general relay. Not changed once in use.
+	Kinds map[string]Kind
+}
+
+// Kind is what the relay knows of a method's shape.
+type Kind uint8
+
+const (
+	// KindStreaming is a method with client streams, or one of unknown
+	// kind: the general, message-by-message relay.
+	KindStreaming Kind = iota
+	// KindUnary is a method with one request and one response.
+	KindUnary
+	// KindServerStreaming is a method with one request and a stream of
+	// responses.
+	KindServerStreaming
+)
+
+// MethodKinds lists the kinds of the methods of services, for
+// Config.Kinds: a grpc.ServiceDesc's Methods are unary and its Streams
+// say their own kind.
+func MethodKinds(services ...*grpc.ServiceDesc) map[string]Kind {
+	kinds := make(map[string]Kind)
+	for _, sd := range services {
+		for _, m := range sd.Methods {
+			kinds["/"+sd.ServiceName+"/"+m.MethodName] = KindUnary
+		}
+		for _, st := range sd.Streams {
+			k := KindStreaming
+			if !st.ClientStreams {
+				k = KindServerStreaming
+				if !st.ServerStreams {
+					k = KindUnary
+				}
+			}
+			kinds["/"+sd.ServiceName+"/"+st.StreamName] = k
+		}
+	}
+	return kinds
 }
 
 // relayDesc lets one stream carry any of the four RPC kinds: the client's
@@ -91,23 +138,96 @@ func relay(conf Config, ss grpc.ServerStream) error {
 		}
 		defer conf.Limiter.release(id)
 	}
-	// Canceling cctx ends the client's side of the call whenever the
-	// relay returns early (the caller went away, a send failed).
-	cctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// The relayed call runs on the handler's context: grpc-go cancels it
+	// once the handler has returned (its status written, or the stream
+	// reset), which ends the client's side of the call whenever the relay
+	// returns early (the caller went away, a send failed).
 	pass := conf.PassReserved != nil && conf.PassReserved(ctx)
 	md := forwardable(in, conf, pass)
 	if !isNamed {
 		named = principalOf(ctx)
 	}
 	addCaller(md, conf, pass, named, addrOf(ctx))
-	out := metadata.NewOutgoingContext(cctx, md)
+	out := metadata.NewOutgoingContext(ctx, md)
+	switch conf.Kinds[method] {
+	case KindUnary:
+		return relayUnary(out, ss, conn, method)
+	case KindServerStreaming:
+		return relayServerStreaming(out, ss, conn, method)
+	}
 	cs, err := conn.NewStream(out, relayDesc, method, grpc.ForceCodecV2(relayCodec{}))
 	if err != nil {
 		return err
 	}
 	go upload(ss, cs)
 	return download(ss, cs)
+}
+
+// serverStreamingDesc is the stream of a method with one request.
+var serverStreamingDesc = &grpc.StreamDesc{ServerStreams: true}
+
+// relayUnary relays a call of a unary method as a unary call: the one
+// request and its end in one go, no goroutine of the relay's own, and none
+// that grpc-go's streaming client path adds to watch a stream's context.
+func relayUnary(ctx context.Context, ss grpc.ServerStream, conn grpc.ClientConnInterface, method string) error {
+	req, err := recvOne(ss)
+	if err != nil {
+		return err
+	}
+	var hdr, tr metadata.MD
+	reply := new(emptypb.Empty)
+	err = conn.Invoke(ctx, method, req, reply, grpc.Header(&hdr), grpc.Trailer(&tr), grpc.ForceCodecV2(relayCodec{}))
+	// The headers leave with the reply, or before the status: the client
+	// has answered in full by now, so nothing waits on them.
+	if len(hdr) > 0 {
+		if herr := ss.SetHeader(hdr); herr != nil {
+			return herr
+		}
+	}
+	ss.SetTrailer(tr)
+	if err != nil {
+		return statusOf(err)
+	}
+	return ss.SendMsg(reply)
+}
+
+// relayServerStreaming relays a call of a server-streaming method: the one
+// request is sent, and the stream half-closed, before any response is
+// relayed, so that no goroutine waits on the caller's side.
+func relayServerStreaming(ctx context.Context, ss grpc.ServerStream, conn grpc.ClientConnInterface, method string) error {
+	req, err := recvOne(ss)
+	if err != nil {
+		return err
+	}
+	cs, err := conn.NewStream(ctx, serverStreamingDesc, method, grpc.ForceCodecV2(relayCodec{}))
+	if err != nil {
+		return err
+	}
+	// A failed send shows, with the client's status, on the receives.
+	if cs.SendMsg(req) == nil {
+		cs.CloseSend()
+	}
+	return download(ss, cs)
+}
+
+// recvOne receives the one request of a method without client streams
+// and the caller's half-close after it, with the errors a gRPC server
+// gives a caller that sends none or more than one.
+func recvOne(ss grpc.ServerStream) (*emptypb.Empty, error) {
+	req := new(emptypb.Empty)
+	if err := ss.RecvMsg(req); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, status.Error(codes.Internal, "brpc gateway: cardinality violation: received no request message from non-client-streaming RPC")
+		}
+		return nil, err
+	}
+	switch err := ss.RecvMsg(new(emptypb.Empty)); {
+	case errors.Is(err, io.EOF):
+		return req, nil
+	case err != nil:
+		return nil, err
+	}
+	return nil, status.Error(codes.Internal, "brpc gateway: cardinality violation: received multiple request messages for non-client-streaming RPC")
 }
 
 // target reads the client's ID from the call's headers: exactly one
@@ -161,20 +281,24 @@ var hopHeaders = map[string]bool{
 	"grpc-accept-encoding": true,
 }
 
-// forwardable is the caller's metadata the client receives: everything
-// but pseudo-headers, hop-by-hop and gRPC transport headers, the target
-// header and, unless pass, the other reserved ones. The deadline travels
-// as the outgoing context's.
+// forwardable makes in, the caller's metadata, into what the client
+// receives: everything but pseudo-headers, hop-by-hop and gRPC transport
+// headers, the target header and, unless pass, the other reserved ones.
+// It deletes those from in and returns it, so in must be the relay's own
+// (metadata.FromIncomingContext's copy): the caller's headers are copied
+// once per call, not twice. The deadline travels as the outgoing
+// context's.
 func forwardable(in metadata.MD, conf Config, pass bool) metadata.MD {
-	out := make(metadata.MD, len(in)+2)
-	for k, v := range in {
+	if in == nil {
+		return metadata.MD{}
+	}
+	for k := range in {
 		if strings.HasPrefix(k, ":") || hopHeaders[k] || k == conf.TargetHeader ||
 			(!pass && conf.ReservedPrefix != "" && strings.HasPrefix(k, conf.ReservedPrefix)) {
-			continue
+			delete(in, k)
 		}
-		out[k] = v
 	}
-	return out
+	return in
 }
 
 // addCaller sets the caller headers of md, the relayed call's metadata,

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
@@ -100,7 +101,7 @@ func TestCallerHeadersPassedFromTrustedOrigin(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			md := forwardable(c.in, conf, c.pass)
+			md := forwardable(c.in.Copy(), conf, c.pass)
 			addCaller(md, conf, c.pass, "me", "127.0.0.1:9")
 			if fmt.Sprint(md) != fmt.Sprint(c.want) {
 				t.Fatalf("relayed %v, want %v", md, c.want)
@@ -191,5 +192,23 @@ func TestRelayCodecKeepsBytes(t *testing.T) {
 	}
 	if err := c.Unmarshal(nil, &back); err == nil {
 		t.Fatal("Unmarshal into a message that is not the relay's succeeded")
+	}
+}
+
+func TestMethodKinds(t *testing.T) {
+	sd := &grpc.ServiceDesc{
+		ServiceName: "p.S",
+		Methods:     []grpc.MethodDesc{{MethodName: "U"}},
+		Streams: []grpc.StreamDesc{
+			{StreamName: "SS", ServerStreams: true},
+			{StreamName: "CS", ClientStreams: true},
+			{StreamName: "B", ClientStreams: true, ServerStreams: true},
+			{StreamName: "N"},
+		},
+	}
+	got := MethodKinds(sd)
+	want := map[string]Kind{"/p.S/U": KindUnary, "/p.S/SS": KindServerStreaming, "/p.S/CS": KindStreaming, "/p.S/B": KindStreaming, "/p.S/N": KindUnary}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("kinds %v, want %v", got, want)
 	}
 }
