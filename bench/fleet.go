@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -85,7 +86,7 @@ func fleetMain(args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&c.jitter, "jitter", backoff.DefaultConfig.Jitter, "storm: the clients' reconnect backoff jitter (WithConnectBackoff)")
 	fs.DurationVar(&c.baseDelay, "base-delay", backoff.DefaultConfig.BaseDelay, "storm: the clients' reconnect backoff base delay (WithConnectBackoff)")
 	fs.IntVar(&c.probeRate, "probe-rate", 200, "storm: calls per second the clients already back make while the others reconnect")
-	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the server during each first fan-out to PREFIX-<setup>-cold.pprof")
+	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write CPU profiles of the server during each fan-out to PREFIX-<setup>-cold.pprof and PREFIX-<setup>-warm.pprof")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -133,8 +134,11 @@ type fleetResult struct {
 	// CPU time per client while they connected, of the server's process
 	// and of the clients' (for grpc-go: a new connection and one call).
 	connectServerCPU, connectClientCPU time.Duration
-	cold, warm                         fanoutFigure
-	storm                              *stormFigure
+	// idleCPU is the server's CPU seconds per second while the clients
+	// are connected and idle (keepalives).
+	idleCPU    float64
+	cold, warm fanoutFigure
+	storm      *stormFigure
 }
 
 // fanoutFigure is one fan-out: brpc's Server.FanOut, or for grpc-go one
@@ -296,6 +300,13 @@ func measureFleet(ca *certs.CA, c *fleetConfig, kind string, logf func(string, .
 	res.connectClientCPU = ch.connectCPU / time.Duration(c.n)
 	logf("  connected at %.0f/s; CPU per client: server %v, clients %v", res.connectRate, res.connectServerCPU, res.connectClientCPU)
 
+	// What the server spends with nothing to do but its clients'
+	// keepalives, so that the fan-outs' CPU can be read net of it.
+	runtime.GC()
+	idle0, t0 := cpuTime(), time.Now()
+	time.Sleep(3 * time.Second)
+	res.idleCPU = float64(cpuTime()-idle0) / float64(time.Since(t0))
+	logf("  server CPU with the clients idle: %.1f ms/s", res.idleCPU*1e3)
 	if fs == nil || c.parts[partFanout] {
 		for i, fig := range []*fanoutFigure{&res.cold, &res.warm} {
 			var err error
@@ -327,8 +338,8 @@ func measureFleet(ca *certs.CA, c *fleetConfig, kind string, logf func(string, .
 // fleetFanOut calls every client once with Server.FanOut.
 func fleetFanOut(ctx context.Context, fs *fleetServer, ch *fleetChild, c *fleetConfig, kind string, cold bool) (fanoutFigure, error) {
 	var fig fanoutFigure
-	if cold && c.cpuprofile != "" {
-		f, err := os.Create(c.cpuprofile + "-" + kind + "-cold.pprof")
+	if c.cpuprofile != "" {
+		f, err := os.Create(c.cpuprofile + "-" + kind + map[bool]string{true: "-cold", false: "-warm"}[cold] + ".pprof")
 		if err != nil {
 			return fig, err
 		}
@@ -339,6 +350,9 @@ func fleetFanOut(ctx context.Context, fs *fleetServer, ch *fleetChild, c *fleetC
 		defer pprof.StopCPUProfile()
 	}
 	req := &testpb.EchoRequest{Payload: payload(16)}
+	// The collection that the connecting (or the first fan-out) made due
+	// is not this fan-out's cost.
+	runtime.GC()
 	cc0, err := ch.cpu()
 	if err != nil {
 		return fig, err
@@ -522,6 +536,7 @@ func (ch *fleetChild) cpu() (time.Duration, error) {
 // goroutines.
 func (ch *fleetChild) forwardCalls(workers, n int) (fanoutFigure, error) {
 	var fig fanoutFigure
+	runtime.GC()
 	cpu0 := cpuTime()
 	line, err := ch.ask("call "+strconv.Itoa(workers), "called ")
 	if err != nil {
@@ -711,6 +726,7 @@ func (h *fleetHolder) callAll(workers int) (took time.Duration, errs int, cpu ti
 		failed atomic.Int64
 		wg     sync.WaitGroup
 	)
+	runtime.GC()
 	cpu0 := cpuTime()
 	start := time.Now()
 	for range min(workers, len(h.stubs)) {
@@ -841,8 +857,8 @@ func printFleet(w io.Writer, c *fleetConfig, results []*fleetResult, started tim
 	fmt.Fprintf(w, "\nUsed fleet, %d clients in a child process (%d dialers); fan-out concurrency %d; %s, %s; took %v; load average %s at the start, %s at the end\n\n",
 		c.n, c.dialers, c.concurrency, started.Format("2006-01-02 15:04 MST"), "storm clients: resume="+strconv.FormatBool(c.resume)+fmt.Sprintf(" jitter=%.2f base=%v", c.jitter, c.baseDelay),
 		time.Since(started).Round(time.Second), load0, loadAvg())
-	fmt.Fprintln(w, "| setup | connect rate | server CPU per connect | clients' CPU per connect | 1st fan-out (cold) | server CPU per cold call | clients' CPU per cold call | 2nd fan-out (warm) | server CPU per warm call | clients' CPU per warm call | errors |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| setup | connect rate | server CPU idle | server CPU per connect | clients' CPU per connect | 1st fan-out (cold) | server CPU per cold call | clients' CPU per cold call | 2nd fan-out (warm) | server CPU per warm call | clients' CPU per warm call | errors |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")
 	us := func(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/1e3) }
 	for _, r := range results {
 		cold, warm := "n/a", "n/a"
@@ -856,7 +872,7 @@ func printFleet(w io.Writer, c *fleetConfig, results []*fleetResult, started tim
 		if strings.HasPrefix(r.kind, "grpc") {
 			sc, cc = us(r.connectServerCPU), us(r.connectClientCPU)
 		}
-		fmt.Fprintf(w, "| %s | %.0f/s | %s | %s | %s | %s | %s | %s | %s | %s | %d, %d |\n", r.kind, r.connectRate, us(r.connectServerCPU), us(r.connectClientCPU),
+		fmt.Fprintf(w, "| %s | %.0f/s | %.1f ms/s | %s | %s | %s | %s | %s | %s | %s | %s | %d, %d |\n", r.kind, r.connectRate, r.idleCPU*1e3, us(r.connectServerCPU), us(r.connectClientCPU),
 			cold, sc, cc, warm, us(r.warm.serverCPU), us(r.warm.clientCPU), r.cold.errors, r.warm.errors)
 	}
 	var storms []*fleetResult
