@@ -153,6 +153,7 @@ type stormFigure struct {
 	back       time.Duration   // from Stop to the last client welcomed
 	quantiles  []time.Duration // from Stop to 50, 90, 99 % welcomed
 	rejected   int64           // handshakes the new server refused
+	resumed    int64           // clients whose TLS session was resumed
 	serverCPU  time.Duration   // the new server's CPU per client, until all are back
 	probeOK    int
 	probeFail  int
@@ -178,6 +179,8 @@ type fleetServer struct {
 	addr    string
 	welcome atomic.Int64
 	refused atomic.Int64
+	resumed atomic.Int64 // TLS sessions resumed by admitted clients
+	ids     atomic.Int64
 	mu      sync.Mutex
 	times   []time.Time // when each client was welcomed
 }
@@ -197,6 +200,12 @@ func startFleetServer(stls *tls.Config, transport, addr string) (*fleetServer, e
 	f.srv = brpc.NewServer(gs, testpb.NewEchoClient,
 		// Long enough that the second fan-out finds every connection open.
 		brpc.WithReverseIdleTimeout(10*time.Minute),
+		brpc.WithAuthenticator(func(_ context.Context, info brpc.AuthInfo) (string, error) {
+			if info.TLS.DidResume {
+				f.resumed.Add(1)
+			}
+			return "c" + strconv.FormatInt(f.ids.Add(1), 10), nil
+		}),
 		brpc.WithPeerEvents(func(ev brpc.PeerEvent) {
 			switch ev.Type {
 			case brpc.PeerConnected:
@@ -410,7 +419,7 @@ func fleetStorm(ctx context.Context, old *fleetServer, stls *tls.Config, ch *fle
 	wctx, cancel := context.WithTimeout(ctx, 120*time.Second)
 	err = fs.waitWelcomed(wctx, int64(c.n))
 	cancel()
-	st := &stormFigure{back: time.Since(t0), rejected: fs.refused.Load()}
+	st := &stormFigure{back: time.Since(t0), rejected: fs.refused.Load(), resumed: fs.resumed.Load()}
 	st.serverCPU = (cpuTime() - cpu0) / time.Duration(c.n)
 	if err != nil {
 		return nil, fs, err
@@ -431,8 +440,8 @@ func fleetStorm(ctx context.Context, old *fleetServer, stls *tls.Config, ch *fle
 		return nil, fs, fmt.Errorf("child said %q: %w", line, err)
 	}
 	st.p50, st.p99, st.probeMax, st.clientsCPU = time.Duration(p50), time.Duration(p99), time.Duration(pmax), time.Duration(ccpu)/time.Duration(c.n)
-	logf("  storm: restarted after %v; all %d back %v after the stop (50/90/99 %%: %v); %d handshakes refused; probe calls %d ok, %d failed, p50 %v p99 %v max %v; %d clients not ready, %d gave up",
-		restarted.Round(time.Millisecond), c.n, st.back.Round(time.Millisecond), st.quantiles, st.rejected, st.probeOK, st.probeFail, st.p50, st.p99, st.probeMax, st.notReady, st.shutDown)
+	logf("  storm: restarted after %v; all %d back %v after the stop (50/90/99 %%: %v); %d handshakes refused; %d TLS sessions resumed; probe calls %d ok, %d failed, p50 %v p99 %v max %v; %d clients not ready, %d gave up",
+		restarted.Round(time.Millisecond), c.n, st.back.Round(time.Millisecond), st.quantiles, st.rejected, st.resumed, st.probeOK, st.probeFail, st.p50, st.p99, st.probeMax, st.notReady, st.shutDown)
 	return st, fs, nil
 }
 
@@ -884,15 +893,15 @@ func printFleet(w io.Writer, c *fleetConfig, results []*fleetResult, started tim
 	if len(storms) == 0 {
 		return
 	}
-	fmt.Fprintln(w, "\n| setup | all back after stop | 50 / 90 / 99 % back | handshakes refused | server CPU per client | probe calls ok / failed | probe p50 / p99 / max | not back, gave up |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "\n| setup | all back after stop | 50 / 90 / 99 % back | handshakes refused | TLS resumed | server CPU per client | probe calls ok / failed | probe p50 / p99 / max | not back, gave up |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for _, r := range storms {
 		s := r.storm
 		var qs []string
 		for _, q := range s.quantiles {
 			qs = append(qs, q.Round(10*time.Millisecond).String())
 		}
-		fmt.Fprintf(w, "| %s | %v | %s | %d | %s | %d / %d | %v / %v / %v | %d, %d |\n", r.kind, s.back.Round(10*time.Millisecond), strings.Join(qs, " / "),
-			s.rejected, us(s.serverCPU), s.probeOK, s.probeFail, s.p50.Round(10*time.Microsecond), s.p99.Round(10*time.Microsecond), s.probeMax.Round(time.Millisecond), s.notReady, s.shutDown)
+		fmt.Fprintf(w, "| %s | %v | %s | %d | %d | %s | %d / %d | %v / %v / %v | %d, %d |\n", r.kind, s.back.Round(10*time.Millisecond), strings.Join(qs, " / "),
+			s.rejected, s.resumed, us(s.serverCPU), s.probeOK, s.probeFail, s.p50.Round(10*time.Microsecond), s.p99.Round(10*time.Microsecond), s.probeMax.Round(time.Millisecond), s.notReady, s.shutDown)
 	}
 }
