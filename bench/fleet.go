@@ -64,6 +64,7 @@ type fleetConfig struct {
 	jitter      float64
 	baseDelay   time.Duration
 	probeRate   int
+	maxPending  int
 	cpuprofile  string
 }
 
@@ -86,6 +87,7 @@ func fleetMain(args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&c.jitter, "jitter", backoff.DefaultConfig.Jitter, "storm: the clients' reconnect backoff jitter (WithConnectBackoff)")
 	fs.DurationVar(&c.baseDelay, "base-delay", backoff.DefaultConfig.BaseDelay, "storm: the clients' reconnect backoff base delay (WithConnectBackoff)")
 	fs.IntVar(&c.probeRate, "probe-rate", 200, "storm: calls per second the clients already back make while the others reconnect")
+	fs.IntVar(&c.maxPending, "max-pending", brpc.DefaultMaxPendingHandshakes, "the brpc servers' WithMaxPendingHandshakes")
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write CPU profiles of the server during each fan-out to PREFIX-<setup>-cold.pprof and PREFIX-<setup>-warm.pprof")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -108,6 +110,7 @@ func fleetMain(args []string, stdout, stderr io.Writer) error {
 	if c.concurrency == 0 {
 		c.concurrency = brpc.DefaultFanOutConcurrency
 	}
+	fleetMaxPending = c.maxPending
 	ca, err := certs.NewCA()
 	if err != nil {
 		return err
@@ -188,6 +191,9 @@ type fleetServer struct {
 	times   []time.Time // when each client was welcomed
 }
 
+// fleetMaxPending is -max-pending.
+var fleetMaxPending = brpc.DefaultMaxPendingHandshakes
+
 func startFleetServer(stls *tls.Config, transport, addr string) (*fleetServer, error) {
 	listen := brpc.ListenQUIC
 	if transport == "tcp" {
@@ -203,6 +209,7 @@ func startFleetServer(stls *tls.Config, transport, addr string) (*fleetServer, e
 	f.srv = brpc.NewServer(gs, testpb.NewEchoClient,
 		// Long enough that the second fan-out finds every connection open.
 		brpc.WithReverseIdleTimeout(10*time.Minute),
+		brpc.WithMaxPendingHandshakes(fleetMaxPending),
 		brpc.WithAuthenticator(func(_ context.Context, info brpc.AuthInfo) (string, error) {
 			if info.TLS.DidResume {
 				f.resumed.Add(1)
@@ -887,7 +894,7 @@ func (h *fleetHolder) report() string {
 // printFleet writes the fleet's tables.
 func printFleet(w io.Writer, c *fleetConfig, results []*fleetResult, started time.Time, load0 string) {
 	fmt.Fprintf(w, "\nUsed fleet, %d clients in a child process (%d dialers); fan-out concurrency %d; %s, %s; took %v; load average %s at the start, %s at the end\n\n",
-		c.n, c.dialers, c.concurrency, started.Format("2006-01-02 15:04 MST"), "storm clients: resume="+strconv.FormatBool(c.resume)+fmt.Sprintf(" jitter=%.2f base=%v", c.jitter, c.baseDelay),
+		c.n, c.dialers, c.concurrency, started.Format("2006-01-02 15:04 MST"), "storm clients: resume="+strconv.FormatBool(c.resume)+fmt.Sprintf(" jitter=%.2f base=%v; server max pending handshakes %d", c.jitter, c.baseDelay, c.maxPending),
 		time.Since(started).Round(time.Second), load0, loadAvg())
 	fmt.Fprintln(w, "| setup | connect rate | server CPU idle | server CPU per connect | clients' CPU per connect | 1st fan-out (cold) | server CPU per cold call | clients' CPU per cold call | 2nd fan-out (warm) | server CPU per warm call | clients' CPU per warm call | errors |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")
