@@ -457,8 +457,8 @@ func fleetStorm(ctx context.Context, old *fleetServer, stls *tls.Config, ch *fle
 		return nil, fs, fmt.Errorf("child said %q: %w", line, err)
 	}
 	st.p50, st.p99, st.probeMax, st.clientsCPU = time.Duration(p50), time.Duration(p99), time.Duration(pmax), time.Duration(ccpu)/time.Duration(c.n)
-	logf("  storm: Stop took %v (server CPU %v per client); all %d back %v after the restart (50/90/99 %%: %v); %d handshakes refused; %d TLS sessions resumed; probe calls %d ok, %d failed, p50 %v p99 %v max %v; %d clients not ready, %d gave up",
-		st.stopTook.Round(time.Millisecond), st.stopCPU, c.n, st.back.Round(time.Millisecond), st.quantiles, st.rejected, st.resumed, st.probeOK, st.probeFail, st.p50, st.p99, st.probeMax, st.notReady, st.shutDown)
+	logf("  storm: Stop took %v (server CPU %v per client); %d of %d back, the last %v after the restart (-1: not all within 120 s; 50/90/99 %%: %v); %d handshakes refused; %d TLS sessions resumed; probe calls %d ok, %d failed, p50 %v p99 %v max %v; %d clients not ready, %d gave up",
+		st.stopTook.Round(time.Millisecond), st.stopCPU, st.welcomed, c.n, st.back.Round(time.Millisecond), st.quantiles, st.rejected, st.resumed, st.probeOK, st.probeFail, st.p50, st.p99, st.probeMax, st.notReady, st.shutDown)
 	return st, fs, nil
 }
 
