@@ -88,7 +88,7 @@ func fleetMain(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&c.baseDelay, "base-delay", backoff.DefaultConfig.BaseDelay, "storm: the clients' reconnect backoff base delay (WithConnectBackoff)")
 	fs.IntVar(&c.probeRate, "probe-rate", 200, "storm: calls per second the clients already back make while the others reconnect")
 	fs.IntVar(&c.maxPending, "max-pending", brpc.DefaultMaxPendingHandshakes, "the brpc servers' WithMaxPendingHandshakes")
-	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write CPU profiles of the server during each fan-out to PREFIX-<setup>-cold.pprof and PREFIX-<setup>-warm.pprof")
+	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write CPU profiles of the server during each fan-out to PREFIX-<setup>-cold.pprof and PREFIX-<setup>-warm.pprof, and during the storm's Stop to PREFIX-<setup>-stop.pprof")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -415,8 +415,22 @@ func fleetStorm(ctx context.Context, old *fleetServer, stls *tls.Config, ch *fle
 	if strings.HasPrefix(ch.kind, "brpc-tcp") {
 		transport = "tcp"
 	}
+	if c.cpuprofile != "" {
+		f, err := os.Create(c.cpuprofile + "-" + ch.kind + "-stop.pprof")
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return nil, nil, err
+		}
+		defer f.Close()
+	}
 	cpuStop, t0 := cpuTime(), time.Now()
 	old.stop()
+	if c.cpuprofile != "" {
+		pprof.StopCPUProfile()
+	}
 	st := &stormFigure{stopTook: time.Since(t0), stopCPU: (cpuTime() - cpuStop) / time.Duration(c.n)}
 	fs, err := startFleetServer(stls, transport, old.addr)
 	if err != nil {
