@@ -81,7 +81,7 @@ func fleetMain(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&c.n, "n", 10000, "clients, held by a child process")
 	fs.IntVar(&c.dialers, "dialers", 32, "concurrent dialers connecting the clients")
 	kinds := fs.String("kinds", strings.Join(allFleet, ","), "comma-separated setups: "+strings.Join(allFleet, ","))
-	parts := fs.String("parts", partFanout+","+partStorm, "comma-separated parts for the brpc setups: fanout (Server.FanOut twice), storm (a server restart); the connect rate is always measured")
+	parts := fs.String("parts", partFanout+","+partStorm, "comma-separated parts for the brpc setups: fanout (Server.FanOut twice), storm (a server restart); the connect rate is always measured, and alone with -parts ''")
 	fs.IntVar(&c.concurrency, "concurrency", 0, "FanOutOptions.Concurrency, and the goroutines making grpc-go's warm calls (0: brpc.DefaultFanOutConcurrency)")
 	fs.BoolVar(&c.resume, "resume", false, "storm: clients keep a tls.ClientSessionCache, and the restarted server the same session ticket key, so that reconnects resume TLS sessions")
 	fs.Float64Var(&c.jitter, "jitter", backoff.DefaultConfig.Jitter, "storm: the clients' reconnect backoff jitter (WithConnectBackoff)")
@@ -102,6 +102,9 @@ func fleetMain(args []string, stdout, stderr io.Writer) error {
 		c.kinds = append(c.kinds, k)
 	}
 	for _, p := range strings.Split(*parts, ",") {
+		if p == "" && *parts == "" {
+			continue // the connect rate alone
+		}
 		if p != partFanout && p != partStorm {
 			return fmt.Errorf("unknown part %q (known: fanout, storm)", p)
 		}
