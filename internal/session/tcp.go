@@ -94,12 +94,19 @@ type tcpSession struct {
 	pingT     *time.Timer // nil once the session ended
 
 	insp *frameInspector // a listener's session: what the peer may send; nil when dialed
+
+	// The open streams, so that their pending reads end as the session
+	// does (see unblockReads); nil once it has.
+	streamsMu sync.Mutex
+	streams   map[*tcpStream]struct{}
 }
 
 func newTCPSession(tc *tls.Conn, mux *yamux.Session, watch *connWatch, conf TCPConfig) *tcpSession {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	s := &tcpSession{mux: mux, tls: tc, limit: conf.MaxIncomingStreams, ctx: ctx, cancel: cancel, opening: make(chan struct{}, 1)}
+	s := &tcpSession{mux: mux, tls: tc, limit: conf.MaxIncomingStreams, ctx: ctx, cancel: cancel, opening: make(chan struct{}, 1),
+		streams: make(map[*tcpStream]struct{})}
 	watch.notify(func(err error) { cancel(fmt.Errorf("session: tcp connection ended: %w", err)) })
+	context.AfterFunc(ctx, s.unblockReads)
 	if conf.IdleTimeout > 0 {
 		s.pingEvery = conf.keepaliveInterval()
 		// Under pingMu: the timer may fire, and keepalive read pingT,
@@ -314,7 +321,7 @@ func (s *tcpSession) OpenStream(ctx context.Context) (net.Conn, error) {
 		}
 		return nil, r.err
 	}
-	return &tcpStream{Stream: r.st, sess: s}, nil
+	return s.track(&tcpStream{Stream: r.st, sess: s}), nil
 }
 
 // AcceptStream returns the next stream the peer opened. Streams beyond the
@@ -334,18 +341,56 @@ func (s *tcpSession) AcceptStream(ctx context.Context) (net.Conn, error) {
 			continue
 		}
 		s.open.Add(1)
-		return &tcpStream{Stream: st, sess: s, release: func() { s.open.Add(-1) }}, nil
+		return s.track(&tcpStream{Stream: st, sess: s, release: func() { s.open.Add(-1) }}), nil
 	}
 }
 
 // ended records that the connection is over and closes what is left of it.
 func (s *tcpSession) ended(err error) {
 	s.cancel(fmt.Errorf("session: tcp connection ended: %w", err))
+	s.unblockReads()
 	s.mux.Close()
+}
+
+// track registers a new stream; on a session that has ended, its reads
+// end at once.
+func (s *tcpSession) track(st *tcpStream) *tcpStream {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	if s.streams == nil {
+		_ = st.Stream.SetReadDeadline(time.Unix(1, 0))
+	} else {
+		s.streams[st] = struct{}{}
+	}
+	return st
+}
+
+func (s *tcpSession) untrack(st *tcpStream) {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	delete(s.streams, st)
+}
+
+// unblockReads ends the pending reads of every open stream as the session
+// ends. yamux's Session.Close wakes them by closing its shutdown channel
+// but marks the streams closed only once its send and receive loops have
+// stopped; meanwhile a stream's Read, woken and finding nothing to read,
+// waits again on the closed channel, spinning on a CPU. With many sessions
+// closing at once (Stop) the spinning readers took the CPUs for a minute. A
+// deadline in the past makes such a Read return; data already received is
+// still read first.
+func (s *tcpSession) unblockReads() {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	for st := range s.streams {
+		_ = st.Stream.SetReadDeadline(time.Unix(1, 0))
+	}
+	s.streams = nil
 }
 
 func (s *tcpSession) Close(code CloseCode, reason string) error {
 	s.cancel(&localCloseError{code: code, reason: reason})
+	s.unblockReads()
 	return s.mux.Close()
 }
 
@@ -473,6 +518,7 @@ func (s *tcpStream) Close() error {
 	_ = s.Stream.SetReadDeadline(time.Unix(1, 0))
 	err := s.Stream.Close()
 	s.once.Do(func() {
+		s.sess.untrack(s)
 		if s.release != nil {
 			s.release()
 		}
