@@ -11,7 +11,9 @@
 // Serve accepts clients from a Listener made by ListenQUIC or ListenTCP.
 // Inside a handler,
 // ClientFromContext returns the stub of the calling client; Client(id) and
-// Peers reach any connected client from anywhere. On the client, Dial returns
+// Peers reach any connected client from anywhere, and FanOut calls every
+// connected client (or those a filter picks) with bounded concurrency, a
+// deadline and a result per client. On the client, Dial returns
 // a *ClientConn, which is a grpc.ClientConnInterface for the server's stubs,
 // and WithServer gives the client's own *grpc.Server to the server. A
 // ClientConn reconnects by itself, with backoff, whenever its session ends

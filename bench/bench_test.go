@@ -16,6 +16,9 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == childCommand {
 		os.Exit(childMain(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == fleetChildCommand {
+		os.Exit(fleetChildMain(os.Args[2:]))
+	}
 	goleak.VerifyTestMain(m)
 }
 

@@ -39,6 +39,18 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == childCommand {
 		os.Exit(childMain(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == fleetChildCommand {
+		os.Exit(fleetChildMain(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == fleetCommand {
+		if err := fleetMain(os.Args[2:], os.Stdout, os.Stderr); err != nil {
+			if !errors.Is(err, flag.ErrHelp) {
+				fmt.Fprintln(os.Stderr, "bench:", err)
+			}
+			os.Exit(1)
+		}
+		return
+	}
 	if _, err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "bench:", err)

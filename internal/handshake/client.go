@@ -32,8 +32,9 @@ func SendHello(ctx context.Context, sess session.Session, md metadata.MD) (ctrl 
 	if dl, ok := ctx.Deadline(); ok {
 		ctrl.SetDeadline(dl)
 	}
-	// The function may run after SendHello has returned, when ctrl, the
-	// named result, is nil: it keeps the stream itself.
+	// The callback may still run after SendHello has returned (ctx ending
+	// just then): it must hold the stream itself, not read the result
+	// variable that the returns below set to nil.
 	stream := ctrl
 	stop := context.AfterFunc(ctx, func() { stream.SetDeadline(time.Unix(1, 0)) })
 	fail := func(err error) (net.Conn, string, error) {

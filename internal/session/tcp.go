@@ -95,30 +95,10 @@ type tcpSession struct {
 
 	insp *frameInspector // a listener's session: what the peer may send; nil when dialed
 
+	// The open streams, so that their pending reads end as the session
+	// does (see unblockReads); nil once it has.
 	streamsMu sync.Mutex
-	streams   []*tcpStream // open, for shrinkStreams
-}
-
-// track records an open stream of the session; its Close forgets it.
-func (s *tcpSession) track(st *tcpStream) *tcpStream {
-	s.streamsMu.Lock()
-	s.streams = append(s.streams, st)
-	s.streamsMu.Unlock()
-	return st
-}
-
-func (s *tcpSession) forget(st *tcpStream) {
-	s.streamsMu.Lock()
-	defer s.streamsMu.Unlock()
-	for i, o := range s.streams {
-		if o == st {
-			last := len(s.streams) - 1
-			s.streams[i] = s.streams[last]
-			s.streams[last] = nil
-			s.streams = s.streams[:last]
-			return
-		}
-	}
+	streams   map[*tcpStream]struct{}
 }
 
 // shrinkStreams drops the receive buffers that the session's streams have
@@ -131,15 +111,17 @@ func (s *tcpSession) forget(st *tcpStream) {
 func (s *tcpSession) shrinkStreams() {
 	s.streamsMu.Lock()
 	defer s.streamsMu.Unlock()
-	for _, st := range s.streams {
+	for st := range s.streams {
 		st.Stream.Shrink()
 	}
 }
 
 func newTCPSession(tc *tls.Conn, mux *yamux.Session, watch *connWatch, conf TCPConfig) *tcpSession {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	s := &tcpSession{mux: mux, tls: tc, limit: conf.MaxIncomingStreams, ctx: ctx, cancel: cancel, opening: make(chan struct{}, 1)}
+	s := &tcpSession{mux: mux, tls: tc, limit: conf.MaxIncomingStreams, ctx: ctx, cancel: cancel, opening: make(chan struct{}, 1),
+		streams: make(map[*tcpStream]struct{})}
 	watch.notify(func(err error) { cancel(fmt.Errorf("session: tcp connection ended: %w", err)) })
+	context.AfterFunc(ctx, s.unblockReads)
 	if conf.IdleTimeout > 0 {
 		s.pingEvery = conf.keepaliveInterval()
 		// Under pingMu: the timer may fire, and keepalive read pingT,
@@ -382,11 +364,49 @@ func (s *tcpSession) AcceptStream(ctx context.Context) (net.Conn, error) {
 // ended records that the connection is over and closes what is left of it.
 func (s *tcpSession) ended(err error) {
 	s.cancel(fmt.Errorf("session: tcp connection ended: %w", err))
+	s.unblockReads()
 	s.mux.Close()
+}
+
+// track registers a new stream; on a session that has ended, its reads
+// end at once.
+func (s *tcpSession) track(st *tcpStream) *tcpStream {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	if s.streams == nil {
+		_ = st.Stream.SetReadDeadline(time.Unix(1, 0))
+	} else {
+		s.streams[st] = struct{}{}
+	}
+	return st
+}
+
+func (s *tcpSession) untrack(st *tcpStream) {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	delete(s.streams, st)
+}
+
+// unblockReads ends the pending reads of every open stream as the session
+// ends. yamux's Session.Close wakes them by closing its shutdown channel
+// but marks the streams closed only once its send and receive loops have
+// stopped; meanwhile a stream's Read, woken and finding nothing to read,
+// waits again on the closed channel, spinning on a CPU. With many sessions
+// closing at once (Stop) the spinning readers took the CPUs for a minute. A
+// deadline in the past makes such a Read return; data already received is
+// still read first.
+func (s *tcpSession) unblockReads() {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	for st := range s.streams {
+		_ = st.Stream.SetReadDeadline(time.Unix(1, 0))
+	}
+	s.streams = nil
 }
 
 func (s *tcpSession) Close(code CloseCode, reason string) error {
 	s.cancel(&localCloseError{code: code, reason: reason})
+	s.unblockReads()
 	return s.mux.Close()
 }
 
@@ -534,7 +554,7 @@ func (s *tcpStream) Close() error {
 	_ = s.Stream.SetReadDeadline(time.Unix(1, 0))
 	err := s.Stream.Close()
 	s.once.Do(func() {
-		s.sess.forget(s)
+		s.sess.untrack(s)
 		if s.release != nil {
 			s.release()
 		}

@@ -310,9 +310,7 @@ func TestTCPShrinkStreams(t *testing.T) {
 	}
 	ss.streamsMu.Lock()
 	defer ss.streamsMu.Unlock()
-	for _, o := range ss.streams {
-		if o == st {
-			t.Fatal("the session still lists a closed stream")
-		}
+	if _, ok := ss.streams[st]; ok {
+		t.Fatal("the session still lists a closed stream")
 	}
 }
