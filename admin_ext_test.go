@@ -15,7 +15,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
-	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc"
@@ -399,43 +398,29 @@ func listServices(t *testing.T, ctx context.Context, cc *grpc.ClientConn, versio
 }
 
 // listServicesErr asks reflection of the given version for the services,
-// sorted.
+// sorted. Both versions' messages are the same on the wire, so the v1
+// messages are sent on the v1alpha method too.
 func listServicesErr(ctx context.Context, cc *grpc.ClientConn, version string) ([]string, error) {
-	var names []string
-	switch version {
-	case "v1":
-		st, err := reflectionv1.NewServerReflectionClient(cc).ServerReflectionInfo(ctx)
-		if err != nil {
-			return nil, err
-		}
-		// A refused call's send may fail with io.EOF; its receive tells
-		// the status.
-		_ = st.Send(&reflectionv1.ServerReflectionRequest{MessageRequest: &reflectionv1.ServerReflectionRequest_ListServices{}})
-		r, err := st.Recv()
-		if err != nil {
-			return nil, err
-		}
-		for _, s := range r.GetListServicesResponse().GetService() {
-			names = append(names, s.GetName())
-		}
-		st.CloseSend()
-	default:
-		st, err := reflectionv1alpha.NewServerReflectionClient(cc).ServerReflectionInfo(ctx)
-		if err != nil {
-			return nil, err
-		}
-		// A refused call's send may fail with io.EOF; its receive tells
-		// the status.
-		_ = st.Send(&reflectionv1alpha.ServerReflectionRequest{MessageRequest: &reflectionv1alpha.ServerReflectionRequest_ListServices{}})
-		r, err := st.Recv()
-		if err != nil {
-			return nil, err
-		}
-		for _, s := range r.GetListServicesResponse().GetService() {
-			names = append(names, s.GetName())
-		}
-		st.CloseSend()
+	if version != "v1" {
+		version = "v1alpha"
 	}
+	desc := &grpc.StreamDesc{StreamName: "ServerReflectionInfo", ServerStreams: true, ClientStreams: true}
+	st, err := cc.NewStream(ctx, desc, "/grpc.reflection."+version+".ServerReflection/ServerReflectionInfo")
+	if err != nil {
+		return nil, err
+	}
+	// A refused call's send may fail with io.EOF; its receive tells the
+	// status.
+	_ = st.SendMsg(&reflectionv1.ServerReflectionRequest{MessageRequest: &reflectionv1.ServerReflectionRequest_ListServices{}})
+	var r reflectionv1.ServerReflectionResponse
+	if err := st.RecvMsg(&r); err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, s := range r.GetListServicesResponse().GetService() {
+		names = append(names, s.GetName())
+	}
+	st.CloseSend()
 	slices.Sort(names)
 	return names, nil
 }
