@@ -276,7 +276,7 @@ func WithReverseIdleTimeout(d time.Duration) ServerOption {
 // second response. A caller that sends no request, or more than one, to a
 // described method without client streams gets codes.Internal, as from a
 // gRPC server. The option may be given several times; the services add
-// up.
+// up. A nil description is ignored.
 func WithGatewayServices(services ...*grpc.ServiceDesc) ServerOption {
 	return serverOptionFunc(func(o *serverOptions) {
 		o.gwServices = append(o.gwServices, services...)
