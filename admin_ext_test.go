@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
-	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -40,25 +39,13 @@ func serveAdminGateway(t *testing.T, srv *brpc.Server[testpb.EchoClient], author
 // plain grpc-go connection to it and its address.
 func serveGRPC(t *testing.T, gs *grpc.Server) (*grpc.ClientConn, string) {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		gs.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		gs.Stop()
-		<-served
-	})
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	addr := serveOnLoopback(t, gs)
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return cc, lis.Addr().String()
+	return cc, addr
 }
 
 func TestAdminListPeers(t *testing.T) {
