@@ -73,6 +73,25 @@ type adminService struct {
 	replica      string
 }
 
+// adminPageToken is the next_page_token of a page whose last client is
+// id. IDs are any strings an authenticator returned, and a protobuf string
+// must be valid UTF-8, so the token carries the ID in base64.
+func adminPageToken(id string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(id))
+}
+
+// adminPageAfter is the ID a page_token goes on after; "" for none.
+func adminPageAfter(tok string) (string, error) {
+	if tok == "" {
+		return "", nil
+	}
+	id, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil || len(id) == 0 {
+		return "", status.Errorf(codes.InvalidArgument, "brpc admin: page_token %q is not a next_page_token of this service", tok)
+	}
+	return string(id), nil
+}
+
 // adminPageSize is the page size a request asks for, within bounds.
 func adminPageSize(size int32) (int, error) {
 	switch {
@@ -95,9 +114,13 @@ func (a *adminService) ListPeers(_ context.Context, req *adminpb.ListPeersReques
 		return nil, err
 	}
 	peers := a.core.Peers()
+	after, err := adminPageAfter(req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
 	start := 0
-	if tok := req.GetPageToken(); tok != "" {
-		start = sort.Search(len(peers), func(i int) bool { return peers[i].ID > tok })
+	if after != "" {
+		start = sort.Search(len(peers), func(i int) bool { return peers[i].ID > after })
 	}
 	end := min(start+size, len(peers))
 	resp := &adminpb.ListPeersResponse{Peers: make([]*adminpb.Peer, 0, end-start)}
@@ -105,7 +128,7 @@ func (a *adminService) ListPeers(_ context.Context, req *adminpb.ListPeersReques
 		resp.Peers = append(resp.Peers, adminPeer(p))
 	}
 	if end < len(peers) {
-		resp.NextPageToken = peers[end-1].ID
+		resp.NextPageToken = adminPageToken(peers[end-1].ID)
 	}
 	return resp, nil
 }
@@ -118,9 +141,13 @@ func (a *adminService) ListClusterPeers(_ context.Context, req *adminpb.ListClus
 		return nil, err
 	}
 	peers := a.clusterPeers()
+	after, err := adminPageAfter(req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
 	start := 0
-	if tok := req.GetPageToken(); tok != "" {
-		start = sort.Search(len(peers), func(i int) bool { return peers[i].ID > tok })
+	if after != "" {
+		start = sort.Search(len(peers), func(i int) bool { return peers[i].ID > after })
 	}
 	end := min(start+size, len(peers))
 	resp := &adminpb.ListClusterPeersResponse{Peers: make([]*adminpb.ClusterPeer, 0, end-start), Replica: validUTF8(a.replica)}
@@ -128,7 +155,7 @@ func (a *adminService) ListClusterPeers(_ context.Context, req *adminpb.ListClus
 		resp.Peers = append(resp.Peers, &adminpb.ClusterPeer{Id: validUTF8(p.ID), Replica: validUTF8(p.Replica)})
 	}
 	if end < len(peers) {
-		resp.NextPageToken = peers[end-1].ID
+		resp.NextPageToken = adminPageToken(peers[end-1].ID)
 	}
 	return resp, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
-	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -15,7 +14,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
-	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc"
@@ -41,25 +39,13 @@ func serveAdminGateway(t *testing.T, srv *brpc.Server[testpb.EchoClient], author
 // plain grpc-go connection to it and its address.
 func serveGRPC(t *testing.T, gs *grpc.Server) (*grpc.ClientConn, string) {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		gs.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		gs.Stop()
-		<-served
-	})
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	addr := serveOnLoopback(t, gs)
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return cc, lis.Addr().String()
+	return cc, addr
 }
 
 func TestAdminListPeers(t *testing.T) {
@@ -399,43 +385,29 @@ func listServices(t *testing.T, ctx context.Context, cc *grpc.ClientConn, versio
 }
 
 // listServicesErr asks reflection of the given version for the services,
-// sorted.
+// sorted. Both versions' messages are the same on the wire, so the v1
+// messages are sent on the v1alpha method too.
 func listServicesErr(ctx context.Context, cc *grpc.ClientConn, version string) ([]string, error) {
-	var names []string
-	switch version {
-	case "v1":
-		st, err := reflectionv1.NewServerReflectionClient(cc).ServerReflectionInfo(ctx)
-		if err != nil {
-			return nil, err
-		}
-		// A refused call's send may fail with io.EOF; its receive tells
-		// the status.
-		_ = st.Send(&reflectionv1.ServerReflectionRequest{MessageRequest: &reflectionv1.ServerReflectionRequest_ListServices{}})
-		r, err := st.Recv()
-		if err != nil {
-			return nil, err
-		}
-		for _, s := range r.GetListServicesResponse().GetService() {
-			names = append(names, s.GetName())
-		}
-		st.CloseSend()
-	default:
-		st, err := reflectionv1alpha.NewServerReflectionClient(cc).ServerReflectionInfo(ctx)
-		if err != nil {
-			return nil, err
-		}
-		// A refused call's send may fail with io.EOF; its receive tells
-		// the status.
-		_ = st.Send(&reflectionv1alpha.ServerReflectionRequest{MessageRequest: &reflectionv1alpha.ServerReflectionRequest_ListServices{}})
-		r, err := st.Recv()
-		if err != nil {
-			return nil, err
-		}
-		for _, s := range r.GetListServicesResponse().GetService() {
-			names = append(names, s.GetName())
-		}
-		st.CloseSend()
+	if version != "v1" {
+		version = "v1alpha"
 	}
+	desc := &grpc.StreamDesc{StreamName: "ServerReflectionInfo", ServerStreams: true, ClientStreams: true}
+	st, err := cc.NewStream(ctx, desc, "/grpc.reflection."+version+".ServerReflection/ServerReflectionInfo")
+	if err != nil {
+		return nil, err
+	}
+	// A refused call's send may fail with io.EOF; its receive tells the
+	// status.
+	_ = st.SendMsg(&reflectionv1.ServerReflectionRequest{MessageRequest: &reflectionv1.ServerReflectionRequest_ListServices{}})
+	var r reflectionv1.ServerReflectionResponse
+	if err := st.RecvMsg(&r); err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, s := range r.GetListServicesResponse().GetService() {
+		names = append(names, s.GetName())
+	}
+	st.CloseSend()
 	slices.Sort(names)
 	return names, nil
 }

@@ -1,8 +1,6 @@
 package brpc_test
 
 import (
-	"errors"
-	"io"
 	"testing"
 	"time"
 
@@ -49,33 +47,7 @@ func TestForwardConnectionReleasedWhenIdle(t *testing.T) {
 
 		// A streaming call in flight keeps the connection however long it
 		// stays quiet.
-		st, err := c.Echo.BidiStream(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := st.Send(&testpb.EchoRequest{Message: "hold"}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.Recv(); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(4 * idle)
-		if b, e := cnt.begun.Load(), cnt.ended.Load(); b-e != 1 {
-			t.Fatalf("with a stream open for 4x the idle timeout, %d connections begun and %d ended: want the stream's one still open", b, e)
-		}
-		if err := st.Send(&testpb.EchoRequest{Message: "still there"}); err != nil {
-			t.Fatalf("sending on the held stream: %v", err)
-		}
-		if _, err := st.Recv(); err != nil {
-			t.Fatalf("receiving on the held stream: %v", err)
-		}
-		if err := st.CloseSend(); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.Recv(); !errors.Is(err, io.EOF) {
-			t.Fatalf("end of the held stream: got %v, want io.EOF", err)
-		}
-		testenv.WaitFor(t, 5*time.Second, "the forward connection to be closed after the stream ended", func() bool { return cnt.ended.Load() == cnt.begun.Load() })
+		holdStreamPastIdle(ctx, t, c.Echo, &cnt, idle, "forward")
 
 		// The reverse direction is not affected.
 		stub, err := e.Srv.Client(id)

@@ -104,7 +104,13 @@ func newGatewayEnvWith(t *testing.T, transport string, srvOpts []brpc.ServerOpti
 // listener, and returns its address.
 func serveGateway(t *testing.T, handler grpc.StreamHandler, opts ...grpc.ServerOption) string {
 	t.Helper()
-	gw := grpc.NewServer(append(opts, grpc.UnknownServiceHandler(handler))...)
+	return serveOnLoopback(t, grpc.NewServer(append(opts, grpc.UnknownServiceHandler(handler))...))
+}
+
+// serveOnLoopback serves gs on a loopback listener until t ends and returns
+// its address.
+func serveOnLoopback(t *testing.T, gs *grpc.Server) string {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -112,10 +118,10 @@ func serveGateway(t *testing.T, handler grpc.StreamHandler, opts ...grpc.ServerO
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		gw.Serve(lis)
+		gs.Serve(lis)
 	}()
 	t.Cleanup(func() {
-		gw.Stop()
+		gs.Stop()
 		<-served
 	})
 	return lis.Addr().String()

@@ -249,7 +249,8 @@ func WithAuthenticator(a Authenticator) ServerOption {
 // call builds a new one, which costs one stream and one HTTP/2 set-up on the
 // session. An idle connected client thus costs only its session, however
 // many clients were called once. 0 keeps each connection until the client
-// disconnects. The default is DefaultReverseIdleTimeout.
+// disconnects; a negative d is ignored. The default is
+// DefaultReverseIdleTimeout.
 func WithReverseIdleTimeout(d time.Duration) ServerOption {
 	return serverOptionFunc(func(o *serverOptions) {
 		if d >= 0 {
@@ -276,7 +277,7 @@ func WithReverseIdleTimeout(d time.Duration) ServerOption {
 // second response. A caller that sends no request, or more than one, to a
 // described method without client streams gets codes.Internal, as from a
 // gRPC server. The option may be given several times; the services add
-// up.
+// up. A nil description is ignored.
 func WithGatewayServices(services ...*grpc.ServiceDesc) ServerOption {
 	return serverOptionFunc(func(o *serverOptions) {
 		o.gwServices = append(o.gwServices, services...)
@@ -449,7 +450,7 @@ func WithConnectBackoff(bc backoff.Config) DialOption {
 // same session, which costs it one stream and one HTTP/2 set-up (no new TLS
 // or brpc handshake). The session itself, and the server's calls to the
 // client, are not affected. 0 keeps the connection open while the session
-// lasts. The default is DefaultForwardIdleTimeout.
+// lasts; a negative d is ignored. The default is DefaultForwardIdleTimeout.
 func WithForwardIdleTimeout(d time.Duration) DialOption {
 	return dialOptionFunc(func(o *dialOptions) {
 		if d >= 0 {

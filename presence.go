@@ -11,7 +11,9 @@ type Presence interface {
 	// closed or lost. From then on updates goes every change to the
 	// cluster's records, this replica's own included, starting with a
 	// Reset holding all of them. updates is called from one goroutine at a
-	// time, in order, and must not block for long.
+	// time, in order, and must not block for long. ctx bounds the joining
+	// only: the membership outlives it (brpc passes a context that ends
+	// when the server has stopped, after Leave).
 	Join(ctx context.Context, self Replica, updates func(PresenceUpdate)) (Membership, error)
 }
 

@@ -37,6 +37,43 @@ func (c *connCounter) HandleConn(_ context.Context, s stats.ConnStats) {
 	}
 }
 
+// holdStreamPastIdle opens a bidirectional stream on echo, keeps it quiet
+// for four idle timeouts and checks that the connection under it, counted by
+// cnt, stays open and usable, then ends the stream and waits for that
+// connection to be released. dir names the direction in failures.
+func holdStreamPastIdle(ctx context.Context, t *testing.T, echo testpb.EchoClient, cnt *connCounter, idle time.Duration, dir string) {
+	t.Helper()
+	st, err := echo.BidiStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&testpb.EchoRequest{Message: "hold"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing is awaited here: the check is that no release happens while
+	// the stream is open.
+	time.Sleep(4 * idle)
+	if b, e := cnt.begun.Load(), cnt.ended.Load(); b-e != 1 {
+		t.Fatalf("with a stream open for 4x the idle timeout, %d connections begun and %d ended: want the stream's one still open", b, e)
+	}
+	if err := st.Send(&testpb.EchoRequest{Message: "still there"}); err != nil {
+		t.Fatalf("sending on the held stream: %v", err)
+	}
+	if _, err := st.Recv(); err != nil {
+		t.Fatalf("receiving on the held stream: %v", err)
+	}
+	if err := st.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("end of the held stream: got %v, want io.EOF", err)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the "+dir+" connection to be closed after the stream ended", func() bool { return cnt.ended.Load() == cnt.begun.Load() })
+}
+
 // TestReverseConnectionReleasedWhenIdle checks that the connection carrying
 // the server's calls to a client is closed once it has been idle for
 // WithReverseIdleTimeout, is rebuilt by the next call, and is kept while a
@@ -72,33 +109,7 @@ func TestReverseConnectionReleasedWhenIdle(t *testing.T) {
 
 		// A streaming call in flight keeps the connection however long it
 		// stays quiet.
-		st, err := stub.BidiStream(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := st.Send(&testpb.EchoRequest{Message: "hold"}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.Recv(); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(4 * idle)
-		if b, e := cnt.begun.Load(), cnt.ended.Load(); b-e != 1 {
-			t.Fatalf("with a stream open for 4x the idle timeout, %d connections begun and %d ended: want the stream's one still open", b, e)
-		}
-		if err := st.Send(&testpb.EchoRequest{Message: "still there"}); err != nil {
-			t.Fatalf("sending on the held stream: %v", err)
-		}
-		if _, err := st.Recv(); err != nil {
-			t.Fatalf("receiving on the held stream: %v", err)
-		}
-		if err := st.CloseSend(); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.Recv(); !errors.Is(err, io.EOF) {
-			t.Fatalf("end of the held stream: got %v, want io.EOF", err)
-		}
-		testenv.WaitFor(t, 5*time.Second, "the reverse connection to be closed after the stream ended", func() bool { return cnt.ended.Load() == cnt.begun.Load() })
+		holdStreamPastIdle(ctx, t, stub, &cnt, idle, "reverse")
 
 		// The forward direction is not affected.
 		if _, err := c.Echo.Unary(ctx, &testpb.EchoRequest{Message: "forward"}); err != nil {

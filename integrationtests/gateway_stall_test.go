@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"errors"
 	"net"
 	"strings"
 	"sync"
@@ -120,22 +119,7 @@ func serveGatewayChild(c *testenv.ChildEnv, opts ...brpc.ServerOption) ([]string
 	go gw.Serve(lis)
 	c.Cleanup(gw.Stop)
 	// "call ID": a reverse Unary to that client, as a server child answers.
-	c.Handle("call", func(args []string) (string, error) {
-		if len(args) != 1 {
-			return "", errors.New("call takes a client ID")
-		}
-		stub, err := s.Srv.Client(args[0])
-		if err != nil {
-			return "", err
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		r, err := stub.Unary(ctx, &testpb.EchoRequest{Message: "from-child"})
-		if err != nil {
-			return "", err
-		}
-		return r.GetMessage(), nil
-	})
+	c.Handle("call", testenv.ReverseCall(s.Srv))
 	return []string{
 		"target=" + transport + "://" + s.Lis.Addr().String(),
 		"ca=" + base64.StdEncoding.EncodeToString(ca.CertPEM()),

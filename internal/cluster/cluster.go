@@ -147,6 +147,11 @@ func (c *Cluster) Join() error {
 		return server.ErrStopped
 	}
 	m, err := c.conf.Join(c.life, c.conf.Self, c.apply)
+	if err == nil && m == nil {
+		// A presence that records nothing would leave this replica's
+		// clients unreachable from the others without a word.
+		err = errors.New("the presence returned no membership")
+	}
 	c.mu.Lock()
 	stopped = c.closed || c.leaving
 	if err == nil && !stopped {

@@ -18,6 +18,12 @@ import (
 // whose presence is fed by the test through apply.
 func newTestCluster(t *testing.T) *Cluster {
 	t.Helper()
+	return newJoiningCluster(t, func(context.Context, Replica, func(Update)) (Membership, error) { return nil, errors.New("unused") })
+}
+
+// newJoiningCluster is newTestCluster with join as its presence.
+func newJoiningCluster(t *testing.T, join JoinFunc) *Cluster {
+	t.Helper()
 	ca, err := certs.NewCA()
 	if err != nil {
 		t.Fatal(err)
@@ -29,7 +35,7 @@ func newTestCluster(t *testing.T) *Cluster {
 	core := server.New(grpc.NewServer(), server.Config{})
 	c, err := New(core, Config{
 		Self:         Replica{Name: "self", Addr: "127.0.0.1:1"},
-		Join:         func(context.Context, Replica, func(Update)) (Membership, error) { return nil, errors.New("unused") },
+		Join:         join,
 		TLS:          &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: ca.Pool},
 		TargetHeader: "brpc-target",
 	})
@@ -113,5 +119,18 @@ func TestAwaitChange(t *testing.T) {
 	c.apply(Update{Clients: []ClientRecord{{ID: "a", Replica: "r2", Revision: 7}}})
 	if !<-done {
 		t.Fatal("awaitChange missed the record's change")
+	}
+}
+
+// TestJoinWithoutMembership checks that a presence whose Join returns
+// neither a membership nor an error fails the Join instead of leaving the
+// replica unrecorded, or panicking on the claims waiting for it.
+func TestJoinWithoutMembership(t *testing.T) {
+	c := newJoiningCluster(t, func(context.Context, Replica, func(Update)) (Membership, error) { return nil, nil })
+	c.mu.Lock()
+	c.claims["waiting"] = &claim{}
+	c.mu.Unlock()
+	if err := c.Join(); err == nil {
+		t.Fatal("Join with a presence that returned no membership succeeded")
 	}
 }

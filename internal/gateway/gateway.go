@@ -79,6 +79,9 @@ const (
 func MethodKinds(services ...*grpc.ServiceDesc) map[string]Kind {
 	kinds := make(map[string]Kind)
 	for _, sd := range services {
+		if sd == nil {
+			continue
+		}
 		for _, m := range sd.Methods {
 			kinds["/"+sd.ServiceName+"/"+m.MethodName] = KindUnary
 		}

@@ -206,7 +206,9 @@ func TestMethodKinds(t *testing.T) {
 			{StreamName: "N"},
 		},
 	}
-	got := MethodKinds(sd)
+	// Nil descriptions, as WithGatewayServices may be handed, describe
+	// nothing.
+	got := MethodKinds(nil, sd, nil)
 	want := map[string]Kind{"/p.S/U": KindUnary, "/p.S/SS": KindServerStreaming, "/p.S/CS": KindStreaming, "/p.S/B": KindStreaming, "/p.S/N": KindUnary}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("kinds %v, want %v", got, want)

@@ -54,16 +54,9 @@ func TestStreamConnCarriesItsSession(t *testing.T) {
 		}
 	}()
 	srv := &peerEcho{seen: make(chan context.Context, 1)}
-	gs := grpc.NewServer(grpc.Creds(Credentials{}))
-	testpb.RegisterEchoServer(gs, srv)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = gs.Serve(lis)
-	}()
+	stop := serveEcho(lis, srv)
 	defer func() {
-		gs.Stop()
-		<-served
+		stop()
 		pipe.Close()
 		<-fed
 	}()
@@ -198,5 +191,21 @@ func TestSnapshotSharesMetadata(t *testing.T) {
 	}
 	if got := info.Snapshot().Metadata; len(got["k"]) != 200 {
 		t.Fatalf("Snapshot's metadata has %d values, want 200", len(got["k"]))
+	}
+}
+
+// serveEcho serves srv on lis with the glue's credentials; stop stops the
+// server and waits for Serve to return.
+func serveEcho(lis net.Listener, srv testpb.EchoServer) (stop func()) {
+	gs := grpc.NewServer(grpc.Creds(Credentials{}))
+	testpb.RegisterEchoServer(gs, srv)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = gs.Serve(lis)
+	}()
+	return func() {
+		gs.Stop()
+		<-served
 	}
 }

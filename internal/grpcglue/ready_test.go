@@ -134,16 +134,9 @@ func TestGRPCFramersReadOnReady(t *testing.T) {
 			lis.Push(context.Background(), NewStreamConn(g, info))
 		}
 	}()
-	gs := grpc.NewServer(grpc.Creds(Credentials{}))
-	testpb.RegisterEchoServer(gs, &peerEcho{seen: make(chan context.Context, 1)})
-	servedDone := make(chan struct{})
-	go func() {
-		defer close(servedDone)
-		_ = gs.Serve(lis)
-	}()
+	stop := serveEcho(lis, &peerEcho{seen: make(chan context.Context, 1)})
 	defer func() {
-		gs.Stop()
-		<-servedDone
+		stop()
 		pipe.Close()
 		<-fed
 	}()

@@ -63,7 +63,17 @@ func serve(c *ChildEnv, grpcOpts []grpc.ServerOption, opts []brpc.ServerOption) 
 	c.Cleanup(func() { s.Stop() })
 	c.Handle("peers", func([]string) (string, error) { return fmt.Sprint(len(srv.Peers())), nil })
 	c.Handle("sleeping", func([]string) (string, error) { return fmt.Sprint(echo.Sleeping()), nil })
-	c.Handle("call", func(args []string) (string, error) {
+	c.Handle("call", ReverseCall(srv))
+	return []string{
+		"target=" + transport + "://" + s.Lis.Addr().String(),
+		"ca=" + base64.StdEncoding.EncodeToString(ca.CertPEM()),
+	}, nil
+}
+
+// ReverseCall is a child's "call ID" command on srv: a reverse Unary to the
+// client with that ID, answered by the client's echo message.
+func ReverseCall(srv *brpc.Server[testpb.EchoClient]) func(args []string) (string, error) {
+	return func(args []string) (string, error) {
 		if len(args) != 1 {
 			return "", fmt.Errorf("call takes a client ID")
 		}
@@ -78,11 +88,7 @@ func serve(c *ChildEnv, grpcOpts []grpc.ServerOption, opts []brpc.ServerOption) 
 			return "", err
 		}
 		return r.GetMessage(), nil
-	})
-	return []string{
-		"target=" + transport + "://" + s.Lis.Addr().String(),
-		"ca=" + base64.StdEncoding.EncodeToString(ca.CertPEM()),
-	}, nil
+	}
 }
 
 // RemoteServer is a brpc server running in a child process (ServerRole),
