@@ -55,8 +55,12 @@ type ClusterConfig struct {
 // ClusterPeers and Gateway reach the clients of every replica. Calls for a
 // client on another replica are forwarded to that replica's endpoint
 // (ServeReplicas) over mutual TLS. Serve and ServeReplicas join the
-// cluster first, so an unreachable presence is their error; GracefulStop
-// and Stop leave it first, so that the other replicas stop routing calls
+// cluster first and wait for the join: a presence that refuses it (a
+// replica name taken at another address, bad settings) is their error, and
+// one that does not answer holds them until it does or until Stop, which
+// ends the wait (Serve then returns ErrServerStopped); a server that must
+// not wait for ever calls Stop after a bound of its own, as brpc
+// echo-server does after 30 s. GracefulStop and Stop leave it first, so that the other replicas stop routing calls
 // here and the clients may move at once. docs/cluster.md describes the
 // topology and what happens when a replica or the presence fails.
 func WithCluster(conf ClusterConfig) ServerOption {
