@@ -109,26 +109,14 @@ func adminPageSize(size int32) (int, error) {
 // last ID of the previous page: the registry is ordered by ID, and a
 // client that connects or leaves between pages moves no other.
 func (a *adminService) ListPeers(_ context.Context, req *adminpb.ListPeersRequest) (*adminpb.ListPeersResponse, error) {
-	size, err := adminPageSize(req.GetPageSize())
-	if err != nil {
-		return nil, err
-	}
 	peers := a.core.Peers()
-	after, err := adminPageAfter(req.GetPageToken())
+	start, end, next, err := adminPage(req.GetPageSize(), req.GetPageToken(), len(peers), func(i int) string { return peers[i].ID })
 	if err != nil {
 		return nil, err
 	}
-	start := 0
-	if after != "" {
-		start = sort.Search(len(peers), func(i int) bool { return peers[i].ID > after })
-	}
-	end := min(start+size, len(peers))
-	resp := &adminpb.ListPeersResponse{Peers: make([]*adminpb.Peer, 0, end-start)}
+	resp := &adminpb.ListPeersResponse{Peers: make([]*adminpb.Peer, 0, end-start), NextPageToken: next}
 	for _, p := range peers[start:end] {
 		resp.Peers = append(resp.Peers, adminPeer(p))
-	}
-	if end < len(peers) {
-		resp.NextPageToken = adminPageToken(peers[end-1].ID)
 	}
 	return resp, nil
 }
@@ -136,28 +124,38 @@ func (a *adminService) ListPeers(_ context.Context, req *adminpb.ListPeersReques
 // ListClusterPeers lists a page of the cluster's clients, paged by ID as
 // ListPeers is: ClusterPeers is ordered by ID.
 func (a *adminService) ListClusterPeers(_ context.Context, req *adminpb.ListClusterPeersRequest) (*adminpb.ListClusterPeersResponse, error) {
-	size, err := adminPageSize(req.GetPageSize())
-	if err != nil {
-		return nil, err
-	}
 	peers := a.clusterPeers()
-	after, err := adminPageAfter(req.GetPageToken())
+	start, end, next, err := adminPage(req.GetPageSize(), req.GetPageToken(), len(peers), func(i int) string { return peers[i].ID })
 	if err != nil {
 		return nil, err
 	}
-	start := 0
-	if after != "" {
-		start = sort.Search(len(peers), func(i int) bool { return peers[i].ID > after })
-	}
-	end := min(start+size, len(peers))
-	resp := &adminpb.ListClusterPeersResponse{Peers: make([]*adminpb.ClusterPeer, 0, end-start), Replica: validUTF8(a.replica)}
+	resp := &adminpb.ListClusterPeersResponse{Peers: make([]*adminpb.ClusterPeer, 0, end-start), Replica: validUTF8(a.replica), NextPageToken: next}
 	for _, p := range peers[start:end] {
 		resp.Peers = append(resp.Peers, &adminpb.ClusterPeer{Id: validUTF8(p.ID), Replica: validUTF8(p.Replica)})
 	}
-	if end < len(peers) {
-		resp.NextPageToken = adminPageToken(peers[end-1].ID)
-	}
 	return resp, nil
+}
+
+// adminPage picks, from n entries ordered by ID (idAt), the page that a
+// request's size and token name: entries [start, end), and the token of
+// the page after it ("" when this is the last).
+func adminPage(pageSize int32, token string, n int, idAt func(int) string) (start, end int, next string, err error) {
+	size, err := adminPageSize(pageSize)
+	if err != nil {
+		return 0, 0, "", err
+	}
+	after, err := adminPageAfter(token)
+	if err != nil {
+		return 0, 0, "", err
+	}
+	if after != "" {
+		start = sort.Search(n, func(i int) bool { return idAt(i) > after })
+	}
+	end = min(start+size, n)
+	if end < n {
+		next = adminPageToken(idAt(end - 1))
+	}
+	return start, end, next, nil
 }
 
 // WatchPeers streams peer events until the caller goes away, falls behind
