@@ -738,6 +738,7 @@ func fleetChildMain(args []string) int {
 	return 0
 }
 
+// closeAllOf closes every non-nil closer, 32 at a time, and waits for all.
 func closeAllOf(closers []io.Closer) {
 	var wg sync.WaitGroup
 	ch := make(chan io.Closer)

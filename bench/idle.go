@@ -561,26 +561,7 @@ func childMain(args []string) int {
 	took := time.Since(start)
 	stopProfile()
 	defer startChildProfile(*kind + "-serve")() // the rest: the server's calls
-	closeAll := func() {
-		var cw sync.WaitGroup
-		ch := make(chan io.Closer)
-		for range 32 {
-			cw.Add(1)
-			go func() {
-				defer cw.Done()
-				for c := range ch {
-					c.Close()
-				}
-			}()
-		}
-		for _, c := range closers {
-			if c != nil {
-				ch <- c
-			}
-		}
-		close(ch)
-		cw.Wait()
-	}
+	closeAll := func() { closeAllOf(closers) }
 	if firstErr != nil {
 		fmt.Fprintln(os.Stderr, "idle-child:", firstErr)
 		closeAll()
