@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/credentials"
@@ -39,36 +38,30 @@ type SessionInfo struct {
 	// Peer describes the peer as admitted; its RemoteAddr is not kept, since
 	// Snapshot reads it from the connection.
 	Peer Peer
-	TLS  credentials.TLSInfo
 	// Owner is the server's record of the session (nil on a client); the
 	// server finds it again from a call's context.
 	Owner any
 
 	conn SessionConn
-	// authInfo is TLS as an interface value, made on the session's first
-	// gRPC connection: boxing the large struct for every connection would
-	// copy it each time, and an idle session needs it never.
-	authInfo atomic.Pointer[credentials.AuthInfo]
+	// authInfo is the session's credentials.TLSInfo, boxed once as the
+	// interface value every gRPC connection of the session reports: kept
+	// only boxed, the large struct is not held twice, and no connection
+	// copies it.
+	authInfo credentials.AuthInfo
 }
 
-// auth returns TLS as the credentials' AuthInfo, boxed once.
-func (i *SessionInfo) auth() credentials.AuthInfo {
-	if a := i.authInfo.Load(); a != nil {
-		return *a
-	}
-	a := credentials.AuthInfo(i.TLS)
-	i.authInfo.CompareAndSwap(nil, &a)
-	return *i.authInfo.Load()
-}
+// auth returns the session's credentials.TLSInfo as the credentials'
+// AuthInfo.
+func (i *SessionInfo) auth() credentials.AuthInfo { return i.authInfo }
 
 // NewSessionInfo describes the session on conn, whose peer is p.
 func NewSessionInfo(p Peer, conn SessionConn, owner any) *SessionInfo {
 	p.RemoteAddr = nil
 	return &SessionInfo{
-		Peer:  p,
-		TLS:   tlsInfoOf(conn.TLS()),
-		Owner: owner,
-		conn:  conn,
+		Peer:     p,
+		Owner:    owner,
+		conn:     conn,
+		authInfo: tlsInfoOf(conn.TLS()),
 	}
 }
 

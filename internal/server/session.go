@@ -77,30 +77,45 @@ func (ss *Session) run() {
 		s.conf.OnWelcome(ss)
 	}
 	s.emit(ss, Event{Type: Connected, Peer: ss.info.Snapshot()})
+	// A session that can hand over its streams as they come keeps no
+	// goroutine waiting for them: a used client's session opens a stream
+	// once per forward gRPC connection, and waits for the next for as long
+	// as the client stays connected.
+	if st, ok := ss.sess.(session.StreamServer); ok && st.ServeStreams(ss.push, ss.ended) {
+		return // ended takes over this goroutine's count in s.wg
+	}
 	go ss.serve() // takes over this goroutine's count in s.wg
 }
 
-// serve feeds the client's streams to the gRPC server until the session
-// ends, then forgets the session.
-func (ss *Session) serve() {
+// push hands one of the client's streams to the gRPC server.
+func (ss *Session) push(c net.Conn) {
+	ss.srv.streams.Push(ss.sess.Context(), grpcglue.NewStreamConn(c, ss.info))
+}
+
+// ended reports the end of a welcomed session and forgets it.
+func (ss *Session) ended() {
 	s := ss.srv
 	defer s.wg.Done()
-	defer func() {
-		removed := s.peers.Remove(ss.info.Peer.ID, ss)
-		if s.conf.OnGone != nil {
-			s.conf.OnGone(ss, removed)
-		}
-		kind, reason, err := ss.disconnectReason()
-		s.emit(ss, Event{Type: Disconnected, Peer: ss.info.Snapshot(), Kind: kind, Reason: reason, Err: err})
-		ss.forget()
-	}()
+	removed := s.peers.Remove(ss.info.Peer.ID, ss)
+	if s.conf.OnGone != nil {
+		s.conf.OnGone(ss, removed)
+	}
+	kind, reason, err := ss.disconnectReason()
+	s.emit(ss, Event{Type: Disconnected, Peer: ss.info.Snapshot(), Kind: kind, Reason: reason, Err: err})
+	ss.forget()
+}
+
+// serve feeds the client's streams to the gRPC server until the session
+// ends, then reports its end, for sessions that are no StreamServer.
+func (ss *Session) serve() {
+	defer ss.ended()
 	ctx := ss.sess.Context()
 	for {
 		c, err := ss.sess.AcceptStream(ctx)
 		if err != nil {
 			break
 		}
-		s.streams.Push(ctx, grpcglue.NewStreamConn(c, ss.info))
+		ss.push(c)
 	}
 	// Accepting fails as the connection closes; let the transport finish
 	// recording why (the session's Ending) before the disconnect is

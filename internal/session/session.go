@@ -108,3 +108,18 @@ type Session interface {
 	// Dialed sessions ignore it.
 	Admitted()
 }
+
+// StreamServer is a Session that can hand the peer's streams to a function
+// instead of through AcceptStream, with a goroutine only while streams the
+// peer opened wait to be handed over: a session whose peer opens a stream
+// once in a long while (a gRPC connection after each idle release) costs
+// no goroutine waiting for it in between. A listener's TCP session can;
+// QUIC offers no way to learn of a new stream but to wait for it.
+type StreamServer interface {
+	// ServeStreams reports false when the session cannot. Otherwise it
+	// calls handle with each stream the peer opens from now on, one at a
+	// time, and done once, after the session's Context is done and the
+	// last handle returned. AcceptStream must not be called meanwhile; the
+	// handshake takes the control stream with it before.
+	ServeStreams(handle func(net.Conn), done func()) bool
+}

@@ -95,6 +95,15 @@ type tcpSession struct {
 
 	insp *frameInspector // a listener's session: what the peer may send; nil when dialed
 
+	// ServeStreams' state: taken counts the streams the acceptor took from
+	// yamux, against the inspector's count of those the peer opened.
+	serveMu    sync.Mutex
+	serveFn    func(net.Conn)
+	serveDone  func() // nil once called
+	taken      int64
+	accepting  bool // an acceptor goroutine runs
+	serveEnded bool // the session's context is done
+
 	// The open streams, so that their pending reads end as the session
 	// does (see unblockReads); nil once it has.
 	streamsMu sync.Mutex
@@ -344,21 +353,115 @@ func (s *tcpSession) OpenStream(ctx context.Context) (net.Conn, error) {
 // limit of concurrently open ones are reset at once.
 func (s *tcpSession) AcceptStream(ctx context.Context) (net.Conn, error) {
 	for {
-		st, err := s.mux.AcceptStreamWithContext(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			s.ended(err)
-			return nil, err
+		c, err := s.acceptOne(ctx)
+		if c != nil || err != nil {
+			return c, err
 		}
-		if s.limit > 0 && s.open.Load() >= s.limit {
-			st.Close()
-			continue
-		}
-		s.open.Add(1)
-		return s.track(&tcpStream{Stream: st, sess: s, release: func() { s.open.Add(-1) }}), nil
 	}
+}
+
+// acceptOne takes the next stream the peer opened from yamux. It returns
+// nil and no error for a stream beyond the limit, which it resets.
+func (s *tcpSession) acceptOne(ctx context.Context) (net.Conn, error) {
+	st, err := s.mux.AcceptStreamWithContext(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		s.ended(err)
+		return nil, err
+	}
+	if s.limit > 0 && s.open.Load() >= s.limit {
+		st.Close()
+		return nil, nil
+	}
+	s.open.Add(1)
+	return s.track(&tcpStream{Stream: st, sess: s, release: func() { s.open.Add(-1) }}), nil
+}
+
+// ServeStreams implements StreamServer on a listener's session, whose
+// frameInspector sees the peer open each stream (its SYN) before yamux
+// queues it: an acceptor goroutine runs from then until yamux has handed
+// over as many streams as were opened, so a session between two streams
+// has none. A dialed session has no inspector and reports false.
+func (s *tcpSession) ServeStreams(handle func(net.Conn), done func()) bool {
+	if s.insp == nil {
+		return false
+	}
+	s.serveMu.Lock()
+	s.serveFn, s.serveDone = handle, done
+	s.serveMu.Unlock()
+	kick := s.kickAcceptor
+	s.insp.opened.Store(&kick)
+	context.AfterFunc(s.ctx, s.serveOver)
+	// Streams opened before the inspector could say so.
+	s.kickAcceptor()
+	return true
+}
+
+// kickAcceptor starts the acceptor if the peer opened streams that nobody
+// takes yet. The inspector calls it from yamux's receive loop, after it
+// counted the stream and before yamux queues it, so it must not block.
+func (s *tcpSession) kickAcceptor() {
+	s.serveMu.Lock()
+	defer s.serveMu.Unlock()
+	if s.serveFn == nil || s.accepting || s.serveEnded || s.insp.syns.Load() == s.taken {
+		return
+	}
+	s.accepting = true
+	go s.acceptStreams()
+}
+
+// acceptStreams takes from yamux the streams the peer opened and hands
+// them to the ServeStreams handler, until it has taken as many as the
+// inspector counted or the session ends.
+func (s *tcpSession) acceptStreams() {
+	for {
+		c, err := s.acceptOne(s.ctx)
+		s.serveMu.Lock()
+		if err == nil {
+			s.taken++
+		}
+		handle := s.serveFn
+		s.serveMu.Unlock()
+		if c != nil {
+			handle(c)
+		}
+		s.serveMu.Lock()
+		if err != nil || s.serveEnded || s.insp.syns.Load() == s.taken {
+			s.accepting = false
+			done := s.finishServingLocked()
+			s.serveMu.Unlock()
+			if done != nil {
+				done()
+			}
+			return
+		}
+		s.serveMu.Unlock()
+	}
+}
+
+// serveOver runs once the session's context is done: the ServeStreams
+// done function runs now, or when the acceptor returns.
+func (s *tcpSession) serveOver() {
+	s.serveMu.Lock()
+	s.serveEnded = true
+	done := s.finishServingLocked()
+	s.serveMu.Unlock()
+	if done != nil {
+		done()
+	}
+}
+
+// finishServingLocked returns the ServeStreams done function, once, when
+// the session is over and no acceptor runs; serveMu is held.
+func (s *tcpSession) finishServingLocked() func() {
+	if !s.serveEnded || s.accepting || s.serveDone == nil {
+		return nil
+	}
+	done := s.serveDone
+	s.serveDone = nil
+	return done
 }
 
 // ended records that the connection is over and closes what is left of it.

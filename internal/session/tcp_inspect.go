@@ -68,6 +68,11 @@ type frameInspector struct {
 	pings atomic.Int64 // the peer's pings not answered yet
 	out   frameScanner // what yamux writes; only its send loop writes
 
+	// syns counts the streams the peer opened after admission (the control
+	// stream is the handshake's); opened, once set, is called after each.
+	syns   atomic.Int64
+	opened atomic.Pointer[func()]
+
 	failMu  sync.Mutex
 	fail    func(error) // nil until the session exists
 	failErr error       // a violation seen before fail was set
@@ -169,6 +174,11 @@ func (fi *frameInspector) frame(hdr []byte) error {
 			fi.ctrlID = id
 		case !admitted && id != fi.ctrlID:
 			return &localCloseError{code: CodeProtocol, reason: "a stream was opened before the welcome"}
+		case admitted:
+			fi.syns.Add(1)
+			if f := fi.opened.Load(); f != nil {
+				(*f)()
+			}
 		}
 	}
 	if typ != yamuxTypeData {
