@@ -382,7 +382,15 @@ func WithKeepalive(interval, timeout time.Duration) Option {
 // brpc's and cannot be overridden, and so are, on a server, the resolver,
 // the service config and the idle timeout of its connection: brpc's
 // balancer sends each call to its client, so a default service config
-// given here does not apply to reverse calls.
+// given here does not apply to reverse calls. A server's connections to its
+// clients receive with static windows unless these options set others
+// (grpc.WithInitialWindowSize, grpc.WithInitialConnWindowSize): 256 KiB
+// per call and 4 MiB per client, the sizes docs/security.md recommends for
+// a *grpc.Server. A static window turns grpc-go's BDP estimation off, which
+// would otherwise send a PING, answered by the client, with nearly every
+// call to a client that was quiet, and grow a window to 16 MiB whether or
+// not the caller reads; on a path with a long round trip a 256 KiB window
+// caps one reverse call's download at 256 KiB per round trip.
 func WithGRPCDialOptions(opts ...grpc.DialOption) Option {
 	return commonOption(func(o *common) {
 		o.grpcDialOptions = append(o.grpcDialOptions, opts...)

@@ -66,6 +66,17 @@ type fleetConfig struct {
 	probeRate   int
 	maxPending  int
 	cpuprofile  string
+	// childProfile is -child-cpuprofile: the child's CPU profile prefix.
+	childProfile string
+	// perfEvents is -perf: perf stat events counted on both processes
+	// during each fan-out.
+	perfEvents []string
+	// appWindows and revWindows are -app-windows and -rev-windows.
+	appWindows, revWindows bool
+	// fanouts is how many fan-outs run (-fanouts), the first cold;
+	// warmPause is the pause before each warm one after the first.
+	fanouts   int
+	warmPause time.Duration
 }
 
 // Parts of a fleet run, as named by -parts.
@@ -88,11 +99,20 @@ func fleetMain(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&c.baseDelay, "base-delay", backoff.DefaultConfig.BaseDelay, "storm: the clients' reconnect backoff base delay (WithConnectBackoff)")
 	fs.IntVar(&c.probeRate, "probe-rate", 200, "storm: calls per second the clients already back make while the others reconnect")
 	fs.IntVar(&c.maxPending, "max-pending", brpc.DefaultMaxPendingHandshakes, "the brpc servers' WithMaxPendingHandshakes")
-	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write CPU profiles of the server during each fan-out to PREFIX-<setup>-cold.pprof and PREFIX-<setup>-warm.pprof, and during the storm's Stop to PREFIX-<setup>-stop.pprof")
+	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write CPU profiles of the server while the clients are idle to PREFIX-<setup>-idle.pprof, during each fan-out to PREFIX-<setup>-cold.pprof and PREFIX-<setup>-warm.pprof, and during the storm's Stop to PREFIX-<setup>-stop.pprof")
+	fs.StringVar(&c.childProfile, "child-cpuprofile", "", "write CPU profiles of the client process during each fan-out to PREFIX-<setup>-cold-child.pprof and PREFIX-<setup>-warm-child.pprof")
+	fs.BoolVar(&c.appWindows, "app-windows", false, "the application's *grpc.Servers (the server's and the clients') get the static HTTP/2 windows docs/security.md recommends (grpc.InitialWindowSize 256 KiB, grpc.InitialConnWindowSize 4 MiB), which switch grpc-go's BDP estimation off")
+	fs.BoolVar(&c.revWindows, "rev-windows", false, "the server's reverse connections get the same static windows, through WithGRPCDialOptions")
+	fs.IntVar(&c.fanouts, "fanouts", 2, "fan-outs (grpc-go: rounds of calls) in a row, the first cold; the table shows the first and the last")
+	fs.DurationVar(&c.warmPause, "warm-pause", 0, "pause before each warm fan-out after the first (sessions that have been quiet a while)")
+	perf := fs.String("perf", "", "comma-separated perf stat events (e.g. raw_syscalls:sys_enter,syscalls:sys_enter_sendmsg) counted on each process during each fan-out and reported per call; needs perf(1)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if c.n < 1 || c.dialers < 1 || c.concurrency < 0 || c.jitter < 0 || c.jitter > 1 || c.baseDelay <= 0 || c.probeRate < 1 {
+	if *perf != "" {
+		c.perfEvents = strings.Split(*perf, ",")
+	}
+	if c.n < 1 || c.fanouts < 2 || c.warmPause < 0 || c.dialers < 1 || c.concurrency < 0 || c.jitter < 0 || c.jitter > 1 || c.baseDelay <= 0 || c.probeRate < 1 {
 		return errors.New("fleet: counts and delays must be positive, jitter within [0, 1]")
 	}
 	for _, k := range strings.Split(*kinds, ",") {
@@ -114,6 +134,7 @@ func fleetMain(args []string, stdout, stderr io.Writer) error {
 		c.concurrency = brpc.DefaultFanOutConcurrency
 	}
 	fleetMaxPending = c.maxPending
+	fleetAppWindows, fleetRevWindows = c.appWindows, c.revWindows
 	ca, err := certs.NewCA()
 	if err != nil {
 		return err
@@ -153,6 +174,18 @@ type fanoutFigure struct {
 	took                 time.Duration
 	errors               int
 	serverCPU, clientCPU time.Duration // per call
+	// net is what the loopback carried per call meanwhile, machine-wide
+	// (/proc/net/snmp): UDP datagrams in and out, TCP segments in and out.
+	net netCounters
+	// perf is each -perf event's count per call, of the server's process
+	// and of the child's.
+	perf []perfCount
+}
+
+// perfCount is one perf event's count per call on both processes.
+type perfCount struct {
+	event          string
+	server, client float64
 }
 
 type stormFigure struct {
@@ -197,6 +230,24 @@ type fleetServer struct {
 // fleetMaxPending is -max-pending.
 var fleetMaxPending = brpc.DefaultMaxPendingHandshakes
 
+// fleetAppWindows and fleetRevWindows are -app-windows and -rev-windows.
+var fleetAppWindows, fleetRevWindows bool
+
+// Static HTTP/2 windows, as docs/security.md recommends.
+const (
+	fleetStreamWindow = 256 << 10
+	fleetConnWindow   = 4 << 20
+)
+
+// fleetServerOptions are the options of the fleet's *grpc.Servers.
+func fleetServerOptions() []grpc.ServerOption {
+	opts := grpcServerOptions()
+	if fleetAppWindows {
+		opts = append(opts, grpc.InitialWindowSize(fleetStreamWindow), grpc.InitialConnWindowSize(fleetConnWindow))
+	}
+	return opts
+}
+
 func startFleetServer(stls *tls.Config, transport, addr string) (*fleetServer, error) {
 	listen := brpc.ListenQUIC
 	if transport == "tcp" {
@@ -206,10 +257,14 @@ func startFleetServer(stls *tls.Config, transport, addr string) (*fleetServer, e
 	if err != nil {
 		return nil, err
 	}
-	gs := grpc.NewServer(grpcServerOptions()...)
+	gs := grpc.NewServer(fleetServerOptions()...)
 	testpb.RegisterEchoServer(gs, echoServer{})
 	f := &fleetServer{served: make(chan struct{}), addr: lis.Addr().String()}
-	f.srv = brpc.NewServer(gs, testpb.NewEchoClient,
+	var extra []brpc.ServerOption
+	if fleetRevWindows {
+		extra = append(extra, brpc.WithGRPCDialOptions(grpc.WithInitialWindowSize(fleetStreamWindow), grpc.WithInitialConnWindowSize(fleetConnWindow)))
+	}
+	f.srv = brpc.NewServer(gs, testpb.NewEchoClient, append(extra,
 		// Long enough that the second fan-out finds every connection open.
 		brpc.WithReverseIdleTimeout(10*time.Minute),
 		brpc.WithMaxPendingHandshakes(fleetMaxPending),
@@ -229,7 +284,7 @@ func startFleetServer(stls *tls.Config, transport, addr string) (*fleetServer, e
 			case brpc.PeerRejected:
 				f.refused.Add(1)
 			}
-		}))
+		}))...)
 	go func() {
 		defer close(f.served)
 		_ = f.srv.Serve(lis)
@@ -325,12 +380,34 @@ func measureFleet(ca *certs.CA, c *fleetConfig, kind string, logf func(string, .
 	// What the server spends with nothing to do but its clients'
 	// keepalives, so that the fan-outs' CPU can be read net of it.
 	runtime.GC()
+	stopProfile := func() {}
+	if c.cpuprofile != "" {
+		f, err := os.Create(c.cpuprofile + "-" + kind + "-idle.pprof")
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return nil, err
+		}
+		stopProfile = pprof.StopCPUProfile
+	}
 	idle0, t0 := cpuTime(), time.Now()
 	time.Sleep(3 * time.Second)
 	res.idleCPU = float64(cpuTime()-idle0) / float64(time.Since(t0))
+	stopProfile()
 	logf("  server CPU with the clients idle: %.1f ms/s", res.idleCPU*1e3)
 	if fs == nil || c.parts[partFanout] {
-		for i, fig := range []*fanoutFigure{&res.cold, &res.warm} {
+		figs := []*fanoutFigure{&res.cold}
+		for range c.fanouts - 1 {
+			// Each warm fan-out overwrites the one before: the table shows
+			// the last, the log every one.
+			figs = append(figs, &res.warm)
+		}
+		for i, fig := range figs {
+			if i > 1 && c.warmPause > 0 {
+				time.Sleep(c.warmPause)
+			}
 			var err error
 			if fs != nil {
 				*fig, err = fleetFanOut(ctx, fs, ch, c, kind, i == 0)
@@ -340,8 +417,11 @@ func measureFleet(ca *certs.CA, c *fleetConfig, kind string, logf func(string, .
 			if err != nil {
 				return nil, err
 			}
-			logf("  %s %d: %v, %d errors; CPU per call: server %v, clients %v", map[bool]string{true: "fan-out", false: "calls"}[fs != nil], i+1,
-				fig.took.Round(time.Millisecond), fig.errors, fig.serverCPU, fig.clientCPU)
+			logf("  %s %d: %v, %d errors; CPU per call: server %v, clients %v; per call on the loopback: %s", map[bool]string{true: "fan-out", false: "calls"}[fs != nil], i+1,
+				fig.took.Round(time.Millisecond), fig.errors, fig.serverCPU, fig.clientCPU, fig.net)
+			for _, pc := range fig.perf {
+				logf("    %s per call: server %.2f, clients %.2f", pc.event, pc.server, pc.client)
+			}
 		}
 	}
 	if fs != nil && c.parts[partStorm] {
@@ -360,25 +440,49 @@ func measureFleet(ca *certs.CA, c *fleetConfig, kind string, logf func(string, .
 // fleetFanOut calls every client once with Server.FanOut.
 func fleetFanOut(ctx context.Context, fs *fleetServer, ch *fleetChild, c *fleetConfig, kind string, cold bool) (fanoutFigure, error) {
 	var fig fanoutFigure
-	if c.cpuprofile != "" {
-		f, err := os.Create(c.cpuprofile + "-" + kind + map[bool]string{true: "-cold", false: "-warm"}[cold] + ".pprof")
+	req := &testpb.EchoRequest{Payload: payload(16)}
+	// The collection that the connecting (or the first fan-out) made due
+	// is not this fan-out's cost, nor its profile's.
+	runtime.GC()
+	var perfs []*perfStat
+	for _, pid := range []int{os.Getpid(), ch.cmd.Process.Pid} {
+		if len(c.perfEvents) == 0 {
+			break
+		}
+		ps, err := startPerfStat(pid, c.perfEvents)
 		if err != nil {
+			return fig, err
+		}
+		perfs = append(perfs, ps)
+	}
+	phase := kind + map[bool]string{true: "-cold", false: "-warm"}[cold]
+	stopProfiles := func() {}
+	if c.childProfile != "" {
+		if rest, err := ch.ask("profile "+c.childProfile+"-"+phase+"-child.pprof", "profiling "); err != nil || rest != "ok" {
+			return fig, fmt.Errorf("profiling the child: %s %v", rest, err)
+		}
+		stopProfiles = func() { _, _ = ch.ask("profile-stop", "profiled") }
+	}
+	if c.cpuprofile != "" {
+		f, err := os.Create(c.cpuprofile + "-" + phase + ".pprof")
+		if err != nil {
+			stopProfiles()
 			return fig, err
 		}
 		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
+			stopProfiles()
 			return fig, err
 		}
-		defer pprof.StopCPUProfile()
+		stopChild := stopProfiles
+		stopProfiles = func() { pprof.StopCPUProfile(); stopChild() }
 	}
-	req := &testpb.EchoRequest{Payload: payload(16)}
-	// The collection that the connecting (or the first fan-out) made due
-	// is not this fan-out's cost.
-	runtime.GC()
 	cc0, err := ch.cpu()
 	if err != nil {
+		stopProfiles()
 		return fig, err
 	}
+	net0 := readNetCounters()
 	cpu0 := cpuTime()
 	start := time.Now()
 	res, err := fs.srv.FanOut(ctx, brpc.FanOutOptions{Concurrency: c.concurrency, PerClientTimeout: time.Minute},
@@ -388,6 +492,16 @@ func fleetFanOut(ctx context.Context, fs *fleetServer, ch *fleetChild, c *fleetC
 		})
 	fig.took = time.Since(start)
 	cpu1 := cpuTime()
+	fig.net = readNetCounters().sub(net0)
+	stopProfiles()
+	var counts [][]float64
+	for _, ps := range perfs {
+		cs, perr := ps.stop()
+		if perr != nil && err == nil {
+			err = perr
+		}
+		counts = append(counts, cs)
+	}
 	if err != nil {
 		return fig, err
 	}
@@ -407,6 +521,12 @@ func fleetFanOut(ctx context.Context, fs *fleetServer, ch *fleetChild, c *fleetC
 	}
 	n := time.Duration(max(len(res), 1))
 	fig.serverCPU, fig.clientCPU = (cpu1-cpu0)/n, (cc1-cc0)/n
+	fig.net = fig.net.per(len(res))
+	for i, ev := range c.perfEvents {
+		if len(counts) == 2 {
+			fig.perf = append(fig.perf, perfCount{event: ev, server: counts[0][i] / float64(n), client: counts[1][i] / float64(n)})
+		}
+	}
 	return fig, nil
 }
 
@@ -497,7 +617,7 @@ func startFleetChild(ca *certs.CA, c *fleetConfig, kind, target string) (*fleetC
 	cmd := exec.Command(exe, fleetChildCommand, "-kind", kind, "-target", target,
 		"-n", strconv.Itoa(c.n), "-dialers", strconv.Itoa(c.dialers),
 		"-resume="+strconv.FormatBool(c.resume), "-jitter", strconv.FormatFloat(c.jitter, 'g', -1, 64),
-		"-base-delay", c.baseDelay.String())
+		"-base-delay", c.baseDelay.String(), "-app-windows="+strconv.FormatBool(c.appWindows))
 	cmd.Env = append(os.Environ(), childCAEnv+"="+string(ca.CertPEM()))
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
@@ -580,12 +700,14 @@ func (ch *fleetChild) cpu() (time.Duration, error) {
 func (ch *fleetChild) forwardCalls(workers, n int) (fanoutFigure, error) {
 	var fig fanoutFigure
 	runtime.GC()
+	net0 := readNetCounters()
 	cpu0 := cpuTime()
 	line, err := ch.ask("call "+strconv.Itoa(workers), "called ")
 	if err != nil {
 		return fig, err
 	}
 	cpu1 := cpuTime()
+	fig.net = readNetCounters().sub(net0).per(n)
 	var ns, ccpu int64
 	if _, err := fmt.Sscanf(line, "%d %d %d", &ns, &fig.errors, &ccpu); err != nil {
 		return fig, fmt.Errorf("child said %q: %w", line, err)
@@ -614,7 +736,8 @@ func (ch *fleetChild) stop() {
 
 // fleetChildMain holds the clients: it connects them, prints "ready
 // <nanoseconds> <CPU nanoseconds>", then answers commands on stdin until it
-// closes: "cpu", "call <workers>", "probe <rate>" and "report".
+// closes: "cpu", "call <workers>", "probe <rate>", "report", "profile <file>"
+// and "profile-stop".
 func fleetChildMain(args []string) int {
 	fs := flag.NewFlagSet(fleetChildCommand, flag.ContinueOnError)
 	kind := fs.String("kind", idleQUIC, "setup")
@@ -624,6 +747,7 @@ func fleetChildMain(args []string) int {
 	resume := fs.Bool("resume", false, "keep a TLS session cache per client")
 	jitter := fs.Float64("jitter", backoff.DefaultConfig.Jitter, "reconnect backoff jitter")
 	baseDelay := fs.Duration("base-delay", backoff.DefaultConfig.BaseDelay, "reconnect backoff base delay")
+	fs.BoolVar(&fleetAppWindows, "app-windows", false, "the clients' *grpc.Server gets static HTTP/2 windows")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -636,7 +760,7 @@ func fleetChildMain(args []string) int {
 	bc := backoff.DefaultConfig
 	bc.Jitter, bc.BaseDelay = *jitter, *baseDelay
 	if *kind == idleQUIC || *kind == idleTCP {
-		h.gs = grpc.NewServer()
+		h.gs = grpc.NewServer(fleetServerOptions()...)
 		testpb.RegisterEchoServer(h.gs, echoServer{})
 		defer h.gs.Stop()
 	}
@@ -725,6 +849,19 @@ func fleetChildMain(args []string) int {
 		switch f[0] {
 		case "cpu":
 			fmt.Printf("cpu %d\n", cpuTime().Nanoseconds())
+		case "profile":
+			if len(f) < 2 {
+				fmt.Println("profiling failed: no file named")
+				continue
+			}
+			if err := startFleetChildProfile(f[1]); err != nil {
+				fmt.Printf("profiling failed: %v\n", err)
+				continue
+			}
+			fmt.Println("profiling ok")
+		case "profile-stop":
+			stopFleetChildProfile()
+			fmt.Println("profiled")
 		case "call":
 			ns, errs, cpu := h.callAll(max(arg, 1))
 			fmt.Printf("called %d %d %d\n", ns.Nanoseconds(), errs, cpu.Nanoseconds())
