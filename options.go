@@ -48,6 +48,15 @@ const (
 	// handshake at once, per phase (TLS, then brpc's hello): high enough for
 	// a whole fleet reconnecting after a server restart.
 	DefaultMaxPendingHandshakes = 4096
+	// DefaultReconnectWindowPerClient is what a stopping server counts, per
+	// QUIC client it holds, to size the reconnect window it announces (a
+	// TCP client counts half): about what one returning client's
+	// handshake costs on two CPUs, so that 10,000 clients are told to
+	// spread their return over 10 s.
+	DefaultReconnectWindowPerClient = time.Millisecond
+	// DefaultMaxReconnectWindow caps the reconnect window a server
+	// announces, and the one a client accepts.
+	DefaultMaxReconnectWindow = 30 * time.Second
 	// DefaultReverseIdleTimeout is how long the server keeps a client's
 	// reverse-call connection open after its last call ended.
 	DefaultReverseIdleTimeout = time.Minute
@@ -131,6 +140,8 @@ type serverOptions struct {
 	ratePerSecond    float64
 	rateBurst        int
 	reverseIdle      time.Duration
+	reconnectCost    time.Duration
+	reconnectMax     time.Duration
 	gwPerClient      int
 	gwTotal          int
 	gwServices       []*grpc.ServiceDesc
@@ -147,6 +158,8 @@ func defaultServerOptions() serverOptions {
 		maxMDValueSize:   DefaultMaxHelloMetadataValueSize,
 		maxPending:       DefaultMaxPendingHandshakes,
 		reverseIdle:      DefaultReverseIdleTimeout,
+		reconnectCost:    DefaultReconnectWindowPerClient,
+		reconnectMax:     DefaultMaxReconnectWindow,
 		gwPerClient:      DefaultGatewayMaxCallsPerClient,
 		gwTotal:          DefaultGatewayMaxCalls,
 	}
@@ -167,6 +180,11 @@ func (o *serverOptions) config() server.Config {
 		RateBurst:            o.rateBurst,
 		ReverseIdle:          o.reverseIdle,
 		DialOptions:          o.grpcDialOptions,
+		ReconnectCostQUIC:    o.reconnectCost,
+		// A TCP session's TLS handshake costs the server about half of
+		// a QUIC one (docs/performance.md, the connect rate's CPU).
+		ReconnectCostTCP:   o.reconnectCost / 2,
+		MaxReconnectWindow: o.reconnectMax,
 	}
 	if auth := o.auth; auth != nil {
 		conf.Authenticate = func(ctx context.Context, info server.AuthInfo) (string, error) {
@@ -192,6 +210,7 @@ type dialOptions struct {
 	backoff       backoff.Config
 	fallbackDelay time.Duration
 	forwardIdle   time.Duration
+	reconnectMax  time.Duration
 }
 
 // config fills the client core's configuration from the options and the
@@ -209,6 +228,8 @@ func (o *dialOptions) config(target, scheme string, endpoints []client.Endpoint)
 		FallbackDelay: o.fallbackDelay,
 		ForwardIdle:   o.forwardIdle,
 		Logger:        o.logger,
+		// The window a server announces spreads the first reconnect.
+		MaxReconnectWindow: o.reconnectMax,
 	}
 }
 
@@ -218,6 +239,7 @@ func defaultDialOptions() dialOptions {
 		backoff:       backoff.DefaultConfig,
 		fallbackDelay: DefaultFallbackDelay,
 		forwardIdle:   DefaultForwardIdleTimeout,
+		reconnectMax:  DefaultMaxReconnectWindow,
 	}
 }
 
@@ -433,7 +455,10 @@ func WithMetadata(md metadata.MD) DialOption {
 // grpc-go's semantics and type: the first attempt after a session ends is
 // immediate, then BaseDelay, growing by Multiplier up to MaxDelay, each
 // randomized by ±Jitter. The default is backoff.DefaultConfig (1 s base,
-// 1.6 multiplier, 0.2 jitter, 120 s max), as in grpc-go.
+// 1.6 multiplier, 0.2 jitter, 120 s max), as in grpc-go. A server that
+// stops may announce a reconnect window (WithReconnectWindow): the first
+// attempt then comes at a random point of it (WithMaxReconnectWindow), and
+// the later ones as above.
 func WithConnectBackoff(bc backoff.Config) DialOption {
 	return dialOptionFunc(func(o *dialOptions) {
 		if bc.BaseDelay > 0 && bc.MaxDelay >= bc.BaseDelay && bc.Multiplier >= 1 && bc.Jitter >= 0 && bc.Jitter <= 1 {
@@ -455,6 +480,22 @@ func WithForwardIdleTimeout(d time.Duration) DialOption {
 	return dialOptionFunc(func(o *dialOptions) {
 		if d >= 0 {
 			o.forwardIdle = d
+		}
+	})
+}
+
+// WithMaxReconnectWindow caps the reconnect window the client accepts from
+// a server that stops (see WithReconnectWindow): the client's first
+// reconnect attempt after such a stop comes at a uniformly random point of
+// the announced window, cut to d. 0 ignores announcements: the first
+// attempt is immediate, as without one. A negative d is ignored. The
+// default is DefaultMaxReconnectWindow. The end of a session that no
+// notice announced (the server crashed, the network failed) is not
+// delayed.
+func WithMaxReconnectWindow(d time.Duration) DialOption {
+	return dialOptionFunc(func(o *dialOptions) {
+		if d >= 0 {
+			o.reconnectMax = d
 		}
 	})
 }
@@ -512,6 +553,27 @@ func WithMaxPendingHandshakes(n int) ServerOption {
 	return serverOptionFunc(func(o *serverOptions) {
 		if n >= 0 {
 			o.maxPending = n
+		}
+	})
+}
+
+// WithReconnectWindow sizes the reconnect window a server announces when it
+// stops (Stop, and GracefulStop once drained): each client it holds is
+// told to make its first reconnect attempt at a uniformly random point of
+// the window, so that a whole fleet does not come back to the restarted
+// server (or another replica) at once, with more handshakes than it can
+// finish within the handshake timeout. The window is perClient for every
+// QUIC client held and half that for every TCP one (whose handshake costs
+// the server about half), at most max: set perClient to about what one
+// client's handshake costs the server that takes the fleet back, divided
+// by the CPUs it has. Clients older than the announcement, and those that
+// set WithMaxReconnectWindow(0), reconnect at once as before. Defaults:
+// DefaultReconnectWindowPerClient and DefaultMaxReconnectWindow; 0 for
+// either announces no window. Negative values are ignored.
+func WithReconnectWindow(perClient, max time.Duration) ServerOption {
+	return serverOptionFunc(func(o *serverOptions) {
+		if perClient >= 0 && max >= 0 {
+			o.reconnectCost, o.reconnectMax = perClient, max
 		}
 	})
 }

@@ -65,7 +65,12 @@ type fleetConfig struct {
 	baseDelay   time.Duration
 	probeRate   int
 	maxPending  int
-	cpuprofile  string
+	// windowPerClient and maxWindow are the servers' WithReconnectWindow;
+	// clientMaxWindow the clients' WithMaxReconnectWindow.
+	windowPerClient time.Duration
+	maxWindow       time.Duration
+	clientMaxWindow time.Duration
+	cpuprofile      string
 }
 
 // Parts of a fleet run, as named by -parts.
@@ -88,11 +93,15 @@ func fleetMain(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&c.baseDelay, "base-delay", backoff.DefaultConfig.BaseDelay, "storm: the clients' reconnect backoff base delay (WithConnectBackoff)")
 	fs.IntVar(&c.probeRate, "probe-rate", 200, "storm: calls per second the clients already back make while the others reconnect")
 	fs.IntVar(&c.maxPending, "max-pending", brpc.DefaultMaxPendingHandshakes, "the brpc servers' WithMaxPendingHandshakes")
+	fs.DurationVar(&c.windowPerClient, "window-per-client", brpc.DefaultReconnectWindowPerClient, "storm: the servers' WithReconnectWindow per client (0: no window announced)")
+	fs.DurationVar(&c.maxWindow, "max-window", brpc.DefaultMaxReconnectWindow, "storm: the servers' WithReconnectWindow maximum")
+	fs.DurationVar(&c.clientMaxWindow, "client-max-window", brpc.DefaultMaxReconnectWindow, "storm: the clients' WithMaxReconnectWindow (0: ignore the announced window)")
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write CPU profiles of the server during each fan-out to PREFIX-<setup>-cold.pprof and PREFIX-<setup>-warm.pprof, and during the storm's Stop to PREFIX-<setup>-stop.pprof")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if c.n < 1 || c.dialers < 1 || c.concurrency < 0 || c.jitter < 0 || c.jitter > 1 || c.baseDelay <= 0 || c.probeRate < 1 {
+	if c.n < 1 || c.dialers < 1 || c.concurrency < 0 || c.jitter < 0 || c.jitter > 1 || c.baseDelay <= 0 || c.probeRate < 1 ||
+		c.windowPerClient < 0 || c.maxWindow < 0 || c.clientMaxWindow < 0 {
 		return errors.New("fleet: counts and delays must be positive, jitter within [0, 1]")
 	}
 	for _, k := range strings.Split(*kinds, ",") {
@@ -114,6 +123,7 @@ func fleetMain(args []string, stdout, stderr io.Writer) error {
 		c.concurrency = brpc.DefaultFanOutConcurrency
 	}
 	fleetMaxPending = c.maxPending
+	fleetWindow = brpc.WithReconnectWindow(c.windowPerClient, c.maxWindow)
 	ca, err := certs.NewCA()
 	if err != nil {
 		return err
@@ -197,6 +207,9 @@ type fleetServer struct {
 // fleetMaxPending is -max-pending.
 var fleetMaxPending = brpc.DefaultMaxPendingHandshakes
 
+// fleetWindow is -window-per-client and -max-window.
+var fleetWindow = brpc.WithReconnectWindow(brpc.DefaultReconnectWindowPerClient, brpc.DefaultMaxReconnectWindow)
+
 func startFleetServer(stls *tls.Config, transport, addr string) (*fleetServer, error) {
 	listen := brpc.ListenQUIC
 	if transport == "tcp" {
@@ -213,6 +226,7 @@ func startFleetServer(stls *tls.Config, transport, addr string) (*fleetServer, e
 		// Long enough that the second fan-out finds every connection open.
 		brpc.WithReverseIdleTimeout(10*time.Minute),
 		brpc.WithMaxPendingHandshakes(fleetMaxPending),
+		fleetWindow,
 		brpc.WithAuthenticator(func(_ context.Context, info brpc.AuthInfo) (string, error) {
 			if info.TLS.DidResume {
 				f.resumed.Add(1)
@@ -497,7 +511,7 @@ func startFleetChild(ca *certs.CA, c *fleetConfig, kind, target string) (*fleetC
 	cmd := exec.Command(exe, fleetChildCommand, "-kind", kind, "-target", target,
 		"-n", strconv.Itoa(c.n), "-dialers", strconv.Itoa(c.dialers),
 		"-resume="+strconv.FormatBool(c.resume), "-jitter", strconv.FormatFloat(c.jitter, 'g', -1, 64),
-		"-base-delay", c.baseDelay.String())
+		"-base-delay", c.baseDelay.String(), "-max-window", c.clientMaxWindow.String())
 	cmd.Env = append(os.Environ(), childCAEnv+"="+string(ca.CertPEM()))
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
@@ -624,6 +638,7 @@ func fleetChildMain(args []string) int {
 	resume := fs.Bool("resume", false, "keep a TLS session cache per client")
 	jitter := fs.Float64("jitter", backoff.DefaultConfig.Jitter, "reconnect backoff jitter")
 	baseDelay := fs.Duration("base-delay", backoff.DefaultConfig.BaseDelay, "reconnect backoff base delay")
+	maxWindow := fs.Duration("max-window", brpc.DefaultMaxReconnectWindow, "WithMaxReconnectWindow")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -662,7 +677,7 @@ func fleetChildMain(args []string) int {
 		}
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		cc, err := brpc.Dial(dctx, *target, brpc.WithTLSConfig(tc), brpc.WithServer(h.gs), brpc.WithConnectBackoff(bc))
+		cc, err := brpc.Dial(dctx, *target, brpc.WithTLSConfig(tc), brpc.WithServer(h.gs), brpc.WithConnectBackoff(bc), brpc.WithMaxReconnectWindow(*maxWindow))
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -912,7 +927,7 @@ func (h *fleetHolder) report() string {
 // printFleet writes the fleet's tables.
 func printFleet(w io.Writer, c *fleetConfig, results []*fleetResult, started time.Time, load0 string) {
 	fmt.Fprintf(w, "\nUsed fleet, %d clients in a child process (%d dialers); fan-out concurrency %d; %s, %s; took %v; load average %s at the start, %s at the end\n\n",
-		c.n, c.dialers, c.concurrency, started.Format("2006-01-02 15:04 MST"), "storm clients: resume="+strconv.FormatBool(c.resume)+fmt.Sprintf(" jitter=%.2f base=%v; server max pending handshakes %d", c.jitter, c.baseDelay, c.maxPending),
+		c.n, c.dialers, c.concurrency, started.Format("2006-01-02 15:04 MST"), "storm clients: resume="+strconv.FormatBool(c.resume)+fmt.Sprintf(" jitter=%.2f base=%v max-window=%v; server max pending handshakes %d, reconnect window %v per client, at most %v", c.jitter, c.baseDelay, c.clientMaxWindow, c.maxPending, c.windowPerClient, c.maxWindow),
 		time.Since(started).Round(time.Second), load0, loadAvg())
 	fmt.Fprintln(w, "| setup | connect rate | server CPU idle | server CPU per connect | clients' CPU per connect | 1st fan-out (cold) | server CPU per cold call | clients' CPU per cold call | 2nd fan-out (warm) | server CPU per warm call | clients' CPU per warm call | errors |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")
