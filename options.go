@@ -57,6 +57,9 @@ const (
 	// DefaultMaxReconnectWindow caps the reconnect window a server
 	// announces, and the one a client accepts.
 	DefaultMaxReconnectWindow = 30 * time.Second
+	// DefaultMaxConcurrentHandshakes is how many QUIC TLS handshakes a
+	// server runs at once.
+	DefaultMaxConcurrentHandshakes = 0
 	// DefaultReverseIdleTimeout is how long the server keeps a client's
 	// reverse-call connection open after its last call ended.
 	DefaultReverseIdleTimeout = time.Minute
@@ -137,6 +140,7 @@ type serverOptions struct {
 	maxMDValueSize   int
 	maxClients       int
 	maxPending       int
+	maxHandshaking   int
 	ratePerSecond    float64
 	rateBurst        int
 	reverseIdle      time.Duration
@@ -157,6 +161,7 @@ func defaultServerOptions() serverOptions {
 		maxMDValues:      DefaultMaxHelloMetadataValues,
 		maxMDValueSize:   DefaultMaxHelloMetadataValueSize,
 		maxPending:       DefaultMaxPendingHandshakes,
+		maxHandshaking:   DefaultMaxConcurrentHandshakes,
 		reverseIdle:      DefaultReverseIdleTimeout,
 		reconnectCost:    DefaultReconnectWindowPerClient,
 		reconnectMax:     DefaultMaxReconnectWindow,
@@ -176,6 +181,7 @@ func (o *serverOptions) config() server.Config {
 		MaxMetadataValueSize: o.maxMDValueSize,
 		MaxClients:           o.maxClients,
 		MaxPending:           o.maxPending,
+		MaxHandshaking:       o.maxHandshaking,
 		RatePerSecond:        o.ratePerSecond,
 		RateBurst:            o.rateBurst,
 		ReverseIdle:          o.reverseIdle,
@@ -574,6 +580,26 @@ func WithReconnectWindow(perClient, max time.Duration) ServerOption {
 	return serverOptionFunc(func(o *serverOptions) {
 		if perClient >= 0 && max >= 0 {
 			o.reconnectCost, o.reconnectMax = perClient, max
+		}
+	})
+}
+
+// WithMaxConcurrentHandshakes caps the QUIC TLS handshakes the server runs
+// at once. A client beyond it waits for one of them to finish: its first
+// packets are held, or dropped and sent again by the client, in the order
+// they came, and a client that finds no handshake finishing within a
+// second is refused and backs off. Without a cap, a fleet larger than the
+// server can take within the handshake timeout (a restart of a server
+// holding many clients) shares the CPU among all its handshakes, which
+// then time out together and are redone; with one, they finish a batch
+// at a time. It also sets when QUIC clients must first answer a Retry (see
+// WithMaxPendingHandshakes): once half of n are in progress. The default
+// is DefaultMaxConcurrentHandshakes; 0 sets no cap. TCP handshakes are not
+// affected.
+func WithMaxConcurrentHandshakes(n int) ServerOption {
+	return serverOptionFunc(func(o *serverOptions) {
+		if n >= 0 {
+			o.maxHandshaking = n
 		}
 	})
 }

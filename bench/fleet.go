@@ -65,6 +65,7 @@ type fleetConfig struct {
 	baseDelay   time.Duration
 	probeRate   int
 	maxPending  int
+	slots       int
 	// windowPerClient and maxWindow are the servers' WithReconnectWindow;
 	// clientMaxWindow the clients' WithMaxReconnectWindow.
 	windowPerClient time.Duration
@@ -93,6 +94,7 @@ func fleetMain(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&c.baseDelay, "base-delay", backoff.DefaultConfig.BaseDelay, "storm: the clients' reconnect backoff base delay (WithConnectBackoff)")
 	fs.IntVar(&c.probeRate, "probe-rate", 200, "storm: calls per second the clients already back make while the others reconnect")
 	fs.IntVar(&c.maxPending, "max-pending", brpc.DefaultMaxPendingHandshakes, "the brpc servers' WithMaxPendingHandshakes")
+	fs.IntVar(&c.slots, "max-handshaking", brpc.DefaultMaxConcurrentHandshakes, "the brpc servers' WithMaxConcurrentHandshakes")
 	fs.DurationVar(&c.windowPerClient, "window-per-client", brpc.DefaultReconnectWindowPerClient, "storm: the servers' WithReconnectWindow per client (0: no window announced)")
 	fs.DurationVar(&c.maxWindow, "max-window", brpc.DefaultMaxReconnectWindow, "storm: the servers' WithReconnectWindow maximum")
 	fs.DurationVar(&c.clientMaxWindow, "client-max-window", brpc.DefaultMaxReconnectWindow, "storm: the clients' WithMaxReconnectWindow (0: ignore the announced window)")
@@ -124,6 +126,7 @@ func fleetMain(args []string, stdout, stderr io.Writer) error {
 	}
 	fleetMaxPending = c.maxPending
 	fleetWindow = brpc.WithReconnectWindow(c.windowPerClient, c.maxWindow)
+	fleetSlots = c.slots
 	ca, err := certs.NewCA()
 	if err != nil {
 		return err
@@ -207,6 +210,9 @@ type fleetServer struct {
 // fleetMaxPending is -max-pending.
 var fleetMaxPending = brpc.DefaultMaxPendingHandshakes
 
+// fleetSlots is -max-handshaking.
+var fleetSlots = brpc.DefaultMaxConcurrentHandshakes
+
 // fleetWindow is -window-per-client and -max-window.
 var fleetWindow = brpc.WithReconnectWindow(brpc.DefaultReconnectWindowPerClient, brpc.DefaultMaxReconnectWindow)
 
@@ -227,6 +233,7 @@ func startFleetServer(stls *tls.Config, transport, addr string) (*fleetServer, e
 		brpc.WithReverseIdleTimeout(10*time.Minute),
 		brpc.WithMaxPendingHandshakes(fleetMaxPending),
 		fleetWindow,
+		brpc.WithMaxConcurrentHandshakes(fleetSlots),
 		brpc.WithAuthenticator(func(_ context.Context, info brpc.AuthInfo) (string, error) {
 			if info.TLS.DidResume {
 				f.resumed.Add(1)
@@ -927,7 +934,7 @@ func (h *fleetHolder) report() string {
 // printFleet writes the fleet's tables.
 func printFleet(w io.Writer, c *fleetConfig, results []*fleetResult, started time.Time, load0 string) {
 	fmt.Fprintf(w, "\nUsed fleet, %d clients in a child process (%d dialers); fan-out concurrency %d; %s, %s; took %v; load average %s at the start, %s at the end\n\n",
-		c.n, c.dialers, c.concurrency, started.Format("2006-01-02 15:04 MST"), "storm clients: resume="+strconv.FormatBool(c.resume)+fmt.Sprintf(" jitter=%.2f base=%v max-window=%v; server max pending handshakes %d, reconnect window %v per client, at most %v", c.jitter, c.baseDelay, c.clientMaxWindow, c.maxPending, c.windowPerClient, c.maxWindow),
+		c.n, c.dialers, c.concurrency, started.Format("2006-01-02 15:04 MST"), "storm clients: resume="+strconv.FormatBool(c.resume)+fmt.Sprintf(" jitter=%.2f base=%v max-window=%v; server max pending handshakes %d, max handshaking %d, reconnect window %v per client, at most %v", c.jitter, c.baseDelay, c.clientMaxWindow, c.maxPending, c.slots, c.windowPerClient, c.maxWindow),
 		time.Since(started).Round(time.Second), load0, loadAvg())
 	fmt.Fprintln(w, "| setup | connect rate | server CPU idle | server CPU per connect | clients' CPU per connect | 1st fan-out (cold) | server CPU per cold call | clients' CPU per cold call | 2nd fan-out (warm) | server CPU per warm call | clients' CPU per warm call | errors |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -49,6 +49,7 @@ type Config struct {
 	MaxMetadataValueSize int
 	MaxClients           int // 0: no cap
 	MaxPending           int // handshakes in progress, per phase; 0: no cap
+	MaxHandshaking       int // QUIC TLS handshakes run at once; 0: no limit
 	RatePerSecond        float64
 	RateBurst            int           // with RatePerSecond: per-address limit; 0: none
 	ReverseIdle          time.Duration // 0: keep reverse connections until disconnect
@@ -207,7 +208,7 @@ func (s *Server) quicConfig() session.QUICConfig {
 	// TLS handshake is dropped, and no TLS handshake lasts more than twice
 	// that.
 	conf.HandshakeTimeout = s.conf.HandshakeTimeout
-	return session.QUICConfig{Settings: conf, VerifyAddresses: s.limiter != nil, MaxPendingHandshakes: s.conf.MaxPending}
+	return session.QUICConfig{Settings: conf, VerifyAddresses: s.limiter != nil, MaxPendingHandshakes: s.conf.MaxPending, MaxHandshaking: s.conf.MaxHandshaking}
 }
 
 // admit is the listeners' admission check, nil when there is none.

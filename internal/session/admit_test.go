@@ -503,3 +503,61 @@ func TestTCPPingFloodFromPeerThatDoesNotRead(t *testing.T) {
 	}
 	wantEnded(t, s, CodeProtocol)
 }
+
+// TestQUICHandshakesBeyondTheLimitWait shows a listener that runs one
+// TLS handshake at a time: a client arriving while another's handshake
+// holds the slot (done, its connection not accepted yet) waits for it
+// rather than being refused, and is admitted once Accept frees it; a
+// client arriving while a handshake whose peer went silent holds it for
+// longer than slotWait is refused, and the slot is free again once that
+// handshake times out.
+func TestQUICHandshakesBeyondTheLimitWait(t *testing.T) {
+	const timeout = 2 * slotWait // the silent handshake's slot outlasts a wait
+	ln := listenQUIC(t, QUICConfig{Settings: Settings{HandshakeTimeout: timeout}, MaxHandshaking: 1, RetryThreshold: 100})
+
+	held := dialRawQUIC(t, ln) // its handshake is done; Accept has not taken it
+	_ = held
+	dialed := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*bound)
+		defer cancel()
+		conn, err := quic.DialAddr(ctx, ln.Addr().String(), clientTLS(t), &quic.Config{})
+		if err == nil {
+			_ = conn.CloseWithError(0, "test over")
+		}
+		dialed <- err
+	}()
+	deadline := time.Now().Add(bound)
+	for ln.waiting.Load() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the second client did not wait for the handshake slot within %v", bound)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := ln.handshaking.Load(); n != 1 {
+		t.Fatalf("%d handshakes in progress while one client waits, want 1", n)
+	}
+	acceptOne(t, ln.Accept) // frees the slot
+	if err := <-dialed; err != nil {
+		t.Fatalf("the client that waited for the slot: %v, want connected", err)
+	}
+	acceptOne(t, ln.Accept)
+	waitHandshaking(t, ln, 0, bound)
+
+	// A silent peer's handshake holds the slot until the handshake
+	// timeout: a client that finds no slot within slotWait is refused.
+	if got := replay(t, captureInitial(t, ln.Addr()), ln.Addr()); got != packetInitial {
+		t.Fatalf("answer to a replayed Initial: packet type %d, want Initial", got)
+	}
+	waitHandshaking(t, ln, 1, bound)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*bound)
+	defer cancel()
+	_, err := quic.DialAddr(ctx, ln.Addr().String(), clientTLS(t), &quic.Config{})
+	var te *quic.TransportError
+	if !errors.As(err, &te) || te.ErrorCode != quic.ConnectionRefused {
+		t.Fatalf("dial while a silent handshake holds the slot: %v, want CONNECTION_REFUSED", err)
+	}
+	waitHandshaking(t, ln, 0, 3*timeout+bound)
+	dialRawQUIC(t, ln)
+	acceptOne(t, ln.Accept)
+}

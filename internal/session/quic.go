@@ -61,6 +61,9 @@ type QUICConfig struct {
 	// beyond it are refused with CONNECTION_REFUSED before any TLS work.
 	// 0: no cap.
 	MaxPendingHandshakes int
+	// MaxHandshaking, on a listener, is how many TLS handshakes run at
+	// once (see connContext); 0: no limit.
+	MaxHandshaking int
 	// RetryThreshold, on a listener, is how many handshakes in progress
 	// switch on address validation (Retry) for new clients; 0 means
 	// DefaultRetryThreshold, or half of MaxPendingHandshakes when that is
@@ -95,6 +98,9 @@ func (c QUICConfig) retryThreshold() int64 {
 	t := DefaultRetryThreshold
 	if c.MaxPendingHandshakes > 0 {
 		t = min(t, max(c.MaxPendingHandshakes/2, 1))
+	}
+	if c.MaxHandshaking > 0 {
+		t = min(t, max(c.MaxHandshaking/2, 1))
 	}
 	return int64(t)
 }
@@ -245,6 +251,13 @@ type QUICListener struct {
 	// handshaking counts the connections quic-go is handshaking (TLS) and
 	// those it finished that Accept has not returned yet.
 	handshaking atomic.Int64
+	// slots holds a token per connection counted in handshaking while
+	// QUICConfig.MaxHandshaking is set (nil otherwise); stopping is closed
+	// when the listener stops accepting, which ends a wait for one.
+	slots    chan struct{}
+	stopping chan struct{}
+	stopOnce sync.Once
+	waiting  atomic.Int64 // new connections waiting for a slot (0 or 1: one intake goroutine)
 
 	mu    sync.Mutex
 	conns map[*quic.Conn]struct{} // accepted and not yet ended
@@ -262,7 +275,7 @@ func ListenUDP(addr string) (*QUICListener, error) {
 		return nil, err
 	}
 	growReceiveBuffer(udp, ListenerReceiveBuffer)
-	return &QUICListener{udp: udp, tr: &quic.Transport{Conn: udp}, conns: make(map[*quic.Conn]struct{})}, nil
+	return &QUICListener{udp: udp, tr: &quic.Transport{Conn: udp}, conns: make(map[*quic.Conn]struct{}), stopping: make(chan struct{})}, nil
 }
 
 // Addr is the bound UDP address.
@@ -272,6 +285,9 @@ func (l *QUICListener) Addr() net.Addr { return l.udp.LocalAddr() }
 func (l *QUICListener) Start(tlsConf *tls.Config, conf QUICConfig) error {
 	qc := conf.Config()
 	qc.AllowConnectionWindowIncrease = allowWindowIncrease
+	if conf.MaxHandshaking > 0 {
+		l.slots = make(chan struct{}, conf.MaxHandshaking)
+	}
 	l.tr.ConnContext = l.connContext(int64(conf.MaxPendingHandshakes))
 	if conf.Admit != nil {
 		perConn := qc.Clone()
@@ -316,6 +332,7 @@ func (l *QUICListener) Accept(ctx context.Context) (Session, error) {
 
 // StopAccepting closes the listening side only; established sessions go on.
 func (l *QUICListener) StopAccepting() error {
+	l.stopOnce.Do(func() { close(l.stopping) })
 	if l.ln == nil {
 		return nil
 	}
