@@ -50,16 +50,23 @@ const (
 	DefaultMaxPendingHandshakes = 4096
 	// DefaultReconnectWindowPerClient is what a stopping server counts, per
 	// QUIC client it holds, to size the reconnect window it announces (a
-	// TCP client counts half): about what one returning client's
-	// handshake costs on two CPUs, so that 10,000 clients are told to
-	// spread their return over 10 s.
-	DefaultReconnectWindowPerClient = time.Millisecond
+	// TCP client counts half): what one returning client's handshake was
+	// measured to take on two CPUs that run the server and the clients
+	// (docs/performance.md), so that 10,000 QUIC clients are told to
+	// spread their return over 20 s. A shorter window brings them faster
+	// than such a server takes them, and its handshakes then queue past
+	// the handshake timeout.
+	DefaultReconnectWindowPerClient = 2 * time.Millisecond
 	// DefaultMaxReconnectWindow caps the reconnect window a server
 	// announces, and the one a client accepts.
 	DefaultMaxReconnectWindow = 30 * time.Second
 	// DefaultMaxConcurrentHandshakes is how many QUIC TLS handshakes a
-	// server runs at once.
-	DefaultMaxConcurrentHandshakes = 0
+	// server runs at once: enough to keep its CPUs busy while handshakes
+	// wait for their clients' packets (from half of it, 256, new clients
+	// answer a Retry first), few enough that a reconnecting fleet's
+	// handshakes finish within the handshake timeout rather than sharing
+	// the CPU until they all time out.
+	DefaultMaxConcurrentHandshakes = 512
 	// DefaultReverseIdleTimeout is how long the server keeps a client's
 	// reverse-call connection open after its last call ended.
 	DefaultReverseIdleTimeout = time.Minute

@@ -486,6 +486,16 @@ func fleetStorm(ctx context.Context, old *fleetServer, stls *tls.Config, ch *fle
 			st.quantiles = append(st.quantiles, times[k-1].Sub(t0))
 		}
 	}
+	// How the returns were spread: welcomes per 5 s after the restart.
+	var buckets []int
+	for _, w := range times {
+		b := int(w.Sub(t0) / (5 * time.Second))
+		for len(buckets) <= b {
+			buckets = append(buckets, 0)
+		}
+		buckets[b]++
+	}
+	logf("  storm: welcomes per 5 s after the restart: %v", buckets)
 	line, err := ch.ask("report", "probed ")
 	if err != nil {
 		return nil, fs, err
