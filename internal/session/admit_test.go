@@ -504,33 +504,45 @@ func TestTCPPingFloodFromPeerThatDoesNotRead(t *testing.T) {
 	wantEnded(t, s, CodeProtocol)
 }
 
-// TestQUICHandshakesBeyondTheLimitWait shows a listener that runs one
-// TLS handshake at a time: a client arriving while another's handshake
-// holds the slot (done, its connection not accepted yet) waits for it
-// rather than being refused, and is admitted once Accept frees it; a
-// client arriving while a handshake whose peer went silent holds it for
-// longer than slotWait is refused, and the slot is free again once that
-// handshake times out.
-func TestQUICHandshakesBeyondTheLimitWait(t *testing.T) {
-	const timeout = 2 * slotWait // the silent handshake's slot outlasts a wait
-	ln := listenQUIC(t, QUICConfig{Settings: Settings{HandshakeTimeout: timeout}, MaxHandshaking: 1, RetryThreshold: 100})
+// listenQUICSlots is listenQUIC for a listener that runs one TLS
+// handshake at a time and refuses a connection that waited wait for it.
+func listenQUICSlots(t *testing.T, handshakeTimeout, wait time.Duration) *QUICListener {
+	t.Helper()
+	ln, err := ListenUDP("127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("ListenUDP: %v", err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	ln.slotWait = wait
+	conf := QUICConfig{Settings: Settings{HandshakeTimeout: handshakeTimeout}, MaxHandshaking: 1, RetryThreshold: 100}
+	if err := ln.Start(serverTLS(t), conf); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	return ln
+}
 
-	held := dialRawQUIC(t, ln) // its handshake is done; Accept has not taken it
-	_ = held
+// TestQUICHandshakesBeyondTheLimitWait shows a listener that runs one TLS
+// handshake at a time: a client arriving while another's handshake holds
+// the slot (done, its connection not accepted yet) waits for it rather
+// than being refused, and is admitted once Accept frees it.
+func TestQUICHandshakesBeyondTheLimitWait(t *testing.T) {
+	ln := listenQUICSlots(t, bound, time.Minute)
+	dialRawQUIC(t, ln) // its handshake is done; Accept has not taken it
 	dialed := make(chan error, 1)
+	ctls := clientTLS(t)
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*bound)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*bound)
 		defer cancel()
-		conn, err := quic.DialAddr(ctx, ln.Addr().String(), clientTLS(t), &quic.Config{})
+		conn, err := quic.DialAddr(ctx, ln.Addr().String(), ctls, &quic.Config{HandshakeIdleTimeout: 10 * bound})
 		if err == nil {
 			_ = conn.CloseWithError(0, "test over")
 		}
 		dialed <- err
 	}()
-	deadline := time.Now().Add(bound)
+	deadline := time.Now().Add(5 * bound)
 	for ln.waiting.Load() != 1 {
 		if time.Now().After(deadline) {
-			t.Fatalf("the second client did not wait for the handshake slot within %v", bound)
+			t.Fatalf("the second client did not wait for the handshake slot within %v", 5*bound)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -543,9 +555,15 @@ func TestQUICHandshakesBeyondTheLimitWait(t *testing.T) {
 	}
 	acceptOne(t, ln.Accept)
 	waitHandshaking(t, ln, 0, bound)
+}
 
-	// A silent peer's handshake holds the slot until the handshake
-	// timeout: a client that finds no slot within slotWait is refused.
+// TestQUICHandshakeSlotHeldBySilentPeer shows that a client finding the
+// one slot held, for longer than it may wait, by a handshake whose peer
+// went silent is refused, and that the slot is free again once that
+// handshake times out.
+func TestQUICHandshakeSlotHeldBySilentPeer(t *testing.T) {
+	const timeout, wait = 2 * time.Second, 200 * time.Millisecond
+	ln := listenQUICSlots(t, timeout, wait)
 	if got := replay(t, captureInitial(t, ln.Addr()), ln.Addr()); got != packetInitial {
 		t.Fatalf("answer to a replayed Initial: packet type %d, want Initial", got)
 	}

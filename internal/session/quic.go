@@ -62,13 +62,14 @@ type QUICConfig struct {
 	// 0: no cap.
 	MaxPendingHandshakes int
 	// MaxHandshaking, on a listener, is how many TLS handshakes run at
-	// once (see connContext); 0: no limit.
+	// once; the connections beyond wait for one to end (takeSlot). 0: no
+	// limit.
 	MaxHandshaking int
 	// RetryThreshold, on a listener, is how many handshakes in progress
 	// switch on address validation (Retry) for new clients; 0 means
-	// DefaultRetryThreshold, or half of MaxPendingHandshakes when that is
-	// lower, so that validation always starts before the cap refuses
-	// anyone.
+	// DefaultRetryThreshold, or half of MaxPendingHandshakes or of
+	// MaxHandshaking when that is lower, so that validation always starts
+	// before a cap refuses or holds anyone.
 	RetryThreshold int
 }
 
@@ -258,6 +259,7 @@ type QUICListener struct {
 	stopping chan struct{}
 	stopOnce sync.Once
 	waiting  atomic.Int64 // new connections waiting for a slot (0 or 1: one intake goroutine)
+	slotWait time.Duration
 
 	mu    sync.Mutex
 	conns map[*quic.Conn]struct{} // accepted and not yet ended
@@ -275,7 +277,7 @@ func ListenUDP(addr string) (*QUICListener, error) {
 		return nil, err
 	}
 	growReceiveBuffer(udp, ListenerReceiveBuffer)
-	return &QUICListener{udp: udp, tr: &quic.Transport{Conn: udp}, conns: make(map[*quic.Conn]struct{}), stopping: make(chan struct{})}, nil
+	return &QUICListener{udp: udp, tr: &quic.Transport{Conn: udp}, conns: make(map[*quic.Conn]struct{}), stopping: make(chan struct{}), slotWait: defaultSlotWait}, nil
 }
 
 // Addr is the bound UDP address.

@@ -40,11 +40,12 @@ func (st *connState) done() {
 	}
 }
 
-// slotWait bounds how long a new connection waits for a handshake slot
-// before it is refused (CONNECTION_REFUSED: the client backs off). Slots
-// held by handshakes whose client went silent free only at the handshake
-// timeout; a full second of no slot freeing means that is what holds them.
-const slotWait = time.Second
+// defaultSlotWait bounds how long a new connection waits for a handshake
+// slot before it is refused (CONNECTION_REFUSED: the client backs off).
+// Slots held by handshakes whose client went silent free only at the
+// handshake timeout; a full second of no slot freeing means that is what
+// holds them.
+const defaultSlotWait = time.Second
 
 // takeSlot waits for one of the listener's handshake slots, if it limits
 // them, and reports whether it got one. While it waits, quic-go's intake of
@@ -66,7 +67,7 @@ func (l *QUICListener) takeSlot() bool {
 	}
 	l.waiting.Add(1)
 	defer l.waiting.Add(-1)
-	t := time.NewTimer(slotWait)
+	t := time.NewTimer(l.slotWait)
 	defer t.Stop()
 	select {
 	case l.slots <- struct{}{}:
