@@ -600,9 +600,9 @@ func WithReconnectWindow(perClient, max time.Duration) ServerOption {
 // holding many clients) shares the CPU among all its handshakes, which
 // then time out together and are redone; with one, they finish a batch
 // at a time. It also sets when QUIC clients must first answer a Retry (see
-// WithMaxPendingHandshakes): once half of n are in progress. The default
-// is DefaultMaxConcurrentHandshakes; 0 sets no cap. TCP handshakes are not
-// affected.
+// WithMaxPendingHandshakes): once n/2 are in progress, if that is fewer
+// than 256. The default is DefaultMaxConcurrentHandshakes; 0 sets no cap.
+// TCP handshakes are not affected.
 func WithMaxConcurrentHandshakes(n int) ServerOption {
 	return serverOptionFunc(func(o *serverOptions) {
 		if n >= 0 {
