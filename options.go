@@ -48,6 +48,25 @@ const (
 	// handshake at once, per phase (TLS, then brpc's hello): high enough for
 	// a whole fleet reconnecting after a server restart.
 	DefaultMaxPendingHandshakes = 4096
+	// DefaultReconnectWindowPerClient is what a stopping server counts, per
+	// QUIC client it holds, to size the reconnect window it announces (a
+	// TCP client counts half): what one returning client's handshake was
+	// measured to take on two CPUs that run the server and the clients
+	// (docs/performance.md), so that 10,000 QUIC clients are told to
+	// spread their return over 20 s. A shorter window brings them faster
+	// than such a server takes them, and its handshakes then queue past
+	// the handshake timeout.
+	DefaultReconnectWindowPerClient = 2 * time.Millisecond
+	// DefaultMaxReconnectWindow caps the reconnect window a server
+	// announces, and the one a client accepts.
+	DefaultMaxReconnectWindow = 30 * time.Second
+	// DefaultMaxConcurrentHandshakes is how many QUIC TLS handshakes a
+	// server runs at once: enough to keep its CPUs busy while handshakes
+	// wait for their clients' packets (from half of it, 256, new clients
+	// answer a Retry first), few enough that a reconnecting fleet's
+	// handshakes finish within the handshake timeout rather than sharing
+	// the CPU until they all time out.
+	DefaultMaxConcurrentHandshakes = 512
 	// DefaultReverseIdleTimeout is how long the server keeps a client's
 	// reverse-call connection open after its last call ended.
 	DefaultReverseIdleTimeout = time.Minute
@@ -128,9 +147,12 @@ type serverOptions struct {
 	maxMDValueSize   int
 	maxClients       int
 	maxPending       int
+	maxHandshaking   int
 	ratePerSecond    float64
 	rateBurst        int
 	reverseIdle      time.Duration
+	reconnectCost    time.Duration
+	reconnectMax     time.Duration
 	gwPerClient      int
 	gwTotal          int
 	gwServices       []*grpc.ServiceDesc
@@ -146,7 +168,10 @@ func defaultServerOptions() serverOptions {
 		maxMDValues:      DefaultMaxHelloMetadataValues,
 		maxMDValueSize:   DefaultMaxHelloMetadataValueSize,
 		maxPending:       DefaultMaxPendingHandshakes,
+		maxHandshaking:   DefaultMaxConcurrentHandshakes,
 		reverseIdle:      DefaultReverseIdleTimeout,
+		reconnectCost:    DefaultReconnectWindowPerClient,
+		reconnectMax:     DefaultMaxReconnectWindow,
 		gwPerClient:      DefaultGatewayMaxCallsPerClient,
 		gwTotal:          DefaultGatewayMaxCalls,
 	}
@@ -163,10 +188,16 @@ func (o *serverOptions) config() server.Config {
 		MaxMetadataValueSize: o.maxMDValueSize,
 		MaxClients:           o.maxClients,
 		MaxPending:           o.maxPending,
+		MaxHandshaking:       o.maxHandshaking,
 		RatePerSecond:        o.ratePerSecond,
 		RateBurst:            o.rateBurst,
 		ReverseIdle:          o.reverseIdle,
 		DialOptions:          o.grpcDialOptions,
+		ReconnectCostQUIC:    o.reconnectCost,
+		// A TCP session's TLS handshake costs the server about half of
+		// a QUIC one (docs/performance.md, the connect rate's CPU).
+		ReconnectCostTCP:   o.reconnectCost / 2,
+		MaxReconnectWindow: o.reconnectMax,
 	}
 	if auth := o.auth; auth != nil {
 		conf.Authenticate = func(ctx context.Context, info server.AuthInfo) (string, error) {
@@ -192,6 +223,7 @@ type dialOptions struct {
 	backoff       backoff.Config
 	fallbackDelay time.Duration
 	forwardIdle   time.Duration
+	reconnectMax  time.Duration
 }
 
 // config fills the client core's configuration from the options and the
@@ -209,6 +241,8 @@ func (o *dialOptions) config(target, scheme string, endpoints []client.Endpoint)
 		FallbackDelay: o.fallbackDelay,
 		ForwardIdle:   o.forwardIdle,
 		Logger:        o.logger,
+		// The window a server announces spreads the first reconnect.
+		MaxReconnectWindow: o.reconnectMax,
 	}
 }
 
@@ -218,6 +252,7 @@ func defaultDialOptions() dialOptions {
 		backoff:       backoff.DefaultConfig,
 		fallbackDelay: DefaultFallbackDelay,
 		forwardIdle:   DefaultForwardIdleTimeout,
+		reconnectMax:  DefaultMaxReconnectWindow,
 	}
 }
 
@@ -441,7 +476,10 @@ func WithMetadata(md metadata.MD) DialOption {
 // grpc-go's semantics and type: the first attempt after a session ends is
 // immediate, then BaseDelay, growing by Multiplier up to MaxDelay, each
 // randomized by ±Jitter. The default is backoff.DefaultConfig (1 s base,
-// 1.6 multiplier, 0.2 jitter, 120 s max), as in grpc-go.
+// 1.6 multiplier, 0.2 jitter, 120 s max), as in grpc-go. A server that
+// stops may announce a reconnect window (WithReconnectWindow): the first
+// attempt then comes at a random point of it (WithMaxReconnectWindow), and
+// the later ones as above.
 func WithConnectBackoff(bc backoff.Config) DialOption {
 	return dialOptionFunc(func(o *dialOptions) {
 		if bc.BaseDelay > 0 && bc.MaxDelay >= bc.BaseDelay && bc.Multiplier >= 1 && bc.Jitter >= 0 && bc.Jitter <= 1 {
@@ -463,6 +501,22 @@ func WithForwardIdleTimeout(d time.Duration) DialOption {
 	return dialOptionFunc(func(o *dialOptions) {
 		if d >= 0 {
 			o.forwardIdle = d
+		}
+	})
+}
+
+// WithMaxReconnectWindow caps the reconnect window the client accepts from
+// a server that stops (see WithReconnectWindow): the client's first
+// reconnect attempt after such a stop comes at a uniformly random point of
+// the announced window, cut to d. 0 ignores announcements: the first
+// attempt is immediate, as without one. A negative d is ignored. The
+// default is DefaultMaxReconnectWindow. The end of a session that no
+// notice announced (the server crashed, the network failed) is not
+// delayed.
+func WithMaxReconnectWindow(d time.Duration) DialOption {
+	return dialOptionFunc(func(o *dialOptions) {
+		if d >= 0 {
+			o.reconnectMax = d
 		}
 	})
 }
@@ -520,6 +574,47 @@ func WithMaxPendingHandshakes(n int) ServerOption {
 	return serverOptionFunc(func(o *serverOptions) {
 		if n >= 0 {
 			o.maxPending = n
+		}
+	})
+}
+
+// WithReconnectWindow sizes the reconnect window a server announces when it
+// stops (Stop, and GracefulStop once drained): each client it holds is
+// told to make its first reconnect attempt at a uniformly random point of
+// the window, so that a whole fleet does not come back to the restarted
+// server (or another replica) at once, with more handshakes than it can
+// finish within the handshake timeout. The window is perClient for every
+// QUIC client held and half that for every TCP one (whose handshake costs
+// the server about half), at most max: set perClient to about what one
+// client's handshake costs the server that takes the fleet back, divided
+// by the CPUs it has. Clients older than the announcement, and those that
+// set WithMaxReconnectWindow(0), reconnect at once as before. Defaults:
+// DefaultReconnectWindowPerClient and DefaultMaxReconnectWindow; 0 for
+// either announces no window. Negative values are ignored.
+func WithReconnectWindow(perClient, max time.Duration) ServerOption {
+	return serverOptionFunc(func(o *serverOptions) {
+		if perClient >= 0 && max >= 0 {
+			o.reconnectCost, o.reconnectMax = perClient, max
+		}
+	})
+}
+
+// WithMaxConcurrentHandshakes caps the QUIC TLS handshakes the server runs
+// at once. A client beyond it waits for one of them to finish: its first
+// packets are held, or dropped and sent again by the client, in the order
+// they came, and a client that finds no handshake finishing within a
+// second is refused and backs off. Without a cap, a fleet larger than the
+// server can take within the handshake timeout (a restart of a server
+// holding many clients) shares the CPU among all its handshakes, which
+// then time out together and are redone; with one, they finish a batch
+// at a time. It also sets when QUIC clients must first answer a Retry (see
+// WithMaxPendingHandshakes): once n/2 are in progress, if that is fewer
+// than 256. The default is DefaultMaxConcurrentHandshakes; 0 sets no cap.
+// TCP handshakes are not affected.
+func WithMaxConcurrentHandshakes(n int) ServerOption {
+	return serverOptionFunc(func(o *serverOptions) {
+		if n >= 0 {
+			o.maxHandshaking = n
 		}
 	})
 }

@@ -65,7 +65,13 @@ type fleetConfig struct {
 	baseDelay   time.Duration
 	probeRate   int
 	maxPending  int
-	cpuprofile  string
+	slots       int
+	// windowPerClient and maxWindow are the servers' WithReconnectWindow;
+	// clientMaxWindow the clients' WithMaxReconnectWindow.
+	windowPerClient time.Duration
+	maxWindow       time.Duration
+	clientMaxWindow time.Duration
+	cpuprofile      string
 	// childProfile is -child-cpuprofile: the child's CPU profile prefix.
 	childProfile string
 	// perfEvents is -perf: perf stat events counted on both processes
@@ -99,6 +105,10 @@ func fleetMain(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&c.baseDelay, "base-delay", backoff.DefaultConfig.BaseDelay, "storm: the clients' reconnect backoff base delay (WithConnectBackoff)")
 	fs.IntVar(&c.probeRate, "probe-rate", 200, "storm: calls per second the clients already back make while the others reconnect")
 	fs.IntVar(&c.maxPending, "max-pending", brpc.DefaultMaxPendingHandshakes, "the brpc servers' WithMaxPendingHandshakes")
+	fs.IntVar(&c.slots, "max-handshaking", brpc.DefaultMaxConcurrentHandshakes, "the brpc servers' WithMaxConcurrentHandshakes")
+	fs.DurationVar(&c.windowPerClient, "window-per-client", brpc.DefaultReconnectWindowPerClient, "storm: the servers' WithReconnectWindow per client (0: no window announced)")
+	fs.DurationVar(&c.maxWindow, "max-window", brpc.DefaultMaxReconnectWindow, "storm: the servers' WithReconnectWindow maximum")
+	fs.DurationVar(&c.clientMaxWindow, "client-max-window", brpc.DefaultMaxReconnectWindow, "storm: the clients' WithMaxReconnectWindow (0: ignore the announced window)")
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write CPU profiles of the server while the clients are idle to PREFIX-<setup>-idle.pprof, during each fan-out to PREFIX-<setup>-cold.pprof and PREFIX-<setup>-warm.pprof, and during the storm's Stop to PREFIX-<setup>-stop.pprof")
 	fs.StringVar(&c.childProfile, "child-cpuprofile", "", "write CPU profiles of the client process during each fan-out to PREFIX-<setup>-cold-child.pprof and PREFIX-<setup>-warm-child.pprof")
 	fs.BoolVar(&c.appWindows, "app-windows", false, "the application's *grpc.Servers (the server's and the clients') get the static HTTP/2 windows docs/security.md recommends (grpc.InitialWindowSize 256 KiB, grpc.InitialConnWindowSize 4 MiB), which switch grpc-go's BDP estimation off")
@@ -112,7 +122,8 @@ func fleetMain(args []string, stdout, stderr io.Writer) error {
 	if *perf != "" {
 		c.perfEvents = strings.Split(*perf, ",")
 	}
-	if c.n < 1 || c.fanouts < 2 || c.warmPause < 0 || c.dialers < 1 || c.concurrency < 0 || c.jitter < 0 || c.jitter > 1 || c.baseDelay <= 0 || c.probeRate < 1 {
+	if c.n < 1 || c.fanouts < 2 || c.warmPause < 0 || c.dialers < 1 || c.concurrency < 0 || c.jitter < 0 || c.jitter > 1 || c.baseDelay <= 0 || c.probeRate < 1 ||
+		c.windowPerClient < 0 || c.maxWindow < 0 || c.clientMaxWindow < 0 {
 		return errors.New("fleet: counts and delays must be positive, jitter within [0, 1]")
 	}
 	for _, k := range strings.Split(*kinds, ",") {
@@ -135,6 +146,8 @@ func fleetMain(args []string, stdout, stderr io.Writer) error {
 	}
 	fleetMaxPending = c.maxPending
 	fleetAppWindows, fleetRevWindows = c.appWindows, c.revWindows
+	fleetWindow = brpc.WithReconnectWindow(c.windowPerClient, c.maxWindow)
+	fleetSlots = c.slots
 	ca, err := certs.NewCA()
 	if err != nil {
 		return err
@@ -248,6 +261,12 @@ func fleetServerOptions() []grpc.ServerOption {
 	return opts
 }
 
+// fleetSlots is -max-handshaking.
+var fleetSlots = brpc.DefaultMaxConcurrentHandshakes
+
+// fleetWindow is -window-per-client and -max-window.
+var fleetWindow = brpc.WithReconnectWindow(brpc.DefaultReconnectWindowPerClient, brpc.DefaultMaxReconnectWindow)
+
 func startFleetServer(stls *tls.Config, transport, addr string) (*fleetServer, error) {
 	listen := brpc.ListenQUIC
 	if transport == "tcp" {
@@ -268,6 +287,8 @@ func startFleetServer(stls *tls.Config, transport, addr string) (*fleetServer, e
 		// Long enough that the second fan-out finds every connection open.
 		brpc.WithReverseIdleTimeout(10*time.Minute),
 		brpc.WithMaxPendingHandshakes(fleetMaxPending),
+		fleetWindow,
+		brpc.WithMaxConcurrentHandshakes(fleetSlots),
 		brpc.WithAuthenticator(func(_ context.Context, info brpc.AuthInfo) (string, error) {
 			if info.TLS.DidResume {
 				f.resumed.Add(1)
@@ -585,6 +606,16 @@ func fleetStorm(ctx context.Context, old *fleetServer, stls *tls.Config, ch *fle
 			st.quantiles = append(st.quantiles, times[k-1].Sub(t0))
 		}
 	}
+	// How the returns were spread: welcomes per 5 s after the restart.
+	var buckets []int
+	for _, w := range times {
+		b := int(w.Sub(t0) / (5 * time.Second))
+		for len(buckets) <= b {
+			buckets = append(buckets, 0)
+		}
+		buckets[b]++
+	}
+	logf("  storm: welcomes per 5 s after the restart: %v", buckets)
 	line, err := ch.ask("report", "probed ")
 	if err != nil {
 		return nil, fs, err
@@ -617,7 +648,8 @@ func startFleetChild(ca *certs.CA, c *fleetConfig, kind, target string) (*fleetC
 	cmd := exec.Command(exe, fleetChildCommand, "-kind", kind, "-target", target,
 		"-n", strconv.Itoa(c.n), "-dialers", strconv.Itoa(c.dialers),
 		"-resume="+strconv.FormatBool(c.resume), "-jitter", strconv.FormatFloat(c.jitter, 'g', -1, 64),
-		"-base-delay", c.baseDelay.String(), "-app-windows="+strconv.FormatBool(c.appWindows))
+		"-base-delay", c.baseDelay.String(), "-app-windows="+strconv.FormatBool(c.appWindows),
+		"-max-window", c.clientMaxWindow.String())
 	cmd.Env = append(os.Environ(), childCAEnv+"="+string(ca.CertPEM()))
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
@@ -748,6 +780,7 @@ func fleetChildMain(args []string) int {
 	jitter := fs.Float64("jitter", backoff.DefaultConfig.Jitter, "reconnect backoff jitter")
 	baseDelay := fs.Duration("base-delay", backoff.DefaultConfig.BaseDelay, "reconnect backoff base delay")
 	fs.BoolVar(&fleetAppWindows, "app-windows", false, "the clients' *grpc.Server gets static HTTP/2 windows")
+	maxWindow := fs.Duration("max-window", brpc.DefaultMaxReconnectWindow, "WithMaxReconnectWindow")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -786,7 +819,7 @@ func fleetChildMain(args []string) int {
 		}
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		cc, err := brpc.Dial(dctx, *target, brpc.WithTLSConfig(tc), brpc.WithServer(h.gs), brpc.WithConnectBackoff(bc))
+		cc, err := brpc.Dial(dctx, *target, brpc.WithTLSConfig(tc), brpc.WithServer(h.gs), brpc.WithConnectBackoff(bc), brpc.WithMaxReconnectWindow(*maxWindow))
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -1049,7 +1082,7 @@ func (h *fleetHolder) report() string {
 // printFleet writes the fleet's tables.
 func printFleet(w io.Writer, c *fleetConfig, results []*fleetResult, started time.Time, load0 string) {
 	fmt.Fprintf(w, "\nUsed fleet, %d clients in a child process (%d dialers); fan-out concurrency %d; %s, %s; took %v; load average %s at the start, %s at the end\n\n",
-		c.n, c.dialers, c.concurrency, started.Format("2006-01-02 15:04 MST"), "storm clients: resume="+strconv.FormatBool(c.resume)+fmt.Sprintf(" jitter=%.2f base=%v; server max pending handshakes %d", c.jitter, c.baseDelay, c.maxPending),
+		c.n, c.dialers, c.concurrency, started.Format("2006-01-02 15:04 MST"), "storm clients: resume="+strconv.FormatBool(c.resume)+fmt.Sprintf(" jitter=%.2f base=%v max-window=%v; server max pending handshakes %d, max handshaking %d, reconnect window %v per client, at most %v", c.jitter, c.baseDelay, c.clientMaxWindow, c.maxPending, c.slots, c.windowPerClient, c.maxWindow),
 		time.Since(started).Round(time.Second), load0, loadAvg())
 	fmt.Fprintln(w, "| setup | connect rate | server CPU idle | server CPU per connect | clients' CPU per connect | 1st fan-out (cold) | server CPU per cold call | clients' CPU per cold call | 2nd fan-out (warm) | server CPU per warm call | clients' CPU per warm call | errors |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -50,7 +50,10 @@ type Config struct {
 	// ForwardIdle is how long the forward gRPC connection stays open
 	// without calls (grpc-go's idle mode); 0: for as long as the session.
 	ForwardIdle time.Duration
-	Logger      *slog.Logger // nil: no logging
+	// MaxReconnectWindow caps the reconnect window a server's Closing
+	// notice announces; 0 ignores announcements.
+	MaxReconnectWindow time.Duration
+	Logger             *slog.Logger // nil: no logging
 }
 
 // Conn is a client's connection to a brpc server, across sessions: when a
@@ -93,6 +96,10 @@ type clientSession struct {
 	ctrl      net.Conn
 	info      *grpcglue.SessionInfo // describes the server
 	goingAway atomic.Bool
+	// reconnectWindow is what the server's Closing notice asked the
+	// first reconnect attempt to be spread over (0: none). Set and read
+	// on the supervising goroutine only.
+	reconnectWindow time.Duration
 }
 
 var _ grpc.ClientConnInterface = (*Conn)(nil)

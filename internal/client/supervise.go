@@ -36,7 +36,7 @@ func (c *Conn) supervise(cs *clientSession) {
 			c.stop(err)
 			return
 		}
-		if cs = c.reconnect(cs.endpoint); cs == nil || !c.setSession(cs) {
+		if cs = c.reconnect(cs.endpoint, cs.reconnectWindow); cs == nil || !c.setSession(cs) {
 			return
 		}
 	}
@@ -74,6 +74,7 @@ func (c *Conn) serveSession(cs *clientSession) {
 			// with the server's code and reason as the session's Ending
 			// (TCP would carry neither).
 			cs.goingAway.Store(true)
+			cs.reconnectWindow = handshake.ReconnectWindow(n.GetClosing())
 			cs.sess.PeerAnnounced(session.CloseCode(n.GetClosing().GetCode()), n.GetClosing().GetReason())
 		}
 	}
@@ -95,12 +96,19 @@ func (c *Conn) sessionEnded(cs *clientSession) error {
 
 // reconnect dials until a session is welcomed, with grpc-go's backoff
 // semantics: the first attempt at once, then exponentially growing,
-// jittered delays. Each attempt tries every endpoint, the one of the
+// jittered delays. A server that announced a reconnect window (window,
+// from its Closing notice) gets the first attempt at a uniformly random
+// point of it instead, so that the fleet it told of its shutdown does not
+// come back all at once. Each attempt tries every endpoint, the one of the
 // session that ended (prev) last. It returns nil once the Conn is closed.
-func (c *Conn) reconnect(prev int) *clientSession {
+func (c *Conn) reconnect(prev int, window time.Duration) *clientSession {
 	for attempt := 0; ; attempt++ {
+		d := firstAttemptDelay(window, c.conf.MaxReconnectWindow)
 		if attempt > 0 {
-			t := time.NewTimer(backoffDelay(c.conf.Backoff, attempt-1))
+			d = backoffDelay(c.conf.Backoff, attempt-1)
+		}
+		if d > 0 {
+			t := time.NewTimer(d)
 			select {
 			case <-t.C:
 			case <-c.ctx.Done():
@@ -121,6 +129,17 @@ func (c *Conn) reconnect(prev int) *clientSession {
 		c.log(slog.LevelWarn, "brpc: reconnect failed", nil, slog.Int("attempt", attempt+1), slog.String("error", err.Error()))
 		c.setState(connectivity.TransientFailure)
 	}
+}
+
+// firstAttemptDelay is the delay before the first reconnect attempt: a
+// uniformly random point of the announced window, capped at limit (0: at
+// once).
+func firstAttemptDelay(window, limit time.Duration) time.Duration {
+	window = min(window, limit)
+	if window <= 0 {
+		return 0
+	}
+	return rand.N(window)
 }
 
 // backoffDelay is the delay before retry number retries (0-based), as

@@ -3,6 +3,7 @@ package handshake
 import (
 	"context"
 	"errors"
+	"math"
 	"net"
 	"time"
 
@@ -206,7 +207,19 @@ func NewGoAway(reason string) *handshakepb.Notice {
 }
 
 // NewClosing builds the server's last word on a session it is about to
-// close: the close code and reason, which TCP cannot carry itself.
-func NewClosing(code session.CloseCode, reason string) *handshakepb.Notice {
-	return &handshakepb.Notice{Kind: &handshakepb.Notice_Closing{Closing: &handshakepb.Closing{Code: uint32(code), Reason: reason}}}
+// close: the close code and reason, which TCP cannot carry itself, and the
+// window over which the client should spread its first reconnect attempt
+// (0: none; whole milliseconds on the wire, a shorter window is none).
+func NewClosing(code session.CloseCode, reason string, reconnectWindow time.Duration) *handshakepb.Notice {
+	ms := min(reconnectWindow.Milliseconds(), math.MaxUint32)
+	return &handshakepb.Notice{Kind: &handshakepb.Notice_Closing{Closing: &handshakepb.Closing{
+		Code: uint32(code), Reason: reason, ReconnectWindowMs: uint32(max(ms, 0)),
+	}}}
+}
+
+// ReconnectWindow is the window a Closing notice asks the client to spread
+// its first reconnect attempt over; 0 when it announces none (a server that
+// predates the field sends none).
+func ReconnectWindow(c *handshakepb.Closing) time.Duration {
+	return time.Duration(c.GetReconnectWindowMs()) * time.Millisecond
 }

@@ -56,11 +56,11 @@ func TestConcurrentClosesAgreeOnKindAndReason(t *testing.T) {
 				wg.Add(2)
 				go func() {
 					defer wg.Done()
-					ss.closeTold(session.CodeReplaced, replacedReason, errors.New("replaced"), time.Now().Add(bound))
+					ss.closeTold(session.CodeReplaced, replacedReason, errors.New("replaced"), time.Now().Add(bound), 0)
 				}()
 				go func() {
 					defer wg.Done()
-					ss.closeTold(session.CodeShutdown, "server stopped", errShuttingDown, time.Now().Add(bound))
+					ss.closeTold(session.CodeShutdown, "server stopped", errShuttingDown, time.Now().Add(bound), 0)
 				}()
 				wg.Wait()
 				<-server.Context().Done()

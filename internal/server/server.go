@@ -49,10 +49,17 @@ type Config struct {
 	MaxMetadataValueSize int
 	MaxClients           int // 0: no cap
 	MaxPending           int // handshakes in progress, per phase; 0: no cap
+	MaxHandshaking       int // QUIC TLS handshakes run at once; 0: no limit
 	RatePerSecond        float64
 	RateBurst            int           // with RatePerSecond: per-address limit; 0: none
 	ReverseIdle          time.Duration // 0: keep reverse connections until disconnect
-	DialOptions          []grpc.DialOption
+	// ReconnectCostQUIC and ReconnectCostTCP are the time the server
+	// counts on to admit one returning client of each transport. Stop
+	// announces to every client a reconnect window of their sum over the
+	// sessions it holds, at most MaxReconnectWindow (0: no window).
+	ReconnectCostQUIC, ReconnectCostTCP time.Duration
+	MaxReconnectWindow                  time.Duration
+	DialOptions                         []grpc.DialOption
 
 	// Authenticate returns a connecting client's ID or the error that
 	// rejects it; nil admits every client under a random ID.
@@ -201,7 +208,7 @@ func (s *Server) quicConfig() session.QUICConfig {
 	// TLS handshake is dropped, and no TLS handshake lasts more than twice
 	// that.
 	conf.HandshakeTimeout = s.conf.HandshakeTimeout
-	return session.QUICConfig{Settings: conf, VerifyAddresses: s.limiter != nil, MaxPendingHandshakes: s.conf.MaxPending}
+	return session.QUICConfig{Settings: conf, VerifyAddresses: s.limiter != nil, MaxPendingHandshakes: s.conf.MaxPending, MaxHandshaking: s.conf.MaxHandshaking}
 }
 
 // admit is the listeners' admission check, nil when there is none.
@@ -384,12 +391,13 @@ func (s *Server) Stop() {
 	// the whole gets stopLinger to close from the clients' side: a client
 	// that stopped reading holds Stop up to that, not each one in turn.
 	deadline := time.Now().Add(stopLinger)
+	window := s.reconnectWindow(sessions)
 	var told sync.WaitGroup
 	for _, ss := range sessions {
 		told.Add(1)
 		go func() {
 			defer told.Done()
-			ss.closeTold(session.CodeShutdown, "server stopped", errShuttingDown, deadline)
+			ss.closeTold(session.CodeShutdown, "server stopped", errShuttingDown, deadline, window)
 		}()
 	}
 	told.Wait()
@@ -400,6 +408,28 @@ func (s *Server) Stop() {
 	// Every session has reported its disconnect by now.
 	s.watch.stop()
 	s.reverse.Close()
+}
+
+// reconnectWindow is the window a stopping server announces to the
+// clients of sessions, so that they do not all come back to its successor
+// (or to another replica) at once: about the time that successor needs to
+// admit them all, if it admits them at the rate the configured costs
+// say. Handshakes that arrive faster than that wait in a queue, and those
+// that wait longer than the handshake timeout fail and are redone, which
+// wastes the very CPU the queue waits for.
+func (s *Server) reconnectWindow(sessions []*Session) time.Duration {
+	var w time.Duration
+	for _, ss := range sessions {
+		if ss.sess.Transport() == session.TransportTCP {
+			w += s.conf.ReconnectCostTCP
+		} else {
+			w += s.conf.ReconnectCostQUIC
+		}
+		if w >= s.conf.MaxReconnectWindow {
+			return s.conf.MaxReconnectWindow
+		}
+	}
+	return w
 }
 
 func (s *Server) stopAcceptingLocked() {

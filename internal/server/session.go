@@ -232,7 +232,7 @@ func (ss *Session) replace() {
 func (ss *Session) CloseReplaced() {
 	ss.closeTold(session.CodeReplaced, "replaced by a newer session of the same client",
 		status.Errorf(codes.Unavailable, "brpc: client %q reconnected; this session was replaced", ss.ID()),
-		time.Now().Add(handshake.Linger))
+		time.Now().Add(handshake.Linger), 0)
 }
 
 // dialGRPC returns the route of the server's calls to this client through
@@ -275,16 +275,17 @@ func (ss *Session) notify(n *handshakepb.Notice, deadline time.Time) bool {
 }
 
 // closeTold ends the session after telling the client why on the control
-// stream, for transports that carry no close code of their own (TCP). The
+// stream, for transports that carry no close code of their own (TCP), and
+// over what window to spread its first reconnect attempt (0: none). The
 // client closes the session when it reads the notice; the server closes it
 // itself at deadline (closing first could reset the connection before the
 // notice is read), or at once if the notice could not be written.
-func (ss *Session) closeTold(code session.CloseCode, reason string, callErr error, deadline time.Time) {
+func (ss *Session) closeTold(code session.CloseCode, reason string, callErr error, deadline time.Time, reconnectWindow time.Duration) {
 	// From here on the session's Ending is this close, whichever side
 	// then ends the connection.
 	ss.sess.Announce(code, reason)
 	ss.lazy().Drain(callErr)
-	if ss.notify(handshake.NewClosing(code, reason), deadline) {
+	if ss.notify(handshake.NewClosing(code, reason, reconnectWindow), deadline) {
 		t := time.NewTimer(time.Until(deadline))
 		select {
 		case <-ss.sess.Closed():

@@ -503,3 +503,79 @@ func TestTCPPingFloodFromPeerThatDoesNotRead(t *testing.T) {
 	}
 	wantEnded(t, s, CodeProtocol)
 }
+
+// listenQUICSlots is listenQUIC for a listener that runs one TLS
+// handshake at a time and refuses a connection that waited wait for it.
+func listenQUICSlots(t *testing.T, handshakeTimeout, wait time.Duration) *QUICListener {
+	t.Helper()
+	ln, err := ListenUDP("127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("ListenUDP: %v", err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	ln.slotWait = wait
+	conf := QUICConfig{Settings: Settings{HandshakeTimeout: handshakeTimeout}, MaxHandshaking: 1, RetryThreshold: 100}
+	if err := ln.Start(serverTLS(t), conf); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	return ln
+}
+
+// TestQUICHandshakesBeyondTheLimitWait shows a listener that runs one TLS
+// handshake at a time: a client arriving while another's handshake holds
+// the slot (done, its connection not accepted yet) waits for it rather
+// than being refused, and is admitted once Accept frees it.
+func TestQUICHandshakesBeyondTheLimitWait(t *testing.T) {
+	ln := listenQUICSlots(t, bound, time.Minute)
+	dialRawQUIC(t, ln) // its handshake is done; Accept has not taken it
+	dialed := make(chan error, 1)
+	ctls := clientTLS(t)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*bound)
+		defer cancel()
+		conn, err := quic.DialAddr(ctx, ln.Addr().String(), ctls, &quic.Config{HandshakeIdleTimeout: 10 * bound})
+		if err == nil {
+			_ = conn.CloseWithError(0, "test over")
+		}
+		dialed <- err
+	}()
+	deadline := time.Now().Add(5 * bound)
+	for ln.waiting.Load() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the second client did not wait for the handshake slot within %v", 5*bound)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := ln.handshaking.Load(); n != 1 {
+		t.Fatalf("%d handshakes in progress while one client waits, want 1", n)
+	}
+	acceptOne(t, ln.Accept) // frees the slot
+	if err := <-dialed; err != nil {
+		t.Fatalf("the client that waited for the slot: %v, want connected", err)
+	}
+	acceptOne(t, ln.Accept)
+	waitHandshaking(t, ln, 0, bound)
+}
+
+// TestQUICHandshakeSlotHeldBySilentPeer shows that a client finding the
+// one slot held, for longer than it may wait, by a handshake whose peer
+// went silent is refused, and that the slot is free again once that
+// handshake times out.
+func TestQUICHandshakeSlotHeldBySilentPeer(t *testing.T) {
+	const timeout, wait = 2 * time.Second, 200 * time.Millisecond
+	ln := listenQUICSlots(t, timeout, wait)
+	if got := replay(t, captureInitial(t, ln.Addr()), ln.Addr()); got != packetInitial {
+		t.Fatalf("answer to a replayed Initial: packet type %d, want Initial", got)
+	}
+	waitHandshaking(t, ln, 1, bound)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*bound)
+	defer cancel()
+	_, err := quic.DialAddr(ctx, ln.Addr().String(), clientTLS(t), &quic.Config{})
+	var te *quic.TransportError
+	if !errors.As(err, &te) || te.ErrorCode != quic.ConnectionRefused {
+		t.Fatalf("dial while a silent handshake holds the slot: %v, want CONNECTION_REFUSED", err)
+	}
+	waitHandshaking(t, ln, 0, 3*timeout+bound)
+	dialRawQUIC(t, ln)
+	acceptOne(t, ln.Accept)
+}

@@ -61,11 +61,15 @@ type QUICConfig struct {
 	// beyond it are refused with CONNECTION_REFUSED before any TLS work.
 	// 0: no cap.
 	MaxPendingHandshakes int
+	// MaxHandshaking, on a listener, is how many TLS handshakes run at
+	// once; the connections beyond wait for one to end (takeSlot). 0: no
+	// limit.
+	MaxHandshaking int
 	// RetryThreshold, on a listener, is how many handshakes in progress
 	// switch on address validation (Retry) for new clients; 0 means
-	// DefaultRetryThreshold, or half of MaxPendingHandshakes when that is
-	// lower, so that validation always starts before the cap refuses
-	// anyone.
+	// DefaultRetryThreshold, or half of MaxPendingHandshakes or of
+	// MaxHandshaking when that is lower, so that validation always starts
+	// before a cap refuses or holds anyone.
 	RetryThreshold int
 }
 
@@ -95,6 +99,9 @@ func (c QUICConfig) retryThreshold() int64 {
 	t := DefaultRetryThreshold
 	if c.MaxPendingHandshakes > 0 {
 		t = min(t, max(c.MaxPendingHandshakes/2, 1))
+	}
+	if c.MaxHandshaking > 0 {
+		t = min(t, max(c.MaxHandshaking/2, 1))
 	}
 	return int64(t)
 }
@@ -245,6 +252,14 @@ type QUICListener struct {
 	// handshaking counts the connections quic-go is handshaking (TLS) and
 	// those it finished that Accept has not returned yet.
 	handshaking atomic.Int64
+	// slots holds a token per connection counted in handshaking while
+	// QUICConfig.MaxHandshaking is set (nil otherwise); stopping is closed
+	// when the listener stops accepting, which ends a wait for one.
+	slots    chan struct{}
+	stopping chan struct{}
+	stopOnce sync.Once
+	waiting  atomic.Int64 // new connections waiting for a slot (0 or 1: one intake goroutine)
+	slotWait time.Duration
 
 	mu    sync.Mutex
 	conns map[*quic.Conn]struct{} // accepted and not yet ended
@@ -262,7 +277,7 @@ func ListenUDP(addr string) (*QUICListener, error) {
 		return nil, err
 	}
 	growReceiveBuffer(udp, ListenerReceiveBuffer)
-	return &QUICListener{udp: udp, tr: &quic.Transport{Conn: udp}, conns: make(map[*quic.Conn]struct{})}, nil
+	return &QUICListener{udp: udp, tr: &quic.Transport{Conn: udp}, conns: make(map[*quic.Conn]struct{}), stopping: make(chan struct{}), slotWait: defaultSlotWait}, nil
 }
 
 // Addr is the bound UDP address.
@@ -272,6 +287,9 @@ func (l *QUICListener) Addr() net.Addr { return l.udp.LocalAddr() }
 func (l *QUICListener) Start(tlsConf *tls.Config, conf QUICConfig) error {
 	qc := conf.Config()
 	qc.AllowConnectionWindowIncrease = allowWindowIncrease
+	if conf.MaxHandshaking > 0 {
+		l.slots = make(chan struct{}, conf.MaxHandshaking)
+	}
 	l.tr.ConnContext = l.connContext(int64(conf.MaxPendingHandshakes))
 	if conf.Admit != nil {
 		perConn := qc.Clone()
@@ -316,6 +334,7 @@ func (l *QUICListener) Accept(ctx context.Context) (Session, error) {
 
 // StopAccepting closes the listening side only; established sessions go on.
 func (l *QUICListener) StopAccepting() error {
+	l.stopOnce.Do(func() { close(l.stopping) })
 	if l.ln == nil {
 		return nil
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sync/atomic"
+	"time"
 
 	"github.com/quic-go/quic-go"
 )
@@ -33,7 +34,48 @@ type connStateKey struct{}
 func (st *connState) done() {
 	if st != nil && st.handshaking.CompareAndSwap(true, false) {
 		st.l.handshaking.Add(-1)
+		if st.l.slots != nil {
+			<-st.l.slots
+		}
 	}
+}
+
+// defaultSlotWait bounds how long a new connection waits for a handshake
+// slot before it is refused (CONNECTION_REFUSED: the client backs off).
+// Slots held by handshakes whose client went silent free only at the
+// handshake timeout; a full second of no slot freeing means that is what
+// holds them.
+const defaultSlotWait = time.Second
+
+// takeSlot waits for one of the listener's handshake slots, if it limits
+// them, and reports whether it got one. While it waits, quic-go's intake of
+// new connections waits with it (connContext runs on its one goroutine):
+// the Initial packets behind are queued up to quic-go's limit and dropped
+// beyond it, and their clients send them again. So the handshakes beyond
+// the limit wait, in the order their packets came, instead of all sharing
+// the CPU until the handshake timeout ends them together, which is what a
+// reconnecting fleet larger than the server can take at once otherwise
+// does: none finishes, and all the work is redone.
+func (l *QUICListener) takeSlot() bool {
+	if l.slots == nil {
+		return true
+	}
+	select {
+	case l.slots <- struct{}{}:
+		return true
+	default:
+	}
+	l.waiting.Add(1)
+	defer l.waiting.Add(-1)
+	t := time.NewTimer(l.slotWait)
+	defer t.Stop()
+	select {
+	case l.slots <- struct{}{}:
+		return true
+	case <-t.C:
+	case <-l.stopping:
+	}
+	return false
 }
 
 // handshakeOf returns the listener's state of conn, nil for a dialed one.
@@ -48,8 +90,14 @@ func handshakeOf(conn *quic.Conn) *connState {
 // closes. max caps the attempts counted at once (0: no cap).
 func (l *QUICListener) connContext(max int64) func(context.Context, *quic.ClientInfo) (context.Context, error) {
 	return func(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
+		if !l.takeSlot() {
+			return nil, errTooManyHandshakes
+		}
 		if n := l.handshaking.Add(1); max > 0 && n > max {
 			l.handshaking.Add(-1)
+			if l.slots != nil {
+				<-l.slots
+			}
 			return nil, errTooManyHandshakes
 		}
 		st := &connState{l: l}

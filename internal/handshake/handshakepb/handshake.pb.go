@@ -359,10 +359,17 @@ func (*Notice_Closing) isNotice_Kind() {}
 type Closing struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// code is the session close code (internal/session CloseCode).
-	Code          uint32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
-	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Code   uint32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// reconnect_window_ms, when not zero, asks the client to make its first
+	// reconnect attempt after a delay picked uniformly in
+	// [0, reconnect_window_ms) milliseconds from reading this notice, so
+	// that a fleet told of the same shutdown comes back spread out rather
+	// than all at once. Zero (a server that does not announce a window, or
+	// too few clients to need one): reconnect as without the notice.
+	ReconnectWindowMs uint32 `protobuf:"varint,3,opt,name=reconnect_window_ms,json=reconnectWindowMs,proto3" json:"reconnect_window_ms,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Closing) Reset() {
@@ -407,6 +414,13 @@ func (x *Closing) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *Closing) GetReconnectWindowMs() uint32 {
+	if x != nil {
+		return x.ReconnectWindowMs
+	}
+	return 0
 }
 
 // GoAway tells the client that the server is shutting down: no new calls
@@ -478,10 +492,11 @@ const file_handshake_proto_rawDesc = "" +
 	"\x06Notice\x124\n" +
 	"\ago_away\x18\x01 \x01(\v2\x19.brpc.handshake.v1.GoAwayH\x00R\x06goAway\x126\n" +
 	"\aclosing\x18\x02 \x01(\v2\x1a.brpc.handshake.v1.ClosingH\x00R\aclosingB\x06\n" +
-	"\x04kind\"5\n" +
+	"\x04kind\"e\n" +
 	"\aClosing\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\" \n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12.\n" +
+	"\x13reconnect_window_ms\x18\x03 \x01(\rR\x11reconnectWindowMs\" \n" +
 	"\x06GoAway\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reasonB8Z6github.com/brpc-go/brpc/internal/handshake/handshakepbb\x06proto3"
 
