@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -89,7 +90,7 @@ func (c *ClusterConfig) validate() error {
 }
 
 // core is the cluster core's view of c.
-func (c *ClusterConfig) core(observe []func(ClusterEvent), kinds map[string]gateway.Kind) cluster.Config {
+func (c *ClusterConfig) core(observe []func(ClusterEvent), kinds map[string]gateway.Kind, idle time.Duration) cluster.Config {
 	p := c.Presence
 	conf := cluster.Config{
 		Self:          cluster.Replica{Name: c.Replica, Addr: c.Advertise},
@@ -99,6 +100,7 @@ func (c *ClusterConfig) core(observe []func(ClusterEvent), kinds map[string]gate
 		ServerOptions: c.ServerOptions,
 		TargetHeader:  GatewayTargetHeader,
 		Kinds:         kinds,
+		TunnelIdle:    idle,
 		Join: func(ctx context.Context, self cluster.Replica, updates func(cluster.Update)) (cluster.Membership, error) {
 			return p.Join(ctx, Replica(self), func(u PresenceUpdate) { updates(coreUpdate(u)) })
 		},
