@@ -606,3 +606,10 @@ func (endpointCreds) Info() credentials.ProtocolInfo {
 func (c endpointCreds) Clone() credentials.TransportCredentials { return c }
 
 func (endpointCreds) OverrideServerName(string) error { return nil }
+
+// Tunnels is how many tunnels through this replica are open now.
+func (c *Cluster) Tunnels() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tunnels
+}
