@@ -195,9 +195,10 @@ func (s *Server[C]) Peers() []Peer {
 //
 // A replica of a cluster (WithCluster) leaves the presence first (waiting
 // at most 5 s), so the other replicas route no new calls here and
-// the clients can reconnect to another replica at once; calls already
-// forwarded here are drained with the rest, then the replica endpoint
-// stops.
+// the clients can reconnect to another replica at once. The other
+// replicas then close their tunnels to this replica's clients once the
+// calls on them are over, which GracefulStop waits for (at most 10 s)
+// before it drains the rest; then the replica listener stops.
 func (s *Server[C]) GracefulStop() {
 	if s.cluster != nil {
 		s.cluster.Leave(clusterLeaveTimeout)

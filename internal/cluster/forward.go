@@ -58,7 +58,7 @@ func (f *forwardConn) Invoke(ctx context.Context, method string, args, reply any
 			}
 		}
 		fc.end()
-		if errors.Is(err, errRetired) {
+		if errors.Is(err, errRetired) || (attempt == 0 && drained(err)) {
 			continue
 		}
 		if !errors.Is(err, errTunnelNotHere) {
@@ -69,6 +69,17 @@ func (f *forwardConn) Invoke(ctx context.Context, method string, args, reply any
 			return notFound(f.id)
 		}
 	}
+}
+
+// drained reports whether err is grpc-go's refusal to start a call on a
+// transport that is going away: the call was never sent. grpc-go makes such
+// a call once more itself, but only once, and its new attempt can pick the
+// same transport before it learns that it is going away (the GOAWAY a
+// holding replica sends when the client's session ends); the call is then
+// routed once more here.
+func drained(err error) bool {
+	st, ok := status.FromError(err)
+	return ok && st.Code() == codes.Unavailable && st.Message() == "the connection is draining"
 }
 
 // stale handles a replica's answer that the client is not there: the
@@ -112,7 +123,7 @@ func (f *forwardConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, meth
 			return newForwardStream(ctx, f.c, fc, cs, desc, method), nil
 		}
 		fc.end()
-		if errors.Is(err, errRetired) {
+		if errors.Is(err, errRetired) || (attempt == 0 && drained(err)) {
 			continue
 		}
 		if !errors.Is(err, errTunnelNotHere) {

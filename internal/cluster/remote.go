@@ -61,6 +61,10 @@ func (rm *remote) getLink(ctx context.Context, fresh bool) (*link, error) {
 		rm.link.sess.Close()
 		rm.link = nil
 	}
+	// The caller's context may have no deadline; a link that takes longer
+	// than a tunnel request would hold every tunnel to the replica.
+	ctx, cancel := context.WithTimeout(ctx, tunnelRequestTimeout)
+	defer cancel()
 	var d net.Dialer
 	raw, err := d.DialContext(ctx, "tcp", rm.addr)
 	if err != nil {

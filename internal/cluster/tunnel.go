@@ -172,8 +172,13 @@ func (c *Cluster) Serve(lis net.Listener) error {
 	}
 	c.listeners[lis] = struct{}{}
 	c.mu.Unlock()
-	served := make(chan error, 1)
-	go func() { served <- c.endpoint.Serve(h2) }()
+	served := make(chan struct{})
+	go func() {
+		// It returns once the endpoint stops or h2 closes; Accept's
+		// error below is Serve's.
+		c.endpoint.Serve(h2)
+		close(served)
+	}()
 	var err error
 	for {
 		raw, aerr := lis.Accept()
@@ -185,7 +190,6 @@ func (c *Cluster) Serve(lis net.Listener) error {
 			raw.Close()
 			break
 		}
-		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
 			defer c.untrack(raw)
@@ -198,17 +202,16 @@ func (c *Cluster) Serve(lis net.Listener) error {
 	c.mu.Unlock()
 	lis.Close()
 	h2.Close()
-	if serr := <-served; serr != nil && serr != errListenerClosed && !closed && err == nil {
-		err = serr
-	}
+	<-served
 	if closed {
 		return nil
 	}
 	return err
 }
 
-// track records an incoming connection, so that Close can end it; it
-// reports false once the Cluster is closed.
+// track records an incoming connection, so that Close can end it, and
+// counts its goroutine in c.wg; it reports false once the Cluster is
+// closed.
 func (c *Cluster) track(conn net.Conn) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -216,6 +219,7 @@ func (c *Cluster) track(conn net.Conn) bool {
 		return false
 	}
 	c.incoming[conn] = struct{}{}
+	c.wg.Add(1)
 	return true
 }
 
