@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -32,29 +33,36 @@ type ClusterConfig struct {
 	// ClientAuth is brpc's: a peer without a certificate is answered with
 	// codes.Unauthenticated. Required.
 	TLS *tls.Config
-	// IsReplica, when set, decides for every call to the replica endpoint
-	// whose peer presented a certificate that verified against ClientCAs
-	// whether that peer is a replica (ctx is the call's: its peer holds a
-	// credentials.TLSInfo). An error refuses the call with its status
+	// IsReplica, when set, decides for every link from another replica
+	// and every call to the replica endpoint whose peer presented a
+	// certificate that verified against ClientCAs whether that peer is a
+	// replica (ctx carries the peer: its AuthInfo is a
+	// credentials.TLSInfo; for a call, ctx is the call's). An error refuses the call with its status
 	// (codes.PermissionDenied when it carries none). Without it, every
 	// peer whose certificate verifies is a replica: give the replicas a
 	// CA of their own, or an IsReplica, when clients hold certificates of
 	// the same CA.
 	IsReplica func(ctx context.Context) error
-	// DialOptions are added to the connections to the other replicas
-	// (interceptors, stats handlers, message size limits; their transport
-	// credentials are brpc's).
+	// DialOptions are added to the grpc.ClientConn that carries this
+	// replica's calls to the other replicas' clients (interceptors, stats
+	// handlers, message size limits; its transport credentials, resolver
+	// and balancer are brpc's).
 	DialOptions []grpc.DialOption
-	// ServerOptions are added to the replica endpoint's *grpc.Server
-	// (its transport credentials and unknown-service handler are brpc's).
+	// ServerOptions are added to the replica endpoint's *grpc.Server,
+	// which serves gRPC callers of the replica listener (its transport
+	// credentials and unknown-service handler are brpc's). Calls brpc's
+	// replicas forward go through tunnels, and reach no *grpc.Server on
+	// the holding replica.
 	ServerOptions []grpc.ServerOption
 }
 
 // WithCluster makes the server a replica of a cluster: every client it
 // welcomes is recorded in conf.Presence as this replica's, and Client(id),
 // ClusterPeers and Gateway reach the clients of every replica. Calls for a
-// client on another replica are forwarded to that replica's endpoint
-// (ServeReplicas) over mutual TLS. Serve and ServeReplicas join the
+// client on another replica are forwarded through that replica
+// (ServeReplicas) over mutual TLS: a tunnel to the client's session there,
+// whose bytes that replica only copies, released after the reverse idle
+// time (WithReverseIdleTimeout) without calls. Serve and ServeReplicas join the
 // cluster first and wait for the join: a presence that refuses it (a
 // replica name taken at another address, bad settings) is their error, and
 // one that does not answer holds them until it does or until Stop, which
@@ -89,7 +97,7 @@ func (c *ClusterConfig) validate() error {
 }
 
 // core is the cluster core's view of c.
-func (c *ClusterConfig) core(observe []func(ClusterEvent), kinds map[string]gateway.Kind) cluster.Config {
+func (c *ClusterConfig) core(observe []func(ClusterEvent), kinds map[string]gateway.Kind, idle time.Duration) cluster.Config {
 	p := c.Presence
 	conf := cluster.Config{
 		Self:          cluster.Replica{Name: c.Replica, Addr: c.Advertise},
@@ -99,6 +107,7 @@ func (c *ClusterConfig) core(observe []func(ClusterEvent), kinds map[string]gate
 		ServerOptions: c.ServerOptions,
 		TargetHeader:  GatewayTargetHeader,
 		Kinds:         kinds,
+		TunnelIdle:    idle,
 		Join: func(ctx context.Context, self cluster.Replica, updates func(cluster.Update)) (cluster.Membership, error) {
 			return p.Join(ctx, Replica(self), func(u PresenceUpdate) { updates(coreUpdate(u)) })
 		},
@@ -114,10 +123,11 @@ func (c *ClusterConfig) core(observe []func(ClusterEvent), kinds map[string]gate
 	return conf
 }
 
-// ServeReplicas serves the replica endpoint on lis until GracefulStop or
-// Stop: the other replicas forward to it the calls for this replica's
-// clients. lis is a plain TCP listener; the endpoint's TLS is the cluster
-// config's. It joins the cluster first, if Serve has not. It returns nil
+// ServeReplicas serves the replica listener on lis until GracefulStop or
+// Stop: the other replicas open tunnels through it to this replica's
+// clients, and gRPC callers reach its replica endpoint (a relay by the
+// GatewayTargetHeader), each connection told apart by its TLS ALPN. lis is
+// a plain TCP listener; the TLS is the cluster config's. It joins the cluster first, if Serve has not. It returns nil
 // after GracefulStop or Stop, and an error at once on a server without
 // WithCluster.
 func (s *Server[C]) ServeReplicas(lis net.Listener) error {

@@ -12,3 +12,7 @@ import (
 func RegisterAdminWithBuffer[C any](s *Server[C], r grpc.ServiceRegistrar, n int) {
 	adminpb.RegisterAdminServer(r, &adminService{core: s.core, buffer: n})
 }
+
+// ClusterTunnels is how many tunnels from other replicas to s's clients
+// are open now.
+func ClusterTunnels[C any](s *Server[C]) int { return s.cluster.Tunnels() }

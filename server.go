@@ -77,7 +77,7 @@ func NewServer[C any](gs *grpc.Server, newClient func(grpc.ClientConnInterface) 
 	}
 	s.core = server.New(gs, conf)
 	if o.cluster != nil && s.clusterErr == nil {
-		s.cluster, s.clusterErr = cluster.New(s.core, o.cluster.core(o.clusterEvents, s.gwKinds))
+		s.cluster, s.clusterErr = cluster.New(s.core, o.cluster.core(o.clusterEvents, s.gwKinds, o.reverseIdle))
 	}
 	return s
 }
@@ -195,12 +195,18 @@ func (s *Server[C]) Peers() []Peer {
 //
 // A replica of a cluster (WithCluster) leaves the presence first (waiting
 // at most 5 s), so the other replicas route no new calls here and
-// the clients can reconnect to another replica at once; calls already
-// forwarded here are drained with the rest, then the replica endpoint
-// stops.
+// the clients can reconnect to another replica at once. The other
+// replicas then close their tunnels to this replica's clients once the
+// calls on them are over, which GracefulStop waits for (at most 10 s)
+// before it drains the rest; then the replica listener stops.
 func (s *Server[C]) GracefulStop() {
 	if s.cluster != nil {
 		s.cluster.Leave(clusterLeaveTimeout)
+		// The other replicas learn of the leave, route no new calls here
+		// and close their tunnels to this replica's clients once the calls
+		// on them are over; the sessions those tunnels run on stay until
+		// then.
+		s.cluster.DrainTunnels(clusterTunnelDrainTimeout)
 	}
 	s.core.GracefulStop()
 	if s.cluster != nil {
@@ -230,4 +236,7 @@ func (s *Server[C]) Stop() {
 const (
 	clusterLeaveTimeout     = 5 * time.Second
 	clusterStopLeaveTimeout = time.Second
+	// clusterTunnelDrainTimeout bounds how long a replica stopping
+	// gracefully waits for the tunnels through it to close.
+	clusterTunnelDrainTimeout = 10 * time.Second
 )

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"sort"
 	"sync"
@@ -12,10 +13,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc/internal/gateway"
+	"github.com/brpc-go/brpc/internal/grpcglue"
 	"github.com/brpc-go/brpc/internal/server"
 )
 
@@ -40,6 +41,10 @@ type Config struct {
 	Kinds map[string]gateway.Kind
 	// Observe, when set, is told of forwarded calls and presence changes.
 	Observe func(Event)
+	// TunnelIdle is how long a connection to a client on another replica
+	// (its tunnel through that replica) stays open without calls; 0: until
+	// the client or the replica goes.
+	TunnelIdle time.Duration
 }
 
 // staleWait is how long a forwarded call that found its client gone waits
@@ -55,7 +60,11 @@ type Cluster struct {
 	endpoint *grpc.Server
 	// relayHandler relays the endpoint's calls (relay.go).
 	relayHandler grpc.StreamHandler
-	dialTLS      *tls.Config
+	serveTLS     *tls.Config // the replica listener's
+	dialTLS      *tls.Config // the links' to the other replicas
+	// shared carries the calls to the other replicas' clients: one
+	// subchannel per client, over a tunnel (remote.go).
+	shared *grpcglue.SharedConn
 
 	life   context.Context // the membership's; ends at Close
 	cancel context.CancelFunc
@@ -69,11 +78,16 @@ type Cluster struct {
 	closed   bool
 	records  map[string]ClientRecord
 	replicas map[string]Replica
-	remotes  map[string]*remote // by replica name
-	claims   map[string]*claim  // this replica's clients
-	retired  map[*remote]bool   // retired connections with calls in flight
-	changed  chan struct{}      // closed and replaced at every change of records
-	wg       sync.WaitGroup     // replaced sessions being closed, retired connections
+	remotes  map[string]*remote      // by replica name
+	claims   map[string]*claim       // this replica's clients
+	fwd      map[*fwdClient]struct{} // every fwdClient not closed yet
+	changed  chan struct{}           // closed and replaced at every change of records
+	wg       sync.WaitGroup          // replaced sessions being closed, retired connections, listener goroutines
+
+	listeners   map[net.Listener]struct{}
+	incoming    map[net.Conn]struct{} // connections accepted on the replica listener
+	tunnels     int                   // tunnels served here, open now
+	tunnelsDone chan struct{}         // made by DrainTunnels; closed when tunnels drops to 0
 }
 
 // claim is a local session's record: rev is the revision the presence
@@ -105,7 +119,11 @@ func New(core *server.Server, conf Config) (*Cluster, error) {
 		replicas: make(map[string]Replica),
 		remotes:  make(map[string]*remote),
 		claims:   make(map[string]*claim),
+		fwd:      make(map[*fwdClient]struct{}),
 		changed:  make(chan struct{}),
+
+		listeners: make(map[net.Listener]struct{}),
+		incoming:  make(map[net.Conn]struct{}),
 	}
 	c.life, c.cancel = context.WithCancel(context.Background())
 
@@ -117,17 +135,24 @@ func New(core *server.Server, conf Config) (*Cluster, error) {
 	if serveTLS.ClientCAs == nil {
 		serveTLS.ClientCAs = serveTLS.RootCAs
 	}
+	// One listener: links between replicas by their ALPN, gRPC callers of
+	// the endpoint by h2 (or none).
+	serveTLS.NextProtos = []string{tunnelALPN, "h2"}
+	c.serveTLS = serveTLS
 	// brpc's options come last, so that the application's cannot replace
-	// them.
-	opts := append(slices.Clone(conf.ServerOptions), grpc.Creds(credentials.NewTLS(serveTLS)), grpc.UnknownServiceHandler(c.relay))
+	// them. The endpoint gets its connections with their TLS handshake
+	// done (Serve).
+	opts := append(slices.Clone(conf.ServerOptions), grpc.Creds(endpointCreds{}), grpc.UnknownServiceHandler(c.relay))
 	c.endpoint = grpc.NewServer(opts...)
 	c.relayHandler = c.newRelayHandler()
 
 	c.dialTLS = conf.TLS.Clone()
 	c.dialTLS.MinVersion = tls.VersionTLS13
+	c.dialTLS.NextProtos = []string{tunnelALPN}
 	if c.dialTLS.RootCAs == nil {
 		c.dialTLS.RootCAs = c.dialTLS.ClientCAs
 	}
+	c.shared = grpcglue.NewSharedConn(conf.DialOptions)
 	return c, nil
 }
 
@@ -251,7 +276,22 @@ func (c *Cluster) apply(u Update) {
 		}
 		c.replicas[r.Name] = r.Replica
 	}
+	if u.Reset {
+		// Connections to clients whose record is gone or elsewhere now.
+		for _, rm := range c.remotes {
+			for id, f := range rm.clients {
+				if !hasClient(u.Clients, id, rm.name) {
+					f.retireLocked()
+				}
+			}
+		}
+	}
 	for _, rec := range u.Clients {
+		if old, ok := c.records[rec.ID]; ok && old.Replica != rec.Replica {
+			if rm := c.remotes[old.Replica]; rm != nil && rm.clients[rec.ID] != nil {
+				rm.clients[rec.ID].retireLocked()
+			}
+		}
 		if rec.Replica == "" {
 			delete(c.records, rec.ID)
 			continue
@@ -281,6 +321,15 @@ func (c *Cluster) apply(u Update) {
 	c.notifyLocked()
 }
 
+func hasClient(list []ClientRecord, id, replica string) bool {
+	for _, r := range list {
+		if r.ID == id && r.Replica == replica {
+			return true
+		}
+	}
+	return false
+}
+
 func hasReplica(list []ReplicaRecord, name string) bool {
 	for _, r := range list {
 		if r.Name == name && !r.Gone {
@@ -296,24 +345,28 @@ func (c *Cluster) notifyLocked() {
 }
 
 // route says where calls for id go now: a local session's connection
-// (rm nil), or the connection to the replica that holds it, with the call
-// counted on rm (release it when the call is over). Its
-// errors are gRPC statuses: NotFound when no replica holds id, Unavailable
-// when the presence is down or the replica is stopped.
-func (c *Cluster) route(id string) (cc grpc.ClientConnInterface, rm *remote, rec ClientRecord, err error) {
+// (fc nil), or the connection to the client through the replica that
+// holds it, made now if there is none. Its errors are gRPC statuses:
+// NotFound when no replica holds id, Unavailable when the presence is down
+// or the replica is stopped.
+func (c *Cluster) route(id string) (cc grpc.ClientConnInterface, fc *fwdClient, rec ClientRecord, err error) {
 	if ss, ok := c.core.Lookup(id); ok {
 		return ss.Conn(), nil, ClientRecord{}, nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	rec, rm, err = c.lookupLocked(id)
+	rec, rm, err := c.lookupLocked(id)
 	if err != nil {
 		return nil, nil, rec, err
 	}
-	if err := rm.acquire(); err != nil {
-		return nil, nil, rec, err
+	fc = rm.clients[id]
+	if fc == nil {
+		fc = newFwdClient(rm, id)
+		rm.clients[id] = fc
+		rm.open++
+		c.fwd[fc] = struct{}{}
 	}
-	return rm.cc, rm, rec, nil
+	return nil, fc, rec, nil
 }
 
 // lookupLocked finds the replica holding id in the cache, and its
@@ -335,11 +388,8 @@ func (c *Cluster) lookupLocked(id string) (ClientRecord, *remote, error) {
 	}
 	rm := c.remotes[r.Name]
 	if rm == nil {
-		cc, err := c.dial(r.Addr)
-		if err != nil {
-			return rec, nil, status.Errorf(codes.Unavailable, "brpc: dialing replica %q at %s: %v", r.Name, r.Addr, err)
-		}
-		rm = &remote{name: r.Name, addr: r.Addr, cc: cc}
+		// Dialed on its first tunnel: no I/O here.
+		rm = &remote{c: c, name: r.Name, addr: r.Addr, clients: make(map[string]*fwdClient)}
 		c.remotes[r.Name] = rm
 	}
 	return rec, rm, nil
@@ -432,9 +482,10 @@ func (c *Cluster) Leave(d time.Duration) {
 	}
 }
 
-// Close stops the replica endpoint (gracefully: forwarded calls in flight
-// finish), closes the connections to the other replicas and ends the
-// membership's context. Call it after the server core has stopped.
+// Close stops the replica listener and endpoint (gracefully: calls relayed
+// by the endpoint finish), closes the tunnels through this replica and
+// the connections to the other replicas, and ends the membership's
+// context. Call it after the server core has stopped.
 func (c *Cluster) Close(graceful bool) {
 	c.mu.Lock()
 	c.leaving = true
@@ -446,18 +497,33 @@ func (c *Cluster) Close(graceful bool) {
 	}
 	c.mu.Lock()
 	c.closed = true
-	for name := range c.remotes {
+	for lis := range c.listeners {
+		lis.Close()
+	}
+	for conn := range c.incoming {
+		conn.Close()
+	}
+	var links []*remote
+	for name, rm := range c.remotes {
+		links = append(links, rm)
 		c.retireLocked(name)
 	}
-	// Retired connections that still count calls (streams nobody ended)
-	// close now: the server is gone, and so must their goroutines be.
-	retired := c.retired
-	c.retired = nil
+	// Connections that still count calls (streams nobody ended) close
+	// now: the server is gone, and so must their goroutines be.
+	fwd := make([]*fwdClient, 0, len(c.fwd))
+	for f := range c.fwd {
+		fwd = append(fwd, f)
+		links = append(links, f.rm)
+	}
 	c.notifyLocked()
 	c.mu.Unlock()
-	for rm := range retired {
-		rm.cc.Close()
+	for _, f := range fwd {
+		f.close()
 	}
+	for _, rm := range links {
+		rm.closeLink()
+	}
+	c.shared.Close()
 	c.cancel()
 	c.wg.Wait()
 }

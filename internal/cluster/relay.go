@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"fmt"
-	"net"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -104,18 +103,4 @@ func (c *Cluster) authorize(ctx context.Context) (err error) {
 		return status.Error(codes.PermissionDenied, fmt.Sprintf("brpc: not a replica: %v", rerr))
 	}
 	return nil
-}
-
-// Serve serves the replica endpoint on lis until Close, joining the
-// cluster first if this replica has not yet.
-func (c *Cluster) Serve(lis net.Listener) error {
-	if err := c.Join(); err != nil {
-		lis.Close()
-		return err
-	}
-	err := c.endpoint.Serve(lis)
-	if err == grpc.ErrServerStopped {
-		return nil
-	}
-	return err
 }

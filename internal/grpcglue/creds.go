@@ -78,3 +78,7 @@ func spiffeIDOf(st tls.ConnectionState) *url.URL {
 	}
 	return u
 }
+
+// TLSInfo is what grpc-go's TLS credentials report of a connection whose
+// TLS handshake ended in st, for connections brpc handshakes itself.
+func TLSInfo(st tls.ConnectionState) credentials.TLSInfo { return tlsInfoOf(st) }

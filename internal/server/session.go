@@ -307,3 +307,10 @@ func (ss *Session) closeNow(code session.CloseCode, reason string, callErr error
 	ss.sess.Close(code, reason)
 	l.Close(callErr)
 }
+
+// OpenStream opens a new stream on the session, as the reverse
+// connection's dialer does: the client's *grpc.Server takes it for a new
+// gRPC connection from the server.
+func (ss *Session) OpenStream(ctx context.Context) (net.Conn, error) {
+	return ss.sess.OpenStream(ctx)
+}
