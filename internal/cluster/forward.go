@@ -5,11 +5,13 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // forwardConn is the connection behind the stub Client(id) returns for a
@@ -120,7 +122,8 @@ func (f *forwardConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, meth
 			}
 		}
 		if err == nil {
-			return newForwardStream(ctx, f.c, fc, cs, desc, method), nil
+			return &resendStream{f: f, ctx: ctx, desc: desc, method: method, opts: opts, rec: rec,
+				cur: newForwardStream(ctx, f.c, fc, cs, desc, method)}, nil
 		}
 		fc.end()
 		if errors.Is(err, errRetired) || (attempt == 0 && drained(err)) {
@@ -147,6 +150,11 @@ type forwardStream struct {
 	serverStreams bool
 	once          sync.Once
 	stop          func() bool
+	// unsent is set when the stream ended without ever reaching the
+	// client: grpc-go took it back from a tunnel that went away and its
+	// new attempt was refused (the client gone from the replica, or the
+	// tunnel draining).
+	unsent atomic.Bool
 }
 
 // newForwardStream wraps cs, opened with ctx. The caller's context, not
@@ -176,10 +184,7 @@ func (s *forwardStream) finish(err error) {
 // took back unprocessed, whose new attempt found the client gone from the
 // replica, fails with the NotFound a lookup gives: it was never sent.
 func (s *forwardStream) RecvMsg(m any) error {
-	err := s.ClientStream.RecvMsg(m)
-	if s.fc.refusedAtDial(err) {
-		err = notFound(s.fc.id)
-	}
+	err := s.checkUnsent(s.ClientStream.RecvMsg(m))
 	if err != nil || !s.serverStreams {
 		s.stop()
 		s.finish(err)
@@ -187,6 +192,193 @@ func (s *forwardStream) RecvMsg(m any) error {
 	return err
 }
 
+// Header waits for the client's response headers; a stream that never
+// reached the client fails as RecvMsg says.
+func (s *forwardStream) Header() (metadata.MD, error) {
+	md, err := s.ClientStream.Header()
+	return md, s.checkUnsent(err)
+}
+
+// checkUnsent notes whether err says that the stream never reached the
+// client, and turns the subchannel's not-here refusal into the NotFound
+// a lookup gives.
+func (s *forwardStream) checkUnsent(err error) error {
+	switch {
+	case s.fc.refusedAtDial(err):
+		s.unsent.Store(true)
+		return notFound(s.fc.id)
+	case drained(err):
+		s.unsent.Store(true)
+	}
+	return err
+}
+
 func (c *Cluster) observeForwarded(replica, method string, code codes.Code) {
 	c.observe(Event{Kind: EventForwarded, Replica: replica, Method: method, Code: code.String()})
+}
+
+// What a forwarded stream keeps so that it can be opened again when it
+// never reached the client: its first messages (a server-streaming call's
+// one request, the opening messages of a bidirectional one), until a
+// response arrives.
+const (
+	resendMaxMessages = 16
+	resendMaxBytes    = 1 << 20
+)
+
+// resendStream is a stream forwarded to another replica. The holding
+// replica's answer comes before the stream is opened, so a stale route
+// costs it nothing; but a stream opened on a tunnel as the client's
+// session there ends is taken back unprocessed by grpc-go, whose one new
+// attempt can find the tunnel draining or the client gone. Such a stream
+// never reached the client: it is routed once more and what it sent is
+// sent again, as a unary call is made again.
+type resendStream struct {
+	f      *forwardConn
+	ctx    context.Context
+	desc   *grpc.StreamDesc
+	method string
+	opts   []grpc.CallOption
+
+	mu       sync.Mutex
+	cur      grpc.ClientStream
+	rec      ClientRecord
+	sent     []proto.Message // copies, while resending is possible
+	size     int
+	closed   bool // CloseSend was called
+	received bool // headers or a message arrived: past resending
+	noResend bool // too much was sent, a message was not protobuf, or it was resent once
+}
+
+func (s *resendStream) current() grpc.ClientStream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur
+}
+
+// SendMsg keeps a copy of m while the stream may still be opened again,
+// under the lock a new attempt replays under, so that it gets every
+// message in order. A send on an attempt that ended fails with io.EOF
+// (grpc-go's "ask RecvMsg for the status"); while m is kept for a new
+// attempt, that is not the caller's: a caller that stopped sending at it
+// would leave the new attempt without the end of its messages.
+func (s *resendStream) SendMsg(m any) error {
+	s.mu.Lock()
+	kept := false
+	if !s.received && !s.noResend {
+		pm, ok := m.(proto.Message)
+		if ok {
+			s.size += proto.Size(pm)
+		}
+		if !ok || len(s.sent) == resendMaxMessages || s.size > resendMaxBytes {
+			s.noResend, s.sent = true, nil
+		} else {
+			s.sent = append(s.sent, proto.Clone(pm))
+			kept = true
+		}
+	}
+	cur := s.cur
+	s.mu.Unlock()
+	err := cur.SendMsg(m)
+	if kept && errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
+}
+
+func (s *resendStream) CloseSend() error {
+	s.mu.Lock()
+	s.closed = true
+	cur := s.cur
+	s.mu.Unlock()
+	return cur.CloseSend()
+}
+
+func (s *resendStream) Header() (metadata.MD, error) {
+	for {
+		cur := s.current()
+		md, err := cur.Header()
+		if err == nil {
+			s.gotResponse()
+			return md, nil
+		}
+		var more bool
+		if more, err = s.again(cur, err); !more {
+			return md, err
+		}
+	}
+}
+
+func (s *resendStream) RecvMsg(m any) error {
+	for {
+		cur := s.current()
+		err := cur.RecvMsg(m)
+		if err == nil {
+			s.gotResponse()
+			return nil
+		}
+		var more bool
+		if more, err = s.again(cur, err); !more {
+			return err
+		}
+	}
+}
+
+func (s *resendStream) gotResponse() {
+	s.mu.Lock()
+	s.received, s.sent = true, nil
+	s.mu.Unlock()
+}
+
+func (s *resendStream) Trailer() metadata.MD     { return s.current().Trailer() }
+func (s *resendStream) Context() context.Context { return s.current().Context() }
+
+// again reports whether the stream goes on on a new attempt after cur
+// ended with err, and otherwise the error it ends with: cur never reached
+// the client, nothing was received, what was sent was kept, and no attempt
+// was made again before. A stream the client's replica no longer holds
+// waits for the cache to change first, as a stale route does.
+func (s *resendStream) again(cur grpc.ClientStream, err error) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cur != cur {
+		return true, nil // another receive made the new attempt already
+	}
+	fs, ok := cur.(*forwardStream)
+	if !ok || !fs.unsent.Load() || s.received || s.noResend {
+		return false, err
+	}
+	s.noResend = true
+	fs.stop()
+	fs.finish(err)
+	if status.Code(err) == codes.NotFound {
+		c := s.f.c
+		c.mu.Lock()
+		fs.fc.retireLocked()
+		c.mu.Unlock()
+		c.observe(Event{Kind: EventStale, Replica: fs.fc.rm.name, Method: s.method})
+		if !c.awaitChange(s.ctx, s.f.id, s.rec) {
+			return false, err
+		}
+	}
+	next, nerr := s.f.NewStream(s.ctx, s.desc, s.method, s.opts...)
+	if nerr != nil {
+		return false, nerr
+	}
+	if rs, ok := next.(*resendStream); ok {
+		next = rs.cur // one new attempt only
+	}
+	// A failure to send shows on the new attempt's receive.
+	replayed := true
+	for _, m := range s.sent {
+		if next.SendMsg(m) != nil {
+			replayed = false
+			break
+		}
+	}
+	if replayed && s.closed {
+		next.CloseSend()
+	}
+	s.cur, s.sent = next, nil
+	return true, nil
 }
