@@ -113,20 +113,7 @@ func TestClusterTunnelRefusesNonReplicas(t *testing.T) {
 // they run on closes once they have, before the replica closes its
 // client's session.
 func TestClusterGracefulStopFinishesForwardedCalls(t *testing.T) {
-	tc := newTestCluster(t, 2, brpc.NewMemoryPresence(), nil)
-	r0, r1 := tc.nodes[0], tc.nodes[1]
-	_, echo := tc.connectEcho(r1, "tcp", "c1", "echo-c1")
-	tc.waitPeers([]brpc.ClusterPeer{{ID: "c1", Replica: "r1"}})
-	stub, err := r0.srv.Client("c1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "m", SleepMs: 300})
-		done <- err
-	}()
-	testenv.WaitFor(t, 5*time.Second, "the slow call to reach the client", func() bool { return echo.Sleeping() == 1 })
+	r1, done := slowForwardedCall(t, "tcp", 300)
 	r1.shutdown(t, true)
 	if err := <-done; err != nil {
 		t.Fatalf("a call forwarded to a replica stopping gracefully: %v", err)
@@ -136,20 +123,7 @@ func TestClusterGracefulStopFinishesForwardedCalls(t *testing.T) {
 // A call in flight on a tunnel that dies (its replica stops at once)
 // fails with Unavailable, as a call on a local session that ends does.
 func TestClusterTunnelDiesMidCall(t *testing.T) {
-	tc := newTestCluster(t, 2, brpc.NewMemoryPresence(), nil)
-	r0, r1 := tc.nodes[0], tc.nodes[1]
-	_, echo := tc.connectEcho(r1, "quic", "c1", "echo-c1")
-	tc.waitPeers([]brpc.ClusterPeer{{ID: "c1", Replica: "r1"}})
-	stub, err := r0.srv.Client("c1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "m", SleepMs: 20000})
-		done <- err
-	}()
-	testenv.WaitFor(t, 5*time.Second, "the slow call to reach the client", func() bool { return echo.Sleeping() == 1 })
+	r1, done := slowForwardedCall(t, "quic", 20000)
 	start := time.Now()
 	r1.shutdown(t, false)
 	testenv.WantCode(t, <-done, codes.Unavailable, "a call whose tunnel died")
@@ -188,4 +162,27 @@ func replicaByName(ctx context.Context) error {
 		return fmt.Errorf("%q is a device", cn)
 	}
 	return nil
+}
+
+// slowForwardedCall starts two replicas, r1 holding a client over
+// transport, and a unary call from r0 to it that sleeps sleepMs in the
+// client's handler; it returns once the call is there, with r1 and the
+// channel the call's result arrives on.
+func slowForwardedCall(t *testing.T, transport string, sleepMs int32) (*replicaNode, <-chan error) {
+	t.Helper()
+	tc := newTestCluster(t, 2, brpc.NewMemoryPresence(), nil)
+	r0, r1 := tc.nodes[0], tc.nodes[1]
+	_, echo := tc.connectEcho(r1, transport, "c1", "echo-c1")
+	tc.waitPeers([]brpc.ClusterPeer{{ID: "c1", Replica: "r1"}})
+	stub, err := r0.srv.Client("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := stub.Unary(testenv.Ctx(t), &testpb.EchoRequest{Message: "m", SleepMs: sleepMs})
+		done <- err
+	}()
+	testenv.WaitFor(t, 5*time.Second, "the slow call to reach the client", func() bool { return echo.Sleeping() == 1 })
+	return r1, done
 }

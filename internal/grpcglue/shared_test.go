@@ -41,33 +41,11 @@ type connCount struct {
 
 func startSharedClient(t *testing.T, s *SharedConn, name string) *sharedClient {
 	t.Helper()
-	c := &sharedClient{pipe: bufconn.Listen(1 << 16), cnt: connCount{begun: make(chan struct{}, 16), ended: make(chan struct{}, 16)}}
-	info := NewSessionInfo(Peer{ID: name}, newFakeConn("127.0.0.1:1", "127.0.0.1:2"), nil)
-	lis := NewListener(&net.UnixAddr{Name: name, Net: "brpc"})
-	fed := make(chan struct{})
-	go func() {
-		defer close(fed)
-		for {
-			conn, err := c.pipe.Accept()
-			if err != nil {
-				return
-			}
-			c.cnt.begun <- struct{}{}
-			lis.Push(context.Background(), NewStreamConn(&endNotifier{Conn: conn, ended: c.cnt.ended}, info))
-		}
-	}()
-	gs := grpc.NewServer(grpc.Creds(Credentials{}))
-	testpb.RegisterEchoServer(gs, namedEcho{name: name})
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = gs.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		gs.Stop()
-		<-served
-		c.pipe.Close()
-		<-fed
+	c := &sharedClient{cnt: connCount{begun: make(chan struct{}, 16), ended: make(chan struct{}, 16)}}
+	var info *SessionInfo
+	c.pipe, info = serveEchoOnPipe(t, name, func(conn net.Conn) net.Conn {
+		c.cnt.begun <- struct{}{}
+		return &endNotifier{Conn: conn, ended: c.cnt.ended}
 	})
 	r, err := s.NewRoute(func(ctx context.Context) (net.Conn, error) {
 		conn, err := c.pipe.DialContext(ctx)
@@ -81,6 +59,42 @@ func startSharedClient(t *testing.T, s *SharedConn, name string) *sharedClient {
 	}
 	c.route = r
 	return c
+}
+
+// serveEchoOnPipe serves the echo service, answering as name, on the
+// connections of a new in-memory pipe, each passed through accepted
+// first, and returns the pipe and the session info of its connections;
+// the server stops when the test ends.
+func serveEchoOnPipe(t *testing.T, name string, accepted func(net.Conn) net.Conn) (*bufconn.Listener, *SessionInfo) {
+	t.Helper()
+	pipe := bufconn.Listen(1 << 16)
+	info := NewSessionInfo(Peer{ID: name}, newFakeConn("127.0.0.1:1", "127.0.0.1:2"), nil)
+	lis := NewListener(&net.UnixAddr{Name: name, Net: "brpc"})
+	fed := make(chan struct{})
+	go func() {
+		defer close(fed)
+		for {
+			conn, err := pipe.Accept()
+			if err != nil {
+				return
+			}
+			lis.Push(context.Background(), NewStreamConn(accepted(conn), info))
+		}
+	}()
+	gs := grpc.NewServer(grpc.Creds(Credentials{}))
+	testpb.RegisterEchoServer(gs, namedEcho{name: name})
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = gs.Serve(lis)
+	}()
+	t.Cleanup(func() {
+		gs.Stop()
+		<-served
+		pipe.Close()
+		<-fed
+	})
+	return pipe, info
 }
 
 // endNotifier reports the first Close of its conn.

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/brpc-go/brpc/internal/testpb"
 )
@@ -76,33 +75,7 @@ const http2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // frameTap.
 func tappedRoute(t *testing.T, s *SharedConn) (*Route, func() *frameTap) {
 	t.Helper()
-	pipe := bufconn.Listen(1 << 16)
-	info := NewSessionInfo(Peer{ID: "c"}, newFakeConn("127.0.0.1:1", "127.0.0.1:2"), nil)
-	lis := NewListener(&net.UnixAddr{Name: "c", Net: "brpc"})
-	fed := make(chan struct{})
-	go func() {
-		defer close(fed)
-		for {
-			conn, err := pipe.Accept()
-			if err != nil {
-				return
-			}
-			lis.Push(context.Background(), NewStreamConn(conn, info))
-		}
-	}()
-	gs := grpc.NewServer(grpc.Creds(Credentials{}))
-	testpb.RegisterEchoServer(gs, namedEcho{name: "c"})
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = gs.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		gs.Stop()
-		<-served
-		pipe.Close()
-		<-fed
-	})
+	pipe, info := serveEchoOnPipe(t, "c", func(conn net.Conn) net.Conn { return conn })
 	var (
 		mu  sync.Mutex
 		tap *frameTap
