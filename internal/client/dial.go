@@ -185,8 +185,18 @@ func (c *Conn) dialTransport(ctx context.Context, ep Endpoint, transport string)
 	if transport == session.TransportTCP {
 		return session.DialTCP(ctx, ep.HostPort, ep.TLS, session.TCPConfig{Settings: conf})
 	}
+	if conf.HandshakeTimeout == 0 {
+		conf.HandshakeTimeout = quicHandshakeIdle
+	}
 	return session.DialQUIC(ctx, ep.HostPort, ep.TLS, session.QUICConfig{Settings: conf})
 }
+
+// quicHandshakeIdle is how long a client's QUIC handshake waits for the
+// server to say anything before it is abandoned (quic-go's handshake idle
+// timeout, 5 s by default): as long as a brpc server lets a handshake take
+// by default, so that a client whose Initial a busy server holds until it
+// has a handshake slot free (a reconnect storm) is not gone by then.
+const quicHandshakeIdle = 10 * time.Second
 
 // dialStream opens a stream for grpc-go's connection to the server on the
 // current session. While there is none, it fails at once: grpc-go then
