@@ -528,16 +528,20 @@ func listenQUICSlots(t *testing.T, handshakeTimeout, wait time.Duration) *QUICLi
 func TestQUICHandshakesBeyondTheLimitWait(t *testing.T) {
 	ln := listenQUICSlots(t, bound, time.Minute)
 	dialRawQUIC(t, ln) // its handshake is done; Accept has not taken it
-	dialed := make(chan error, 1)
+	// The client that waits stays connected until the server has accepted
+	// it: closed at once, it could be gone before the server's side of the
+	// handshake is done, and never reach Accept.
+	type dialResult struct {
+		conn *quic.Conn
+		err  error
+	}
+	dialed := make(chan dialResult, 1)
 	ctls := clientTLS(t)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*bound)
 		defer cancel()
 		conn, err := quic.DialAddr(ctx, ln.Addr().String(), ctls, &quic.Config{HandshakeIdleTimeout: 10 * bound})
-		if err == nil {
-			_ = conn.CloseWithError(0, "test over")
-		}
-		dialed <- err
+		dialed <- dialResult{conn, err}
 	}()
 	deadline := time.Now().Add(5 * bound)
 	for ln.waiting.Load() != 1 {
@@ -550,10 +554,12 @@ func TestQUICHandshakesBeyondTheLimitWait(t *testing.T) {
 		t.Fatalf("%d handshakes in progress while one client waits, want 1", n)
 	}
 	acceptOne(t, ln.Accept) // frees the slot
-	if err := <-dialed; err != nil {
-		t.Fatalf("the client that waited for the slot: %v, want connected", err)
+	d := <-dialed
+	if d.err != nil {
+		t.Fatalf("the client that waited for the slot: %v, want connected", d.err)
 	}
 	acceptOne(t, ln.Accept)
+	_ = d.conn.CloseWithError(0, "test over")
 	waitHandshaking(t, ln, 0, bound)
 }
 
