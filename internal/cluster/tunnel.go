@@ -163,7 +163,7 @@ func (c *Cluster) Serve(lis net.Listener) error {
 		lis.Close()
 		return err
 	}
-	h2 := newConnListener(lis.Addr())
+	h2 := grpcglue.NewListener(lis.Addr())
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -232,7 +232,7 @@ func (c *Cluster) untrack(conn net.Conn) {
 
 // handshake completes an incoming connection's TLS handshake and hands it
 // to the link server or the gRPC endpoint, by ALPN.
-func (c *Cluster) handshake(raw net.Conn, h2 *connListener) {
+func (c *Cluster) handshake(raw net.Conn, h2 *grpcglue.Listener) {
 	raw.SetDeadline(time.Now().Add(linkHandshakeTimeout))
 	tc := tls.Server(raw, c.serveTLS)
 	if err := tc.Handshake(); err != nil {
@@ -246,7 +246,7 @@ func (c *Cluster) handshake(raw net.Conn, h2 *connListener) {
 	// The endpoint's transport owns the connection from here; closing the
 	// raw one at Close still ends it.
 	done := make(chan struct{})
-	if !h2.push(&endpointConn{Conn: tc, done: done}) {
+	if !h2.Push(context.Background(), &endpointConn{Conn: tc, done: done}) {
 		return
 	}
 	<-done
@@ -541,50 +541,6 @@ func waitFunc(c net.Conn) func() error {
 	}
 	return nil
 }
-
-// errListenerClosed is what a connListener's Accept returns once closed.
-var errListenerClosed = errors.New("brpc: the replica listener is closed")
-
-// connListener hands the gRPC endpoint the connections whose TLS handshake
-// named HTTP/2 (or nothing).
-type connListener struct {
-	addr net.Addr
-	ch   chan net.Conn
-	once sync.Once
-	done chan struct{}
-}
-
-func newConnListener(addr net.Addr) *connListener {
-	return &connListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
-}
-
-// push hands conn to the endpoint; it reports false, having closed conn,
-// when the listener is closed.
-func (l *connListener) push(conn net.Conn) bool {
-	select {
-	case l.ch <- conn:
-		return true
-	case <-l.done:
-		conn.Close()
-		return false
-	}
-}
-
-func (l *connListener) Accept() (net.Conn, error) {
-	select {
-	case conn := <-l.ch:
-		return conn, nil
-	case <-l.done:
-		return nil, errListenerClosed
-	}
-}
-
-func (l *connListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *connListener) Addr() net.Addr { return l.addr }
 
 // endpointCreds are the gRPC endpoint's transport credentials: the TLS
 // handshake is over when the endpoint gets a connection, so they report
