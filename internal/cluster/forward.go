@@ -89,12 +89,18 @@ func drained(err error) bool {
 // it reports whether the call is made once more (the first time, once the
 // cache has changed).
 func (f *forwardConn) stale(ctx context.Context, fc *fwdClient, method string, rec ClientRecord, attempt int) bool {
+	f.dropStale(fc, method)
+	f.c.observeForwarded(fc.rm.name, method, codes.NotFound)
+	return attempt == 0 && f.c.awaitChange(ctx, f.id, rec)
+}
+
+// dropStale drops the client's connection through a replica that said the
+// client is not there, and reports the stale route.
+func (f *forwardConn) dropStale(fc *fwdClient, method string) {
 	f.c.mu.Lock()
 	fc.retireLocked()
 	f.c.mu.Unlock()
 	f.c.observe(Event{Kind: EventStale, Replica: fc.rm.name, Method: method})
-	f.c.observeForwarded(fc.rm.name, method, codes.NotFound)
-	return attempt == 0 && f.c.awaitChange(ctx, f.id, rec)
 }
 
 // NewStream opens a stream wherever the client is. The replica says
@@ -351,13 +357,10 @@ func (s *resendStream) again(cur grpc.ClientStream, err error) (bool, error) {
 	s.noResend = true
 	fs.stop()
 	fs.finish(err)
+	// Its finish counted the NotFound as a forwarded call already.
 	if status.Code(err) == codes.NotFound {
-		c := s.f.c
-		c.mu.Lock()
-		fs.fc.retireLocked()
-		c.mu.Unlock()
-		c.observe(Event{Kind: EventStale, Replica: fs.fc.rm.name, Method: s.method})
-		if !c.awaitChange(s.ctx, s.f.id, s.rec) {
+		s.f.dropStale(fs.fc, s.method)
+		if !s.f.c.awaitChange(s.ctx, s.f.id, s.rec) {
 			return false, err
 		}
 	}

@@ -529,15 +529,14 @@ func copyFrames(dst, src net.Conn, tr *h2Frames, fn func(typ byte, stream uint32
 }
 
 // waitFunc returns how to wait for data on c without reading it: a
-// session stream's WaitReadable, a yamux stream's read of nothing.
+// session stream's or an origin's tunnel's WaitReadable, a yamux stream's
+// read of nothing.
 func waitFunc(c net.Conn) func() error {
 	switch s := c.(type) {
 	case interface{ WaitReadable() error }:
 		return s.WaitReadable
 	case *yamux.Stream:
 		return func() error { _, err := s.Read(nil); return err }
-	case *tunnel:
-		return s.WaitReadable
 	}
 	return nil
 }
