@@ -103,8 +103,10 @@ func (c *Conn) sessionEnded(cs *clientSession) error {
 // session that ended (prev) last. It returns nil once the Conn is closed.
 func (c *Conn) reconnect(prev int, window time.Duration) *clientSession {
 	for attempt := 0; ; attempt++ {
-		d := firstAttemptDelay(window, c.conf.MaxReconnectWindow)
-		if attempt > 0 {
+		var d time.Duration
+		if attempt == 0 {
+			d = firstAttemptDelay(window, c.conf.MaxReconnectWindow)
+		} else {
 			d = backoffDelay(c.conf.Backoff, attempt-1)
 		}
 		if d > 0 {
