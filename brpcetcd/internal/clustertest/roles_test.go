@@ -48,6 +48,12 @@ import (
 //	                                   MS: to this replica's clients, to the
 //	                                   other replicas' or to a plain grpc-go
 //	                                   server over TLS on loopback
+//	bench plain-remote CALLERS MS ADDR
+//	                                   the same to the plain grpc-go server
+//	                                   at ADDR (another process's plainserve)
+//	plainserve                         starts a plain grpc-go server over TLS
+//	                                   on loopback (once) and answers its
+//	                                   address
 //	stats                              the presence's Stats
 //	peers                              local and cluster-wide client counts
 func replicaRole(c *testenv.ChildEnv) ([]string, error) {
@@ -88,8 +94,28 @@ func replicaRole(c *testenv.ChildEnv) ([]string, error) {
 			plain.stop()
 		}
 	})
+	remotePlain := map[string]*grpc.ClientConn{} // plain-remote benches' connections, by address
+	c.Cleanup(func() {
+		for _, cc := range remotePlain {
+			cc.Close()
+		}
+	})
+	var served *plainServer
+	c.Cleanup(func() {
+		if served != nil {
+			served.stop()
+		}
+	})
+	c.Handle("plainserve", func([]string) (string, error) {
+		if served == nil {
+			if served, err = servePlain(fc); err != nil {
+				return "", err
+			}
+		}
+		return served.addr, nil
+	})
 	c.Handle("bench", func(args []string) (string, error) {
-		if len(args) != 3 {
+		if len(args) != 3 && !(len(args) == 4 && args[0] == "plain-remote") {
 			return "", fmt.Errorf("bench takes a mode, a caller count and a duration")
 		}
 		callers, err1 := strconv.Atoi(args[1])
@@ -116,6 +142,20 @@ func replicaRole(c *testenv.ChildEnv) ([]string, error) {
 				}
 			}
 			stubs = []testpb.EchoClient{plain.stub}
+		case "plain-remote":
+			// The server is another process's plainserve: the hop a
+			// forwarded call adds, on plain grpc-go.
+			if len(args) != 4 {
+				return "", fmt.Errorf("bench plain-remote takes the server's address too")
+			}
+			cc := remotePlain[args[3]]
+			if cc == nil {
+				if cc, _, err = dialPlain(fc, args[3]); err != nil {
+					return "", err
+				}
+				remotePlain[args[3]] = cc
+			}
+			stubs = []testpb.EchoClient{testpb.NewEchoClient(cc)}
 		default:
 			return "", fmt.Errorf("bench mode %q", args[0])
 		}
@@ -390,11 +430,27 @@ func parseBench(s string) (benchResult, error) {
 // client of it: the baseline a forwarded call is compared with.
 type plainServer struct {
 	gs   *grpc.Server
+	addr string
 	cc   *grpc.ClientConn
 	stub testpb.EchoClient
 }
 
 func startPlain(fc fleetCerts) (*plainServer, error) {
+	p, err := servePlain(fc)
+	if err != nil {
+		return nil, err
+	}
+	if p.cc, p.stub, err = dialPlain(fc, p.addr); err != nil {
+		p.gs.Stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// servePlain starts a plain grpc-go echo server over TLS on loopback,
+// without a client of its own: the other end of another process's
+// "plain-remote" bench.
+func servePlain(fc fleetCerts) (*plainServer, error) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -402,16 +458,22 @@ func startPlain(fc fleetCerts) (*plainServer, error) {
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{fc.server}})))
 	testpb.RegisterEchoServer(gs, &testenv.Echo{Name: "plain"})
 	go gs.Serve(lis)
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: fc.pool})))
+	return &plainServer{gs: gs, addr: lis.Addr().String()}, nil
+}
+
+// dialPlain is a plain grpc-go client of the echo server at addr.
+func dialPlain(fc fleetCerts, addr string) (*grpc.ClientConn, testpb.EchoClient, error) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: fc.pool})))
 	if err != nil {
-		gs.Stop()
-		return nil, err
+		return nil, nil, err
 	}
-	return &plainServer{gs: gs, cc: cc, stub: testpb.NewEchoClient(cc)}, nil
+	return cc, testpb.NewEchoClient(cc), nil
 }
 
 func (p *plainServer) stop() {
-	p.cc.Close()
+	if p.cc != nil {
+		p.cc.Close()
+	}
 	p.gs.Stop()
 }
 
