@@ -56,6 +56,8 @@ import (
 //	                                   address
 //	stats                              the presence's Stats
 //	peers                              local and cluster-wide client counts
+//	usage                              the process's CPU time and context
+//	                                   switches so far
 func replicaRole(c *testenv.ChildEnv) ([]string, error) {
 	fc, err := certsFromArgs(c.Arg)
 	if err != nil {
@@ -70,6 +72,7 @@ func replicaRole(c *testenv.ChildEnv) ([]string, error) {
 		return nil, err
 	}
 	c.Cleanup(func() { r.stop(false) })
+	handleUsage(c)
 	c.Handle("reach", func(args []string) (string, error) {
 		if len(args) != 2 {
 			return "", fmt.Errorf("reach takes an ID and the answerer's name")
@@ -519,9 +522,9 @@ func startReplicaChild(t testing.TB, ca *certs.CA, name, endpoint string, ttl ti
 // brpc's Dial picks one at random and moves on when it fails), trusting
 // the PEM CA "ca", with the keepalive timeout "keepalive" (probes every
 // third of it). Its ready words are dial_ms=D, the time all took to
-// connect. It answers "ready" (how many are connected now) and "moves"
+// connect. It answers "ready" (how many are connected now), "moves"
 // (how many are connected to another server than the one they first
-// were).
+// were) and "usage" (as a replica does).
 func fleetRole(c *testenv.ChildEnv) ([]string, error) {
 	n, err := strconv.Atoi(c.Arg("n"))
 	if err != nil {
@@ -536,6 +539,7 @@ func fleetRole(c *testenv.ChildEnv) ([]string, error) {
 		return nil, fmt.Errorf("keepalive: %v", err)
 	}
 	ids := fleetIDs(c.Arg("prefix"), n)
+	handleUsage(c)
 	type member struct {
 		cc    *brpc.ClientConn
 		gs    *grpc.Server

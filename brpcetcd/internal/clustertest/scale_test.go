@@ -93,6 +93,7 @@ func TestScale(t *testing.T) {
 	// grpc-go).
 	r0 := rs[0]
 	plainAddr := rs[1].Do(t, "plainserve")
+	procs := []namedChild{{rs[0].name, rs[0].Child}, {rs[1].name, rs[1].Child}, {rs[2].name, rs[2].Child}, {"fleet", fleet}}
 	for _, callers := range []int{1, 64} {
 		got := map[string]benchResult{}
 		for _, mode := range []string{"plain", "plain-remote", "local", "forwarded"} {
@@ -100,13 +101,22 @@ func TestScale(t *testing.T) {
 			if mode == "plain-remote" {
 				args = append(args, plainAddr)
 			}
+			before := usageOf(t, procs)
 			out := r0.Do(t, "bench", args...)
+			spent := usageOf(t, procs)
 			b, err := parseBench(out)
 			if err != nil {
 				t.Fatalf("bench %s: %q: %v", mode, out, err)
 			}
 			got[mode] = b
 			logf("bench from r0, %d callers, %s: %s", callers, mode, out)
+			var per []string
+			for i, p := range procs {
+				d := spent[i].minus(before[i])
+				per = append(per, fmt.Sprintf("%s cpu %.1f µs, %.2f voluntary + %.2f involuntary switches", p.name,
+					float64(d.cpu.Nanoseconds())/1e3/float64(b.calls), float64(d.voluntary)/float64(b.calls), float64(d.involuntary)/float64(b.calls)))
+			}
+			logf("  per call (the warm-up's included): %s", strings.Join(per, "; "))
 		}
 		for _, plain := range []string{"plain", "plain-remote"} {
 			bound := got["local"].p50 + got[plain].p50*3/2
@@ -238,4 +248,24 @@ func loadavg() string {
 		return "unknown"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+type namedChild struct {
+	name string
+	*testenv.Child
+}
+
+// usageOf is each child's processUsage now.
+func usageOf(t *testing.T, cs []namedChild) []processUsage {
+	t.Helper()
+	us := make([]processUsage, len(cs))
+	for i, c := range cs {
+		out := c.Do(t, "usage")
+		u, err := parseUsage(out)
+		if err != nil {
+			t.Fatalf("usage of %s: %q: %v", c.name, out, err)
+		}
+		us[i] = u
+	}
+	return us
 }

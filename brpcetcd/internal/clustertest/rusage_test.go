@@ -1,0 +1,45 @@
+package clustertest
+
+import (
+	"fmt"
+	"syscall"
+	"time"
+
+	"github.com/brpc-go/brpc/internal/testenv"
+)
+
+// processUsage is what a process has spent so far: CPU time (user and
+// system) and context switches, voluntary (a thread that blocked: what a
+// process idle between calls pays to be woken for each) and not.
+type processUsage struct {
+	cpu                    time.Duration
+	voluntary, involuntary int64
+}
+
+func (u processUsage) String() string {
+	return fmt.Sprintf("cpu_us=%d nvcsw=%d nivcsw=%d", u.cpu.Microseconds(), u.voluntary, u.involuntary)
+}
+
+func (u processUsage) minus(earlier processUsage) processUsage {
+	return processUsage{u.cpu - earlier.cpu, u.voluntary - earlier.voluntary, u.involuntary - earlier.involuntary}
+}
+
+func parseUsage(s string) (processUsage, error) {
+	var u processUsage
+	var cpu int64
+	_, err := fmt.Sscanf(s, "cpu_us=%d nvcsw=%d nivcsw=%d", &cpu, &u.voluntary, &u.involuntary)
+	u.cpu = time.Duration(cpu) * time.Microsecond
+	return u, err
+}
+
+// handleUsage makes c answer "usage" with the process's processUsage.
+func handleUsage(c *testenv.ChildEnv) {
+	c.Handle("usage", func([]string) (string, error) {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			return "", err
+		}
+		cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		return processUsage{cpu: cpu, voluntary: int64(ru.Nvcsw), involuntary: int64(ru.Nivcsw)}.String(), nil
+	})
+}
