@@ -47,7 +47,10 @@ import (
 //	                                   unary calls by CALLERS goroutines for
 //	                                   MS: to this replica's clients, to the
 //	                                   other replicas' or to a plain grpc-go
-//	                                   server over TLS on loopback
+//	                                   server over TLS on loopback (caller i
+//	                                   on client i mod N of a list that
+//	                                   starts at a QUIC client, named by
+//	                                   first=ID)
 //	bench plain-remote CALLERS MS ADDR
 //	                                   the same to the plain grpc-go server
 //	                                   at ADDR (another process's plainserve)
@@ -127,15 +130,16 @@ func replicaRole(c *testenv.ChildEnv) ([]string, error) {
 			return "", fmt.Errorf("bench %v: bad numbers", args)
 		}
 		var stubs []testpb.EchoClient
+		var ids []string
 		switch args[0] {
 		case "local":
 			for _, p := range r.srv.Peers() {
-				stubs = append(stubs, must(r.srv.Client(p.ID)))
+				ids = append(ids, p.ID)
 			}
 		case "forwarded":
 			for _, p := range r.srv.ClusterPeers() {
 				if p.Replica != r.name {
-					stubs = append(stubs, must(r.srv.Client(p.ID)))
+					ids = append(ids, p.ID)
 				}
 			}
 		case "plain":
@@ -162,10 +166,26 @@ func replicaRole(c *testenv.ChildEnv) ([]string, error) {
 		default:
 			return "", fmt.Errorf("bench mode %q", args[0])
 		}
+		first := ""
+		if ids != nil {
+			// The list starts at a QUIC client (a fleet client's index is
+			// even), so that one caller calls a client of the same
+			// transport locally and forwarded.
+			for k, id := range ids {
+				if n, err := strconv.Atoi(strings.TrimLeft(id, "abcdefghijklmnopqrstuvwxyz")); err == nil && n%2 == 0 {
+					ids = slices.Concat(ids[k:], ids[:k])
+					break
+				}
+			}
+			for _, id := range ids {
+				stubs = append(stubs, must(r.srv.Client(id)))
+			}
+			first = " first=" + ids[0]
+		}
 		if len(stubs) == 0 {
 			return "", fmt.Errorf("no clients to bench %s", args[0])
 		}
-		return bench(stubs, callers, time.Duration(ms)*time.Millisecond).String(), nil
+		return bench(stubs, callers, time.Duration(ms)*time.Millisecond).String() + first, nil
 	})
 	c.Handle("stats", func([]string) (string, error) {
 		s := r.presence.Stats()
