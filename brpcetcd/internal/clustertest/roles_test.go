@@ -61,6 +61,8 @@ import (
 //	peers                              local and cluster-wide client counts
 //	usage                              the process's CPU time and context
 //	                                   switches so far
+//	cpuprofile [FILE]                  starts a CPU profile into FILE, or
+//	                                   stops it
 func replicaRole(c *testenv.ChildEnv) ([]string, error) {
 	fc, err := certsFromArgs(c.Arg)
 	if err != nil {
@@ -76,6 +78,7 @@ func replicaRole(c *testenv.ChildEnv) ([]string, error) {
 	}
 	c.Cleanup(func() { r.stop(false) })
 	handleUsage(c)
+	handleProfile(c)
 	c.Handle("reach", func(args []string) (string, error) {
 		if len(args) != 2 {
 			return "", fmt.Errorf("reach takes an ID and the answerer's name")
@@ -544,7 +547,7 @@ func startReplicaChild(t testing.TB, ca *certs.CA, name, endpoint string, ttl ti
 // third of it). Its ready words are dial_ms=D, the time all took to
 // connect. It answers "ready" (how many are connected now), "moves"
 // (how many are connected to another server than the one they first
-// were) and "usage" (as a replica does).
+// were), "usage" and "cpuprofile" (as a replica does).
 func fleetRole(c *testenv.ChildEnv) ([]string, error) {
 	n, err := strconv.Atoi(c.Arg("n"))
 	if err != nil {
@@ -560,6 +563,7 @@ func fleetRole(c *testenv.ChildEnv) ([]string, error) {
 	}
 	ids := fleetIDs(c.Arg("prefix"), n)
 	handleUsage(c)
+	handleProfile(c)
 	type member struct {
 		cc    *brpc.ClientConn
 		gs    *grpc.Server

@@ -2,6 +2,8 @@ package clustertest
 
 import (
 	"fmt"
+	"os"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -41,5 +43,35 @@ func handleUsage(c *testenv.ChildEnv) {
 		}
 		cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 		return processUsage{cpu: cpu, voluntary: int64(ru.Nvcsw), involuntary: int64(ru.Nivcsw)}.String(), nil
+	})
+}
+
+// handleProfile makes c answer "cpuprofile FILE" by starting a CPU
+// profile into FILE, and "cpuprofile" by stopping it.
+func handleProfile(c *testenv.ChildEnv) {
+	var f *os.File
+	c.Handle("cpuprofile", func(args []string) (string, error) {
+		if len(args) == 0 {
+			if f == nil {
+				return "", fmt.Errorf("no profile running")
+			}
+			pprof.StopCPUProfile()
+			err := f.Close()
+			f = nil
+			return "", err
+		}
+		if f != nil {
+			return "", fmt.Errorf("a profile is running")
+		}
+		var err error
+		if f, err = os.Create(args[0]); err != nil {
+			return "", err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			f = nil
+			return "", err
+		}
+		return "", nil
 	})
 }

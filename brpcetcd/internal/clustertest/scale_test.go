@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -25,7 +26,9 @@ import (
 // then one replica killed with SIGKILL: the time until every client
 // answers again from both survivors, and what the presence wrote to etcd
 // all along. It runs only with BRPC_CLUSTER_SCALE=1 and stops by itself;
-// BRPC_CLUSTER_SCALE_CLIENTS sets another fleet size.
+// BRPC_CLUSTER_SCALE_CLIENTS sets another fleet size, and
+// BRPC_CLUSTER_SCALE_PROFILE a directory for CPU profiles of the forwarded
+// bench.
 func TestScale(t *testing.T) {
 	if os.Getenv("BRPC_CLUSTER_SCALE") == "" {
 		t.Skip("set BRPC_CLUSTER_SCALE=1 to run the scale run")
@@ -93,6 +96,9 @@ func TestScale(t *testing.T) {
 	// grpc-go).
 	r0 := rs[0]
 	plainAddr := rs[1].Do(t, "plainserve")
+	// BRPC_CLUSTER_SCALE_PROFILE=DIR: each process's CPU profile of the
+	// forwarded bench with one caller, in DIR/NAME.pprof.
+	profileDir := os.Getenv("BRPC_CLUSTER_SCALE_PROFILE")
 	procs := []namedChild{{rs[0].name, rs[0].Child}, {rs[1].name, rs[1].Child}, {rs[2].name, rs[2].Child}, {"fleet", fleet}}
 	for _, callers := range []int{1, 64} {
 		got := map[string]benchResult{}
@@ -101,9 +107,20 @@ func TestScale(t *testing.T) {
 			if mode == "plain-remote" {
 				args = append(args, plainAddr)
 			}
+			profile := profileDir != "" && callers == 1 && mode == "forwarded"
+			if profile {
+				for _, p := range procs {
+					p.Do(t, "cpuprofile", filepath.Join(profileDir, p.name+".pprof"))
+				}
+			}
 			before := usageOf(t, procs)
 			out := r0.Do(t, "bench", args...)
 			spent := usageOf(t, procs)
+			if profile {
+				for _, p := range procs {
+					p.Do(t, "cpuprofile")
+				}
+			}
 			b, err := parseBench(out)
 			if err != nil {
 				t.Fatalf("bench %s: %q: %v", mode, out, err)
