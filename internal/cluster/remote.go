@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc/internal/grpcglue"
+	"github.com/brpc-go/brpc/internal/muxtls"
 )
 
 // remote is this replica's way to another replica: one link (dialed on
@@ -70,29 +71,40 @@ func (rm *remote) getLink(ctx context.Context, fresh bool) (*link, error) {
 	if err != nil {
 		return nil, err
 	}
+	l, err := rm.startLink(ctx, raw)
+	if err != nil {
+		raw.Close()
+		return nil, err
+	}
+	rm.link = l
+	return l, nil
+}
+
+// startLink runs the link's TLS handshake on raw, a connection to the
+// replica, and multiplexes it. Writes go yamux, a muxtls.Joiner (a data
+// frame's header with its body, in one TLS record), TLS, a muxtls.Batcher
+// (a frame's records in one system call), raw: the stack of brpc's TCP
+// sessions, which the listener's side of a link builds too (handshake).
+func (rm *remote) startLink(ctx context.Context, raw net.Conn) (*link, error) {
 	conf := rm.c.dialTLS.Clone()
 	if conf.ServerName == "" {
 		if host, _, err := net.SplitHostPort(rm.addr); err == nil {
 			conf.ServerName = host
 		}
 	}
-	tc := tls.Client(raw, conf)
+	rb := muxtls.NewBatcher(raw)
+	tc := tls.Client(rb, conf)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		raw.Close()
 		return nil, err
 	}
 	if p := tc.ConnectionState().NegotiatedProtocol; p != tunnelALPN {
-		raw.Close()
 		return nil, errors.New("the replica does not serve tunnels (ALPN " + p + ")")
 	}
-	sess, err := yamux.Client(tc, linkConfig())
+	sess, err := yamux.Client(muxtls.NewJoiner(tc, rb), linkConfig())
 	if err != nil {
-		raw.Close()
 		return nil, err
 	}
-	lc := linkConn{tc}
-	rm.link = &link{sess: sess, info: grpcglue.NewSessionInfo(grpcglue.Peer{Transport: "tcp"}, lc, nil)}
-	return rm.link, nil
+	return &link{sess: sess, info: grpcglue.NewSessionInfo(grpcglue.Peer{Transport: "tcp"}, linkConn{tc}, nil)}, nil
 }
 
 // closeLink closes the link, ending every tunnel on it.

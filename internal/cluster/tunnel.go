@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc/internal/grpcglue"
+	"github.com/brpc-go/brpc/internal/muxtls"
 )
 
 // A call for a client on another replica does not go through that
@@ -234,13 +235,16 @@ func (c *Cluster) untrack(conn net.Conn) {
 // to the link server or the gRPC endpoint, by ALPN.
 func (c *Cluster) handshake(raw net.Conn, h2 *grpcglue.Listener) {
 	raw.SetDeadline(time.Now().Add(linkHandshakeTimeout))
-	tc := tls.Server(raw, c.serveTLS)
+	// A link gets the write stack of the dialing side (remote.startLink);
+	// for the gRPC endpoint, the batcher only writes through.
+	rb := muxtls.NewBatcher(raw)
+	tc := tls.Server(rb, c.serveTLS)
 	if err := tc.Handshake(); err != nil {
 		return
 	}
 	raw.SetDeadline(time.Time{})
 	if tc.ConnectionState().NegotiatedProtocol == tunnelALPN {
-		c.serveLink(tc)
+		c.serveLink(tc, muxtls.NewJoiner(tc, rb))
 		return
 	}
 	// The endpoint's transport owns the connection from here; closing the
@@ -266,10 +270,11 @@ func (c *endpointConn) Close() error {
 	return err
 }
 
-// serveLink serves the tunnels a replica asks for on one link. Whether the
-// peer is a replica is decided once, at the link's start; a peer that is
-// not has every tunnel refused with the reason.
-func (c *Cluster) serveLink(tc *tls.Conn) {
+// serveLink serves the tunnels a replica asks for on one link: yamux on
+// mux, the write stack on tc. Whether the peer is a replica is decided
+// once, at the link's start; a peer that is not has every tunnel refused
+// with the reason.
+func (c *Cluster) serveLink(tc *tls.Conn, mux io.ReadWriteCloser) {
 	st := tc.ConnectionState()
 	ctx := peer.NewContext(c.life, &peer.Peer{
 		Addr:      tc.RemoteAddr(),
@@ -277,7 +282,7 @@ func (c *Cluster) serveLink(tc *tls.Conn) {
 		AuthInfo:  grpcglue.TLSInfo(st),
 	})
 	refused := c.authorize(ctx)
-	sess, err := yamux.Server(tc, linkConfig())
+	sess, err := yamux.Server(mux, linkConfig())
 	if err != nil {
 		return
 	}

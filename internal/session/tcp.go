@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/yamux"
+
+	"github.com/brpc-go/brpc/internal/muxtls"
 )
 
 // The TCP transport: TLS 1.3 over one TCP connection, streams multiplexed
@@ -197,8 +199,8 @@ func DialTCP(ctx context.Context, addr string, tlsConf *tls.Config, conf TCPConf
 
 // tlsLayers stacks TLS on raw for either side: tc is the TLS connection to
 // handshake, and muxConn what yamux runs on once it has. Writes go yamux,
-// frameJoiner (a data frame's header joined with its body), TLS,
-// recordBatcher (a frame's records in one system call), raw; both sides
+// muxtls.Joiner (a data frame's header joined with its body), TLS,
+// muxtls.Batcher (a frame's records in one system call), raw; both sides
 // build the stack here, so that both get the joining and the batching. On
 // top, a connWatch tells the session when yamux closes the connection.
 //
@@ -208,14 +210,14 @@ func DialTCP(ctx context.Context, addr string, tlsConf *tls.Config, conf TCPConf
 // stops reading at a violation's error and closes the connection, still
 // closes through the watcher.
 func tlsLayers(raw net.Conn, tlsConf *tls.Config, client bool, controlLimit int) (tc *tls.Conn, muxConn *connWatch, insp *frameInspector) {
-	rb := &recordBatcher{Conn: raw}
+	rb := muxtls.NewBatcher(raw)
 	if client {
 		tc = tls.Client(rb, tlsConf)
-		return tc, &connWatch{ReadWriteCloser: &frameJoiner{ReadWriteCloser: tc, batch: rb}}, nil
+		return tc, &connWatch{ReadWriteCloser: muxtls.NewJoiner(tc, rb)}, nil
 	}
 	tc = tls.Server(rb, tlsConf)
 	insp = newFrameInspector(tc, controlLimit)
-	return tc, &connWatch{ReadWriteCloser: &frameJoiner{ReadWriteCloser: insp, batch: rb}}, insp
+	return tc, &connWatch{ReadWriteCloser: muxtls.NewJoiner(insp, rb)}, insp
 }
 
 // errYamuxEnded is the cause of a session that yamux ended without an I/O

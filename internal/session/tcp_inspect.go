@@ -7,9 +7,11 @@ import (
 	"sync/atomic"
 )
 
-// yamux frame types and flags beyond those of framejoin.go (hashicorp/yamux
-// spec.md).
+// yamux frame header layout (hashicorp/yamux spec.md): version (1 byte),
+// type (1), flags (2), stream ID (4), length (4); frame types and flags.
 const (
+	yamuxHeaderSize       = 12
+	yamuxTypeData         = 0
 	yamuxTypeWindowUpdate = 1
 	yamuxTypePing         = 2
 	yamuxFlagSYN          = 1

@@ -47,9 +47,22 @@ import (
 //	                                   unary calls by CALLERS goroutines for
 //	                                   MS: to this replica's clients, to the
 //	                                   other replicas' or to a plain grpc-go
-//	                                   server over TLS on loopback
+//	                                   server over TLS on loopback (caller i
+//	                                   on client i mod N of a list that
+//	                                   starts at a QUIC client, named by
+//	                                   first=ID)
+//	bench plain-remote CALLERS MS ADDR
+//	                                   the same to the plain grpc-go server
+//	                                   at ADDR (another process's plainserve)
+//	plainserve                         starts a plain grpc-go server over TLS
+//	                                   on loopback (once) and answers its
+//	                                   address
 //	stats                              the presence's Stats
 //	peers                              local and cluster-wide client counts
+//	usage                              the process's CPU time and context
+//	                                   switches so far
+//	cpuprofile [FILE]                  starts a CPU profile into FILE, or
+//	                                   stops it
 func replicaRole(c *testenv.ChildEnv) ([]string, error) {
 	fc, err := certsFromArgs(c.Arg)
 	if err != nil {
@@ -64,6 +77,8 @@ func replicaRole(c *testenv.ChildEnv) ([]string, error) {
 		return nil, err
 	}
 	c.Cleanup(func() { r.stop(false) })
+	handleUsage(c)
+	handleProfile(c)
 	c.Handle("reach", func(args []string) (string, error) {
 		if len(args) != 2 {
 			return "", fmt.Errorf("reach takes an ID and the answerer's name")
@@ -88,8 +103,28 @@ func replicaRole(c *testenv.ChildEnv) ([]string, error) {
 			plain.stop()
 		}
 	})
+	remotePlain := map[string]*grpc.ClientConn{} // plain-remote benches' connections, by address
+	c.Cleanup(func() {
+		for _, cc := range remotePlain {
+			cc.Close()
+		}
+	})
+	var served *plainServer
+	c.Cleanup(func() {
+		if served != nil {
+			served.stop()
+		}
+	})
+	c.Handle("plainserve", func([]string) (string, error) {
+		if served == nil {
+			if served, err = servePlain(fc); err != nil {
+				return "", err
+			}
+		}
+		return served.addr, nil
+	})
 	c.Handle("bench", func(args []string) (string, error) {
-		if len(args) != 3 {
+		if len(args) != 3 && !(len(args) == 4 && args[0] == "plain-remote") {
 			return "", fmt.Errorf("bench takes a mode, a caller count and a duration")
 		}
 		callers, err1 := strconv.Atoi(args[1])
@@ -98,15 +133,16 @@ func replicaRole(c *testenv.ChildEnv) ([]string, error) {
 			return "", fmt.Errorf("bench %v: bad numbers", args)
 		}
 		var stubs []testpb.EchoClient
+		var ids []string
 		switch args[0] {
 		case "local":
 			for _, p := range r.srv.Peers() {
-				stubs = append(stubs, must(r.srv.Client(p.ID)))
+				ids = append(ids, p.ID)
 			}
 		case "forwarded":
 			for _, p := range r.srv.ClusterPeers() {
 				if p.Replica != r.name {
-					stubs = append(stubs, must(r.srv.Client(p.ID)))
+					ids = append(ids, p.ID)
 				}
 			}
 		case "plain":
@@ -116,13 +152,43 @@ func replicaRole(c *testenv.ChildEnv) ([]string, error) {
 				}
 			}
 			stubs = []testpb.EchoClient{plain.stub}
+		case "plain-remote":
+			// The server is another process's plainserve: the hop a
+			// forwarded call adds, on plain grpc-go.
+			if len(args) != 4 {
+				return "", fmt.Errorf("bench plain-remote takes the server's address too")
+			}
+			cc := remotePlain[args[3]]
+			if cc == nil {
+				if cc, _, err = dialPlain(fc, args[3]); err != nil {
+					return "", err
+				}
+				remotePlain[args[3]] = cc
+			}
+			stubs = []testpb.EchoClient{testpb.NewEchoClient(cc)}
 		default:
 			return "", fmt.Errorf("bench mode %q", args[0])
+		}
+		first := ""
+		if ids != nil {
+			// The list starts at a QUIC client (a fleet client's index is
+			// even), so that one caller calls a client of the same
+			// transport locally and forwarded.
+			for k, id := range ids {
+				if n, err := strconv.Atoi(strings.TrimLeft(id, "abcdefghijklmnopqrstuvwxyz")); err == nil && n%2 == 0 {
+					ids = slices.Concat(ids[k:], ids[:k])
+					break
+				}
+			}
+			for _, id := range ids {
+				stubs = append(stubs, must(r.srv.Client(id)))
+			}
+			first = " first=" + ids[0]
 		}
 		if len(stubs) == 0 {
 			return "", fmt.Errorf("no clients to bench %s", args[0])
 		}
-		return bench(stubs, callers, time.Duration(ms)*time.Millisecond).String(), nil
+		return bench(stubs, callers, time.Duration(ms)*time.Millisecond).String() + first, nil
 	})
 	c.Handle("stats", func([]string) (string, error) {
 		s := r.presence.Stats()
@@ -390,11 +456,27 @@ func parseBench(s string) (benchResult, error) {
 // client of it: the baseline a forwarded call is compared with.
 type plainServer struct {
 	gs   *grpc.Server
+	addr string
 	cc   *grpc.ClientConn
 	stub testpb.EchoClient
 }
 
 func startPlain(fc fleetCerts) (*plainServer, error) {
+	p, err := servePlain(fc)
+	if err != nil {
+		return nil, err
+	}
+	if p.cc, p.stub, err = dialPlain(fc, p.addr); err != nil {
+		p.gs.Stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// servePlain starts a plain grpc-go echo server over TLS on loopback,
+// without a client of its own: the other end of another process's
+// "plain-remote" bench.
+func servePlain(fc fleetCerts) (*plainServer, error) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -402,16 +484,22 @@ func startPlain(fc fleetCerts) (*plainServer, error) {
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{fc.server}})))
 	testpb.RegisterEchoServer(gs, &testenv.Echo{Name: "plain"})
 	go gs.Serve(lis)
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: fc.pool})))
+	return &plainServer{gs: gs, addr: lis.Addr().String()}, nil
+}
+
+// dialPlain is a plain grpc-go client of the echo server at addr.
+func dialPlain(fc fleetCerts, addr string) (*grpc.ClientConn, testpb.EchoClient, error) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: fc.pool})))
 	if err != nil {
-		gs.Stop()
-		return nil, err
+		return nil, nil, err
 	}
-	return &plainServer{gs: gs, cc: cc, stub: testpb.NewEchoClient(cc)}, nil
+	return cc, testpb.NewEchoClient(cc), nil
 }
 
 func (p *plainServer) stop() {
-	p.cc.Close()
+	if p.cc != nil {
+		p.cc.Close()
+	}
 	p.gs.Stop()
 }
 
@@ -457,9 +545,9 @@ func startReplicaChild(t testing.TB, ca *certs.CA, name, endpoint string, ttl ti
 // brpc's Dial picks one at random and moves on when it fails), trusting
 // the PEM CA "ca", with the keepalive timeout "keepalive" (probes every
 // third of it). Its ready words are dial_ms=D, the time all took to
-// connect. It answers "ready" (how many are connected now) and "moves"
+// connect. It answers "ready" (how many are connected now), "moves"
 // (how many are connected to another server than the one they first
-// were).
+// were), "usage" and "cpuprofile" (as a replica does).
 func fleetRole(c *testenv.ChildEnv) ([]string, error) {
 	n, err := strconv.Atoi(c.Arg("n"))
 	if err != nil {
@@ -474,6 +562,8 @@ func fleetRole(c *testenv.ChildEnv) ([]string, error) {
 		return nil, fmt.Errorf("keepalive: %v", err)
 	}
 	ids := fleetIDs(c.Arg("prefix"), n)
+	handleUsage(c)
+	handleProfile(c)
 	type member struct {
 		cc    *brpc.ClientConn
 		gs    *grpc.Server

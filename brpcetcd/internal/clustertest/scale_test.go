@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -20,11 +21,14 @@ import (
 // etcd"): an etcd (with fsync) in the test process, three replicas in
 // child processes, a fleet of 3,000 clients in another (half on QUIC,
 // half on TCP, each dialed with every replica's endpoint), unary round trips from one
-// replica to its own clients, to the others' and of plain grpc-go, and
+// replica to its own clients, to the others' and of plain grpc-go (in
+// the replica's process and to another replica's), and
 // then one replica killed with SIGKILL: the time until every client
 // answers again from both survivors, and what the presence wrote to etcd
 // all along. It runs only with BRPC_CLUSTER_SCALE=1 and stops by itself;
-// BRPC_CLUSTER_SCALE_CLIENTS sets another fleet size.
+// BRPC_CLUSTER_SCALE_CLIENTS sets another fleet size, and
+// BRPC_CLUSTER_SCALE_PROFILE a directory for CPU profiles of the forwarded
+// bench.
 func TestScale(t *testing.T) {
 	if os.Getenv("BRPC_CLUSTER_SCALE") == "" {
 		t.Skip("set BRPC_CLUSTER_SCALE=1 to run the scale run")
@@ -87,22 +91,55 @@ func TestScale(t *testing.T) {
 	}
 	logf("steady state over %v: etcd revision +%d", idle, revision(t, cli)-rev0)
 
-	// Round trips from r0.
+	// Round trips from r0. Plain grpc-go twice: in r0's process, and to a
+	// plain server in r1's (the hop a forwarded call adds, on plain
+	// grpc-go).
 	r0 := rs[0]
+	plainAddr := rs[1].Do(t, "plainserve")
+	// BRPC_CLUSTER_SCALE_PROFILE=DIR: each process's CPU profile of the
+	// forwarded bench with one caller, in DIR/NAME.pprof.
+	profileDir := os.Getenv("BRPC_CLUSTER_SCALE_PROFILE")
+	procs := []namedChild{{rs[0].name, rs[0].Child}, {rs[1].name, rs[1].Child}, {rs[2].name, rs[2].Child}, {"fleet", fleet}}
 	for _, callers := range []int{1, 64} {
 		got := map[string]benchResult{}
-		for _, mode := range []string{"plain", "local", "forwarded"} {
-			out := r0.Do(t, "bench", mode, strconv.Itoa(callers), "3000")
+		for _, mode := range []string{"plain", "plain-remote", "local", "forwarded"} {
+			args := []string{mode, strconv.Itoa(callers), "3000"}
+			if mode == "plain-remote" {
+				args = append(args, plainAddr)
+			}
+			profile := profileDir != "" && callers == 1 && mode == "forwarded"
+			if profile {
+				for _, p := range procs {
+					p.Do(t, "cpuprofile", filepath.Join(profileDir, p.name+".pprof"))
+				}
+			}
+			before := usageOf(t, procs)
+			out := r0.Do(t, "bench", args...)
+			spent := usageOf(t, procs)
+			if profile {
+				for _, p := range procs {
+					p.Do(t, "cpuprofile")
+				}
+			}
 			b, err := parseBench(out)
 			if err != nil {
 				t.Fatalf("bench %s: %q: %v", mode, out, err)
 			}
 			got[mode] = b
 			logf("bench from r0, %d callers, %s: %s", callers, mode, out)
+			var per []string
+			for i, p := range procs {
+				d := spent[i].minus(before[i])
+				per = append(per, fmt.Sprintf("%s cpu %.1f µs, %.2f voluntary + %.2f involuntary switches", p.name,
+					float64(d.cpu.Nanoseconds())/1e3/float64(b.calls), float64(d.voluntary)/float64(b.calls), float64(d.involuntary)/float64(b.calls)))
+			}
+			logf("  per call (the warm-up's included): %s", strings.Join(per, "; "))
 		}
-		bound := got["local"].p50 + got["plain"].p50*3/2
-		logf("%d callers: forwarded p50 %v, local p50 + 1.5 x plain p50 = %v: target met: %v",
-			callers, got["forwarded"].p50, bound, got["forwarded"].p50 <= bound)
+		for _, plain := range []string{"plain", "plain-remote"} {
+			bound := got["local"].p50 + got[plain].p50*3/2
+			logf("%d callers: forwarded p50 %v, local p50 + 1.5 x %s p50 = %v: target met: %v",
+				callers, got["forwarded"].p50, plain, bound, got["forwarded"].p50 <= bound)
+		}
 	}
 	logf("load average after the benches %s", loadavg())
 
@@ -228,4 +265,24 @@ func loadavg() string {
 		return "unknown"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+type namedChild struct {
+	name string
+	*testenv.Child
+}
+
+// usageOf is each child's processUsage now.
+func usageOf(t *testing.T, cs []namedChild) []processUsage {
+	t.Helper()
+	us := make([]processUsage, len(cs))
+	for i, c := range cs {
+		out := c.Do(t, "usage")
+		u, err := parseUsage(out)
+		if err != nil {
+			t.Fatalf("usage of %s: %q: %v", c.name, out, err)
+		}
+		us[i] = u
+	}
+	return us
 }

@@ -1,4 +1,4 @@
-package session
+package muxtls
 
 import (
 	"encoding/binary"
@@ -13,7 +13,7 @@ const (
 	yamuxTypeData   = 0
 )
 
-// maxJoinedBody is the largest body frameJoiner sends in one Write with its
+// maxJoinedBody is the largest body Joiner sends in one Write with its
 // header: one TLS record carries at most 16 KiB of plaintext, so a larger
 // body takes several records anyway and the header's own record hardly
 // matters.
@@ -21,25 +21,32 @@ const maxJoinedBody = 16<<10 - yamuxHeaderSize
 
 var joinBufs = sync.Pool{New: func() any { b := make([]byte, 0, yamuxHeaderSize+maxJoinedBody); return &b }}
 
-// frameJoiner sits between yamux and the TLS connection. yamux's send loop
+// Joiner sits between yamux and the TLS connection. yamux's send loop
 // writes each data frame as two Writes, header then body, which on a
 // tls.Conn makes two records, two encryptions and two system calls, and two
-// records for the peer to decrypt. frameJoiner holds a data frame's header
+// records for the peer to decrypt. Joiner holds a data frame's header
 // back and sends it with a body of up to maxJoinedBody in one Write. With a
-// recordBatcher under the TLS connection (batch), all the records of a
+// Batcher under the TLS connection (batch), all the records of a
 // data frame of up to maxBatch go out in one system call. Frames without a
 // body (window updates, pings, a data frame with only flags) go straight
 // through. Only yamux's send loop writes, one frame at a time.
-type frameJoiner struct {
+type Joiner struct {
 	io.ReadWriteCloser
-	batch *recordBatcher // nil: no batching
+	batch *Batcher // nil: no batching
 
 	mu      sync.Mutex
 	hdr     [yamuxHeaderSize]byte
 	pending int // body length the held header announces; 0: none held
 }
 
-func (j *frameJoiner) Write(p []byte) (int, error) {
+// NewJoiner returns the Joiner of yamux frames written to w: the TLS
+// connection, or a layer right on it. batch is the Batcher under that TLS
+// connection, or nil for no batching.
+func NewJoiner(w io.ReadWriteCloser, batch *Batcher) *Joiner {
+	return &Joiner{ReadWriteCloser: w, batch: batch}
+}
+
+func (j *Joiner) Write(p []byte) (int, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.pending == 0 {
@@ -69,7 +76,7 @@ func (j *frameJoiner) Write(p []byte) (int, error) {
 
 // writeFrame writes the held header and p, the body it announced (want
 // bytes).
-func (j *frameJoiner) writeFrame(want int, p []byte) (int, error) {
+func (j *Joiner) writeFrame(want int, p []byte) (int, error) {
 	if len(p) != want || len(p) > maxJoinedBody {
 		// Not the body the header announced, or too large to join: send
 		// both as they came.
@@ -96,7 +103,7 @@ func (j *frameJoiner) writeFrame(want int, p []byte) (int, error) {
 // after TLS's Write has returned, so TLS would queue its close_notify alert
 // behind them and wait out its 5 s alert deadline. Otherwise the TLS
 // connection closes with no frame begun meanwhile: one would fail instead.
-func (j *frameJoiner) Close() error {
+func (j *Joiner) Close() error {
 	if j.batch != nil {
 		if !j.mu.TryLock() {
 			return j.batch.Conn.Close()

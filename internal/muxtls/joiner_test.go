@@ -1,15 +1,12 @@
-package session
+package muxtls
 
 import (
 	"bytes"
-	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
 	"net"
-	"sync/atomic"
 	"testing"
-	"time"
 )
 
 // recordingConn records each Write it gets.
@@ -86,7 +83,7 @@ func TestFrameJoinerJoinsDataFrames(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rc := &recordingConn{}
-			j := &frameJoiner{ReadWriteCloser: rc}
+			j := &Joiner{ReadWriteCloser: rc}
 			for i, w := range tt.writes {
 				n, err := j.Write(w)
 				if err != nil || n != len(w) {
@@ -108,7 +105,7 @@ func TestFrameJoinerJoinsDataFrames(t *testing.T) {
 func TestFrameJoinerReportsWriteErrorsOnTheBody(t *testing.T) {
 	broken := errors.New("broken pipe")
 	rc := &recordingConn{}
-	j := &frameJoiner{ReadWriteCloser: rc}
+	j := &Joiner{ReadWriteCloser: rc}
 	if _, err := j.Write(yamuxHeader(yamuxTypeData, 4)); err != nil {
 		t.Fatalf("holding the header: %v", err)
 	}
@@ -130,7 +127,7 @@ func (r *recordingNetConn) Close() error                { return nil }
 
 func TestRecordBatcherSendsAHeldFrameInOneWrite(t *testing.T) {
 	rc := &recordingNetConn{}
-	rb := &recordBatcher{Conn: rc}
+	rb := &Batcher{Conn: rc}
 	// Outside hold and flush, writes go through at once.
 	if _, err := rb.Write([]byte("alert")); err != nil {
 		t.Fatal(err)
@@ -140,7 +137,7 @@ func TestRecordBatcherSendsAHeldFrameInOneWrite(t *testing.T) {
 	}
 	// A frame too large to join (header and body written apart, as TLS
 	// would write several records) reaches the connection in one write.
-	j := &frameJoiner{ReadWriteCloser: rb, batch: rb}
+	j := &Joiner{ReadWriteCloser: rb, batch: rb}
 	body := bytes.Repeat([]byte("z"), 40<<10)
 	hdr := yamuxHeader(yamuxTypeData, uint32(len(body)))
 	for _, w := range [][]byte{hdr, body} {
@@ -176,66 +173,5 @@ func TestRecordBatcherSendsAHeldFrameInOneWrite(t *testing.T) {
 	}
 	if n, err := j.Write(body); !errors.Is(err, broken) || n != 0 {
 		t.Fatalf("frame on a broken connection: (%d, %v), want (0, %v)", n, err, broken)
-	}
-}
-
-// writeWatch tells, once armed, that a Write reached it.
-type writeWatch struct {
-	net.Conn
-	armed   atomic.Bool
-	writing chan struct{}
-}
-
-func (w *writeWatch) Write(p []byte) (int, error) {
-	if w.armed.Load() {
-		select {
-		case w.writing <- struct{}{}:
-		default:
-		}
-	}
-	return w.Conn.Write(p)
-}
-
-// TestCloseBreaksAFrameWriteToAPeerThatStoppedReading: the TLS stack under
-// yamux closes at once while a batched frame's write is stuck toward a peer
-// that does not read (a net.Pipe nobody reads), and the write fails. TLS's
-// own Close would queue its close_notify behind the frame and wait out its
-// 5 s alert deadline.
-func TestCloseBreaksAFrameWriteToAPeerThatStoppedReading(t *testing.T) {
-	near, far := net.Pipe()
-	defer far.Close()
-	ww := &writeWatch{Conn: near, writing: make(chan struct{}, 1)}
-	tc, muxConn, _ := tlsLayers(ww, clientTLS(t), true, 0)
-	peer := tls.Server(far, serverTLS(t))
-	handshook := make(chan error, 1)
-	go func() { handshook <- peer.Handshake() }()
-	if err := tc.Handshake(); err != nil {
-		t.Fatalf("client handshake: %v", err)
-	}
-	if err := <-handshook; err != nil {
-		t.Fatalf("server handshake: %v", err)
-	}
-
-	// The peer reads no more: the frame's one write blocks.
-	ww.armed.Store(true)
-	body := bytes.Repeat([]byte("x"), 1000)
-	wrote := make(chan error, 1)
-	go func() {
-		if _, err := muxConn.Write(yamuxHeader(yamuxTypeData, uint32(len(body)))); err != nil {
-			wrote <- err
-			return
-		}
-		_, err := muxConn.Write(body)
-		wrote <- err
-	}()
-	<-ww.writing
-
-	start := time.Now()
-	muxConn.Close()
-	if took := time.Since(start); took > 2*time.Second {
-		t.Errorf("Close with a frame write stuck took %v, want well under TLS's 5 s alert deadline", took)
-	}
-	if err := <-wrote; err == nil {
-		t.Error("the stuck frame write succeeded after Close, want an error")
 	}
 }

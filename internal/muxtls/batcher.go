@@ -1,4 +1,4 @@
-package session
+package muxtls
 
 import (
 	"net"
@@ -13,22 +13,25 @@ const maxBatch = 64 << 10
 
 var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, maxBatch+maxBatch/8); return &b }}
 
-// recordBatcher sits under the TLS connection of a TCP session. crypto/tls
+// Batcher sits under the TLS connection yamux runs on. crypto/tls
 // writes every record of a Write with its own system call: a 32 KiB frame
 // is three records (the header's and two of 16 KiB), so three calls.
-// Between hold and flush, recordBatcher collects what TLS writes and then
+// Between hold and flush, Batcher collects what TLS writes and then
 // sends it with one call. Outside that window it writes through, so TLS's
 // own messages (handshake, alerts, key updates) are never delayed. Every
 // write to the connection happens under mu, so bytes reach the wire in the
 // order TLS wrote them.
-type recordBatcher struct {
+type Batcher struct {
 	net.Conn
 
 	mu   sync.Mutex
 	held *[]byte // collecting between hold and flush; nil otherwise
 }
 
-func (b *recordBatcher) hold() {
+// NewBatcher returns the Batcher of what TLS writes to raw.
+func NewBatcher(raw net.Conn) *Batcher { return &Batcher{Conn: raw} }
+
+func (b *Batcher) hold() {
 	b.mu.Lock()
 	if b.held == nil {
 		b.held = batchBufs.Get().(*[]byte)
@@ -37,7 +40,7 @@ func (b *recordBatcher) hold() {
 	b.mu.Unlock()
 }
 
-func (b *recordBatcher) Write(p []byte) (int, error) {
+func (b *Batcher) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.held != nil {
@@ -48,7 +51,7 @@ func (b *recordBatcher) Write(p []byte) (int, error) {
 }
 
 // flush sends what was collected since hold, in one write.
-func (b *recordBatcher) flush() error {
+func (b *Batcher) flush() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	h := b.held
