@@ -199,8 +199,19 @@ func (s *quicStream) Read(b []byte) (int, error) { return s.st.Read(b) }
 // a reader need not hold a buffer while it waits: quic-go's Peek of one byte
 // waits for it, and the next Read returns at least that byte without
 // blocking.
+//
+// After a local Close it reports net.ErrClosed, whatever quic-go's wait
+// ended with, so that a waiter never takes its own Close for the peer's end
+// of the stream.
 func (s *quicStream) WaitReadable() error {
 	_, err := s.st.Peek(s.peek[:])
+	if err != nil {
+		select {
+		case <-s.closed:
+			return net.ErrClosed
+		default:
+		}
+	}
 	return err
 }
 
