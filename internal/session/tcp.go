@@ -140,7 +140,6 @@ func newTCPSession(tc *tls.Conn, mux *yamux.Session, watch *connWatch, conf TCPC
 	ctx, cancel := context.WithCancelCause(context.Background())
 	s := &tcpSession{mux: mux, tls: tc, limit: conf.MaxIncomingStreams, ctx: ctx, cancel: cancel, opening: make(chan struct{}, 1),
 		streams: make(map[*tcpStream]struct{})}
-	watch.notify(func(err error) { s.finish(fmt.Errorf("session: tcp connection ended: %w", err)) })
 	if conf.IdleTimeout > 0 {
 		s.pingEvery = conf.keepaliveInterval()
 		// Under pingMu: the timer may fire, and keepalive read pingT,
@@ -149,6 +148,9 @@ func newTCPSession(tc *tls.Conn, mux *yamux.Session, watch *connWatch, conf TCPC
 		s.pingT = time.AfterFunc(s.pingEvery, s.keepalive)
 		s.pingMu.Unlock()
 	}
+	// Last: on a connection that is already closed, finish runs at once,
+	// and afterEnd must find the keepalive timer to stop.
+	watch.notify(func(err error) { s.finish(fmt.Errorf("session: tcp connection ended: %w", err)) })
 	return s
 }
 
