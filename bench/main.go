@@ -133,11 +133,19 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	childProfile := fs.String("child-cpuprofile", "", "write CPU profiles of the client process: while it connects the idle clients to PREFIX-<server>.pprof, then while it serves the server's calls to PREFIX-<server>-serve.pprof")
 	fs.StringVar(&c.heapprofile, "heapprofile", "", "write heap profiles of the server holding its idle clients to PREFIX-<server>.pprof, and its used clients to PREFIX-used-<server>.pprof")
+	memProfileRate := fs.Int("memprofilerate", 0, "sample one allocation every this many bytes in the heap profiles (runtime.MemProfileRate; 0: the runtime's default of 512 KiB)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *memProfileRate < 0 {
+		return nil, errors.New("-memprofilerate must not be negative")
+	}
+	if *memProfileRate > 0 {
+		// Before the servers allocate anything worth sampling.
+		runtime.MemProfileRate = *memProfileRate
 	}
 	if c.short {
 		set := map[string]bool{}

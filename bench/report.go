@@ -100,6 +100,9 @@ func printReport(w io.Writer, r *report) {
 
 	if len(r.idle) > 0 {
 		fmt.Fprintf(w, "\nIdle clients (held by a child process), cost on the server after GC (heap + goroutine stacks):\n\n")
+		if len(r.idle) > 1 || r.rpcMeasured() {
+			fmt.Fprint(w, reusedNote)
+		}
 		fmt.Fprintln(w, "| server | clients | KiB/client (stacks) | goroutines/client | connect rate | fan-out 1st | fan-out 2nd | KiB/client after fan-out (stacks) | goroutines/client after fan-out | KiB/client after release (stacks) | goroutines/client after release | client process: KiB/client (stacks), goroutines/client |")
 		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")
 		for _, x := range r.idle {

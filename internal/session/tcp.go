@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"os"
 	"slices"
@@ -55,10 +56,14 @@ const maxStreamWindow = 4 << 20
 // queue is plenty, and yamux allocates it for every session.
 const acceptBacklog = 32
 
+// yamux returns the yamux configuration of c. yamux only reads it, so a
+// listener builds it once for all its sessions; its Logger is set, as yamux
+// would otherwise build one per session.
 func (c TCPConfig) yamux() *yamux.Config {
 	conf := yamux.DefaultConfig()
 	conf.MaxStreamWindowSize = maxStreamWindow
-	conf.LogOutput = io.Discard
+	conf.LogOutput = nil
+	conf.Logger = log.New(io.Discard, "", 0)
 	conf.AcceptBacklog = acceptBacklog
 	// yamux's own keepalive runs a goroutine per session for its whole
 	// life; tcpSession pings from a timer instead (keepalive below), so
@@ -86,8 +91,14 @@ type tcpSession struct {
 	open  atomic.Int64
 
 	ctx    context.Context
-	cancel context.CancelCauseFunc
+	cancel context.CancelCauseFunc // only through finish
 	end    endState
+
+	// What runs once the session's context is done (see finish): over is
+	// set then; onEnded is the listener's, set through whenEnded.
+	hookMu  sync.Mutex
+	over    bool
+	onEnded func()
 
 	opening chan struct{} // holds a token while a yamux OpenStream runs
 
@@ -131,8 +142,6 @@ func newTCPSession(tc *tls.Conn, mux *yamux.Session, watch *connWatch, conf TCPC
 	ctx, cancel := context.WithCancelCause(context.Background())
 	s := &tcpSession{mux: mux, tls: tc, limit: conf.MaxIncomingStreams, ctx: ctx, cancel: cancel, opening: make(chan struct{}, 1),
 		streams: make(map[*tcpStream]struct{})}
-	watch.notify(func(err error) { cancel(fmt.Errorf("session: tcp connection ended: %w", err)) })
-	context.AfterFunc(ctx, s.unblockReads)
 	if conf.IdleTimeout > 0 {
 		s.pingEvery = conf.keepaliveInterval()
 		// Under pingMu: the timer may fire, and keepalive read pingT,
@@ -140,11 +149,58 @@ func newTCPSession(tc *tls.Conn, mux *yamux.Session, watch *connWatch, conf TCPC
 		s.pingMu.Lock()
 		s.pingT = time.AfterFunc(s.pingEvery, s.keepalive)
 		s.pingMu.Unlock()
-		// The context ends with the connection; a ping on a closed
-		// session fails at once and is not rescheduled either.
-		context.AfterFunc(ctx, s.stopKeepalive)
 	}
+	// Last: on a connection that is already closed, finish runs at once,
+	// and afterEnd must find the keepalive timer to stop.
+	watch.notify(func(err error) { s.finish(fmt.Errorf("session: tcp connection ended: %w", err)) })
 	return s
+}
+
+// finish ends the session's context with cause, and the first time, runs
+// afterEnd on a goroutine of its own (the caller may hold locks it takes).
+// The context is ended only here: what follows its end is called from
+// here rather than registered with context.AfterFunc, which would cost
+// every session an allocation per function and a map of them.
+func (s *tcpSession) finish(cause error) {
+	s.cancel(cause)
+	s.hookMu.Lock()
+	first := !s.over
+	s.over = true
+	s.hookMu.Unlock()
+	if first {
+		go s.afterEnd()
+	}
+}
+
+// afterEnd runs once the session's context is done: the streams' pending
+// reads end, the keepalive stops (a ping on a closed session fails at once
+// and is not rescheduled either), the listener forgets the session, and
+// ServeStreams' done function runs.
+func (s *tcpSession) afterEnd() {
+	s.unblockReads()
+	s.stopKeepalive()
+	s.hookMu.Lock()
+	fn := s.onEnded
+	s.onEnded = nil
+	s.hookMu.Unlock()
+	if fn != nil {
+		fn()
+	}
+	s.serveOver()
+}
+
+// whenEnded has fn run once the session's context is done: at once, on a
+// goroutine of its own, if it is already. A session keeps one such
+// function, its listener's.
+func (s *tcpSession) whenEnded(fn func()) {
+	s.hookMu.Lock()
+	if !s.over {
+		s.onEnded = fn
+		s.hookMu.Unlock()
+		return
+	}
+	s.hookMu.Unlock()
+	go fn()
 }
 
 // keepalive pings the peer and declares the session dead, as yamux's own
@@ -395,7 +451,12 @@ func (s *tcpSession) ServeStreams(handle func(net.Conn), done func()) bool {
 	s.serveMu.Unlock()
 	kick := s.kickAcceptor
 	s.insp.opened.Store(&kick)
-	context.AfterFunc(s.ctx, s.serveOver)
+	// A session that ended before done was set: afterEnd's serveOver may
+	// have found none to call.
+	if s.ctx.Err() != nil {
+		go s.serveOver()
+		return true
+	}
 	// Streams opened before the inspector could say so.
 	s.kickAcceptor()
 	return true
@@ -443,8 +504,9 @@ func (s *tcpSession) acceptStreams() {
 	}
 }
 
-// serveOver runs once the session's context is done: the ServeStreams
-// done function runs now, or when the acceptor returns.
+// serveOver runs once the session's context is done (from afterEnd, or
+// from ServeStreams on a session that had ended): the ServeStreams done
+// function runs now, or when the acceptor returns.
 func (s *tcpSession) serveOver() {
 	s.serveMu.Lock()
 	s.serveEnded = true
@@ -468,7 +530,7 @@ func (s *tcpSession) finishServingLocked() func() {
 
 // ended records that the connection is over and closes what is left of it.
 func (s *tcpSession) ended(err error) {
-	s.cancel(fmt.Errorf("session: tcp connection ended: %w", err))
+	s.finish(fmt.Errorf("session: tcp connection ended: %w", err))
 	s.unblockReads()
 	s.mux.Close()
 }
@@ -510,7 +572,7 @@ func (s *tcpSession) unblockReads() {
 }
 
 func (s *tcpSession) Close(code CloseCode, reason string) error {
-	s.cancel(&localCloseError{code: code, reason: reason})
+	s.finish(&localCloseError{code: code, reason: reason})
 	s.unblockReads()
 	return s.mux.Close()
 }
@@ -720,6 +782,7 @@ func (l *TCPListener) Start(tlsConf *tls.Config, conf TCPConfig) error {
 
 func (l *TCPListener) acceptLoop(tlsConf *tls.Config, conf TCPConfig) {
 	defer l.wg.Done()
+	ymux := conf.yamux()
 	for {
 		raw, err := l.ln.Accept()
 		if err != nil {
@@ -747,18 +810,18 @@ func (l *TCPListener) acceptLoop(tlsConf *tls.Config, conf TCPConfig) {
 		l.pending[raw] = struct{}{}
 		l.wg.Add(1)
 		l.mu.Unlock()
-		go l.handshake(raw, tlsConf, conf)
+		go l.handshake(raw, tlsConf, conf, ymux)
 	}
 }
 
-func (l *TCPListener) handshake(raw net.Conn, tlsConf *tls.Config, conf TCPConfig) {
+func (l *TCPListener) handshake(raw net.Conn, tlsConf *tls.Config, conf TCPConfig, ymux *yamux.Config) {
 	defer l.wg.Done()
-	s, err := l.establish(raw, tlsConf, conf)
+	s, err := l.establish(raw, tlsConf, conf, ymux)
 	l.mu.Lock()
 	delete(l.pending, raw)
 	if err == nil && !l.closed {
 		l.sessions[s] = struct{}{}
-		context.AfterFunc(s.ctx, func() {
+		s.whenEnded(func() {
 			l.mu.Lock()
 			delete(l.sessions, s)
 			l.mu.Unlock()
@@ -781,7 +844,7 @@ func (l *TCPListener) handshake(raw net.Conn, tlsConf *tls.Config, conf TCPConfi
 	}
 }
 
-func (l *TCPListener) establish(raw net.Conn, tlsConf *tls.Config, conf TCPConfig) (*tcpSession, error) {
+func (l *TCPListener) establish(raw net.Conn, tlsConf *tls.Config, conf TCPConfig, ymux *yamux.Config) (*tcpSession, error) {
 	timeout := conf.HandshakeTimeout
 	if timeout <= 0 {
 		timeout = 10 * time.Second
@@ -797,13 +860,13 @@ func (l *TCPListener) establish(raw net.Conn, tlsConf *tls.Config, conf TCPConfi
 		return nil, errors.New("session: the client did not negotiate the application protocol")
 	}
 	raw.SetDeadline(time.Time{})
-	mux, err := yamux.Server(muxConn, conf.yamux())
+	mux, err := yamux.Server(muxConn, ymux)
 	if err != nil {
 		return nil, err
 	}
 	s := newTCPSession(tc, mux, muxConn, conf)
 	s.insp = insp
-	insp.setFail(func(err error) { s.cancel(err) })
+	insp.setFail(func(err error) { s.finish(err) })
 	return s, nil
 }
 

@@ -107,3 +107,71 @@ func TestTCPServeStreamsDialed(t *testing.T) {
 		t.Fatal("ServeStreams on a dialed TCP session reported true")
 	}
 }
+
+// TestTCPSessionEndRunsItsFollowUps checks what a listener's TCP session
+// does once the peer has gone, now that it runs these itself rather than
+// through context.AfterFunc: the listener forgets it, its keepalive timer
+// stops, a pending read on one of its streams returns, and ServeStreams'
+// done runs, whether ServeStreams was called before the end or after it.
+func TestTCPSessionEndRunsItsFollowUps(t *testing.T) {
+	for _, serveFirst := range []bool{true, false} {
+		ln := listen(t, tcpTransport, Settings{KeepAlive: time.Hour, IdleTimeout: 3 * time.Hour})
+		tl := ln.(*TCPListener)
+		client, server := connect(t, tcpTransport, ln, ln.Addr().String(), Settings{KeepAlive: time.Hour, IdleTimeout: 3 * time.Hour})
+		ts := server.(*tcpSession)
+		_, accepted := streamPair(t, client, server)
+		read := make(chan error, 1)
+		go func() {
+			var b [1]byte
+			_, err := accepted.Read(b[:])
+			read <- err
+		}()
+		ended := make(chan struct{})
+		serve := func() {
+			if !ts.ServeStreams(func(c net.Conn) { _ = c.Close() }, func() { close(ended) }) {
+				t.Fatal("ServeStreams on a listener's TCP session reported false")
+			}
+		}
+		if serveFirst {
+			serve()
+		}
+		_ = client.Close(CodeNormal, "test over")
+		select {
+		case <-ts.Context().Done():
+		case <-time.After(bound):
+			t.Fatalf("serveFirst=%v: the session's context is not done %v after the peer closed", serveFirst, bound)
+		}
+		if !serveFirst {
+			serve()
+		}
+		select {
+		case <-ended:
+		case <-time.After(bound):
+			t.Fatalf("serveFirst=%v: ServeStreams' done did not run within %v of the session's end", serveFirst, bound)
+		}
+		select {
+		case err := <-read:
+			if err == nil {
+				t.Fatalf("serveFirst=%v: a pending read returned no error at the session's end", serveFirst)
+			}
+		case <-time.After(bound):
+			t.Fatalf("serveFirst=%v: a pending stream read still waits %v after the session ended", serveFirst, bound)
+		}
+		deadline := time.Now().Add(bound)
+		for {
+			tl.mu.Lock()
+			_, kept := tl.sessions[ts]
+			tl.mu.Unlock()
+			ts.pingMu.Lock()
+			pinging := ts.pingT != nil
+			ts.pingMu.Unlock()
+			if !kept && !pinging {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("serveFirst=%v: %v after the session ended, the listener still holds it: %v, its keepalive timer still runs: %v", serveFirst, bound, kept, pinging)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+}
