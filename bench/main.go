@@ -89,6 +89,7 @@ type config struct {
 	used        int
 	dialers     int
 	fanWorkers  int
+	usedWorkers int
 	tlsGroups   string
 	idleServers []string
 	usedServers []string
@@ -120,6 +121,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.used, "used", 2000, "used clients (one call each way, then idle) for the used-fleet figures (0: skip)")
 	fs.IntVar(&c.dialers, "dialers", 32, "concurrent dialers connecting the idle clients (quic-go refuses connections beyond an accept queue of 32)")
 	fs.IntVar(&c.fanWorkers, "fanout-workers", 0, "goroutines making the fan-out calls (0: one per client, all at once)")
+	fs.IntVar(&c.usedWorkers, "used-workers", brpc.DefaultFanOutConcurrency, "goroutines making the used clients' reverse calls (brpc.FanOut's default concurrency; 0: one per client, all at once, which leaves the runtime holding a descriptor of every ended caller goroutine)")
 	fs.DurationVar(&reverseIdle, "reverse-idle", brpc.DefaultReverseIdleTimeout, "the brpc servers' WithReverseIdleTimeout (longer than the first fan-out, so that the second finds every connection open); the idle figures measure memory again once it has passed after the fan-outs")
 	fs.DurationVar(&forwardIdle, "forward-idle", brpc.DefaultForwardIdleTimeout, "the brpc clients' WithForwardIdleTimeout; the used-client figures measure memory again once it and -reverse-idle have passed")
 	fs.IntVar(&grpcWindow, "grpc-window", 0, "static HTTP/2 stream receive window in bytes of every *grpc.Server (grpc.InitialWindowSize; 0: grpc-go's default, sized by its BDP estimation)")
@@ -170,7 +172,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 			}
 		}
 	}
-	if c.rounds < 1 || c.calls < 1 || c.callers < 1 || c.bulkCallers < 1 || c.bulkSize < 1 || c.duration <= 0 || c.idle < 0 || c.used < 0 || c.fanWorkers < 0 {
+	if c.rounds < 1 || c.calls < 1 || c.callers < 1 || c.bulkCallers < 1 || c.bulkSize < 1 || c.duration <= 0 || c.idle < 0 || c.used < 0 || c.fanWorkers < 0 || c.usedWorkers < 0 {
 		return nil, errors.New("counts, sizes and durations must be positive")
 	}
 	if *childProfile != "" {
@@ -415,7 +417,7 @@ func measureAll(ctx context.Context, cfg *config, logf func(string, ...any)) (*r
 	if cfg.metrics[mUsed] {
 		for _, kind := range cfg.usedServers {
 			logf("used %s: connecting %d clients from a child process, one call each way", kind, cfg.used)
-			res, err := measureUsed(ctx, ca, kind, cfg.used, cfg.dialers, cfg.heapprofile, logf)
+			res, err := measureUsed(ctx, ca, kind, cfg.used, cfg.dialers, cfg.usedWorkers, cfg.heapprofile, logf)
 			if err != nil {
 				return nil, fmt.Errorf("used %s: %w", kind, err)
 			}
@@ -493,6 +495,13 @@ func header(r *report) string {
 			h += fmt.Sprintf("; fan-out by %d workers", c.fanWorkers)
 		} else {
 			h += "; fan-out by one goroutine per client"
+		}
+		if len(c.usedServers) > 0 && c.used > 0 {
+			if c.usedWorkers > 0 {
+				h += fmt.Sprintf("; used clients' reverse calls by %d workers", c.usedWorkers)
+			} else {
+				h += "; used clients' reverse calls by one goroutine per client"
+			}
 		}
 	}
 	h += "; TLS key exchanges: " + c.tlsGroups

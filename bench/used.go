@@ -121,7 +121,7 @@ func secs(s float64) time.Duration { return time.Duration(s * float64(time.Secon
 // server then calls every client once. It measures what the used clients
 // cost the server, and (brpc) again once both directions' idle timeouts
 // have passed.
-func measureUsed(ctx context.Context, ca *certs.CA, kind string, n, dialers int, heapProfile string, logf func(string, ...any)) (*usedResult, error) {
+func measureUsed(ctx context.Context, ca *certs.CA, kind string, n, dialers, workers int, heapProfile string, logf func(string, ...any)) (*usedResult, error) {
 	res := &usedResult{kind: kind, clients: n}
 	target, b, stop, err := startIdleServer(ctx, ca, kind)
 	if err != nil {
@@ -144,7 +144,7 @@ func measureUsed(ctx context.Context, ca *certs.CA, kind string, n, dialers int,
 		if err != nil {
 			return nil, err
 		}
-		errs, took := fanout(ctx, b, 0, logf)
+		errs, took := fanout(ctx, b, workers, logf)
 		res.reverseErrors = errs
 		logf("  %s: reverse call to each of %d clients: %v, %d errors", kind, n, took.Round(time.Millisecond), errs)
 	}
