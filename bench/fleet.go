@@ -413,11 +413,13 @@ func measureFleet(ca *certs.CA, c *fleetConfig, kind string, logf func(string, .
 		}
 		stopProfile = pprof.StopCPUProfile
 	}
-	idle0, t0 := cpuTime(), time.Now()
+	idle0, net0, t0 := cpuTime(), readNetCounters(), time.Now()
 	time.Sleep(3 * time.Second)
 	res.idleCPU = float64(cpuTime()-idle0) / float64(time.Since(t0))
+	idleNet, idleTook := readNetCounters().sub(net0), time.Since(t0).Seconds()
 	stopProfile()
-	logf("  server CPU with the clients idle: %.1f ms/s", res.idleCPU*1e3)
+	logf("  server CPU with the clients idle: %.1f ms/s; on the loopback per second: UDP datagrams in %.0f out %.0f, TCP segments in %.0f out %.0f",
+		res.idleCPU*1e3, idleNet.udpIn/idleTook, idleNet.udpOut/idleTook, idleNet.tcpIn/idleTook, idleNet.tcpOut/idleTook)
 	if fs == nil || c.parts[partFanout] {
 		figs := []*fanoutFigure{&res.cold}
 		for range c.fanouts - 1 {
