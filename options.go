@@ -391,7 +391,11 @@ func WithMaxHelloMetadata(values, valueSize int) ServerOption {
 // sides' values. On QUIC the timeout cannot be shorter than three probe
 // timeouts (about three round trips plus margins), as the QUIC
 // specification requires: on a path whose round trip is a sizeable fraction
-// of the timeout, a dead peer is detected after that floor instead.
+// of the timeout, a dead peer is detected after that floor instead. On
+// QUIC only the client probes (the server answers its probes and detects a
+// dead client by the timeout alone), so a server's interval applies to its
+// TCP sessions only; a QUIC client probes at its own interval, at most half
+// the session's effective timeout. On TCP both sides probe.
 // Defaults: DefaultKeepaliveInterval and DefaultKeepaliveTimeout. Values that are not positive keep the default; an
 // interval of at least the timeout is lowered to half the timeout.
 func WithKeepalive(interval, timeout time.Duration) Option {

@@ -114,7 +114,7 @@ func fleetMain(args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&c.appWindows, "app-windows", false, "the application's *grpc.Servers (the server's and the clients') get the static HTTP/2 windows docs/security.md recommends (grpc.InitialWindowSize 256 KiB, grpc.InitialConnWindowSize 4 MiB), which switch grpc-go's BDP estimation off")
 	fs.BoolVar(&c.revWindows, "rev-windows", false, "the server's reverse connections get the same static windows, through WithGRPCDialOptions")
 	fs.IntVar(&c.fanouts, "fanouts", 2, "fan-outs (grpc-go: rounds of calls) in a row, the first cold; the table shows the first and the last")
-	fs.DurationVar(&c.warmPause, "warm-pause", 0, "pause before each warm fan-out after the first (sessions that have been quiet a while)")
+	fs.DurationVar(&c.warmPause, "warm-pause", 0, "pause before each warm fan-out after the first (sessions that have been quiet a while); the log reports each pause's CPU and packets per second")
 	perf := fs.String("perf", "", "comma-separated perf stat events (e.g. raw_syscalls:sys_enter,syscalls:sys_enter_sendmsg) counted on each process during each fan-out and reported per call; needs perf(1)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -413,11 +413,13 @@ func measureFleet(ca *certs.CA, c *fleetConfig, kind string, logf func(string, .
 		}
 		stopProfile = pprof.StopCPUProfile
 	}
-	idle0, t0 := cpuTime(), time.Now()
+	idle0, net0, t0 := cpuTime(), readNetCounters(), time.Now()
 	time.Sleep(3 * time.Second)
 	res.idleCPU = float64(cpuTime()-idle0) / float64(time.Since(t0))
+	idleNet, idleTook := readNetCounters().sub(net0), time.Since(t0).Seconds()
 	stopProfile()
-	logf("  server CPU with the clients idle: %.1f ms/s", res.idleCPU*1e3)
+	logf("  server CPU with the clients idle: %.1f ms/s; on the loopback per second: UDP datagrams in %.0f out %.0f, TCP segments in %.0f out %.0f",
+		res.idleCPU*1e3, idleNet.udpIn/idleTook, idleNet.udpOut/idleTook, idleNet.tcpIn/idleTook, idleNet.tcpOut/idleTook)
 	if fs == nil || c.parts[partFanout] {
 		figs := []*fanoutFigure{&res.cold}
 		for range c.fanouts - 1 {
@@ -427,7 +429,11 @@ func measureFleet(ca *certs.CA, c *fleetConfig, kind string, logf func(string, .
 		}
 		for i, fig := range figs {
 			if i > 1 && c.warmPause > 0 {
-				time.Sleep(c.warmPause)
+				quiet, err := ch.quietSpell(c.warmPause)
+				if err != nil {
+					return nil, err
+				}
+				logf("  quiet for %v before fan-out %d: %s", c.warmPause, i+1, quiet)
 			}
 			var err error
 			if fs != nil {
@@ -715,6 +721,27 @@ func (ch *fleetChild) ask(cmd, prefix string) (string, error) {
 		return "", err
 	}
 	return ch.wait(prefix, 5*time.Minute)
+}
+
+// quietSpell waits d with every client connected and nothing called, and
+// reports what the fleet cost meanwhile, per second: the CPU of either
+// process (keepalives, and whatever a session still does after its
+// handshake) and the loopback's packets.
+func (ch *fleetChild) quietSpell(d time.Duration) (string, error) {
+	child0, err := ch.cpu()
+	if err != nil {
+		return "", err
+	}
+	cpu0, net0, t0 := cpuTime(), readNetCounters(), time.Now()
+	time.Sleep(d)
+	cpu, net, took := cpuTime()-cpu0, readNetCounters().sub(net0), time.Since(t0).Seconds()
+	child, err := ch.cpu()
+	if err != nil {
+		return "", err
+	}
+	perSecond := func(v time.Duration) float64 { return float64(v) / float64(time.Millisecond) / took }
+	return fmt.Sprintf("CPU server %.1f ms/s, clients %.1f ms/s; on the loopback per second: UDP datagrams in %.0f out %.0f, TCP segments in %.0f out %.0f",
+		perSecond(cpu), perSecond(child-child0), net.udpIn/took, net.udpOut/took, net.tcpIn/took, net.tcpOut/took), nil
 }
 
 // cpu is the child's CPU time so far.

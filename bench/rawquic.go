@@ -21,13 +21,14 @@ const rawALPN = "brpc-bench-raw"
 
 // rawQUICConfig is the quic-go configuration brpc's sessions use with their
 // default options, so that the reference differs from brpc only by what
-// brpc adds above quic-go (windows included).
-func rawQUICConfig() *quic.Config {
+// brpc adds above quic-go (windows and keepalive included): its Config
+// dials, its ListenConfig listens.
+func rawQUICConfig() session.QUICConfig {
 	return session.QUICConfig{Settings: session.Settings{
 		KeepAlive:          brpc.DefaultKeepaliveInterval,
 		IdleTimeout:        brpc.DefaultKeepaliveTimeout,
 		MaxIncomingStreams: brpc.DefaultMaxStreamsPerSession,
-	}}.Config()
+	}}
 }
 
 // rawPair runs a quic-go listener on loopback whose first connection is
@@ -38,7 +39,7 @@ func rawPair(ctx context.Context, ca *certs.CA, serve func(ctx context.Context, 
 		return nil, nil, err
 	}
 	stls.NextProtos = []string{rawALPN}
-	ln, err := quic.ListenAddr("127.0.0.1:0", stls, rawQUICConfig())
+	ln, err := quic.ListenAddr("127.0.0.1:0", stls, rawQUICConfig().ListenConfig())
 	if err != nil {
 		return nil, nil, err
 	}
@@ -60,7 +61,7 @@ func rawPair(ctx context.Context, ca *certs.CA, serve func(ctx context.Context, 
 	ctls := clientTLS(ca)
 	ctls.NextProtos = []string{rawALPN}
 	ctls.ServerName = "localhost"
-	conn, err = quic.DialAddr(ctx, ln.Addr().String(), ctls, rawQUICConfig())
+	conn, err = quic.DialAddr(ctx, ln.Addr().String(), ctls, rawQUICConfig().Config())
 	if err != nil {
 		cancel()
 		done()

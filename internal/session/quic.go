@@ -73,9 +73,12 @@ type QUICConfig struct {
 	RetryThreshold int
 }
 
-// Config returns the quic-go configuration for c. HandshakeTimeout is
-// quic-go's handshake idle timeout: a TLS handshake is abandoned when the
-// peer sends nothing for that long, or when it is not done after twice that.
+// Config returns the quic-go configuration for c on the dialing side.
+// HandshakeTimeout is quic-go's handshake idle timeout: a TLS handshake is
+// abandoned when the peer sends nothing for that long, or when it is not
+// done after twice that. KeepAlive is how long the connection may be quiet
+// before it sends a PING, at most half the idle timeout both sides agreed
+// on (quic-go's rule).
 func (c QUICConfig) Config() *quic.Config {
 	return &quic.Config{
 		KeepAlivePeriod:                c.KeepAlive,
@@ -88,6 +91,25 @@ func (c QUICConfig) Config() *quic.Config {
 		MaxStreamReceiveWindow:         maxStreamReceiveWindow,
 		MaxConnectionReceiveWindow:     maxConnectionReceiveWindow,
 	}
+}
+
+// ListenConfig returns the quic-go configuration for c on a listener:
+// Config's without keepalive PINGs, so that only the dialing side probes a
+// quiet connection. The client's PINGs keep the path's UDP bindings open
+// (a NAT refreshes a binding with what leaves the client; RFC 4787 does not
+// require it to do so with what arrives), and the listener's ACKs answer
+// them, so each side hears the other every KeepAlive while the path works,
+// and each declares the other dead once it has heard nothing for the idle
+// timeout, whether it pinged or not: quic-go detects a dead peer by the
+// idle timeout alone. Probing from both ends, as both timers count from the
+// last packet received, cost an idle session two PINGs and two ACKs every
+// KeepAlive instead of one of each, and bought no earlier detection. A
+// listener's KeepAlive is therefore unused; the client probes at its own,
+// at most half the idle timeout both sides agreed on.
+func (c QUICConfig) ListenConfig() *quic.Config {
+	qc := c.Config()
+	qc.KeepAlivePeriod = 0
+	return qc
 }
 
 // retryThreshold is the number of handshakes in progress from which a
@@ -296,7 +318,7 @@ func (l *QUICListener) Addr() net.Addr { return l.udp.LocalAddr() }
 
 // Start begins accepting QUIC connections with tlsConf and conf.
 func (l *QUICListener) Start(tlsConf *tls.Config, conf QUICConfig) error {
-	qc := conf.Config()
+	qc := conf.ListenConfig()
 	qc.AllowConnectionWindowIncrease = allowWindowIncrease
 	if conf.MaxHandshaking > 0 {
 		l.slots = make(chan struct{}, conf.MaxHandshaking)

@@ -10,11 +10,30 @@ import (
 )
 
 // relay forwards one transport's traffic between a client and a listener,
-// and can be made to drop everything, both ways, as a middlebox that
+// and can be made to drop everything, one way or both, as a middlebox that
 // blackholes a path does: the connection stays open, nothing arrives.
 type relay interface {
 	addr() string
-	blackhole()
+	blackhole(d direction)
+}
+
+// direction is which of a relayed path's directions a blackhole drops.
+type direction int
+
+const (
+	toServer direction = 1 << iota // what the client sends
+	toClient                       // what the server sends
+	bothWays = toServer | toClient
+)
+
+func (d direction) String() string {
+	switch d {
+	case toServer:
+		return "client to server"
+	case toClient:
+		return "server to client"
+	}
+	return "both ways"
 }
 
 // newRelay starts a relay to target for tr; the test's cleanup stops it.
@@ -26,14 +45,17 @@ func newRelay(t *testing.T, tr transport, target net.Addr) relay {
 	return newTCPRelay(t, target.String())
 }
 
-// udpRelay relays the datagrams of one client.
+// udpRelay relays the datagrams of one client and counts those it passes
+// each way.
 type udpRelay struct {
-	front   *net.UDPConn // the client's side
-	back    *net.UDPConn // the server's side
-	target  *net.UDPAddr
-	client  atomic.Pointer[net.UDPAddr]
-	dropAll atomic.Bool
-	wg      sync.WaitGroup
+	front  *net.UDPConn // the client's side
+	back   *net.UDPConn // the server's side
+	target *net.UDPAddr
+	client atomic.Pointer[net.UDPAddr]
+	drop   atomic.Int32 // the directions dropped
+	wg     sync.WaitGroup
+
+	sentToServer, sentToClient atomic.Int64
 }
 
 func newUDPRelay(t *testing.T, target *net.UDPAddr) *udpRelay {
@@ -57,7 +79,8 @@ func newUDPRelay(t *testing.T, target *net.UDPAddr) *udpRelay {
 				return
 			}
 			r.client.Store(from)
-			if !r.dropAll.Load() {
+			if !r.dropped(toServer) {
+				r.sentToServer.Add(1)
 				_, _ = back.WriteToUDP(buf[:n], target)
 			}
 		}
@@ -69,7 +92,8 @@ func newUDPRelay(t *testing.T, target *net.UDPAddr) *udpRelay {
 			if err != nil {
 				return
 			}
-			if c := r.client.Load(); c != nil && !r.dropAll.Load() {
+			if c := r.client.Load(); c != nil && !r.dropped(toClient) {
+				r.sentToClient.Add(1)
 				_, _ = front.WriteToUDP(buf[:n], c)
 			}
 		}
@@ -82,15 +106,16 @@ func newUDPRelay(t *testing.T, target *net.UDPAddr) *udpRelay {
 	return r
 }
 
-func (r *udpRelay) addr() string { return r.front.LocalAddr().String() }
-func (r *udpRelay) blackhole()   { r.dropAll.Store(true) }
+func (r *udpRelay) addr() string             { return r.front.LocalAddr().String() }
+func (r *udpRelay) blackhole(d direction)    { r.drop.Store(int32(d)) }
+func (r *udpRelay) dropped(d direction) bool { return direction(r.drop.Load())&d != 0 }
 
 // tcpRelay relays TCP connections, copying bytes both ways.
 type tcpRelay struct {
-	ln      net.Listener
-	target  string
-	dropAll atomic.Bool
-	wg      sync.WaitGroup
+	ln     net.Listener
+	target string
+	drop   atomic.Int32 // the directions dropped
+	wg     sync.WaitGroup
 
 	mu     sync.Mutex
 	conns  []net.Conn
@@ -118,8 +143,8 @@ func newTCPRelay(t *testing.T, target string) *tcpRelay {
 			if !r.track(c, s) {
 				return
 			}
-			r.wg.Go(func() { r.pipe(s, c) })
-			r.wg.Go(func() { r.pipe(c, s) })
+			r.wg.Go(func() { r.pipe(s, c, toServer) })
+			r.wg.Go(func() { r.pipe(c, s, toClient) })
 		}
 	})
 	t.Cleanup(func() {
@@ -149,20 +174,20 @@ func (r *tcpRelay) track(conns ...net.Conn) bool {
 	return true
 }
 
-// pipe copies from src to dst, dropping the bytes once blackholed; it
-// ends when either side is closed. A blackholed path does not pass a close
-// on either: the other side hears nothing more.
-func (r *tcpRelay) pipe(dst, src net.Conn) {
+// pipe copies from src to dst, direction d, dropping the bytes once d is
+// blackholed; it ends when either side is closed. A blackholed direction
+// does not pass a close: the side it leads to hears nothing more.
+func (r *tcpRelay) pipe(dst, src net.Conn, d direction) {
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := src.Read(buf)
 		if err != nil {
-			if !r.dropAll.Load() {
+			if !r.dropped(d) {
 				dst.Close()
 			}
 			return
 		}
-		if r.dropAll.Load() {
+		if r.dropped(d) {
 			continue
 		}
 		if _, err := dst.Write(buf[:n]); err != nil {
@@ -171,48 +196,92 @@ func (r *tcpRelay) pipe(dst, src net.Conn) {
 	}
 }
 
-func (r *tcpRelay) addr() string { return r.ln.Addr().String() }
-func (r *tcpRelay) blackhole()   { r.dropAll.Store(true) }
+func (r *tcpRelay) addr() string             { return r.ln.Addr().String() }
+func (r *tcpRelay) blackhole(d direction)    { r.drop.Store(int32(d)) }
+func (r *tcpRelay) dropped(d direction) bool { return direction(r.drop.Load())&d != 0 }
 
 // TestKeepaliveDetectsSilentPeer runs a session through a relay that starts
-// dropping everything: each side's keepalive goes unanswered, and both end
-// the session with EndKeepaliveTimeout within the idle timeout (give or
-// take a probe), not later and not as a lost connection.
+// dropping everything one way, or both: whichever direction goes silent,
+// both sides end the session, not as a lost connection: a side that hears
+// nothing with EndKeepaliveTimeout, within the idle timeout of its last
+// packet give or take a probe; a side that still hears its peer by its own
+// keepalive timeout or, over TCP, by the close its peer sends when it gives
+// up. Over QUIC, when only what the server sends is dropped, the server
+// still hears the client's probes until the client has given up (silently),
+// and ends an idle timeout after that.
 func TestKeepaliveDetectsSilentPeer(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, tr transport) {
-		conf := Settings{KeepAlive: 50 * time.Millisecond, IdleTimeout: 500 * time.Millisecond}
-		ln := listen(t, tr, conf)
-		r := newRelay(t, tr, ln.Addr())
-		client, server := connect(t, tr, ln, r.addr(), conf)
-		o, a := streamPair(t, client, server)
+		for _, d := range []direction{bothWays, toServer, toClient} {
+			t.Run(d.String(), func(t *testing.T) {
+				conf := Settings{KeepAlive: 50 * time.Millisecond, IdleTimeout: 500 * time.Millisecond}
+				ln := listen(t, tr, conf)
+				r := newRelay(t, tr, ln.Addr())
+				client, server := connect(t, tr, ln, r.addr(), conf)
+				o, a := streamPair(t, client, server)
 
-		// While the relay forwards, keepalives hold a quiet session up well
-		// past its idle timeout.
-		select {
-		case <-client.Context().Done():
-			t.Fatalf("a quiet session ended through a working relay: %v", context.Cause(client.Context()))
-		case <-server.Context().Done():
-			t.Fatalf("a quiet session ended through a working relay: %v", context.Cause(server.Context()))
-		case <-time.After(3 * conf.IdleTimeout):
-		}
-		if _, err := o.Write([]byte("x")); err != nil {
-			t.Fatalf("Write after the quiet period: %v", err)
-		}
-		if _, err := a.Read(make([]byte, 1)); err != nil {
-			t.Fatalf("Read after the quiet period: %v", err)
-		}
+				// While the relay forwards, keepalives hold a quiet session up well
+				// past its idle timeout.
+				select {
+				case <-client.Context().Done():
+					t.Fatalf("a quiet session ended through a working relay: %v", context.Cause(client.Context()))
+				case <-server.Context().Done():
+					t.Fatalf("a quiet session ended through a working relay: %v", context.Cause(server.Context()))
+				case <-time.After(3 * conf.IdleTimeout):
+				}
+				if _, err := o.Write([]byte("x")); err != nil {
+					t.Fatalf("Write after the quiet period: %v", err)
+				}
+				if _, err := a.Read(make([]byte, 1)); err != nil {
+					t.Fatalf("Read after the quiet period: %v", err)
+				}
 
-		r.blackhole()
-		start := time.Now()
-		for _, side := range []struct {
-			name string
-			sess Session
-		}{{"client", client}, {"server", server}} {
-			e := awaitEnd(t, side.name, side.sess)
-			if e.Kind != EndKeepaliveTimeout {
-				t.Errorf("%s's Ending through a blackholed path = %+v (cause %v), want %v", side.name, e, context.Cause(side.sess.Context()), EndKeepaliveTimeout)
-			}
+				r.blackhole(d)
+				start := time.Now()
+				for _, side := range []struct {
+					name string
+					sess Session
+					deaf bool // what it would receive is dropped
+				}{{"client", client, d&toClient != 0}, {"server", server, d&toServer != 0}} {
+					e := awaitEnd(t, side.name, side.sess)
+					// A side that still hears its peer may also hear it close
+					// (a TCP FIN) once the peer has given up.
+					if e.Kind != EndKeepaliveTimeout && (side.deaf || e.Kind != EndClosed || !e.ByPeer) {
+						t.Errorf("%s's Ending through a path blackholed %v = %+v (cause %v), want %v", side.name, d, e, context.Cause(side.sess.Context()), EndKeepaliveTimeout)
+					}
+					t.Logf("%s ended %v after the path went silent %v: %v", side.name, time.Since(start), d, e.Kind)
+				}
+			})
 		}
-		t.Logf("both sides ended %v after the path went silent", time.Since(start))
 	})
+}
+
+// TestQUICListenerLeavesProbingToTheClient shows that over QUIC only the
+// dialing side sends keepalive probes: a client that does not probe hears
+// nothing from the server while their session is quiet, however short the
+// server's keepalive interval, and the server, which heard nothing either,
+// declares it dead after the idle timeout. (A probing client holds the
+// session up: TestKeepaliveDetectsSilentPeer.)
+func TestQUICListenerLeavesProbingToTheClient(t *testing.T) {
+	tr := transports[0]
+	if tr.name != TransportQUIC {
+		t.Fatalf("transports[0] is %s, want %s", tr.name, TransportQUIC)
+	}
+	conf := Settings{KeepAlive: 20 * time.Millisecond, IdleTimeout: 800 * time.Millisecond}
+	ln := listen(t, tr, conf)
+	r := newUDPRelay(t, ln.Addr().(*net.UDPAddr))
+	client, server := connect(t, tr, ln, r.addr(), Settings{IdleTimeout: conf.IdleTimeout}) // KeepAlive 0: no probes
+	streamPair(t, client, server)
+
+	// What the handshake and the stream leave to send (acknowledgements,
+	// session tickets, path MTU probes) is sent within a few round trips
+	// of loopback; after that the session is quiet.
+	time.Sleep(10 * conf.KeepAlive)
+	quiet := r.sentToClient.Load()
+	e := awaitEnd(t, "server", server)
+	if e.Kind != EndKeepaliveTimeout {
+		t.Errorf("server's Ending with a client that does not probe = %+v (cause %v), want %v", e, context.Cause(server.Context()), EndKeepaliveTimeout)
+	}
+	if n := r.sentToClient.Load() - quiet; n != 0 {
+		t.Errorf("the server sent %d datagrams to a quiet client in %v; want none (keepalive probes are the client's)", n, conf.IdleTimeout)
+	}
 }
