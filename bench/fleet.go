@@ -800,7 +800,9 @@ func fleetChildMain(args []string) int {
 	h.stubs = make([]testpb.EchoClient, *n)
 	h.brpc = make([]*brpc.ClientConn, *n)
 	closers := make([]io.Closer, *n)
-	dial := func(ctx context.Context) (io.Closer, testpb.EchoClient, *brpc.ClientConn, error) {
+	attempts := newAttemptLog(*n)
+	var probeStart time.Time
+	dial := func(ctx context.Context, i int) (io.Closer, testpb.EchoClient, *brpc.ClientConn, error) {
 		tc := tlsWithRoots(pool)
 		if *resume {
 			tc.ClientSessionCache = tls.NewLRUClientSessionCache(1)
@@ -819,7 +821,7 @@ func fleetChildMain(args []string) int {
 		}
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		cc, err := brpc.Dial(dctx, *target, brpc.WithTLSConfig(tc), brpc.WithServer(h.gs), brpc.WithConnectBackoff(bc), brpc.WithMaxReconnectWindow(*maxWindow))
+		cc, err := brpc.Dial(dctx, *target, brpc.WithTLSConfig(tc), brpc.WithServer(h.gs), brpc.WithConnectBackoff(bc), brpc.WithMaxReconnectWindow(*maxWindow), brpc.WithLogger(attempts.logger(i)))
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -847,7 +849,7 @@ func fleetChildMain(args []string) int {
 				// A loaded machine times a handshake out now and then; a
 				// client that fails three times in a row ends the run.
 				for range 3 {
-					if c, stub, bc, err = dial(context.Background()); err == nil {
+					if c, stub, bc, err = dial(context.Background(), i); err == nil {
 						break
 					}
 					fmt.Fprintf(os.Stderr, "fleet-child: client %d: %v (retrying)\n", i, err)
@@ -899,9 +901,13 @@ func fleetChildMain(args []string) int {
 			ns, errs, cpu := h.callAll(max(arg, 1))
 			fmt.Printf("called %d %d %d\n", ns.Nanoseconds(), errs, cpu.Nanoseconds())
 		case "probe":
+			probeStart = time.Now()
 			h.startProbe(max(arg, 1))
 		case "report":
 			fmt.Println("probed " + h.report())
+			if h.brpc != nil {
+				attempts.report(os.Stderr, probeStart)
+			}
 		}
 	}
 	h.stopProbe()
