@@ -665,6 +665,9 @@ func startFleetChild(ca *certs.CA, c *fleetConfig, kind, target string) (*fleetC
 		"-resume="+strconv.FormatBool(c.resume), "-jitter", strconv.FormatFloat(c.jitter, 'g', -1, 64),
 		"-base-delay", c.baseDelay.String(), "-app-windows="+strconv.FormatBool(c.appWindows),
 		"-max-window", c.clientMaxWindow.String())
+	if c.parts[partStorm] {
+		cmd.Args = append(cmd.Args, "-attempts")
+	}
 	if c.childProfile != "" {
 		cmd.Args = append(cmd.Args, "-connect-profile", c.childProfile+"-"+kind+"-connect-child.pprof")
 	}
@@ -799,6 +802,7 @@ func fleetChildMain(args []string) int {
 	baseDelay := fs.Duration("base-delay", backoff.DefaultConfig.BaseDelay, "reconnect backoff base delay")
 	fs.BoolVar(&fleetAppWindows, "app-windows", false, "the clients' *grpc.Server gets static HTTP/2 windows")
 	maxWindow := fs.Duration("max-window", brpc.DefaultMaxReconnectWindow, "WithMaxReconnectWindow")
+	recordAttempts := fs.Bool("attempts", false, "record every client's reconnect attempts (WithLogger) and report them after a storm")
 	connectProfile := fs.String("connect-profile", "", "write a CPU profile of the connecting to this file")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -840,7 +844,11 @@ func fleetChildMain(args []string) int {
 		}
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		cc, err := brpc.Dial(dctx, *target, brpc.WithTLSConfig(tc), brpc.WithServer(h.gs), brpc.WithConnectBackoff(bc), brpc.WithMaxReconnectWindow(*maxWindow), brpc.WithLogger(attempts.logger(i)))
+		opts := []brpc.DialOption{brpc.WithTLSConfig(tc), brpc.WithServer(h.gs), brpc.WithConnectBackoff(bc), brpc.WithMaxReconnectWindow(*maxWindow)}
+		if *recordAttempts {
+			opts = append(opts, brpc.WithLogger(attempts.logger(i)))
+		}
+		cc, err := brpc.Dial(dctx, *target, opts...)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -931,7 +939,7 @@ func fleetChildMain(args []string) int {
 			h.startProbe(max(arg, 1))
 		case "report":
 			fmt.Println("probed " + h.report())
-			if h.brpc != nil {
+			if h.brpc != nil && *recordAttempts {
 				attempts.report(os.Stderr, probeStart)
 			}
 		}
