@@ -642,8 +642,9 @@ func WithHandshakeRateLimit(perSecond float64, burst int) ServerOption {
 // WithLogger makes brpc log to l: on a server, clients connecting and
 // disconnecting at Info and refused or lost clients at Warn; on a client,
 // sessions starting and ending and, with several endpoints, each endpoint
-// passed over (its address and error) at Info, and failed reconnect
-// attempts at Warn. Records carry the peer ID, transport and remote address as
+// passed over (its address and error) at Info, the start of each reconnect
+// attempt (its number and the delay before it) at Debug, and failed
+// reconnect attempts at Warn. Records carry the peer ID, transport and remote address as
 // attributes. Without it, brpc logs nothing.
 func WithLogger(l *slog.Logger) Option {
 	return commonOption(func(o *common) { o.logger = l })

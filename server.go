@@ -216,7 +216,10 @@ func (s *Server[C]) GracefulStop() {
 
 // Stop closes everything now: listeners, sessions and the *grpc.Server given
 // to NewServer. Calls in flight in either direction end with
-// codes.Unavailable.
+// codes.Unavailable. Every client is told first (with the reconnect window,
+// WithReconnectWindow), and Stop waits for the clients to close their
+// sessions, at most 0.5 s plus 0.25 ms per client and 5 s in all, before it
+// closes the rest.
 //
 // A replica of a cluster (WithCluster) leaves the presence first, waiting
 // at most 1 s, and stops its replica endpoint too.

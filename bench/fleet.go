@@ -109,8 +109,8 @@ func fleetMain(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&c.windowPerClient, "window-per-client", brpc.DefaultReconnectWindowPerClient, "storm: the servers' WithReconnectWindow per client (0: no window announced)")
 	fs.DurationVar(&c.maxWindow, "max-window", brpc.DefaultMaxReconnectWindow, "storm: the servers' WithReconnectWindow maximum")
 	fs.DurationVar(&c.clientMaxWindow, "client-max-window", brpc.DefaultMaxReconnectWindow, "storm: the clients' WithMaxReconnectWindow (0: ignore the announced window)")
-	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write CPU profiles of the server while the clients are idle to PREFIX-<setup>-idle.pprof, during each fan-out to PREFIX-<setup>-cold.pprof and PREFIX-<setup>-warm.pprof, and during the storm's Stop to PREFIX-<setup>-stop.pprof")
-	fs.StringVar(&c.childProfile, "child-cpuprofile", "", "write CPU profiles of the client process during each fan-out to PREFIX-<setup>-cold-child.pprof and PREFIX-<setup>-warm-child.pprof")
+	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write CPU profiles of the server while the clients are idle to PREFIX-<setup>-idle.pprof, during each fan-out to PREFIX-<setup>-cold.pprof and PREFIX-<setup>-warm.pprof, and during the storm's Stop to PREFIX-<setup>-stop.pprof, and while the clients connect to PREFIX-<setup>-connect.pprof")
+	fs.StringVar(&c.childProfile, "child-cpuprofile", "", "write CPU profiles of the client process during each fan-out to PREFIX-<setup>-cold-child.pprof and PREFIX-<setup>-warm-child.pprof, and while it connects to PREFIX-<setup>-connect-child.pprof")
 	fs.BoolVar(&c.appWindows, "app-windows", false, "the application's *grpc.Servers (the server's and the clients') get the static HTTP/2 windows docs/security.md recommends (grpc.InitialWindowSize 256 KiB, grpc.InitialConnWindowSize 4 MiB), which switch grpc-go's BDP estimation off")
 	fs.BoolVar(&c.revWindows, "rev-windows", false, "the server's reverse connections get the same static windows, through WithGRPCDialOptions")
 	fs.IntVar(&c.fanouts, "fanouts", 2, "fan-outs (grpc-go: rounds of calls) in a row, the first cold; the table shows the first and the last")
@@ -379,9 +379,22 @@ func measureFleet(ca *certs.CA, c *fleetConfig, kind string, logf func(string, .
 	}
 	defer func() { stop() }()
 
-	cpu0 := cpuTime()
+	stopConnectProfile := func() {}
+	if c.cpuprofile != "" {
+		f, err := os.Create(c.cpuprofile + "-" + kind + "-connect.pprof")
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return nil, err
+		}
+		stopConnectProfile = pprof.StopCPUProfile
+	}
+	cpu0, net0 := cpuTime(), readNetCounters()
 	ch, err := startFleetChild(ca, c, kind, target)
 	if err != nil {
+		stopConnectProfile()
 		return nil, err
 	}
 	defer ch.stop()
@@ -390,13 +403,15 @@ func measureFleet(ca *certs.CA, c *fleetConfig, kind string, logf func(string, .
 		err := fs.waitWelcomed(wctx, int64(c.n))
 		cancel()
 		if err != nil {
+			stopConnectProfile()
 			return nil, err
 		}
 	}
+	stopConnectProfile()
 	res.connectRate = float64(c.n) / ch.connectTime.Seconds()
 	res.connectServerCPU = (cpuTime() - cpu0) / time.Duration(c.n)
 	res.connectClientCPU = ch.connectCPU / time.Duration(c.n)
-	logf("  connected at %.0f/s; CPU per client: server %v, clients %v", res.connectRate, res.connectServerCPU, res.connectClientCPU)
+	logf("  connected at %.0f/s; CPU per client: server %v, clients %v; per client on the loopback: %s", res.connectRate, res.connectServerCPU, res.connectClientCPU, readNetCounters().sub(net0).per(c.n))
 
 	// What the server spends with nothing to do but its clients'
 	// keepalives, so that the fan-outs' CPU can be read net of it.
@@ -656,6 +671,12 @@ func startFleetChild(ca *certs.CA, c *fleetConfig, kind, target string) (*fleetC
 		"-resume="+strconv.FormatBool(c.resume), "-jitter", strconv.FormatFloat(c.jitter, 'g', -1, 64),
 		"-base-delay", c.baseDelay.String(), "-app-windows="+strconv.FormatBool(c.appWindows),
 		"-max-window", c.clientMaxWindow.String())
+	if c.parts[partStorm] {
+		cmd.Args = append(cmd.Args, "-attempts")
+	}
+	if c.childProfile != "" {
+		cmd.Args = append(cmd.Args, "-connect-profile", c.childProfile+"-"+kind+"-connect-child.pprof")
+	}
 	cmd.Env = append(os.Environ(), childCAEnv+"="+string(ca.CertPEM()))
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
@@ -808,6 +829,8 @@ func fleetChildMain(args []string) int {
 	baseDelay := fs.Duration("base-delay", backoff.DefaultConfig.BaseDelay, "reconnect backoff base delay")
 	fs.BoolVar(&fleetAppWindows, "app-windows", false, "the clients' *grpc.Server gets static HTTP/2 windows")
 	maxWindow := fs.Duration("max-window", brpc.DefaultMaxReconnectWindow, "WithMaxReconnectWindow")
+	recordAttempts := fs.Bool("attempts", false, "record every client's reconnect attempts (WithLogger) and report them after a storm")
+	connectProfile := fs.String("connect-profile", "", "write a CPU profile of the connecting to this file")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -827,7 +850,9 @@ func fleetChildMain(args []string) int {
 	h.stubs = make([]testpb.EchoClient, *n)
 	h.brpc = make([]*brpc.ClientConn, *n)
 	closers := make([]io.Closer, *n)
-	dial := func(ctx context.Context) (io.Closer, testpb.EchoClient, *brpc.ClientConn, error) {
+	attempts := newAttemptLog(*n)
+	var probeStart time.Time
+	dial := func(ctx context.Context, i int) (io.Closer, testpb.EchoClient, *brpc.ClientConn, error) {
 		tc := tlsWithRoots(pool)
 		if *resume {
 			tc.ClientSessionCache = tls.NewLRUClientSessionCache(1)
@@ -846,7 +871,11 @@ func fleetChildMain(args []string) int {
 		}
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		cc, err := brpc.Dial(dctx, *target, brpc.WithTLSConfig(tc), brpc.WithServer(h.gs), brpc.WithConnectBackoff(bc), brpc.WithMaxReconnectWindow(*maxWindow))
+		opts := []brpc.DialOption{brpc.WithTLSConfig(tc), brpc.WithServer(h.gs), brpc.WithConnectBackoff(bc), brpc.WithMaxReconnectWindow(*maxWindow)}
+		if *recordAttempts {
+			opts = append(opts, brpc.WithLogger(attempts.logger(i)))
+		}
+		cc, err := brpc.Dial(dctx, *target, opts...)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -858,6 +887,12 @@ func fleetChildMain(args []string) int {
 		errOnce  sync.Once
 		firstErr error
 	)
+	if *connectProfile != "" {
+		if err := startFleetChildProfile(*connectProfile); err != nil {
+			fmt.Fprintln(os.Stderr, "fleet-child:", err)
+			return 2
+		}
+	}
 	cpu0 := cpuTime()
 	start := time.Now()
 	for range *dialers {
@@ -874,7 +909,7 @@ func fleetChildMain(args []string) int {
 				// A loaded machine times a handshake out now and then; a
 				// client that fails three times in a row ends the run.
 				for range 3 {
-					if c, stub, bc, err = dial(context.Background()); err == nil {
+					if c, stub, bc, err = dial(context.Background(), i); err == nil {
 						break
 					}
 					fmt.Fprintf(os.Stderr, "fleet-child: client %d: %v (retrying)\n", i, err)
@@ -890,6 +925,7 @@ func fleetChildMain(args []string) int {
 	}
 	wg.Wait()
 	took, cpu := time.Since(start), cpuTime()-cpu0
+	stopFleetChildProfile()
 	defer closeAllOf(closers)
 	if firstErr != nil {
 		fmt.Fprintln(os.Stderr, "fleet-child:", firstErr)
@@ -926,9 +962,13 @@ func fleetChildMain(args []string) int {
 			ns, errs, cpu := h.callAll(max(arg, 1))
 			fmt.Printf("called %d %d %d\n", ns.Nanoseconds(), errs, cpu.Nanoseconds())
 		case "probe":
+			probeStart = time.Now()
 			h.startProbe(max(arg, 1))
 		case "report":
 			fmt.Println("probed " + h.report())
+			if h.brpc != nil && *recordAttempts {
+				attempts.report(os.Stderr, probeStart)
+			}
 		}
 	}
 	h.stopProbe()

@@ -118,6 +118,7 @@ func (c *Conn) reconnect(prev int, window time.Duration) *clientSession {
 				return nil
 			}
 		}
+		c.log(slog.LevelDebug, "brpc: reconnecting", nil, slog.Int("attempt", attempt+1), slog.Duration("delay", d))
 		c.setState(connectivity.Connecting)
 		ctx, cancel := context.WithTimeout(c.ctx, minConnectTimeout)
 		cs, err := c.connect(ctx, prev)

@@ -107,6 +107,10 @@ type Server struct {
 	listeners   map[Listener]Acceptor
 	sessions    map[*Session]struct{} // every live session, welcomed or not
 	wg          sync.WaitGroup        // session goroutines and gs.Serve
+
+	// linger and lingerPerSession size Stop's wait for the clients to close
+	// (stopLinger, stopLingerPerSession; tests shorten or lengthen them).
+	linger, lingerPerSession time.Duration
 }
 
 // New returns a server that serves gs, which it owns from now on.
@@ -120,6 +124,9 @@ func New(gs *grpc.Server, conf Config) *Server {
 		listeners: make(map[Listener]Acceptor),
 		sessions:  make(map[*Session]struct{}),
 		limiter:   newAddressLimiter(conf.RatePerSecond, conf.RateBurst),
+
+		linger:           stopLinger,
+		lingerPerSession: stopLingerPerSession,
 	}
 	srv.pending.max = int64(conf.MaxPending)
 	return srv
@@ -360,15 +367,33 @@ func goAwayAll(sessions []*Session) {
 	closers.Wait()
 }
 
-// stopLinger bounds how long Stop waits, for all sessions together, for
-// clients told of the shutdown to close their sessions themselves.
-const stopLinger = 500 * time.Millisecond
+// stopLinger, plus stopLingerPerSession for each session told, at most
+// maxStopLinger, bounds how long Stop waits, for all sessions together, for
+// clients told of the shutdown to close their sessions themselves. A QUIC
+// client that has not read its Closing notice when the server's close
+// arrives never reads it (the close discards what its streams hold), and
+// reconnects at once instead of within the notice's reconnect window; a
+// fleet that reads its notices in a few hundred milliseconds does not need
+// the time, but one whose clients are slow to (10,000 of them in one
+// process took about 2 s) would otherwise come back all at once, which is
+// what the window is there to prevent. Stop returns as soon as every
+// client has closed.
+const (
+	stopLinger           = 500 * time.Millisecond
+	stopLingerPerSession = 250 * time.Microsecond
+	maxStopLinger        = 5 * time.Second
+)
+
+// stopLingerFor is Stop's linger for n sessions.
+func (s *Server) stopLingerFor(n int) time.Duration {
+	return min(s.linger+time.Duration(n)*s.lingerPerSession, max(maxStopLinger, s.linger))
+}
 
 // Stop closes everything now: listeners, sessions and the *grpc.Server.
 // Calls in flight in either direction end with codes.Unavailable. Each
 // client is sent a Closing notice with session.CodeShutdown first, all at
 // once, and Stop closes the sessions the clients have not closed within
-// stopLinger.
+// stopLingerFor their number.
 func (s *Server) Stop() {
 	s.mu.Lock()
 	if s.state == stateStopped {
@@ -388,9 +413,9 @@ func (s *Server) Stop() {
 	s.gs.Stop()
 	s.streams.Close()
 	// Every client is told why at once (TCP carries no close code), and
-	// the whole gets stopLinger to close from the clients' side: a client
+	// the whole gets one linger to close from the clients' side: a client
 	// that stopped reading holds Stop up to that, not each one in turn.
-	deadline := time.Now().Add(stopLinger)
+	deadline := time.Now().Add(s.stopLingerFor(len(sessions)))
 	window := s.reconnectWindow(sessions)
 	var told sync.WaitGroup
 	for _, ss := range sessions {

@@ -162,3 +162,88 @@ func TestStopAnnouncesShutdown(t *testing.T) {
 		})
 	}
 }
+
+// TestStopWaitsLongerForMoreClients stops a QUIC server whose clients are
+// slow to read their Closing notices: Stop's wait for them to close grows
+// with the number of sessions it tells, so that a client reading its
+// notice after the base linger still gets it, reconnect window included.
+// Closed at the base linger, its session would end before the read, and
+// QUIC's close discards the notice the stream holds.
+func TestStopWaitsLongerForMoreClients(t *testing.T) {
+	const clients = 3
+	serverTLS, clientTLS := tlsPair(t)
+	l, err := session.ListenUDP("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	connected := make(chan struct{}, clients)
+	core := New(grpc.NewServer(), Config{
+		Session:            settings(),
+		HandshakeTimeout:   bound,
+		MaxHelloSize:       64 << 10,
+		ReconnectCostQUIC:  time.Second,
+		MaxReconnectWindow: time.Minute,
+		OnEvent: func(ev Event) {
+			if ev.Type == Connected {
+				connected <- struct{}{}
+			}
+		},
+	})
+	// The base linger is short, the per-session share long: the slow
+	// client reads ten base lingers late and still has seconds to spare.
+	core.linger, core.lingerPerSession = 50*time.Millisecond, 2*time.Second
+	const readAfter = 500 * time.Millisecond
+	served := make(chan error, 1)
+	go func() { served <- core.Serve(&quicListener{l: l, tls: serverTLS}) }()
+
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	var sessions []session.Session
+	defer func() {
+		for _, c := range sessions {
+			c.Close(session.CodeNormal, "test over")
+		}
+	}()
+	var ctrl net.Conn
+	for i := range clients {
+		c, err := session.DialQUIC(ctx, addr, clientTLS, session.QUICConfig{Settings: settings()})
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		sessions = append(sessions, c)
+		cs, _, err := handshake.SendHello(ctx, c, nil)
+		if err != nil {
+			t.Fatalf("hello: %v", err)
+		}
+		if i == 0 {
+			ctrl = cs
+		}
+		<-connected
+	}
+
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		core.Stop()
+	}()
+	// The slow client reads once the base linger is long over.
+	time.Sleep(readAfter)
+	var n handshakepb.Notice
+	err = handshake.ReadMsg(ctrl, &n, handshake.MaxWelcomeSize)
+	switch {
+	case err != nil:
+		t.Errorf("the client reading its control stream %v after Stop began got %v, want the Closing notice (its session was closed before it read)", readAfter, err)
+	case n.GetClosing() == nil:
+		t.Errorf("the client got %v, want a Closing notice", &n)
+	case handshake.ReconnectWindow(n.GetClosing()) != clients*time.Second:
+		t.Errorf("the notice announces a reconnect window of %v, want %v", handshake.ReconnectWindow(n.GetClosing()), clients*time.Second)
+	default:
+		sessions[0].PeerAnnounced(session.CloseCode(n.GetClosing().GetCode()), n.GetClosing().GetReason())
+	}
+	// The others never close: Stop closes them at its linger's end.
+	<-stopped
+	if err := <-served; err != nil {
+		t.Fatalf("Serve after Stop: %v", err)
+	}
+}
