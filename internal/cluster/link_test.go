@@ -5,41 +5,14 @@ import (
 	"context"
 	"encoding/binary"
 	"net"
-	"sync"
 	"testing"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc/internal/grpcglue"
+	"github.com/brpc-go/brpc/internal/wiretest"
 )
-
-// socketRecorder records, while on, every Write that reaches the socket.
-type socketRecorder struct {
-	net.Conn
-	mu     sync.Mutex
-	on     bool
-	writes [][]byte
-}
-
-func (r *socketRecorder) Write(p []byte) (int, error) {
-	r.mu.Lock()
-	if r.on {
-		r.writes = append(r.writes, bytes.Clone(p))
-	}
-	r.mu.Unlock()
-	return r.Conn.Write(p)
-}
-
-// record switches recording on or off and returns (and forgets) what was
-// recorded so far.
-func (r *socketRecorder) record(on bool) [][]byte {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	w := r.writes
-	r.writes, r.on = nil, on
-	return w
-}
 
 // tlsPlaintexts returns the plaintext size of each TLS 1.3 record in a
 // socket write (an AEAD record: its content type byte and 16-byte tag on
@@ -75,7 +48,7 @@ func TestLinkWriteStack(t *testing.T) {
 	defer ln.Close()
 	h2 := grpcglue.NewListener(ln.Addr())
 	defer h2.Close()
-	served := make(chan *socketRecorder, 1)
+	served := make(chan *wiretest.Recorder, 1)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -84,7 +57,7 @@ func TestLinkWriteStack(t *testing.T) {
 			served <- nil
 			return
 		}
-		rec := &socketRecorder{Conn: raw}
+		rec := &wiretest.Recorder{Conn: raw}
 		served <- rec
 		c.handshake(rec, h2)
 		raw.Close()
@@ -93,7 +66,7 @@ func TestLinkWriteStack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dialer := &socketRecorder{Conn: raw}
+	dialer := &wiretest.Recorder{Conn: raw}
 	rm := &remote{c: c, name: "peer", addr: ln.Addr().String()}
 	l, err := rm.startLink(context.Background(), dialer)
 	if err != nil {
@@ -128,15 +101,15 @@ func TestLinkWriteStack(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer s.Close()
-		dialer.record(true)
-		listener.record(true)
+		dialer.Record(true)
+		listener.Record(true)
 		if err := writeRequest(s, "nobody"); err != nil {
 			t.Fatal(err)
 		}
 		if err := readAnswer(s); err != errTunnelNotHere {
 			t.Fatalf("tunnel to a client not here: %v, want errTunnelNotHere", err)
 		}
-		dw, lw := dialer.record(false), listener.record(false)
+		dw, lw := dialer.Record(false), listener.Record(false)
 		// The request: 3 bytes and the ID.
 		found := false
 		for _, w := range dw {
@@ -160,7 +133,7 @@ func TestLinkWriteStack(t *testing.T) {
 		// A request of a version the listener refuses, 64 KiB long: one
 		// frame, which the listener answers with a refusal.
 		big := bytes.Repeat([]byte{0xff}, 64<<10)
-		dialer.record(true)
+		dialer.Record(true)
 		if _, err := s.Write(big); err != nil {
 			t.Fatal(err)
 		}
@@ -169,7 +142,7 @@ func TestLinkWriteStack(t *testing.T) {
 		}
 		found := false
 		var counts []int
-		for _, w := range dialer.record(false) {
+		for _, w := range dialer.Record(false) {
 			total := 0
 			for _, n := range tlsPlaintexts(t, w) {
 				total += n

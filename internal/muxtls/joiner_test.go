@@ -2,11 +2,12 @@ package muxtls
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
 	"testing"
+
+	"github.com/brpc-go/brpc/internal/wiretest"
 )
 
 // recordingConn records each Write it gets.
@@ -25,14 +26,6 @@ func (r *recordingConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func yamuxHeader(typ byte, length uint32) []byte {
-	h := make([]byte, yamuxHeaderSize)
-	h[1] = typ
-	binary.BigEndian.PutUint32(h[4:8], 7) // stream ID
-	binary.BigEndian.PutUint32(h[8:12], length)
-	return h
-}
-
 func TestFrameJoinerJoinsDataFrames(t *testing.T) {
 	body := bytes.Repeat([]byte("x"), 100)
 	large := bytes.Repeat([]byte("y"), maxJoinedBody+1)
@@ -43,40 +36,40 @@ func TestFrameJoinerJoinsDataFrames(t *testing.T) {
 	}{
 		{
 			name:   "data frame: header and body in one write",
-			writes: [][]byte{yamuxHeader(yamuxTypeData, 100), body},
-			want:   [][]byte{append(yamuxHeader(yamuxTypeData, 100), body...)},
+			writes: [][]byte{wiretest.YamuxHeader(yamuxTypeData, 100), body},
+			want:   [][]byte{append(wiretest.YamuxHeader(yamuxTypeData, 100), body...)},
 		},
 		{
 			name:   "window update goes through at once",
-			writes: [][]byte{yamuxHeader(1, 65536)},
-			want:   [][]byte{yamuxHeader(1, 65536)},
+			writes: [][]byte{wiretest.YamuxHeader(1, 65536)},
+			want:   [][]byte{wiretest.YamuxHeader(1, 65536)},
 		},
 		{
 			name:   "data frame without a body goes through at once",
-			writes: [][]byte{yamuxHeader(yamuxTypeData, 0)},
-			want:   [][]byte{yamuxHeader(yamuxTypeData, 0)},
+			writes: [][]byte{wiretest.YamuxHeader(yamuxTypeData, 0)},
+			want:   [][]byte{wiretest.YamuxHeader(yamuxTypeData, 0)},
 		},
 		{
 			name:   "large body: header and body apart",
-			writes: [][]byte{yamuxHeader(yamuxTypeData, uint32(len(large))), large},
-			want:   [][]byte{yamuxHeader(yamuxTypeData, uint32(len(large))), large},
+			writes: [][]byte{wiretest.YamuxHeader(yamuxTypeData, uint32(len(large))), large},
+			want:   [][]byte{wiretest.YamuxHeader(yamuxTypeData, uint32(len(large))), large},
 		},
 		{
 			name:   "a body of another length is not joined",
-			writes: [][]byte{yamuxHeader(yamuxTypeData, 100), body[:50]},
-			want:   [][]byte{yamuxHeader(yamuxTypeData, 100), body[:50]},
+			writes: [][]byte{wiretest.YamuxHeader(yamuxTypeData, 100), body[:50]},
+			want:   [][]byte{wiretest.YamuxHeader(yamuxTypeData, 100), body[:50]},
 		},
 		{
 			name: "frames in a row",
 			writes: [][]byte{
-				yamuxHeader(yamuxTypeData, 100), body,
-				yamuxHeader(2, 0),
-				yamuxHeader(yamuxTypeData, 3), []byte("abc"),
+				wiretest.YamuxHeader(yamuxTypeData, 100), body,
+				wiretest.YamuxHeader(2, 0),
+				wiretest.YamuxHeader(yamuxTypeData, 3), []byte("abc"),
 			},
 			want: [][]byte{
-				append(yamuxHeader(yamuxTypeData, 100), body...),
-				yamuxHeader(2, 0),
-				append(yamuxHeader(yamuxTypeData, 3), "abc"...),
+				append(wiretest.YamuxHeader(yamuxTypeData, 100), body...),
+				wiretest.YamuxHeader(2, 0),
+				append(wiretest.YamuxHeader(yamuxTypeData, 3), "abc"...),
 			},
 		},
 	}
@@ -106,7 +99,7 @@ func TestFrameJoinerReportsWriteErrorsOnTheBody(t *testing.T) {
 	broken := errors.New("broken pipe")
 	rc := &recordingConn{}
 	j := &Joiner{ReadWriteCloser: rc}
-	if _, err := j.Write(yamuxHeader(yamuxTypeData, 4)); err != nil {
+	if _, err := j.Write(wiretest.YamuxHeader(yamuxTypeData, 4)); err != nil {
 		t.Fatalf("holding the header: %v", err)
 	}
 	rc.err = broken
@@ -139,7 +132,7 @@ func TestRecordBatcherSendsAHeldFrameInOneWrite(t *testing.T) {
 	// would write several records) reaches the connection in one write.
 	j := &Joiner{ReadWriteCloser: rb, batch: rb}
 	body := bytes.Repeat([]byte("z"), 40<<10)
-	hdr := yamuxHeader(yamuxTypeData, uint32(len(body)))
+	hdr := wiretest.YamuxHeader(yamuxTypeData, uint32(len(body)))
 	for _, w := range [][]byte{hdr, body} {
 		if n, err := j.Write(w); err != nil || n != len(w) {
 			t.Fatalf("write: (%d, %v)", n, err)
@@ -149,7 +142,7 @@ func TestRecordBatcherSendsAHeldFrameInOneWrite(t *testing.T) {
 		t.Fatalf("the connection got %d writes; want the alert, then header and body in one write", len(rc.writes))
 	}
 	// A window update after it goes through on its own.
-	if _, err := j.Write(yamuxHeader(1, 100)); err != nil {
+	if _, err := j.Write(wiretest.YamuxHeader(1, 100)); err != nil {
 		t.Fatal(err)
 	}
 	if len(rc.writes) != 3 {
@@ -157,7 +150,7 @@ func TestRecordBatcherSendsAHeldFrameInOneWrite(t *testing.T) {
 	}
 	// A frame above maxBatch is not held: its writes go through one by one.
 	big := bytes.Repeat([]byte("b"), maxBatch+1)
-	for _, w := range [][]byte{yamuxHeader(yamuxTypeData, uint32(len(big))), big} {
+	for _, w := range [][]byte{wiretest.YamuxHeader(yamuxTypeData, uint32(len(big))), big} {
 		if _, err := j.Write(w); err != nil {
 			t.Fatal(err)
 		}

@@ -3,20 +3,13 @@ package session
 import (
 	"bytes"
 	"crypto/tls"
-	"encoding/binary"
 	"net"
 	"sync/atomic"
 	"testing"
 	"time"
-)
 
-func yamuxHeader(typ byte, length uint32) []byte {
-	h := make([]byte, yamuxHeaderSize)
-	h[1] = typ
-	binary.BigEndian.PutUint32(h[4:8], 7) // stream ID
-	binary.BigEndian.PutUint32(h[8:12], length)
-	return h
-}
+	"github.com/brpc-go/brpc/internal/wiretest"
+)
 
 // writeWatch tells, once armed, that a Write reached it.
 type writeWatch struct {
@@ -60,7 +53,7 @@ func TestCloseBreaksAFrameWriteToAPeerThatStoppedReading(t *testing.T) {
 	body := bytes.Repeat([]byte("x"), 1000)
 	wrote := make(chan error, 1)
 	go func() {
-		if _, err := muxConn.Write(yamuxHeader(yamuxTypeData, uint32(len(body)))); err != nil {
+		if _, err := muxConn.Write(wiretest.YamuxHeader(yamuxTypeData, uint32(len(body)))); err != nil {
 			wrote <- err
 			return
 		}

@@ -8,11 +8,12 @@ import (
 	"io"
 	"net"
 	"reflect"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/yamux"
+
+	"github.com/brpc-go/brpc/internal/wiretest"
 )
 
 var tcpTransport = transports[1]
@@ -106,34 +107,6 @@ func TestTCPOpenStreamHonoursContext(t *testing.T) {
 	}
 }
 
-// socketRecorder is a net.Conn that records, while on, each Write that
-// reaches the socket.
-type socketRecorder struct {
-	net.Conn
-
-	mu     sync.Mutex
-	on     bool
-	writes [][]byte
-}
-
-func (r *socketRecorder) Write(p []byte) (int, error) {
-	r.mu.Lock()
-	if r.on {
-		r.writes = append(r.writes, bytes.Clone(p))
-	}
-	r.mu.Unlock()
-	return r.Conn.Write(p)
-}
-
-func (r *socketRecorder) record(on bool) [][]byte {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.on = on
-	w := r.writes
-	r.writes = nil
-	return w
-}
-
 // tlsRecords splits a socket write into TLS records and returns the
 // plaintext length of each (TLS 1.3: record length less the content type
 // byte and the 16-byte AEAD tag).
@@ -200,7 +173,7 @@ func TestTCPWriteStackGuard(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Dial: %v", err)
 	}
-	rec := &socketRecorder{Conn: raw}
+	rec := &wiretest.Recorder{Conn: raw}
 	tc, muxConn, _ := tlsLayers(rec, clientTLS(t), true, 0)
 	if err := tc.Handshake(); err != nil {
 		raw.Close()
@@ -229,7 +202,7 @@ func TestTCPWriteStackGuard(t *testing.T) {
 		{"64 KiB frame: its records in one write", 64 << 10, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			rec.record(true)
+			rec.Record(true)
 			msg := bytes.Repeat([]byte{'m'}, tt.body)
 			if _, err := opened.Write(msg); err != nil {
 				t.Fatalf("Write: %v", err)
@@ -238,7 +211,7 @@ func TestTCPWriteStackGuard(t *testing.T) {
 			if _, err := io.ReadFull(acceptedStream, got); err != nil || !bytes.Equal(got, msg) {
 				t.Fatalf("the peer read %d bytes, %v", len(got), err)
 			}
-			writes := rec.record(false)
+			writes := rec.Record(false)
 			if len(writes) != 1 {
 				sizes := make([]int, len(writes))
 				for i, w := range writes {

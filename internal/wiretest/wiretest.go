@@ -1,0 +1,54 @@
+// Package wiretest holds what brpc's tests use to look at the bytes its
+// connections write: a net.Conn that records its writes, and yamux frame
+// headers built by hand. It is imported by tests only.
+package wiretest
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net"
+	"sync"
+)
+
+// Recorder is a net.Conn that records, while on, each Write that reaches
+// it (a copy of its bytes, one entry per Write).
+type Recorder struct {
+	net.Conn
+
+	mu     sync.Mutex
+	on     bool
+	writes [][]byte
+}
+
+// Write records p when recording is on, then writes it to the Conn.
+func (r *Recorder) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	if r.on {
+		r.writes = append(r.writes, bytes.Clone(p))
+	}
+	r.mu.Unlock()
+	return r.Conn.Write(p)
+}
+
+// Record switches recording on or off and returns (and forgets) what was
+// recorded so far.
+func (r *Recorder) Record(on bool) [][]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w := r.writes
+	r.writes, r.on = nil, on
+	return w
+}
+
+// YamuxHeaderSize is the size of a yamux frame header.
+const YamuxHeaderSize = 12
+
+// YamuxHeader is a yamux frame header of type typ (0 is a data frame) for
+// stream 7, announcing length bytes.
+func YamuxHeader(typ byte, length uint32) []byte {
+	h := make([]byte, YamuxHeaderSize)
+	h[1] = typ
+	binary.BigEndian.PutUint32(h[4:8], 7) // stream ID
+	binary.BigEndian.PutUint32(h[8:12], length)
+	return h
+}
