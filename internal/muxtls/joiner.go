@@ -6,20 +6,22 @@ import (
 	"sync"
 )
 
-// yamux frame header layout (hashicorp/yamux spec.md): version (1 byte),
-// type (1), flags (2), stream ID (4), length (4).
+// The yamux frame header (hashicorp/yamux spec.md): version (1 byte), type
+// (1), flags (2), stream ID (4), length (4). YamuxHeaderSize is its size and
+// YamuxTypeData the type of a data frame; the TCP sessions' frame inspector
+// reads the same headers.
 const (
-	yamuxHeaderSize = 12
-	yamuxTypeData   = 0
+	YamuxHeaderSize = 12
+	YamuxTypeData   = 0
 )
 
 // maxJoinedBody is the largest body Joiner sends in one Write with its
 // header: one TLS record carries at most 16 KiB of plaintext, so a larger
 // body takes several records anyway and the header's own record hardly
 // matters.
-const maxJoinedBody = 16<<10 - yamuxHeaderSize
+const maxJoinedBody = 16<<10 - YamuxHeaderSize
 
-var joinBufs = sync.Pool{New: func() any { b := make([]byte, 0, yamuxHeaderSize+maxJoinedBody); return &b }}
+var joinBufs = sync.Pool{New: func() any { b := make([]byte, 0, YamuxHeaderSize+maxJoinedBody); return &b }}
 
 // Joiner sits between yamux and the TLS connection. yamux's send loop
 // writes each data frame as two Writes, header then body, which on a
@@ -35,7 +37,7 @@ type Joiner struct {
 	batch *Batcher // nil: no batching
 
 	mu      sync.Mutex
-	hdr     [yamuxHeaderSize]byte
+	hdr     [YamuxHeaderSize]byte
 	pending int // body length the held header announces; 0: none held
 }
 
@@ -50,7 +52,7 @@ func (j *Joiner) Write(p []byte) (int, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.pending == 0 {
-		if len(p) == yamuxHeaderSize && p[1] == yamuxTypeData {
+		if len(p) == YamuxHeaderSize && p[1] == YamuxTypeData {
 			if n := binary.BigEndian.Uint32(p[8:12]); n > 0 {
 				copy(j.hdr[:], p)
 				j.pending = int(n)

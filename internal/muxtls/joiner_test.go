@@ -36,8 +36,8 @@ func TestFrameJoinerJoinsDataFrames(t *testing.T) {
 	}{
 		{
 			name:   "data frame: header and body in one write",
-			writes: [][]byte{wiretest.YamuxHeader(yamuxTypeData, 100), body},
-			want:   [][]byte{append(wiretest.YamuxHeader(yamuxTypeData, 100), body...)},
+			writes: [][]byte{wiretest.YamuxHeader(YamuxTypeData, 100), body},
+			want:   [][]byte{append(wiretest.YamuxHeader(YamuxTypeData, 100), body...)},
 		},
 		{
 			name:   "window update goes through at once",
@@ -46,30 +46,30 @@ func TestFrameJoinerJoinsDataFrames(t *testing.T) {
 		},
 		{
 			name:   "data frame without a body goes through at once",
-			writes: [][]byte{wiretest.YamuxHeader(yamuxTypeData, 0)},
-			want:   [][]byte{wiretest.YamuxHeader(yamuxTypeData, 0)},
+			writes: [][]byte{wiretest.YamuxHeader(YamuxTypeData, 0)},
+			want:   [][]byte{wiretest.YamuxHeader(YamuxTypeData, 0)},
 		},
 		{
 			name:   "large body: header and body apart",
-			writes: [][]byte{wiretest.YamuxHeader(yamuxTypeData, uint32(len(large))), large},
-			want:   [][]byte{wiretest.YamuxHeader(yamuxTypeData, uint32(len(large))), large},
+			writes: [][]byte{wiretest.YamuxHeader(YamuxTypeData, uint32(len(large))), large},
+			want:   [][]byte{wiretest.YamuxHeader(YamuxTypeData, uint32(len(large))), large},
 		},
 		{
 			name:   "a body of another length is not joined",
-			writes: [][]byte{wiretest.YamuxHeader(yamuxTypeData, 100), body[:50]},
-			want:   [][]byte{wiretest.YamuxHeader(yamuxTypeData, 100), body[:50]},
+			writes: [][]byte{wiretest.YamuxHeader(YamuxTypeData, 100), body[:50]},
+			want:   [][]byte{wiretest.YamuxHeader(YamuxTypeData, 100), body[:50]},
 		},
 		{
 			name: "frames in a row",
 			writes: [][]byte{
-				wiretest.YamuxHeader(yamuxTypeData, 100), body,
+				wiretest.YamuxHeader(YamuxTypeData, 100), body,
 				wiretest.YamuxHeader(2, 0),
-				wiretest.YamuxHeader(yamuxTypeData, 3), []byte("abc"),
+				wiretest.YamuxHeader(YamuxTypeData, 3), []byte("abc"),
 			},
 			want: [][]byte{
-				append(wiretest.YamuxHeader(yamuxTypeData, 100), body...),
+				append(wiretest.YamuxHeader(YamuxTypeData, 100), body...),
 				wiretest.YamuxHeader(2, 0),
-				append(wiretest.YamuxHeader(yamuxTypeData, 3), "abc"...),
+				append(wiretest.YamuxHeader(YamuxTypeData, 3), "abc"...),
 			},
 		},
 	}
@@ -99,7 +99,7 @@ func TestFrameJoinerReportsWriteErrorsOnTheBody(t *testing.T) {
 	broken := errors.New("broken pipe")
 	rc := &recordingConn{}
 	j := &Joiner{ReadWriteCloser: rc}
-	if _, err := j.Write(wiretest.YamuxHeader(yamuxTypeData, 4)); err != nil {
+	if _, err := j.Write(wiretest.YamuxHeader(YamuxTypeData, 4)); err != nil {
 		t.Fatalf("holding the header: %v", err)
 	}
 	rc.err = broken
@@ -132,7 +132,7 @@ func TestRecordBatcherSendsAHeldFrameInOneWrite(t *testing.T) {
 	// would write several records) reaches the connection in one write.
 	j := &Joiner{ReadWriteCloser: rb, batch: rb}
 	body := bytes.Repeat([]byte("z"), 40<<10)
-	hdr := wiretest.YamuxHeader(yamuxTypeData, uint32(len(body)))
+	hdr := wiretest.YamuxHeader(YamuxTypeData, uint32(len(body)))
 	for _, w := range [][]byte{hdr, body} {
 		if n, err := j.Write(w); err != nil || n != len(w) {
 			t.Fatalf("write: (%d, %v)", n, err)
@@ -150,7 +150,7 @@ func TestRecordBatcherSendsAHeldFrameInOneWrite(t *testing.T) {
 	}
 	// A frame above maxBatch is not held: its writes go through one by one.
 	big := bytes.Repeat([]byte("b"), maxBatch+1)
-	for _, w := range [][]byte{wiretest.YamuxHeader(yamuxTypeData, uint32(len(big))), big} {
+	for _, w := range [][]byte{wiretest.YamuxHeader(YamuxTypeData, uint32(len(big))), big} {
 		if _, err := j.Write(w); err != nil {
 			t.Fatal(err)
 		}

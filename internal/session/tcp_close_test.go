@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/brpc-go/brpc/internal/muxtls"
 	"github.com/brpc-go/brpc/internal/wiretest"
 )
 
@@ -53,7 +54,7 @@ func TestCloseBreaksAFrameWriteToAPeerThatStoppedReading(t *testing.T) {
 	body := bytes.Repeat([]byte("x"), 1000)
 	wrote := make(chan error, 1)
 	go func() {
-		if _, err := muxConn.Write(wiretest.YamuxHeader(yamuxTypeData, uint32(len(body)))); err != nil {
+		if _, err := muxConn.Write(wiretest.YamuxHeader(muxtls.YamuxTypeData, uint32(len(body)))); err != nil {
 			wrote <- err
 			return
 		}

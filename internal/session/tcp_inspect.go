@@ -5,13 +5,13 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+
+	"github.com/brpc-go/brpc/internal/muxtls"
 )
 
-// yamux frame header layout (hashicorp/yamux spec.md): version (1 byte),
-// type (1), flags (2), stream ID (4), length (4); frame types and flags.
+// yamux frame types and flags beyond muxtls's header layout
+// (hashicorp/yamux spec.md).
 const (
-	yamuxHeaderSize       = 12
-	yamuxTypeData         = 0
 	yamuxTypeWindowUpdate = 1
 	yamuxTypePing         = 2
 	yamuxFlagSYN          = 1
@@ -115,7 +115,7 @@ func (fi *frameInspector) Write(p []byte) (int, error) {
 
 // frameScanner follows the frames of one direction of a yamux session.
 type frameScanner struct {
-	hdr    [yamuxHeaderSize]byte
+	hdr    [muxtls.YamuxHeaderSize]byte
 	hdrLen int    // bytes of hdr filled
 	body   uint32 // data bytes left in the current frame
 }
@@ -133,11 +133,11 @@ func (fs *frameScanner) scan(b []byte, frame func(hdr []byte) error) error {
 		k := copy(fs.hdr[fs.hdrLen:], b)
 		fs.hdrLen += k
 		b = b[k:]
-		if fs.hdrLen < yamuxHeaderSize {
+		if fs.hdrLen < muxtls.YamuxHeaderSize {
 			return nil
 		}
 		fs.hdrLen = 0
-		if fs.hdr[1] == yamuxTypeData {
+		if fs.hdr[1] == muxtls.YamuxTypeData {
 			fs.body = binary.BigEndian.Uint32(fs.hdr[8:12])
 		}
 		if err := frame(fs.hdr[:]); err != nil {
@@ -162,7 +162,7 @@ func (fi *frameInspector) frame(hdr []byte) error {
 		}
 		return nil
 	}
-	if typ != yamuxTypeData && typ != yamuxTypeWindowUpdate {
+	if typ != muxtls.YamuxTypeData && typ != yamuxTypeWindowUpdate {
 		return nil // ping answer, go away: no body, no stream
 	}
 	id := binary.BigEndian.Uint32(hdr[4:8])
@@ -183,7 +183,7 @@ func (fi *frameInspector) frame(hdr []byte) error {
 			}
 		}
 	}
-	if typ != yamuxTypeData {
+	if typ != muxtls.YamuxTypeData {
 		return nil // a window update's length is a window delta
 	}
 	if id != fi.ctrlID || length == 0 {

@@ -6,11 +6,13 @@ import (
 	"errors"
 	"io"
 	"testing"
+
+	"github.com/brpc-go/brpc/internal/muxtls"
 )
 
 // yamuxFrame encodes one yamux frame: header and body.
 func yamuxFrame(typ byte, flags uint16, id uint32, body []byte, length uint32) []byte {
-	f := make([]byte, yamuxHeaderSize, yamuxHeaderSize+len(body))
+	f := make([]byte, muxtls.YamuxHeaderSize, muxtls.YamuxHeaderSize+len(body))
 	f[1] = typ
 	binary.BigEndian.PutUint16(f[2:], flags)
 	binary.BigEndian.PutUint32(f[4:], id)
@@ -39,7 +41,7 @@ func (r *oneByteReader) Close() error                { return nil }
 
 func TestFrameInspectorRules(t *testing.T) {
 	open := func(id uint32) []byte { return yamuxFrame(yamuxTypeWindowUpdate, yamuxFlagSYN, id, nil, 0) }
-	data := func(id uint32, body []byte) []byte { return yamuxFrame(yamuxTypeData, 0, id, body, 0) }
+	data := func(id uint32, body []byte) []byte { return yamuxFrame(muxtls.YamuxTypeData, 0, id, body, 0) }
 	ping := yamuxFrame(yamuxTypePing, yamuxFlagSYN, 0, nil, 7)
 	// A body that looks like a SYN header must not be taken for one.
 	fakeSYN := open(3)
@@ -52,7 +54,7 @@ func TestFrameInspectorRules(t *testing.T) {
 		{"hello on the control stream", false, [][]byte{open(1), data(1, []byte("hello")), ping}, false},
 		{"data that looks like a header", false, [][]byte{open(1), data(1, fakeSYN), data(1, fakeSYN)}, false},
 		{"second stream before the welcome", false, [][]byte{open(1), data(1, []byte("hi")), open(3)}, true},
-		{"second stream by a data frame's SYN", false, [][]byte{open(1), yamuxFrame(yamuxTypeData, yamuxFlagSYN, 3, []byte("x"), 0)}, true},
+		{"second stream by a data frame's SYN", false, [][]byte{open(1), yamuxFrame(muxtls.YamuxTypeData, yamuxFlagSYN, 3, []byte("x"), 0)}, true},
 		{"second stream after the welcome", true, [][]byte{open(1), open(3), data(3, []byte("grpc")), data(1, nil)}, false},
 		{"data on the control stream after the welcome", true, [][]byte{open(1), data(1, []byte("x"))}, true},
 		{"control stream overrun", false, [][]byte{open(1), data(1, make([]byte, 200)), data(1, make([]byte, 200))}, true},
@@ -101,7 +103,7 @@ func TestFrameInspectorCountsPingAnswers(t *testing.T) {
 		}
 		// yamux writes a data frame's header and body apart; the answer
 		// follows them.
-		fi.Write(yamuxFrame(yamuxTypeData, 0, 2, nil, 3))
+		fi.Write(yamuxFrame(muxtls.YamuxTypeData, 0, 2, nil, 3))
 		fi.Write([]byte("abc"))
 		fi.Write(pong)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/brpc-go/brpc/internal/muxtls"
 	"github.com/brpc-go/brpc/internal/wiretest"
 )
 
@@ -224,8 +225,8 @@ func TestTCPWriteStackGuard(t *testing.T) {
 			for _, n := range recs {
 				total += n
 			}
-			if total != yamuxHeaderSize+tt.body || (tt.oneRecord && len(recs) != 1) {
-				t.Fatalf("the socket write holds records of %v plaintext bytes, want %d bytes in all (one record: %v)", recs, yamuxHeaderSize+tt.body, tt.oneRecord)
+			if total != muxtls.YamuxHeaderSize+tt.body || (tt.oneRecord && len(recs) != 1) {
+				t.Fatalf("the socket write holds records of %v plaintext bytes, want %d bytes in all (one record: %v)", recs, muxtls.YamuxHeaderSize+tt.body, tt.oneRecord)
 			}
 		})
 	}

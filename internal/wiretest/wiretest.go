@@ -40,13 +40,15 @@ func (r *Recorder) Record(on bool) [][]byte {
 	return w
 }
 
-// YamuxHeaderSize is the size of a yamux frame header.
-const YamuxHeaderSize = 12
+// yamuxHeaderSize is the size of a yamux frame header (muxtls's
+// YamuxHeaderSize, written out here since muxtls's own tests import this
+// package).
+const yamuxHeaderSize = 12
 
 // YamuxHeader is a yamux frame header of type typ (0 is a data frame) for
 // stream 7, announcing length bytes.
 func YamuxHeader(typ byte, length uint32) []byte {
-	h := make([]byte, YamuxHeaderSize)
+	h := make([]byte, yamuxHeaderSize)
 	h[1] = typ
 	binary.BigEndian.PutUint32(h[4:8], 7) // stream ID
 	binary.BigEndian.PutUint32(h[8:12], length)
