@@ -87,28 +87,7 @@ func TestStopAnnouncesShutdown(t *testing.T) {
 
 			ctx, cancel := context.WithTimeout(context.Background(), bound)
 			defer cancel()
-			var clients []session.Session
-			defer func() {
-				for _, c := range clients {
-					c.Close(session.CodeNormal, "test over")
-				}
-			}()
-			var reader net.Conn
-			for i := 0; i <= silent; i++ {
-				c, err := dial(ctx)
-				if err != nil {
-					t.Fatalf("dial: %v", err)
-				}
-				clients = append(clients, c)
-				ctrl, _, err := handshake.SendHello(ctx, c, nil)
-				if err != nil {
-					t.Fatalf("hello: %v", err)
-				}
-				if i == 0 {
-					reader = ctrl
-				}
-				<-connected
-			}
+			clients, reader := helloClients(t, ctx, silent+1, dial, connected)
 
 			// The first client reads its control stream, as brpc's client
 			// does, and closes the session as the server announces.
@@ -199,28 +178,9 @@ func TestStopWaitsLongerForMoreClients(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
-	var sessions []session.Session
-	defer func() {
-		for _, c := range sessions {
-			c.Close(session.CodeNormal, "test over")
-		}
-	}()
-	var ctrl net.Conn
-	for i := range clients {
-		c, err := session.DialQUIC(ctx, addr, clientTLS, session.QUICConfig{Settings: settings()})
-		if err != nil {
-			t.Fatalf("dial: %v", err)
-		}
-		sessions = append(sessions, c)
-		cs, _, err := handshake.SendHello(ctx, c, nil)
-		if err != nil {
-			t.Fatalf("hello: %v", err)
-		}
-		if i == 0 {
-			ctrl = cs
-		}
-		<-connected
-	}
+	sessions, ctrl := helloClients(t, ctx, clients, func(ctx context.Context) (session.Session, error) {
+		return session.DialQUIC(ctx, addr, clientTLS, session.QUICConfig{Settings: settings()})
+	}, connected)
 
 	stopped := make(chan struct{})
 	go func() {
@@ -246,4 +206,35 @@ func TestStopWaitsLongerForMoreClients(t *testing.T) {
 	if err := <-served; err != nil {
 		t.Fatalf("Serve after Stop: %v", err)
 	}
+}
+
+// helloClients dials n sessions with dial, sends each one's hello and waits
+// for the server's Connected event (on connected) before the next. It
+// returns the sessions, closed when the test ends, and the first one's
+// control stream.
+func helloClients(t *testing.T, ctx context.Context, n int, dial func(context.Context) (session.Session, error), connected <-chan struct{}) ([]session.Session, net.Conn) {
+	t.Helper()
+	var clients []session.Session
+	t.Cleanup(func() {
+		for _, c := range clients {
+			c.Close(session.CodeNormal, "test over")
+		}
+	})
+	var first net.Conn
+	for i := range n {
+		c, err := dial(ctx)
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		clients = append(clients, c)
+		ctrl, _, err := handshake.SendHello(ctx, c, nil)
+		if err != nil {
+			t.Fatalf("hello: %v", err)
+		}
+		if i == 0 {
+			first = ctrl
+		}
+		<-connected
+	}
+	return clients, first
 }
