@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -381,15 +380,9 @@ func measureFleet(ca *certs.CA, c *fleetConfig, kind string, logf func(string, .
 
 	stopConnectProfile := func() {}
 	if c.cpuprofile != "" {
-		f, err := os.Create(c.cpuprofile + "-" + kind + "-connect.pprof")
-		if err != nil {
+		if stopConnectProfile, err = startCPUProfile(c.cpuprofile + "-" + kind + "-connect.pprof"); err != nil {
 			return nil, err
 		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return nil, err
-		}
-		stopConnectProfile = pprof.StopCPUProfile
 	}
 	cpu0, net0 := cpuTime(), readNetCounters()
 	ch, err := startFleetChild(ca, c, kind, target)
@@ -418,15 +411,9 @@ func measureFleet(ca *certs.CA, c *fleetConfig, kind string, logf func(string, .
 	runtime.GC()
 	stopProfile := func() {}
 	if c.cpuprofile != "" {
-		f, err := os.Create(c.cpuprofile + "-" + kind + "-idle.pprof")
-		if err != nil {
+		if stopProfile, err = startCPUProfile(c.cpuprofile + "-" + kind + "-idle.pprof"); err != nil {
 			return nil, err
 		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return nil, err
-		}
-		stopProfile = pprof.StopCPUProfile
 	}
 	idle0, net0, t0 := cpuTime(), readNetCounters(), time.Now()
 	time.Sleep(3 * time.Second)
@@ -506,18 +493,13 @@ func fleetFanOut(ctx context.Context, fs *fleetServer, ch *fleetChild, c *fleetC
 		stopProfiles = func() { _, _ = ch.ask("profile-stop", "profiled") }
 	}
 	if c.cpuprofile != "" {
-		f, err := os.Create(c.cpuprofile + "-" + phase + ".pprof")
+		stopOwn, err := startCPUProfile(c.cpuprofile + "-" + phase + ".pprof")
 		if err != nil {
 			stopProfiles()
 			return fig, err
 		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			stopProfiles()
-			return fig, err
-		}
 		stopChild := stopProfiles
-		stopProfiles = func() { pprof.StopCPUProfile(); stopChild() }
+		stopProfiles = func() { stopOwn(); stopChild() }
 	}
 	cc0, err := ch.cpu()
 	if err != nil {
@@ -580,22 +562,16 @@ func fleetStorm(ctx context.Context, old *fleetServer, stls *tls.Config, ch *fle
 	if strings.HasPrefix(ch.kind, "brpc-tcp") {
 		transport = "tcp"
 	}
+	stopProfile := func() {}
 	if c.cpuprofile != "" {
-		f, err := os.Create(c.cpuprofile + "-" + ch.kind + "-stop.pprof")
-		if err != nil {
+		var err error
+		if stopProfile, err = startCPUProfile(c.cpuprofile + "-" + ch.kind + "-stop.pprof"); err != nil {
 			return nil, nil, err
 		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			f.Close()
-			return nil, nil, err
-		}
-		defer f.Close()
 	}
 	cpuStop, t0 := cpuTime(), time.Now()
 	old.stop()
-	if c.cpuprofile != "" {
-		pprof.StopCPUProfile()
-	}
+	stopProfile()
 	st := &stormFigure{stopTook: time.Since(t0), stopCPU: (cpuTime() - cpuStop) / time.Duration(c.n)}
 	fs, err := startFleetServer(stls, transport, old.addr)
 	if err != nil {

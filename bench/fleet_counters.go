@@ -120,9 +120,26 @@ func (p *perfStat) stop() ([]float64, error) {
 	return counts, nil
 }
 
+// startCPUProfile starts this process's CPU profile to the file path and
+// returns what ends it: the profile stopped, the file closed.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}
+
 var childProfile struct {
-	mu sync.Mutex
-	f  *os.File
+	mu   sync.Mutex
+	stop func() // nil: no profile runs
 }
 
 // startFleetChildProfile starts a CPU profile of the fleet's child process
@@ -130,18 +147,14 @@ var childProfile struct {
 func startFleetChildProfile(name string) error {
 	childProfile.mu.Lock()
 	defer childProfile.mu.Unlock()
-	if childProfile.f != nil {
+	if childProfile.stop != nil {
 		return errors.New("a profile is running already")
 	}
-	f, err := os.Create(name)
+	stop, err := startCPUProfile(name)
 	if err != nil {
 		return err
 	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return err
-	}
-	childProfile.f = f
+	childProfile.stop = stop
 	return nil
 }
 
@@ -149,10 +162,9 @@ func startFleetChildProfile(name string) error {
 func stopFleetChildProfile() {
 	childProfile.mu.Lock()
 	defer childProfile.mu.Unlock()
-	if childProfile.f == nil {
+	if childProfile.stop == nil {
 		return
 	}
-	pprof.StopCPUProfile()
-	childProfile.f.Close()
-	childProfile.f = nil
+	childProfile.stop()
+	childProfile.stop = nil
 }
