@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -171,11 +172,10 @@ func replicaRole(c *testenv.ChildEnv) ([]string, error) {
 		}
 		first := ""
 		if ids != nil {
-			// The list starts at a QUIC client (a fleet client's index is
-			// even), so that one caller calls a client of the same
-			// transport locally and forwarded.
+			// The list starts at a QUIC client, so that one caller calls a
+			// client of the same transport locally and forwarded.
 			for k, id := range ids {
-				if n, err := strconv.Atoi(strings.TrimLeft(id, "abcdefghijklmnopqrstuvwxyz")); err == nil && n%2 == 0 {
+				if i, ok := fleetIndex(id); ok && fleetTransport(i) == "quic" {
 					ids = slices.Concat(ids[k:], ids[:k])
 					break
 				}
@@ -233,6 +233,16 @@ func fleetIDs(prefix string, n int) []string {
 	}
 	return ids
 }
+
+// fleetIndex is the index fleetIDs gave id: its digits after the prefix.
+func fleetIndex(id string) (int, bool) {
+	n, err := strconv.Atoi(strings.TrimLeftFunc(id, unicode.IsLetter))
+	return n, err == nil
+}
+
+// fleetTransport is the transport fleet client i dials: every other
+// client QUIC, the rest TCP.
+func fleetTransport(i int) string { return testenv.Transports[i%2] }
 
 // converge waits until r's cache has each of ids on a replica other than
 // gone, making calls meanwhile to the ids it still has on gone, then
@@ -598,7 +608,7 @@ func fleetRole(c *testenv.ChildEnv) ([]string, error) {
 				gs := grpc.NewServer()
 				testpb.RegisterEchoServer(gs, &testenv.Echo{Name: ids[i]})
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				cc, err := brpc.Dial(ctx, c.Arg(testenv.Transports[i%2]),
+				cc, err := brpc.Dial(ctx, c.Arg(fleetTransport(i)),
 					brpc.WithTLSConfig(&tls.Config{RootCAs: pool}), brpc.WithServer(gs), brpc.WithMetadata(metadata.Pairs("name", ids[i])),
 					brpc.WithKeepalive(keepalive/3, keepalive),
 					brpc.WithConnectBackoff(backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}))
