@@ -45,17 +45,23 @@ func newRelay(t *testing.T, tr transport, target net.Addr) relay {
 	return newTCPRelay(t, target.String())
 }
 
+// blackholes is what a relay drops: the directions blackhole named.
+type blackholes struct{ drop atomic.Int32 }
+
+func (b *blackholes) blackhole(d direction)    { b.drop.Store(int32(d)) }
+func (b *blackholes) dropped(d direction) bool { return direction(b.drop.Load())&d != 0 }
+
 // udpRelay relays the datagrams of one client and counts those it passes
-// each way.
+// to the client.
 type udpRelay struct {
+	blackholes
 	front  *net.UDPConn // the client's side
 	back   *net.UDPConn // the server's side
 	target *net.UDPAddr
 	client atomic.Pointer[net.UDPAddr]
-	drop   atomic.Int32 // the directions dropped
 	wg     sync.WaitGroup
 
-	sentToServer, sentToClient atomic.Int64
+	sentToClient atomic.Int64
 }
 
 func newUDPRelay(t *testing.T, target *net.UDPAddr) *udpRelay {
@@ -80,7 +86,6 @@ func newUDPRelay(t *testing.T, target *net.UDPAddr) *udpRelay {
 			}
 			r.client.Store(from)
 			if !r.dropped(toServer) {
-				r.sentToServer.Add(1)
 				_, _ = back.WriteToUDP(buf[:n], target)
 			}
 		}
@@ -106,15 +111,13 @@ func newUDPRelay(t *testing.T, target *net.UDPAddr) *udpRelay {
 	return r
 }
 
-func (r *udpRelay) addr() string             { return r.front.LocalAddr().String() }
-func (r *udpRelay) blackhole(d direction)    { r.drop.Store(int32(d)) }
-func (r *udpRelay) dropped(d direction) bool { return direction(r.drop.Load())&d != 0 }
+func (r *udpRelay) addr() string { return r.front.LocalAddr().String() }
 
 // tcpRelay relays TCP connections, copying bytes both ways.
 type tcpRelay struct {
+	blackholes
 	ln     net.Listener
 	target string
-	drop   atomic.Int32 // the directions dropped
 	wg     sync.WaitGroup
 
 	mu     sync.Mutex
@@ -196,9 +199,7 @@ func (r *tcpRelay) pipe(dst, src net.Conn, d direction) {
 	}
 }
 
-func (r *tcpRelay) addr() string             { return r.ln.Addr().String() }
-func (r *tcpRelay) blackhole(d direction)    { r.drop.Store(int32(d)) }
-func (r *tcpRelay) dropped(d direction) bool { return direction(r.drop.Load())&d != 0 }
+func (r *tcpRelay) addr() string { return r.ln.Addr().String() }
 
 // TestKeepaliveDetectsSilentPeer runs a session through a relay that starts
 // dropping everything one way, or both: whichever direction goes silent,
