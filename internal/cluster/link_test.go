@@ -3,7 +3,6 @@ package cluster
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"net"
 	"testing"
 
@@ -11,28 +10,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/brpc-go/brpc/internal/grpcglue"
+	"github.com/brpc-go/brpc/internal/muxtls"
 	"github.com/brpc-go/brpc/internal/wiretest"
 )
-
-// tlsPlaintexts returns the plaintext size of each TLS 1.3 record in a
-// socket write (an AEAD record: its content type byte and 16-byte tag on
-// top of the plaintext).
-func tlsPlaintexts(t *testing.T, w []byte) []int {
-	t.Helper()
-	var sizes []int
-	for len(w) > 0 {
-		if len(w) < 5 {
-			t.Fatalf("a socket write ends in %d bytes of a record header", len(w))
-		}
-		n := int(binary.BigEndian.Uint16(w[3:5]))
-		if len(w) < 5+n || n < 17 {
-			t.Fatalf("a socket write holds a record of %d bytes, and %d bytes after its header", n, len(w)-5)
-		}
-		sizes = append(sizes, n-17)
-		w = w[5+n:]
-	}
-	return sizes
-}
 
 // TestLinkWriteStack runs a link between two replicas over TCP, both ends
 // built by the code that builds them (remote.startLink, Cluster.handshake),
@@ -87,8 +67,8 @@ func TestLinkWriteStack(t *testing.T) {
 	checkSmall := func(side string, writes [][]byte) {
 		t.Helper()
 		for _, w := range writes {
-			for _, n := range tlsPlaintexts(t, w) {
-				if n < 12 {
+			for _, n := range wiretest.TLSPlaintexts(t, w) {
+				if n < muxtls.YamuxHeaderSize {
 					t.Errorf("%s: a TLS record of %d plaintext bytes reached the socket: a data frame's body was sent apart from its header", side, n)
 				}
 			}
@@ -113,7 +93,7 @@ func TestLinkWriteStack(t *testing.T) {
 		// The request: 3 bytes and the ID.
 		found := false
 		for _, w := range dw {
-			if sizes := tlsPlaintexts(t, w); len(sizes) == 1 && sizes[0] == 12+3+len("nobody") {
+			if sizes := wiretest.TLSPlaintexts(t, w); len(sizes) == 1 && sizes[0] == muxtls.YamuxHeaderSize+3+len("nobody") {
 				found = true
 			}
 		}
@@ -144,11 +124,11 @@ func TestLinkWriteStack(t *testing.T) {
 		var counts []int
 		for _, w := range dialer.Record(false) {
 			total := 0
-			for _, n := range tlsPlaintexts(t, w) {
+			for _, n := range wiretest.TLSPlaintexts(t, w) {
 				total += n
 			}
 			counts = append(counts, total)
-			if total == 12+len(big) {
+			if total == muxtls.YamuxHeaderSize+len(big) {
 				found = true
 			}
 		}

@@ -3,7 +3,6 @@ package session
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -108,26 +107,6 @@ func TestTCPOpenStreamHonoursContext(t *testing.T) {
 	}
 }
 
-// tlsRecords splits a socket write into TLS records and returns the
-// plaintext length of each (TLS 1.3: record length less the content type
-// byte and the 16-byte AEAD tag).
-func tlsRecords(t *testing.T, w []byte) []int {
-	t.Helper()
-	var out []int
-	for len(w) > 0 {
-		if len(w) < 5 {
-			t.Fatalf("a socket write ends inside a TLS record header")
-		}
-		n := int(binary.BigEndian.Uint16(w[3:5]))
-		if len(w) < 5+n {
-			t.Fatalf("a socket write ends inside a TLS record (%d of %d bytes)", len(w)-5, n)
-		}
-		out = append(out, n-17)
-		w = w[5+n:]
-	}
-	return out
-}
-
 // TestTCPWriteStackGuard runs a real yamux session over real TLS over TCP
 // with the stack tlsLayers builds, and checks what reaches the client's
 // socket when it writes on a stream. It guards the frame joining and record
@@ -220,7 +199,7 @@ func TestTCPWriteStackGuard(t *testing.T) {
 				}
 				t.Fatalf("a %d-byte stream write reached the socket in %d writes (sizes %v), want 1: the frame joiner or record batcher no longer applies", tt.body, len(writes), sizes)
 			}
-			recs := tlsRecords(t, writes[0])
+			recs := wiretest.TLSPlaintexts(t, writes[0])
 			total := 0
 			for _, n := range recs {
 				total += n

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"net"
 	"sync"
+	"testing"
 )
 
 // Recorder is a net.Conn that records, while on, each Write that reaches
@@ -53,4 +54,25 @@ func YamuxHeader(typ byte, length uint32) []byte {
 	binary.BigEndian.PutUint32(h[4:8], 7) // stream ID
 	binary.BigEndian.PutUint32(h[8:12], length)
 	return h
+}
+
+// TLSPlaintexts returns the plaintext size of each TLS 1.3 record in w, a
+// socket write of whole records (each an AEAD record: its content type
+// byte and 16-byte tag come on top of the plaintext). It fails the test
+// when w ends inside a record.
+func TLSPlaintexts(t testing.TB, w []byte) []int {
+	t.Helper()
+	var sizes []int
+	for len(w) > 0 {
+		if len(w) < 5 {
+			t.Fatalf("a socket write ends in %d bytes of a TLS record header", len(w))
+		}
+		n := int(binary.BigEndian.Uint16(w[3:5]))
+		if len(w) < 5+n || n < 17 {
+			t.Fatalf("a socket write holds a TLS record of %d bytes, and %d bytes after its header", n, len(w)-5)
+		}
+		sizes = append(sizes, n-17)
+		w = w[5+n:]
+	}
+	return sizes
 }
