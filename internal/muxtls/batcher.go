@@ -40,6 +40,8 @@ func (b *Batcher) hold() {
 	b.mu.Unlock()
 }
 
+// Write collects p while a frame is held (between hold and flush) and
+// writes it through otherwise.
 func (b *Batcher) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -48,6 +48,8 @@ func NewJoiner(w io.ReadWriteCloser, batch *Batcher) *Joiner {
 	return &Joiner{ReadWriteCloser: w, batch: batch}
 }
 
+// Write passes p on, except a data frame's header, which it holds back
+// until the frame's body comes (the next Write) and sends with it.
 func (j *Joiner) Write(p []byte) (int, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
